@@ -1,0 +1,55 @@
+"""Backend choice for the VMamba kernels: "auto" | "torch" | "triton".
+
+No silent fallback: asking for "triton" where it cannot run raises. "auto"
+picks Triton for CUDA tensors when Triton imports, the torch twins otherwise;
+callers record the resolved name on the run.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run on the CPU through its interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available(device: torch.device | str | None = None) -> bool:
+    """Can Triton kernels run on tensors of `device` (default: CUDA if present)?"""
+    if not triton_importable():
+        return False
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        return torch.cuda.is_available()
+    return triton_interpret()
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """Map a requested backend to the one that will run ("torch" or "triton")."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    dev = torch.device(device)
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        if not triton_available(dev):
+            why = "Triton is not installed" if not triton_importable() else (
+                f"tensors are on {dev.type}; Triton needs CUDA (or TRITON_INTERPRET=1 on the CPU)")
+            raise RuntimeError(f"scan backend 'triton' was requested but cannot run: {why}")
+        return "triton"
+    return "triton" if dev.type == "cuda" and triton_available(dev) else "torch"

@@ -1,0 +1,153 @@
+"""Selective scan (the S6 recurrence of Mamba / VMamba), VMamba layout.
+
+For every batch b, channel c = k*D + d (direction k, inner channel d) and state n:
+
+    delta_t = softplus(delta_raw_t + delta_bias_c)          (if delta_softplus)
+    h_t[n]  = exp(delta_t * A[c, n]) * h_{t-1}[n] + delta_t * B[b, k, n, t] * u_t
+    y_t     = sum_n C[b, k, n, t] * h_t[n] + D[c] * u_t
+
+B and C are shared by the D channels of one direction k. This module holds the
+plain-torch twin (`selective_scan_ref`, parallel over L) and the public
+`selective_scan` entry point that picks a backend.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._backend import resolve_backend
+
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_loop"]
+
+
+def _check_shapes(u, delta, A, B, C, D, delta_bias):
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (B, K*D, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    batch, kd, L = u.shape
+    if A.dim() != 2 or A.shape[0] != kd:
+        raise ValueError(f"A must be (K*D, N) = ({kd}, N); got {tuple(A.shape)}")
+    n = A.shape[1]
+    if B.dim() != 4 or B.shape[0] != batch or B.shape[2] != n or B.shape[3] != L:
+        raise ValueError(f"B must be (B, K, N, L) = ({batch}, K, {n}, {L}); got {tuple(B.shape)}")
+    if C.shape != B.shape:
+        raise ValueError(f"C must have B's shape {tuple(B.shape)}; got {tuple(C.shape)}")
+    k = B.shape[1]
+    if kd % k:
+        raise ValueError(f"K*D = {kd} is not a multiple of K = {k}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (kd,):
+            raise ValueError(f"{name} must be (K*D,) = ({kd},); got {tuple(t.shape)}")
+    return batch, k, kd // k, n, L
+
+
+def _linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t along the last dim (h_{-1} = 0), in log2(L) steps.
+
+    Hillis-Steele scan over the associative pairs (a, b); every step is one
+    vectorised pass over L, so the depth is ceil(log2 L), not L. Differentiable.
+    """
+    L = a.shape[-1]
+    s = 1
+    while s < L:
+        b = torch.cat([b[..., :s], b[..., s:] + a[..., s:] * b[..., :-s]], dim=-1)
+        a = torch.cat([a[..., :s], a[..., s:] * a[..., :-s]], dim=-1)
+        s *= 2
+    return b
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    out_fp32: bool = True,
+) -> torch.Tensor:
+    """Plain-torch selective scan, parallel over L; differentiable through autograd.
+
+    Args:
+        u:          (B, K*D, L) fp32 / fp16 / bf16 — the scanned input.
+        delta:      (B, K*D, L) same dtype as u — step sizes before bias/softplus.
+        A:          (K*D, N) fp32 — state matrix (diagonal, negative for stability).
+        B:          (B, K, N, L) u's dtype — input projection, shared by D channels of direction k.
+        C:          (B, K, N, L) u's dtype — output projection, shared likewise.
+        D:          (K*D,) fp32 or None — skip connection.
+        delta_bias: (K*D,) fp32 or None — added to delta before softplus.
+        delta_softplus: apply softplus to delta (+ bias).
+        out_fp32:   return fp32 (True) or u's dtype (False).
+    Returns:
+        y: (B, K*D, L), fp32 if out_fp32 else u.dtype.
+    Computation is in fp32 (fp64 if the inputs are fp64).
+    """
+    batch, k, d, n, L = _check_shapes(u, delta, A, B, C, D, delta_bias)
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    uf = u.to(ct).view(batch, k, d, 1, L)
+    dt = delta.to(ct)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(ct).view(1, -1, 1)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    dt = dt.view(batch, k, d, 1, L)
+    Af = A.to(ct).view(1, k, d, n, 1)
+    Bf = B.to(ct).view(batch, k, 1, n, L)
+    Cf = C.to(ct).view(batch, k, 1, n, L)
+    a = torch.exp(dt * Af)  # (B, K, D, N, L)
+    h = _linear_recurrence(a, dt * Bf * uf)  # (B, K, D, N, L)
+    y = (h * Cf).sum(dim=3)  # (B, K, D, L)
+    if D is not None:
+        y = y + D.to(ct).view(1, k, d, 1) * uf.squeeze(3)
+    y = y.reshape(batch, k * d, L)
+    return y if out_fp32 or ct == torch.float64 else y.to(u.dtype)
+
+
+def selective_scan_loop(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_fp32=True):
+    """Naive sequential reference: one Python step per position, in float64. For tests only."""
+    batch, k, d, n, L = _check_shapes(u, delta, A, B, C, D, delta_bias)
+    f = torch.float64
+    dt = delta.to(f)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(f).view(1, -1, 1)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    Bx = B.to(f).repeat_interleave(d, dim=1)  # (B, K*D, N, L)
+    Cx = C.to(f).repeat_interleave(d, dim=1)
+    Af = A.to(f)
+    uf = u.to(f)
+    h = torch.zeros(batch, k * d, n, dtype=f, device=u.device)
+    ys = []
+    for t in range(L):
+        h = torch.exp(dt[:, :, t, None] * Af) * h + (dt[:, :, t] * uf[:, :, t])[..., None] * Bx[:, :, :, t]
+        ys.append((h * Cx[:, :, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.to(f).view(1, -1, 1) * uf
+    return y
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    out_fp32: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Selective scan with a chosen backend ("auto" | "torch" | "triton").
+
+    Same arguments, shapes and dtypes as `selective_scan_ref`. "auto" picks
+    Triton on CUDA tensors when Triton is importable, torch otherwise;
+    "triton" on a machine that cannot run it raises RuntimeError.
+    """
+    be = resolve_backend(backend, u.device)
+    if be == "triton":
+        from ._selective_scan_triton import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
+    return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
