@@ -115,3 +115,25 @@ class BenchSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def load_recipe(name: str) -> dict:
+    """A built-in recipe (recipes/NAME.toml, installed as vmbench.recipes) as a dict."""
+    import tomllib
+    from importlib import resources
+
+    res = resources.files("vmbench.recipes").joinpath(f"{name}.toml")
+    if not res.is_file():
+        raise ValueError(f"unknown recipe {name!r}")
+    return tomllib.loads(res.read_text())
+
+
+def smoke_defaults(dataset: str) -> dict:
+    """RunSpec fields of the smoke recipe for `dataset` (per-dataset section over the defaults)."""
+    recipe = load_recipe("smoke")
+    per_dataset = recipe.pop("datasets", {})
+    fields = {f.name for f in dataclasses.fields(RunSpec)}
+    merged = {**recipe, **per_dataset.get(dataset, {})}
+    unknown = sorted(set(merged) - fields)
+    assert not unknown, f"smoke recipe has keys that are not RunSpec fields: {unknown}"
+    return merged

@@ -1,0 +1,278 @@
+"""vmbench command line. Thin Click commands: parse, call one function, print.
+
+Heavy modules (torch, timm, the engine) are imported inside the commands that
+need them, so `vmbench --help`, `vmbench compare`, `vmbench show` and
+`vmbench runs` start fast and never import torch.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .config import DEVICES, PRECISIONS, SCAN_BACKENDS, default_data_root, default_db_path
+
+EXIT_USER_ERROR = 2
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _user_error(message: str) -> None:
+    """One line on stderr, exit code 2."""
+    click.echo(f"error: {str(message).splitlines()[0] if str(message) else 'invalid input'}", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _json_out(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+db_option = click.option("--db", default=default_db_path, show_default="$VMBENCH_DB or ./experiments.db",
+                         help="Results database: a file path or a SQLAlchemy URL.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vmbench")
+def main() -> None:
+    """Train, evaluate and benchmark vision backbones (VMamba, Swin, ConvNeXt, Res2Net, …); results in SQL."""
+
+
+@main.command()
+@click.argument("model")
+@click.argument("dataset")
+@click.option("--epochs", type=int, default=None, help="Training epochs (default: the dataset's smoke setting).")
+@click.option("--batch-size", type=int, default=None, help="Batch size (default: the dataset's smoke setting).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (AdamW, cosine schedule).")
+@click.option("--img-size", type=int, default=None, help="Input resolution (default: the dataset's).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True,
+              help="VMamba selective-scan backend; the resolved one is recorded on the run.")
+@click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
+              help="Where named datasets (imagenet, …) are looked up.")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Start from this state dict (strict load; official VMamba checkpoints work).")
+@click.option("--max-train-batches", type=int, default=None, help="Cap batches per epoch (smoke tests).")
+@click.option("--max-val-batches", type=int, default=None, help="Cap validation batches.")
+@click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
+@db_option
+@json_option
+def run(model, dataset, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend, data_root, workers,
+        weights, max_train_batches, max_val_batches, tags, db, as_json):
+    """Train MODEL on DATASET, evaluate it, benchmark it; record everything."""
+    from .scheduler.local import RunFailed, execute_run
+
+    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size).items()
+                 if v is not None}
+    try:
+        spec = _smoke_spec(model, dataset, overrides, device=device, amp=amp, seed=seed, scan_backend=scan_backend,
+                           data_root=data_root, num_workers=workers, weights=weights,
+                           max_train_batches=max_train_batches, max_val_batches=max_val_batches, tags=list(tags))
+        run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True)
+    except RunFailed as e:
+        click.echo(f"error: run {e.run_id} failed: {e}", err=True)
+        sys.exit(EXIT_USER_ERROR if e.user_error else 1)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the run is recorded as interrupted", err=True)
+        sys.exit(130)
+    except ValueError as e:
+        _user_error(str(e))
+    if as_json:
+        _json_out({"id": run_id, "status": "completed", **results})
+    else:
+        _print_summary(run_id, spec.model, spec.dataset, results)
+
+
+def _smoke_spec(model: str, dataset: str, overrides: dict, **kw):
+    """RunSpec with the dataset's smoke defaults, then the user's overrides."""
+    from .config import RunSpec, smoke_defaults
+
+    return RunSpec(model=model, dataset=dataset, **{**smoke_defaults(dataset), **overrides}, **kw)
+
+
+def _print_summary(run_id: int, model: str, dataset: str, results: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"run {run_id}: {model} on {dataset}", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    fmt = {"top1": "{:.2f} %", "top5": "{:.2f} %", "params_m": "{:.2f} M", "gflops": "{:.3f}", "img_s": "{:.1f}",
+           "peak_mem_mb": "{:.0f} MB", "train_time_s": "{:.1f} s"}
+    for key, value in results.items():
+        if isinstance(value, (dict, list)):
+            continue
+        shown = fmt.get(key, "{}").format(value) if isinstance(value, (int, float)) and value is not None else str(value)
+        t.add_row(key, shown)
+    _console().print(t)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--res", type=int, default=224, show_default=True, help="Input resolution.")
+@click.option("--batch", type=int, default=128, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed warm-up iterations.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repeats (median is reported).")
+@click.option("--channels-last", is_flag=True, help="Run the model in channels_last memory format.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first.")
+@click.option("--no-store", is_flag=True, help="Do not record the result in the database.")
+@click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
+@db_option
+@json_option
+def bench(model, res, batch, precision, device, scan_backend, warmup, repeats, channels_last, compile_, no_store,
+          tags, db, as_json):
+    """Params, GFLOPs, inference img/s and peak memory of MODEL."""
+    from .config import BenchSpec
+    from .scheduler.local import RunFailed, execute_bench
+
+    try:
+        spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
+                         scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
+                         compile=compile_, tags=list(tags))
+        run_id, results = execute_bench(spec, None if no_store else db, console=_console(stderr=True),
+                                        show_progress=not as_json)
+    except RunFailed as e:
+        click.echo(f"error: bench run {e.run_id} failed: {e}", err=True)
+        sys.exit(EXIT_USER_ERROR if e.user_error else 1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except ValueError as e:
+        _user_error(str(e))
+    if as_json:
+        _json_out({"id": run_id, **results})
+    else:
+        _print_summary(run_id, model, f"{res}² × {batch}, {precision}", results)
+
+
+@main.command()
+@json_option
+def models(as_json):
+    """List the model names vmbench knows (timm names are accepted too)."""
+    from .models.catalog import list_model_entries
+
+    entries = list_model_entries()
+    if as_json:
+        _json_out([e if isinstance(e, dict) else e.to_dict() for e in entries])
+        return
+    from rich.table import Table
+
+    t = Table(header_style="bold")
+    for col in ("name", "family", "source", "params M (paper)", "GFLOPs (paper)", "description"):
+        t.add_column(col)
+    for e in entries:
+        d = e if isinstance(e, dict) else e.to_dict()
+        t.add_row(d["name"], d.get("family") or "", d.get("source") or "",
+                  f"{d['paper_params_m']:.1f}" if d.get("paper_params_m") else "",
+                  f"{d['paper_gflops']:.1f}" if d.get("paper_gflops") else "", d.get("description") or "")
+    _console().print(t)
+
+
+@main.command()
+@click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA")
+@json_option
+def datasets(data_root, as_json):
+    """List datasets: built-in ones and those found under the data root."""
+    from .data import list_datasets
+
+    rows = list_datasets(data_root)
+    if as_json:
+        _json_out(rows)
+        return
+    from rich.table import Table
+
+    t = Table(header_style="bold")
+    keys = list(rows[0].keys()) if rows else ["name"]
+    for k in keys:
+        t.add_column(k)
+    for r in rows:
+        t.add_row(*[("yes" if v is True else "no" if v is False else "" if v is None else str(v))
+                    for v in (r.get(k) for k in keys)])
+    _console().print(t)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@db_option
+@json_option
+def show(run_id, db, as_json):
+    """Show one run: parameters, environment, per-epoch metrics, results."""
+    from .report.show import render_run, run_detail
+    from .store import Store
+
+    try:
+        with Store(db, create=False) as store:
+            run = store.get_run(run_id)
+            if run is None:
+                _user_error(f"no run {run_id} in {db}")
+            detail = run_detail(run)
+    except ValueError as e:
+        _user_error(str(e))
+    if as_json:
+        _json_out(detail)
+    else:
+        render_run(detail, _console())
+
+
+@main.command()
+@click.option("--status", type=click.Choice(["running", "completed", "failed", "interrupted", "diverged"]))
+@click.option("--model", default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@db_option
+@json_option
+def runs(status, model, limit, db, as_json):
+    """List recorded runs, newest first (a dead `running` run shows as interrupted)."""
+    from .report.show import render_runs
+    from .store import Store, run_summary
+
+    try:
+        with Store(db, create=False) as store:
+            rows = [run_summary(r) for r in store.list_runs(status=status, model=model, limit=limit)]
+    except ValueError as e:
+        _user_error(str(e))
+    if as_json:
+        _json_out(rows)
+    else:
+        render_runs(rows, _console())
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("--dataset", default=None, help="Only this dataset.")
+@click.option("--no-bench", is_flag=True, help="Leave out benchmark-only runs.")
+@db_option
+def compare(fmt, dataset, no_bench, db):
+    """Leaderboard: best completed run per model and dataset, side by side."""
+    from .report import leaderboard as lb
+    from .store import Store
+
+    try:
+        with Store(db, create=False) as store:
+            rows = lb.leaderboard(store.list_runs(), dataset=dataset, include_bench=not no_bench)
+    except ValueError as e:
+        _user_error(str(e))
+    if fmt == "json":
+        click.echo(lb.to_json(rows))
+    elif fmt == "csv":
+        click.echo(lb.to_csv(rows), nl=False)
+    elif fmt == "markdown":
+        click.echo(lb.to_markdown(rows), nl=False)
+    elif not rows:
+        click.echo("no completed runs yet", err=True)
+    else:
+        lb.render_table(rows, _console())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Ordered, named schema migrations.
+
+Each migration is a function of a SQLAlchemy Connection, listed in MIGRATIONS in
+the order it must run. Applied names are recorded in `schema_migrations`; all
+pending ones run in one transaction that holds the database's write lock
+(SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so two processes
+opening a new database at once cannot both migrate it.
+A migration is never edited once released: add a new one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .schema import utcnow
+
+_PG_LOCK_ID = 0x766D62  # "vmb"
+
+
+def _m0001_initial(conn: Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "runs", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("model", sa.String(128), nullable=False, index=True),
+        sa.Column("dataset", sa.String(256), index=True),
+        sa.Column("recipe", sa.String(128)),
+        sa.Column("params", sa.JSON, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False, index=True),
+        sa.Column("pid", sa.Integer),
+        sa.Column("host", sa.String(256)),
+        sa.Column("gpus", sa.String(64)),
+        sa.Column("device", sa.String(32)),
+        sa.Column("scan_backend", sa.String(16)),
+        sa.Column("started_at", sa.DateTime, nullable=False),
+        sa.Column("ended_at", sa.DateTime),
+        sa.Column("heartbeat_at", sa.DateTime),
+        sa.Column("error", sa.Text),
+        sa.Column("git_sha", sa.String(64)),
+        sa.Column("git_dirty", sa.Boolean),
+        sa.Column("env", sa.JSON, nullable=False),
+        sa.Column("seed", sa.Integer),
+        sa.Column("tags", sa.JSON, nullable=False),
+        sa.Column("parent_id", sa.Integer, sa.ForeignKey("runs.id")),
+        sa.Column("checkpoint_dir", sa.String(1024)),
+    )
+    sa.Table(
+        "metrics", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("epoch", sa.Integer),
+        sa.Column("step", sa.Integer),
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("value", sa.Float),
+        sa.Column("time", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "results", md,
+        sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Float),
+        sa.Column("text", sa.Text),
+    )
+    md.create_all(conn)
+
+
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("0001_initial", _m0001_initial),
+]
+
+_ledger = sa.Table(
+    "schema_migrations", sa.MetaData(),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("applied_at", sa.DateTime, nullable=False),
+)
+
+
+def applied_migrations(conn: Connection) -> list[str]:
+    if not sa.inspect(conn).has_table("schema_migrations"):
+        return []
+    return [r[0] for r in conn.execute(sa.select(_ledger.c.name))]
+
+
+def migrate(engine: sa.Engine) -> list[str]:
+    """Apply pending migrations in order; return the names applied now."""
+    names = [n for n, _ in MIGRATIONS]
+    assert len(set(names)) == len(names), "duplicate migration names"
+    with engine.connect() as conn:
+        if set(names) <= set(applied_migrations(conn)):
+            return []  # fast path: nothing to do, no write lock taken
+    with engine.connect() as conn:
+        # On SQLite the "begin" hook in store.db turns this into BEGIN IMMEDIATE:
+        # the write lock is held from before the ledger is read until commit.
+        conn.execution_options(vmbench_begin_immediate=True)
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+            _ledger.create(conn, checkfirst=True)
+            done = set(applied_migrations(conn))
+            applied = []
+            for name, fn in MIGRATIONS:
+                if name in done:
+                    continue
+                fn(conn)
+                conn.execute(_ledger.insert().values(name=name, applied_at=utcnow()))
+                applied.append(name)
+    return applied
