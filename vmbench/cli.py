@@ -19,7 +19,9 @@ EXIT_USER_ERROR = 2
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Not a terminal (pipes, tests): wide enough that leaderboard columns are never cut.
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
 
 
 def _user_error(message: str) -> None:
@@ -159,11 +161,11 @@ def bench(model, res, batch, precision, device, scan_backend, warmup, repeats, c
 @json_option
 def models(as_json):
     """List the model names vmbench knows (timm names are accepted too)."""
-    from .models.catalog import list_model_entries
+    from .models import list_models
 
-    entries = list_model_entries()
+    entries = list_models()
     if as_json:
-        _json_out([e if isinstance(e, dict) else e.to_dict() for e in entries])
+        _json_out([e.to_dict() for e in entries])
         return
     from rich.table import Table
 
@@ -171,7 +173,7 @@ def models(as_json):
     for col in ("name", "family", "source", "params M (paper)", "GFLOPs (paper)", "description"):
         t.add_column(col)
     for e in entries:
-        d = e if isinstance(e, dict) else e.to_dict()
+        d = e.to_dict()
         t.add_row(d["name"], d.get("family") or "", d.get("source") or "",
                   f"{d['paper_params_m']:.1f}" if d.get("paper_params_m") else "",
                   f"{d['paper_gflops']:.1f}" if d.get("paper_gflops") else "", d.get("description") or "")
