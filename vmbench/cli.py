@@ -117,7 +117,9 @@ def _print_summary(run_id: int, model: str, dataset: str, results: dict) -> None
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option("--suite", type=click.Choice(["paper"]), default=None,
+              help="Instead of one MODEL: the paper suite (VMamba vs Swin/ConvNeXt/Res2Net, see benchmarks/models.py).")
 @click.option("--res", type=int, default=224, show_default=True, help="Input resolution.")
 @click.option("--batch", type=int, default=128, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
@@ -131,12 +133,29 @@ def _print_summary(run_id: int, model: str, dataset: str, results: dict) -> None
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
 @db_option
 @json_option
-def bench(model, res, batch, precision, device, scan_backend, warmup, repeats, channels_last, compile_, no_store,
-          tags, db, as_json):
-    """Params, GFLOPs, inference img/s and peak memory of MODEL."""
+def bench(model, suite, res, batch, precision, device, scan_backend, warmup, repeats, channels_last, compile_,
+          no_store, tags, db, as_json):
+    """Params, GFLOPs, inference img/s and peak memory of MODEL (or a whole --suite)."""
     from .config import BenchSpec
-    from .scheduler.local import RunFailed, execute_bench
+    from .scheduler.local import RunFailed, execute_bench, execute_suite
 
+    if (model is None) == (suite is None):
+        _user_error("give either a MODEL or --suite paper")
+    if suite:
+        try:
+            rows, markdown = execute_suite(None if no_store else db, device=device, scan_backend=scan_backend,
+                                           batch=batch, warmup=warmup, repeats=repeats, tags=list(tags),
+                                           console=_console(stderr=True), show_progress=not as_json)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except ValueError as e:
+            _user_error(str(e))
+        if as_json:
+            _json_out(rows)
+        else:
+            click.echo(markdown)
+        return
     try:
         spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
                          scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,

@@ -75,11 +75,21 @@ def _record_env(device: str) -> dict[str, Any]:
 
 
 def _fail_status(exc: BaseException) -> tuple[str, str]:
+    """(final status, one-line message) for a run that ended with `exc`."""
+    from ..engine.train import DivergedError
+
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", f"interrupted ({exc or 'Ctrl-C'})"
-    if getattr(exc, "diverged", False):
+    if isinstance(exc, DivergedError):
         return "diverged", str(exc)
     return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def _with_traceback(message: str, exc: BaseException, status: str) -> str:
+    """The stored error: internal failures keep the end of their traceback for debugging."""
+    if status != "failed" or isinstance(exc, ValueError):
+        return message
+    return message + "\n" + "".join(traceback.format_exception(exc)[-4:])
 
 
 def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True) -> tuple[int, dict]:
@@ -90,52 +100,60 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
     """
     from ..engine.train import Trainer
 
-    store = Store(db)  # an unwritable DB is a user mistake: fail before any work
-    with _progress(console, show_progress) as hook:
-        last_beat = [time.monotonic()]
-        run_id_box: list[int] = []
+    hook: list[Callable[[str, int, int], None]] = [lambda task, completed, total: None]
+    last_beat = [time.monotonic()]
+    run_id_box: list[int] = []
+    store_box: list[Store] = []
 
-        def progress(task: str, completed: int, total: int) -> None:
-            hook(task, completed, total)
-            now = time.monotonic()
-            if run_id_box and now - last_beat[0] > HEARTBEAT_EVERY_S:
-                store.heartbeat(run_id_box[0])
-                last_beat[0] = now
+    def progress(task: str, completed: int, total: int) -> None:
+        hook[0](task, completed, total)
+        now = time.monotonic()
+        if run_id_box and now - last_beat[0] > HEARTBEAT_EVERY_S:
+            store_box[0].heartbeat(run_id_box[0])
+            last_beat[0] = now
 
-        trainer = Trainer(spec, progress=progress)  # validates model, dataset, device, backend
-        info = _record_env(trainer.device)
-        run_id = store.create_run(
-            "train", spec.model, spec.dataset, spec.to_dict(), recipe="smoke", seed=spec.seed, tags=spec.tags,
-            device=trainer.device, scan_backend=trainer.scan_backend, **info)
-        run_id_box.append(run_id)
-        try:
-            with _sigterm_as_interrupt():
-                for m in trainer.epochs():
-                    store.log_metrics(run_id, m, epoch=m.get("epoch"))
-                results = trainer.finish()
-        except BaseException as exc:
-            status, message = _fail_status(exc)
-            store.finish_run(run_id, status, error=message)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            if status == "failed" and not isinstance(exc, ValueError):
-                message += "\n" + "".join(traceback.format_exception(exc)[-3:])
-            raise RunFailed(run_id, message.splitlines()[0], isinstance(exc, ValueError)) from exc
-        store.finish_run(run_id, "completed", results)
+    # User mistakes (model, dataset, device, backend, database) raise here, before anything is written.
+    trainer = Trainer(spec, progress=progress)
+    store = Store(db)
+    store_box.append(store)
+    device = str(trainer.device)
+    info = _record_env(device)
+    run_id = store.create_run(
+        "train", trainer.model_name, spec.dataset, spec.to_dict(), recipe="smoke", seed=spec.seed,
+        tags=spec.tags, device=device, scan_backend=trainer.scan_backend, **info)
+    run_id_box.append(run_id)
+    try:
+        with _sigterm_as_interrupt(), _progress(console, show_progress) as bar:
+            hook[0] = bar
+            for m in trainer.epochs():
+                store.log_metrics(run_id, m, epoch=m.get("epoch"))
+            results = trainer.finish()
+    except BaseException as exc:
+        status, message = _fail_status(exc)
+        store.finish_run(run_id, status, error=_with_traceback(message, exc, status))
+        store.close()
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise RunFailed(run_id, message.splitlines()[0], isinstance(exc, ValueError)) from exc
+    store.finish_run(run_id, "completed", results)
     store.close()
     return run_id, results
 
 
 def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: bool = True) -> tuple[int | None, dict]:
     """Benchmark one model (params, FLOPs, img/s, peak memory); stored as a bench run unless db is None."""
-    from ..engine.bench import benchmark, validate_bench
+    from ..engine.bench import benchmark, resolve_device, resolve_scan_backend
+    from ..models import resolve_model_name
 
+    # User mistakes (model, device, backend, database) raise here, before anything is written.
+    name = resolve_model_name(spec.model)
+    device = resolve_device(spec.device).type
+    resolve_scan_backend(spec.scan_backend, resolve_device(spec.device))
     store = Store(db) if db else None
-    device = validate_bench(spec)  # user mistakes raise here, before anything is written
     run_id = None
     if store:
         info = _record_env(device)
-        run_id = store.create_run("bench", spec.model, None, spec.to_dict(), tags=spec.tags, device=device,
+        run_id = store.create_run("bench", name, None, spec.to_dict(), tags=spec.tags, device=device,
                                   scan_backend=None, **info)
     with _progress(console, show_progress) as hook:
         try:
@@ -144,7 +162,7 @@ def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: 
         except BaseException as exc:
             if store:
                 status, message = _fail_status(exc)
-                store.finish_run(run_id, status, error=message)
+                store.finish_run(run_id, status, error=_with_traceback(message, exc, status))
             if isinstance(exc, KeyboardInterrupt) or not store:
                 raise
             raise RunFailed(run_id, _fail_status(exc)[1], isinstance(exc, ValueError)) from exc
@@ -152,3 +170,30 @@ def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: 
         store.finish_run(run_id, "completed", results, scan_backend=results.get("scan_backend"))
         store.close()
     return run_id, results
+
+
+def execute_suite(db: str | None, *, device: str = "auto", scan_backend: str = "auto", batch: int = 128,
+                  warmup: int = 3, repeats: int = 5, tags: list[str] | None = None, console=None,
+                  show_progress: bool = True) -> tuple[list[dict], str]:
+    """The paper suite (vmbench.engine.suite); each measured row is stored as a completed bench run."""
+    from ..engine.bench import resolve_device
+    from ..engine.suite import PAPER_MODELS, SECTIONS, run_suite, to_markdown
+
+    store = Store(db) if db else None
+    dev = resolve_device(device).type
+    info = _record_env(dev) if store else {}
+
+    def log(row: dict) -> None:
+        if not store or row.get("error"):
+            return
+        params = {k: row.get(k) for k in ("section", "precision", "res", "batch", "compiled", "kind")}
+        rid = store.create_run("bench", row["model"], None, params, tags=[*(tags or []), "suite:paper"],
+                               device=dev, scan_backend=row.get("scan_backend"), **info)
+        store.finish_run(rid, "completed", {k: row.get(k) for k in ("img_s", "latency_ms", "peak_mem_mb", "res",
+                                                                   "precision", "first_call_s")})
+
+    with _progress(console, show_progress) as hook:
+        rows = run_suite(PAPER_MODELS, SECTIONS, device=device, scan_backend=scan_backend, batch=batch,
+                         warmup=warmup, repeats=repeats, progress=hook, log=log)
+    card = (info.get("env") or {}).get("gpu") or dev
+    return rows, to_markdown(rows, card)

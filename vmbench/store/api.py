@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import socket
@@ -113,7 +114,8 @@ class Store:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     s.merge(Result(run_id=run_id, key=key, value=_finite(v), text=None))
                 else:
-                    s.merge(Result(run_id=run_id, key=key, value=None, text=str(v)))
+                    text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                    s.merge(Result(run_id=run_id, key=key, value=None, text=text))
             s.execute(sa.update(Run).where(Run.id == run_id).values(
                 status=status, error=error, ended_at=utcnow(), heartbeat_at=utcnow(), **fields))
 

@@ -1,0 +1,54 @@
+"""The paper suite: VMamba-T/S/B against Swin, ConvNeXt and Res2Net, measured in one process on one device.
+
+    python benchmarks/models.py                         # all sections, all paper models
+    python benchmarks/models.py --sections infer,train  # a subset
+    python benchmarks/models.py --quick                 # vmamba_t / swin_t / convnext_t only, 3 repeats
+Same as `vmbench bench --suite paper`. Prints markdown; with $OUT set (the device machine) also writes
+$OUT/models.md and $OUT/models.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from vmbench.engine.suite import PAPER_MODELS, SECTIONS, run_suite, summary, to_markdown
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(PAPER_MODELS))
+    ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--scan-backend", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="vmamba_t, swin_t, convnext_t; 3 repeats")
+    args = ap.parse_args(argv)
+    models = ["vmamba_t", "swin_t", "convnext_t"] if args.quick else args.models.split(",")
+    repeats = 3 if args.quick else args.repeats
+
+    def log(row):
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+    rows = run_suite(models, args.sections.split(","), device=args.device, scan_backend=args.scan_backend,
+                     batch=args.batch, warmup=args.warmup, repeats=repeats, log=log)
+    import torch
+
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    md = to_markdown(rows, card)
+    print(md)
+    print(json.dumps(summary(rows), indent=1))
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "models.md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(out, "models.json"), "w") as f:
+            json.dump({"card": card, "torch": torch.__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""`vmbench run` / `vmbench bench` end to end through CliRunner, and user mistakes (exit 2, DB untouched)."""
+import hashlib
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from vmbench.cli import main
+from vmbench.store import Store
+
+SMALL = ["--device", "cpu", "--max-train-batches", "2", "--max-val-batches", "2", "--batch-size", "8"]
+
+
+def _digest(path):
+    """Content of every file of the database (main file + WAL), to prove a command wrote nothing."""
+    out = hashlib.sha256()
+    for suffix in ("", "-wal"):
+        p = str(path) + suffix
+        if os.path.exists(p):
+            out.update(open(p, "rb").read())
+    return out.hexdigest()
+
+
+def _invoke(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_run_json_contract_and_store(tmp_path):
+    db = str(tmp_path / "x.db")
+    r = _invoke(["run", "convnext_t", "shapes", "--epochs", "1", *SMALL, "--db", db, "--json", "--tag", "ci"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["status"] == "completed" and isinstance(out["id"], int)
+    assert 0.0 <= out["top1"] <= 100.0 and out["params_m"] > 1 and out["gflops"] > 0 and out["img_s"] > 0
+    run = Store(db).get_run(out["id"])
+    assert run.status == "completed" and run.tags == ["ci"] and run.dataset == "shapes"
+    assert run.env["torch"] and run.scan_backend == "torch" and run.device == "cpu"
+    assert {m.key for m in run.metrics} >= {"train_loss", "val_top1", "lr"}
+    r = _invoke(["compare", "--db", db, "--format", "json"])
+    rows = json.loads(r.output)
+    assert [(x["model"], x["dataset"]) for x in rows] == [("convnext_t", "shapes")]
+    assert rows[0]["top1"] == pytest.approx(out["top1"])
+
+
+def test_run_vmamba_records_backend(tmp_path):
+    db = str(tmp_path / "x.db")
+    r = _invoke(["run", "vmamba_t", "shapes", "--epochs", "1", *SMALL, "--img-size", "32", "--db", db, "--json",
+                 "--scan-backend", "torch"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["scan_backend"] == "torch" and Store(db).get_run(out["id"]).scan_backend == "torch"
+
+
+def test_bench_json_contract(tmp_path):
+    db = str(tmp_path / "x.db")
+    r = _invoke(["bench", "vmamba_t", "--device", "cpu", "--batch", "2", "--res", "64", "--warmup", "0",
+                 "--repeats", "1", "--json", "--db", db])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["params_m"] == pytest.approx(30.2, rel=0.01) and out["gflops"] > 0 and out["img_s"] > 0
+    assert isinstance(out["flops_uncovered"], list)
+    run = Store(db).get_run(out["id"])
+    assert run.kind == "bench" and run.status == "completed"
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "no_such_model", "shapes"],
+    ["run", "convnext_t", "no_such_dataset_dir"],
+    ["run", "convnext_t", "imagenet", "--data-root", "/nonexistent"],
+    ["run", "convnext_t", "shapes", "--epochs", "0"],
+    ["run", "convnext_t", "shapes", "--device", "cuda"],
+    ["run", "vmamba_t", "shapes", "--scan-backend", "triton"],
+    ["run", "convnext_t", "shapes", "--weights", "/nonexistent.pth"],
+    ["bench", "no_such_model", "--device", "cpu"],
+    ["bench", "convnext_t", "--batch", "0"],
+    ["bench"],
+])
+def test_user_mistakes_exit_2_and_write_nothing(tmp_path, args, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    db = tmp_path / "x.db"
+    Store(str(db)).close()
+    before = _digest(db)
+    r = _invoke([*args, "--db", str(db)])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert _digest(db) == before and Store(str(db)).count_runs() == 0
+
+
+def test_unknown_model_suggests_close_match(tmp_path):
+    r = _invoke(["run", "vmamba_tt", "shapes", "--db", str(tmp_path / "x.db")])
+    assert r.exit_code == 2 and "vmamba_t" in r.stderr
+    assert not (tmp_path / "x.db").exists() or Store(str(tmp_path / "x.db")).count_runs() == 0
+
+
+def test_unwritable_db_is_a_user_error(tmp_path):
+    r = _invoke(["run", "convnext_t", "shapes", "--db", str(tmp_path / "missing" / "x.db")])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_models_and_datasets_json():
+    r = _invoke(["models", "--json"])
+    names = {m["name"] for m in json.loads(r.output)}
+    assert {"vmamba_t", "vmamba_s", "vmamba_b", "swin_t", "convnext_t", "res2net50", "vanilla_vmamba_t"} <= names
+    r = _invoke(["datasets", "--json"])
+    assert r.exit_code == 0 and "shapes" in {d["name"] for d in json.loads(r.output)}

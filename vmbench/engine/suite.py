@@ -1,0 +1,182 @@
+"""The paper benchmark suite: VMamba against its peers, measured in one process on one device.
+
+Sections (the layout of shared/ANCHORS.md):
+  infer    inference img/s at batch 128, 224², fp32 / AMP-bf16 / AMP-fp16
+  train    training fwd+bwd img/s (AMP-bf16, no optimizer step) and peak memory, batch 128, 224²
+  res      resolution scaling, AMP-fp16: 224² (batch 64), 512² (16), 1024² (4)
+  compile  torch.compile'd inference (AMP-bf16) and training, batch 128, 224²
+Every row also carries the ratio against the peer of the same size measured in the same run
+(VMamba-T vs Swin-T, …; ConvNeXt-T for the resolution rows), so a speed claim is always a ratio on one card.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from .bench import measure_throughput, resolve_device, resolve_scan_backend, train_step_throughput
+
+SECTIONS = ("infer", "train", "res", "compile")
+PAPER_MODELS = ("vmamba_t", "vmamba_s", "vmamba_b", "swin_t", "swin_s", "swin_b", "convnext_t", "convnext_s",
+                "convnext_b", "res2net50")
+RES_MODELS = ("vmamba_t", "swin_t", "convnext_t")
+RES_POINTS = ((224, 64), (512, 16), (1024, 4))
+COMPILE_MODELS = ("vmamba_t", "swin_t", "convnext_t")
+# The peer each model's speed is compared with, per section.
+PEER = {"vmamba_t": "swin_t", "vmamba_s": "swin_s", "vmamba_b": "swin_b"}
+RES_PEER = {"vmamba_t": "convnext_t"}
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _build(name: str, device: torch.device, backend: str, res: int = 224, channels_last: bool = False):
+    from vmbench.models import create_model
+
+    model = create_model(name, num_classes=1000, scan_backend=backend, img_size=res).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _measure(fn: Callable[[], dict]) -> dict:
+    """Run one measurement; an error (e.g. out of memory) becomes a row with `error` instead of a crash."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - a suite reports every failure and carries on
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return {"error": f"{type(e).__name__}: {msg[:200]}"}
+
+
+def run_suite(models: Iterable[str] = PAPER_MODELS, sections: Iterable[str] = SECTIONS, device: str = "auto",
+              scan_backend: str = "auto", batch: int = 128, warmup: int = 3, repeats: int = 5,
+              progress: Callable[[str, int, int], None] | None = None,
+              log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Measure `models` in the given `sections`; returns one dict per measurement (see module doc).
+
+    Each row: {section, model, precision, res, batch, compiled, img_s, latency_ms, peak_mem_mb, first_call_s,
+    error?, peer?, ratio?}. `log(row)` is called as each row is measured.
+    """
+    dev = resolve_device(device)
+    backend = resolve_scan_backend(scan_backend, dev)
+    models = list(models)
+    sections = [s for s in SECTIONS if s in set(sections)]
+    rows: list[dict] = []
+    common = dict(warmup=warmup, repeats=repeats, progress=progress)
+
+    def add(row: dict) -> None:
+        row.setdefault("scan_backend", backend if row["model"].startswith(("vmamba", "vanilla_vmamba")) else None)
+        rows.append(row)
+        if log:
+            log(row)
+
+    if "infer" in sections:
+        for name in models:
+            model = _measure(lambda: _build(name, dev, backend))
+            for prec in ("fp32", "amp_bf16", "amp_fp16"):
+                base = dict(section="infer", model=name, precision=prec, res=224, batch=batch, compiled=False)
+                if isinstance(model, dict):
+                    add({**base, **model})
+                    continue
+                r = _measure(lambda: measure_throughput(model, batch, 224, dev, prec, task=f"{name} {prec}",
+                                                        **common))
+                add({**base, **_pick(r)})
+            del model
+            _free(dev)
+
+    if "train" in sections:
+        for name in models:
+            base = dict(section="train", model=name, precision="amp_bf16", res=224, batch=batch, compiled=False)
+            r = _measure(lambda: train_step_throughput(_build(name, dev, backend), batch, 224, dev, "amp_bf16",
+                                                       task=f"{name} train", **common))
+            add({**base, **_pick(r)})
+            _free(dev)
+
+    if "res" in sections:
+        for name in [m for m in RES_MODELS if m in models]:
+            for res, b in RES_POINTS:
+                base = dict(section="res", model=name, precision="amp_fp16", res=res, batch=b, compiled=False)
+                r = _measure(lambda: measure_throughput(_build(name, dev, backend, res=res), b, res, dev,
+                                                        "amp_fp16", task=f"{name} {res}²", **common))
+                add({**base, **_pick(r)})
+                _free(dev)
+
+    if "compile" in sections:
+        for name in [m for m in COMPILE_MODELS if m in models]:
+            for kind in ("infer", "train"):
+                base = dict(section="compile", model=name, precision="amp_bf16", res=224, batch=batch,
+                            compiled=True, kind=kind)
+
+                def go():
+                    torch._dynamo.reset()
+                    model = _build(name, dev, backend)
+                    t0 = time.perf_counter()
+                    cm = torch.compile(model)
+                    if kind == "infer":
+                        r = measure_throughput(cm, batch, 224, dev, "amp_bf16", compiled=True,
+                                               task=f"{name} compiled", **common)
+                    else:
+                        r = train_step_throughput(cm, batch, 224, dev, "amp_bf16", task=f"{name} compiled train",
+                                                  **common)
+                    r["compile_wall_s"] = time.perf_counter() - t0
+                    return r
+
+                add({**base, **_pick(_measure(go))})
+                _free(dev)
+
+    _add_ratios(rows)
+    return rows
+
+
+def _pick(r: dict) -> dict:
+    keys = ("img_s", "latency_ms", "peak_mem_mb", "first_call_s", "compile_wall_s", "error")
+    return {k: r[k] for k in keys if k in r}
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """ratio = img/s of the row ÷ img/s of its peer in the same section/precision/res/kind."""
+    def key(r, model):
+        return (r["section"], model, r["precision"], r["res"], r.get("kind"))
+
+    index = {key(r, r["model"]): r for r in rows}
+    for r in rows:
+        peer = (RES_PEER if r["section"] == "res" else PEER).get(r["model"])
+        other = index.get(key(r, peer)) if peer else None
+        if other and r.get("img_s") and other.get("img_s"):
+            r["peer"] = peer
+            r["ratio"] = r["img_s"] / other["img_s"]
+
+
+def to_markdown(rows: list[dict], device_name: str = "") -> str:
+    """One markdown table per section."""
+    out = []
+    titles = {"infer": "Inference, batch 128, 224²", "train": "Training fwd+bwd, AMP-bf16, no optimizer, batch 128",
+              "res": "Resolution scaling, AMP-fp16", "compile": "torch.compile, AMP-bf16, batch 128"}
+    for sec in SECTIONS:
+        sec_rows = [r for r in rows if r["section"] == sec]
+        if not sec_rows:
+            continue
+        out.append(f"### {titles[sec]}{' — ' + device_name if device_name else ''}\n")
+        out.append("| model | precision | res | batch | kind | img/s | peak MB | vs peer | first call s | note |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in sec_rows:
+            ratio = f"{r['ratio']:.2f}× {r['peer']}" if r.get("ratio") else ""
+            out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                r["model"], r["precision"], r["res"], r["batch"], r.get("kind", "infer" if sec != "train" else "train"),
+                f"{r['img_s']:.0f}" if r.get("img_s") else "—",
+                f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") else "—", ratio,
+                f"{r['first_call_s']:.1f}" if r.get("first_call_s") else "—", r.get("error", "")))
+        out.append("")
+    return "\n".join(out)
+
+
+def summary(rows: list[dict]) -> dict[str, Any]:
+    """The goal checks of the suite: each VMamba ratio against its peer (≥ 1 means the goal is met)."""
+    return {f"{r['section']}/{r['model']}/{r['precision']}/{r['res']}/{r.get('kind', '')}": round(r["ratio"], 3)
+            for r in rows if r.get("ratio")}
