@@ -17,7 +17,12 @@ import torch.nn.functional as F
 
 from ._backend import resolve_backend
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_loop"]
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_loop", "SCAN_TRACE_NAMES"]
+
+# Node kinds the scan shows up as under `torch.jit.trace` (what fvcore's handle keys on):
+# the torch backend is the custom op below, the Triton backend the custom op in
+# _selective_scan_triton.py (a triton_op; its node has two outputs: y and the chunk states).
+SCAN_TRACE_NAMES: tuple[str, ...] = ("vmbench::selective_scan_torch", "vmbench::selective_scan_triton")
 
 
 def _check_shapes(u, delta, A, B, C, D, delta_bias):
@@ -127,6 +132,112 @@ def selective_scan_loop(u, delta, A, B, C, D=None, delta_bias=None, delta_softpl
     return y
 
 
+_SCAN_ARGS = (
+    "Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, "
+    "bool delta_softplus, bool out_fp32"
+)
+
+
+def _out_dtype(u: torch.Tensor, out_fp32: bool) -> torch.dtype:
+    if u.dtype == torch.float64:
+        return torch.float64
+    return torch.float32 if out_fp32 else u.dtype
+
+
+@torch.library.custom_op("vmbench::selective_scan_torch", mutates_args=(), schema=f"({_SCAN_ARGS}) -> Tensor")
+def _scan_torch_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32):
+    """Torch backend as ONE dispatcher op: same arguments and result as `selective_scan_ref`.
+
+    u, delta (B, K*D, L); A (K*D, N) fp32; B, C (B, K, N, L); D, delta_bias (K*D,) fp32 or None.
+    Returns y (B, K*D, L): fp32 if out_fp32 else u.dtype (fp64 for fp64 inputs).
+
+    Forward keeps no autograd graph (no (B, K, D, N, L) intermediates live until
+    backward); the backward op recomputes them, like activation checkpointing.
+    """
+    with torch.no_grad():
+        return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
+
+
+@_scan_torch_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32):
+    return u.new_empty(u.shape, dtype=_out_dtype(u, out_fp32))
+
+
+@torch.library.custom_op(
+    "vmbench::selective_scan_torch_bwd", mutates_args=(),
+    schema=f"(Tensor dy, {_SCAN_ARGS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+def _scan_torch_bwd_op(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32):
+    """Analytic gradients of `selective_scan_ref` (recomputes the states, like checkpointing).
+
+    Args: dy (B, K*D, L) in the forward output's dtype; the rest as `selective_scan_ref`.
+    Returns: (du, ddelta, dA, dB, dC, dD, ddelta_bias), each in its input's shape and
+    dtype; dD / ddelta_bias are (K*D,) fp32 zeros when D / delta_bias is None.
+    Math, per (b, c, n, t) with a_t = exp(dt_t A), x_t = dt_t B_t u_t, h_t = a_t h_{t-1} + x_t:
+        g_t  = C_t dy_t + a_{t+1} g_{t+1}     (dL/dh_t, a reverse scan)
+        dC_t = sum_d dy_t h_t,  dB_t = sum_d g_t dt_t u_t,  dA = sum_{b,t} g_t a_t h_{t-1} dt_t
+        ddt_t = sum_n g_t (B_t u_t + A a_t h_{t-1}),  du_t = sum_n g_t dt_t B_t + D dy_t
+    """
+    batch, k, d, n, L = _check_shapes(u, delta, A, B, C, D, delta_bias)
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    uf = u.to(ct).view(batch, k, d, 1, L)
+    dyf = dy.to(ct).view(batch, k, d, 1, L)
+    dt = delta.to(ct)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(ct).view(1, -1, 1)
+    dt_raw = dt
+    if delta_softplus:
+        dt = F.softplus(dt)
+    dt = dt.view(batch, k, d, 1, L)
+    Af = A.to(ct).view(1, k, d, n, 1)
+    Bf = B.to(ct).view(batch, k, 1, n, L)
+    Cf = C.to(ct).view(batch, k, 1, n, L)
+    a = torch.exp(dt * Af)  # (B, K, D, N, L)
+    h = _linear_recurrence(a, dt * Bf * uf)  # (B, K, D, N, L)
+    a_next = torch.cat([a[..., 1:], torch.zeros_like(a[..., :1])], dim=-1)  # a_{t+1}, 0 past the end
+    g = _linear_recurrence(a_next.flip(-1), (Cf * dyf).flip(-1)).flip(-1)  # (B, K, D, N, L)
+    h_prev = torch.cat([torch.zeros_like(h[..., :1]), h[..., :-1]], dim=-1)
+    gah = g * a * h_prev  # dL/d(log a_t) per state
+    dC = (h * dyf).sum(2)  # (B, K, N, L)
+    dB = (g * dt * uf).sum(2)  # (B, K, N, L)
+    dA = (gah * dt).sum((0, 4)).reshape(k * d, n)
+    ddt = (g * Bf * uf).sum(3) + (gah * Af).sum(3)  # (B, K, D, L)
+    du = (g * dt * Bf).sum(3)
+    if D is not None:
+        du = du + D.to(ct).view(1, k, d, 1) * dyf.squeeze(3)
+    ddt = ddt.reshape(batch, k * d, L)
+    if delta_softplus:
+        ddt = ddt * torch.sigmoid(dt_raw)
+    z = u.new_zeros(k * d, dtype=torch.float32)
+    dD = (dyf * uf).sum((0, 4)).reshape(k * d).to(D.dtype) if D is not None else z
+    dbias = ddt.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else z.clone()
+    return (du.reshape(batch, k * d, L).to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype),
+            dB.to(B.dtype), dC.to(C.dtype), dD, dbias)
+
+
+@_scan_torch_bwd_op.register_fake
+def _(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32):
+    kd = u.shape[1]
+    z = (D if D is not None else u.new_empty(kd, dtype=torch.float32),
+         delta_bias if delta_bias is not None else u.new_empty(kd, dtype=torch.float32))
+    return tuple(torch.empty_like(t) for t in (u, delta, A, B, C, *z))
+
+
+def _scan_torch_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32 = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+    ctx.flags = (delta_softplus, out_fp32)
+
+
+def _scan_torch_backward(ctx, dy):
+    u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+    g = torch.ops.vmbench.selective_scan_torch_bwd(dy.contiguous(), u, delta, A, B, C, D, delta_bias, *ctx.flags)
+    return (*g[:5], g[5] if D is not None else None, g[6] if delta_bias is not None else None, None, None)
+
+
+_scan_torch_op.register_autograd(_scan_torch_backward, setup_context=_scan_torch_setup)
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -144,10 +255,14 @@ def selective_scan(
     Same arguments, shapes and dtypes as `selective_scan_ref`. "auto" picks
     Triton on CUDA tensors when Triton is importable, torch otherwise;
     "triton" on a machine that cannot run it raises RuntimeError.
+    Either backend is one dispatcher op (see SCAN_TRACE_NAMES), so `torch.jit.trace`
+    shows a single node and `torch.compile` does not break the graph.
     """
     be = resolve_backend(backend, u.device)
     if be == "triton":
         from ._selective_scan_triton import selective_scan_triton
 
         return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
-    return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
+    if not torch.jit.is_tracing():  # (under jit.trace the shapes are traced values: the op checks them)
+        _check_shapes(u, delta, A, B, C, D, delta_bias)
+    return torch.ops.vmbench.selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)

@@ -5,18 +5,23 @@
     dts   = dt_projs_weight[k] @ dts_r           (B, 4, D, L)
     ys    = selective_scan(xs, dts, -exp(A_logs), Bs, Cs, Ds, dt_projs_bias, softplus)
     y     = cross_merge(ys)                      (B, H, W, D)
+
+`ss2d_core(backend="triton")` runs the fused forward of kernels/_ss2d_triton.py (no (B, 4, D, L)
+tensor in HBM) when no input needs a gradient, and the Triton composition (Triton cross-scan /
+cross-merge + Triton selective scan, differentiable) when one does.
 """
 from __future__ import annotations
 
 import torch
 
+from ._backend import resolve_backend
 from .cross_scan import cross_merge, cross_merge_ref, cross_scan, cross_scan_ref
 from .selective_scan import selective_scan, selective_scan_ref
 
 __all__ = ["ss2d_core", "ss2d_core_ref"]
 
 
-def _ss2d(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xscan, xmerge):
+def _check(x, x_proj_weight, dt_projs_weight, A_logs):
     if x.dim() != 4:
         raise ValueError(f"x must be (B, H, W, D); got {tuple(x.shape)}")
     b, h, w, d = x.shape
@@ -27,6 +32,11 @@ def _ss2d(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xs
         raise ValueError(
             f"inconsistent SS2D shapes: x {tuple(x.shape)}, x_proj_weight {tuple(x_proj_weight.shape)}, "
             f"dt_projs_weight {tuple(dt_projs_weight.shape)}, A_logs {tuple(A_logs.shape)}")
+    return b, h, w, d, k, r, n
+
+
+def _ss2d(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xscan, xmerge):
+    b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
     L = h * w
     xs = xscan(x)  # (B, K, D, L)
     x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight.to(xs.dtype))  # (B, K, R+2N, L)
@@ -58,10 +68,25 @@ def ss2d_core_ref(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
 
 
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, backend: str = "auto"):
-    """`ss2d_core_ref` with a chosen backend ("auto" | "torch" | "triton")."""
+    """`ss2d_core_ref` with a chosen backend ("auto" | "torch" | "triton").
+
+    "torch": the plain-torch composition. "triton": the fused kernel (kernels/_ss2d_triton.py,
+    directions never materialised) when no input needs a gradient and x is fp16/bf16/fp32;
+    otherwise the Triton composition (cross-scan, projections, Triton selective scan,
+    cross-merge), which is differentiable. Both compute `ss2d_core_ref`'s function.
+    """
+    be = resolve_backend(backend, x.device)
+    if be == "triton":
+        from ._ss2d_triton import fused_supported, ss2d_fused_forward
+
+        params = (x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in params)
+        _, _, _, _, k, _, _ = _check(x, x_proj_weight, dt_projs_weight, A_logs)
+        if not needs_grad and k == 4 and fused_supported(x):
+            return ss2d_fused_forward(*params)
     return _ss2d(
         x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
-        lambda *a: selective_scan(*a, backend=backend),
-        lambda t: cross_scan(t, True, backend=backend),
-        lambda t, H, W: cross_merge(t, H, W, True, backend=backend),
+        lambda *a: selective_scan(*a, backend=be),
+        lambda t: cross_scan(t, True, backend=be),
+        lambda t, H, W: cross_merge(t, H, W, True, backend=be),
     )

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One GPU session: correctness (GPU tests) then timings, everything logged under $OUT.
+#   bash benchmarks/gpu.sh kernels     # GPU kernel tests + benchmarks/kernels.py + benchmarks/ss2d.py
+#   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections
+#   bash benchmarks/gpu.sh compile     # the paper suite's torch.compile section
+# Runs from the repository root without installing vmbench (vmbench/kernels links to kernels/);
+# wheels the machine lacks (sqlalchemy, fvcore: shared/tools/gpu-wheels) are installed from .whl/ if present.
+set -u
+OUT=${OUT:-/tmp/vmbench-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/card.txt"
+step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "== $name rc=$?"; tail -n 30 "$OUT/$name.log"; }
+for what in "$@"; do
+  case "$what" in
+    kernels)
+      step gpu_tests 200 python3 -m pytest -m gpu -x -q -p no:cacheprovider tests/test_selective_scan.py tests/test_cross_scan.py tests/test_ss2d.py
+      step kernels 150 python3 benchmarks/kernels.py
+      step ss2d 120 python3 benchmarks/ss2d.py ;;
+    models)  step models 420 python3 benchmarks/models.py --sections infer,train,res ;;
+    compile) step compile 540 python3 benchmarks/models.py --sections compile ;;
+    *) echo "unknown step $what"; exit 2 ;;
+  esac
+done

@@ -1,0 +1,296 @@
+"""Triton cross-scan / cross-merge (see kernels/cross_scan.py for the directions).
+
+One program owns a tile of BH x BW map positions times BC channels of one image:
+
+    cross_scan : load the tile once (coalesced along the map's contiguous axis, channels
+                 for channels-last), store it four times into xs (B, 4, C, L), each store
+                 laid out so consecutive lanes write consecutive sequence positions:
+                 k=0 as [BC, BH, BW] (contiguous along w), k=1 as the permuted
+                 [BC, BW, BH] tile (contiguous along h), k=2 / k=3 the same tiles
+                 with descending addresses.
+    cross_merge: the adjoint; the four loads use the same four layouts, the sum is
+                 taken in fp32 (fp64 for fp64) and stored once in the map's layout.
+
+The map is addressed through its strides, so (B, H, W, C) channels-last, (B, C, H, W)
+and any permuted/strided view work without a copy; Triton specialises stride == 1,
+which is what makes the channel-contiguous access vectorised. The permute between
+the load layout and the store layout is the "transpose through shared memory" that
+keeps both sides coalesced; the compiler inserts it (convert_layout).
+
+Public entry points (autograd + torch.compile through `torch.library.triton_op`):
+    cross_scan_triton(x, channels_last)      -> xs (B, 4, C, H*W), x.dtype
+    cross_merge_triton(ys, H, W, channels_last) -> y (B, H, W, C) | (B, C, H, W), ys.dtype
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["cross_scan_triton", "cross_merge_triton", "cross_scan_launch", "cross_merge_launch"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Tests set this to fill every output and scratch buffer with NaN before a launch, so an
+# element the kernel fails to write shows up (inputs are finite).
+POISON = False
+
+
+def new_buffer(shape, dtype, device) -> torch.Tensor:
+    """torch.empty, or a NaN-filled buffer while POISON is set (module attribute, read at call)."""
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _kernel_for(kernel, device: torch.device):
+    """The launchable form of a @triton.jit kernel for tensors on `device`.
+
+    On CUDA: `wrap_triton(kernel)`, so torch.compile / make_fx trace the launch. On the CPU:
+    the kernel itself, which must be Triton's interpreter (TRITON_INTERPRET=1 set before
+    `triton` is first imported: Triton decides at decoration time, for its own library
+    functions too, so setting it later cannot work).
+    """
+    from triton.runtime.jit import JITFunction
+
+    if device.type == "cpu":
+        if isinstance(kernel, JITFunction):
+            raise RuntimeError(
+                "Triton kernels on CPU tensors need the interpreter: set TRITON_INTERPRET=1 before "
+                "`triton` is first imported in this process")
+        return kernel
+    if not isinstance(kernel, JITFunction):
+        raise RuntimeError(
+            "vmbench Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at import) and "
+            f"cannot launch on {device.type}; run interpreter and GPU work in separate processes")
+    from torch.library import wrap_triton
+
+    return wrap_triton(kernel)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _cross_scan_kernel(
+    x_ptr, xs_ptr,
+    H, W, C,
+    sxb, sxh, sxw, sxc,  # x strides in elements for (b, h, w, c), whatever the memory layout
+    BC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+):
+    pid_t = tl.program_id(0)  # tile of positions
+    pid_c = tl.program_id(1)  # channel block
+    pid_b = tl.program_id(2).to(tl.int64)
+    n_tw = (W + BW - 1) // BW
+    h0 = (pid_t // n_tw) * BH
+    w0 = (pid_t % n_tw) * BW
+    L = H * W
+    c = pid_c * BC + tl.arange(0, BC)
+    h = h0 + tl.arange(0, BH)
+    w = w0 + tl.arange(0, BW)
+    c3 = c[:, None, None]  # [BC, 1, 1]
+    h3 = h[None, :, None]  # [1, BH, 1]
+    w3 = w[None, None, :]  # [1, 1, BW]
+    mask = (c3 < C) & (h3 < H) & (w3 < W)  # [BC, BH, BW]
+    v = tl.load(x_ptr + pid_b * sxb + c3 * sxc + h3 * sxh + w3 * sxw, mask=mask)  # [BC, BH, BW]
+
+    out = xs_ptr + pid_b * 4 * C * L + c3 * L  # (B, 4, C, L) contiguous
+    row = h3 * W + w3  # [1, BH, BW] row-major index, contiguous along w
+    tl.store(out + row, v, mask=mask)  # k = 0
+    tl.store(out + 2 * C * L + (L - 1 - row), v, mask=mask)  # k = 2: descending, still one run per warp
+    vt = tl.permute(v, (0, 2, 1))  # [BC, BW, BH]
+    ct = c[:, None, None]
+    wt = w[None, :, None]
+    ht = h[None, None, :]
+    mask_t = (ct < C) & (wt < W) & (ht < H)
+    col = wt * H + ht  # [1, BW, BH] column-major index, contiguous along h
+    tl.store(out + C * L + col, vt, mask=mask_t)  # k = 1
+    tl.store(out + 3 * C * L + (L - 1 - col), vt, mask=mask_t)  # k = 3
+
+
+@triton.jit
+def _cross_merge_kernel(
+    ys_ptr, y_ptr,
+    H, W, C,
+    syb, syk, syc,  # ys strides for (b, k, c); the L stride is 1 (checked by the launcher)
+    sob, soh, sow, soc,  # y strides for (b, h, w, c)
+    BC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, ACC_F64: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    n_tw = (W + BW - 1) // BW
+    h0 = (pid_t // n_tw) * BH
+    w0 = (pid_t % n_tw) * BW
+    L = H * W
+    c = pid_c * BC + tl.arange(0, BC)
+    h = h0 + tl.arange(0, BH)
+    w = w0 + tl.arange(0, BW)
+    c3 = c[:, None, None]
+    h3 = h[None, :, None]
+    w3 = w[None, None, :]
+    mask = (c3 < C) & (h3 < H) & (w3 < W)  # [BC, BH, BW]
+    if ACC_F64:
+        ACC: tl.constexpr = tl.float64
+    else:
+        ACC: tl.constexpr = tl.float32
+    src = ys_ptr + pid_b * syb + c3 * syc
+    row = h3 * W + w3
+    acc = tl.load(src + row, mask=mask).to(ACC)  # k = 0
+    acc += tl.load(src + 2 * syk + (L - 1 - row), mask=mask).to(ACC)  # k = 2
+    wt = w[None, :, None]
+    ht = h[None, None, :]
+    mask_t = (c3 < C) & (wt < W) & (ht < H)  # [BC, BW, BH]
+    col = wt * H + ht
+    acc_t = tl.load(src + syk + col, mask=mask_t).to(ACC)  # k = 1
+    acc_t += tl.load(src + 3 * syk + (L - 1 - col), mask=mask_t).to(ACC)  # k = 3
+    acc += tl.permute(acc_t, (0, 2, 1))
+    dst = y_ptr + pid_b * sob + c3 * soc + h3 * soh + w3 * sow
+    tl.store(dst, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _default_tiles(C: int, H: int, W: int, elem_bytes: int):
+    """(BC, BH, BW, num_warps). Tiles of ~8K elements: enough bytes in flight per SM and a
+    16-wide position tile gives 32-byte (one sector) runs on the sequence side at 2 bytes."""
+    BC = min(32, triton.next_power_of_2(C))
+    BH = min(16, triton.next_power_of_2(H))
+    BW = min(16, triton.next_power_of_2(W))
+    return BC, BH, BW, 4
+
+
+def _map_strides(t: torch.Tensor, channels_last: bool):
+    """Strides of a 4-d map in (b, h, w, c) order."""
+    if channels_last:
+        sb, sh, sw, sc = t.stride()
+    else:
+        sb, sc, sh, sw = t.stride()
+    return sb, sh, sw, sc
+
+
+def _map_dims(t: torch.Tensor, channels_last: bool):
+    if channels_last:
+        b, h, w, c = t.shape
+    else:
+        b, c, h, w = t.shape
+    return b, h, w, c
+
+
+def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None) -> torch.Tensor:
+    """Launch the cross-scan kernel (no autograd).
+
+    Args:
+        x: (B, H, W, C) if channels_last else (B, C, H, W); fp16 / bf16 / fp32 / fp64, any strides.
+        tiles: optional (BC, BH, BW, num_warps) override (benchmark sweeps).
+    Returns:
+        xs: (B, 4, C, H*W), x.dtype, contiguous.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-d feature map, got shape {tuple(x.shape)}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"cross_scan: unsupported dtype {x.dtype}")
+    b, h, w, c = _map_dims(x, channels_last)
+    L = h * w
+    xs = new_buffer((b, 4, c, L), x.dtype, x.device)
+    if xs.numel() == 0:
+        return xs
+    assert 4 * c * L < 2**31, "per-image offsets are int32"
+    BC, BH, BW, nw = tiles or _default_tiles(c, h, w, x.element_size())
+    grid = (triton.cdiv(h, BH) * triton.cdiv(w, BW), triton.cdiv(c, BC), b)
+    _kernel_for(_cross_scan_kernel, x.device)[grid](
+        x, xs, h, w, c, *_map_strides(x, channels_last), BC=BC, BH=BH, BW=BW, num_warps=nw)
+    return xs
+
+
+def cross_merge_launch(ys: torch.Tensor, H: int, W: int, channels_last: bool = True, tiles=None) -> torch.Tensor:
+    """Launch the cross-merge kernel (no autograd).
+
+    Args:
+        ys: (B, 4, C, H*W); fp16 / bf16 / fp32 / fp64; the last dim must have stride 1.
+        tiles: optional (BC, BH, BW, num_warps) override.
+    Returns:
+        y: (B, H, W, C) if channels_last else (B, C, H, W), ys.dtype, contiguous. Summed in fp32.
+    """
+    if ys.dim() != 4 or ys.shape[1] != 4 or ys.shape[3] != H * W:
+        raise ValueError(f"ys must be (B, 4, C, {H}*{W}); got {tuple(ys.shape)}")
+    if ys.dtype not in _DTYPES:
+        raise ValueError(f"cross_merge: unsupported dtype {ys.dtype}")
+    if ys.stride(3) != 1:
+        ys = ys.contiguous()
+    b, _, c, L = ys.shape
+    shape = (b, H, W, c) if channels_last else (b, c, H, W)
+    y = new_buffer(shape, ys.dtype, ys.device)
+    if y.numel() == 0:
+        return y
+    assert 4 * c * L < 2**31, "per-image offsets are int32"
+    BC, BH, BW, nw = tiles or _default_tiles(c, H, W, ys.element_size())
+    grid = (triton.cdiv(H, BH) * triton.cdiv(W, BW), triton.cdiv(c, BC), b)
+    _kernel_for(_cross_merge_kernel, ys.device)[grid](
+        ys, y, H, W, c, ys.stride(0), ys.stride(1), ys.stride(2), *_map_strides(y, channels_last),
+        BC=BC, BH=BH, BW=BW, ACC_F64=ys.dtype == torch.float64, num_warps=nw)
+    return y
+
+
+# ----------------------------------------------------------------------------- custom ops + autograd
+
+
+@torch.library.triton_op("vmbench::cross_scan", mutates_args=())
+def _cross_scan_op(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return cross_scan_launch(x, channels_last)
+
+
+@torch.library.triton_op("vmbench::cross_merge", mutates_args=())
+def _cross_merge_op(ys: torch.Tensor, H: int, W: int, channels_last: bool) -> torch.Tensor:
+    return cross_merge_launch(ys, H, W, channels_last)
+
+
+def _scan_setup(ctx, inputs, output):
+    x, channels_last = inputs
+    ctx.channels_last = channels_last
+    _, h, w, _ = _map_dims(x, channels_last)
+    ctx.hw = (h, w)
+
+
+def _scan_backward(ctx, gxs):
+    # the adjoint of a gather into four copies is the scatter-add of the four copies
+    h, w = ctx.hw
+    return torch.ops.vmbench.cross_merge(gxs.contiguous(), h, w, ctx.channels_last), None
+
+
+def _merge_setup(ctx, inputs, output):
+    _, _, _, channels_last = inputs
+    ctx.channels_last = channels_last
+
+
+def _merge_backward(ctx, gy):
+    return torch.ops.vmbench.cross_scan(gy, ctx.channels_last), None, None, None
+
+
+_cross_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
+_cross_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup)
+
+
+def cross_scan_triton(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """Triton twin of `cross_scan_ref` (differentiable; traceable by torch.compile).
+
+    Args:
+        x: (B, H, W, C) if channels_last else (B, C, H, W); fp16 / bf16 / fp32 / fp64.
+    Returns:
+        xs: (B, 4, C, H*W), x.dtype, contiguous.
+    """
+    return torch.ops.vmbench.cross_scan(x, channels_last)
+
+
+def cross_merge_triton(ys: torch.Tensor, H: int, W: int, channels_last: bool = True) -> torch.Tensor:
+    """Triton twin of `cross_merge_ref` (differentiable; traceable by torch.compile).
+
+    Args:
+        ys: (B, 4, C, H*W); fp16 / bf16 / fp32 / fp64.
+    Returns:
+        y: (B, H, W, C) if channels_last else (B, C, H, W), ys.dtype, contiguous.
+    """
+    if ys.dim() != 4 or ys.shape[1] != 4 or ys.shape[3] != H * W:
+        raise ValueError(f"ys must be (B, 4, C, {H}*{W}); got {tuple(ys.shape)}")
+    return torch.ops.vmbench.cross_merge(ys, H, W, channels_last)

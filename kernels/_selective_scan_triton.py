@@ -1,0 +1,411 @@
+"""Triton selective scan for VMamba: forward + backward kernels, launchers, custom ops.
+
+Shapes (VMamba layout; K directions, D channels per direction, N states, L positions):
+    u, delta        (B, K*D, L)  fp32 / fp16 / bf16
+    A               (K*D, N)     fp32
+    B, C            (B, K, N, L) fp32 / fp16 / bf16, shared by the D channels of direction k
+    D, delta_bias   (K*D,)       fp32, optional
+    y               (B, K*D, L)  fp32 if out_fp32 else u.dtype
+    hs              (B, K*D, N, n_chunks) fp32 — state entering each chunk (saved for backward)
+
+One program owns BLOCK_D channels of one (batch, direction) pair and walks L in chunks of
+BLOCK_L positions: the chunk is a [BLOCK_D, BLOCK_N, BLOCK_L] tile scanned with
+`tl.associative_scan` along L, and the state is carried from chunk to chunk in registers.
+All arithmetic is fp32. The backward walks the chunks in reverse: it recomputes the states of
+a chunk from the saved chunk-entry state, runs the reverse scan for dL/dh, writes du / ddelta,
+adds dB / dC into fp32 buffers with atomics (several channel blocks share one (b, k)), and keeps
+dA / dD / ddelta_bias per program (summed over the batch afterwards: no races).
+
+Registered as `vmbench::selective_scan_triton` (forward, returns (y, hs)) and
+`vmbench::selective_scan_triton_bwd` with `torch.library.triton_op`, so `torch.compile` traces
+through without graph breaks and `torch.jit.trace` shows one node.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+from ._backend import triton_interpret
+
+__all__ = ["selective_scan_triton", "scan_config"]
+
+LOG2E = 1.4426950408889634
+
+
+def _combine_fn(a1, x1, a2, x2):
+    # (a1, x1) then (a2, x2) for h -> a * h + x: the composed map is (a1 a2, a2 x1 + x2).
+    return a1 * a2, a2 * x1 + x2
+
+
+_combine = JITFunction(_combine_fn)
+# Inside the kernels only builtins are used (tl.full, tl.reduce with triton's own sum combine)
+# rather than the jit-decorated helpers tl.zeros / tl.sum / tl.cdiv: those are fixed as compiled
+# or interpreted when triton is imported, which would break TRITON_INTERPRET=1 switched on later.
+_SUM = tl.standard._sum_combine
+
+
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr,
+    K, Dk, L, n_chunks,
+    N: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
+    dblk = pid % n_dblk
+    bk = pid // n_dblk  # b * K + k: neighbouring programs share B / C rows in L2
+    k = bk % K
+    b = bk // K
+    offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dk
+    ch = k * Dk + offs_d  # channel index in K*D
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A2 = tl.load(A_ptr + ch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    rowid = (b * K * Dk + ch).to(tl.int64)  # [BLOCK_D]
+    row = rowid * L
+    bc = (bk.to(tl.int64) * N + offs_n) * L  # [BLOCK_N]
+    hs_row = (rowid[:, None] * N + offs_n[None, :]) * n_chunks  # [BLOCK_D, BLOCK_N]
+    lidx = tl.arange(0, BLOCK_L)
+    h = tl.full([BLOCK_D, BLOCK_N], 0.0, tl.float32)
+    for c in range(n_chunks):
+        tl.store(hs_ptr + hs_row + c, h, mask=mask_dn)
+        offs_l = c * BLOCK_L + lidx
+        mask_l = offs_l < L
+        m2 = mask_d[:, None] & mask_l[None, :]
+        ptr = row[:, None] + offs_l[None, :]
+        u = tl.load(u_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[:, None]
+        if SOFTPLUS:  # max(x, 0) + log1p(exp(-|x|)), log1p via log(w) * z / (w - 1)
+            z = tl.exp(-tl.abs(dt))
+            w = 1.0 + z
+            dt = tl.maximum(dt, 0.0) + tl.where(w == 1.0, z, tl.log(w) * z / (w - 1.0))
+        dt = tl.where(m2, dt, 0.0)  # padding: a = 1, x = 0, so the state passes through
+        mbl = mask_n[:, None] & mask_l[None, :]
+        Bv = tl.load(B_ptr + bc[:, None] + offs_l[None, :], mask=mbl, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + bc[:, None] + offs_l[None, :], mask=mbl, other=0.0).to(tl.float32)
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        x = (dt * u)[:, None, :] * Bv[None, :, :]
+        sa, sx = tl.associative_scan((a, x), axis=2, combine_fn=_combine)
+        hh = sx + sa * h[:, :, None]
+        y = tl.reduce(hh * Cv[None, :, :], 1, _SUM)  # [BLOCK_D, BLOCK_L]
+        if HAS_D:
+            y = y + Dv[:, None] * u
+        tl.store(y_ptr + ptr, y.to(y_ptr.dtype.element_ty), mask=m2)
+        h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, None, :], hh, 0.0), 2, _SUM)
+
+
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
+    du_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    K, Dk, L, n_chunks,
+    N: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
+    dblk = pid % n_dblk
+    bk = pid // n_dblk
+    k = bk % K
+    b = bk // K
+    offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dk
+    ch = k * Dk + offs_d
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    Av = tl.load(A_ptr + ch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
+    A2 = Av * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    rowid = (b * K * Dk + ch).to(tl.int64)
+    row = rowid * L
+    bc = (bk.to(tl.int64) * N + offs_n) * L
+    hs_row = (rowid[:, None] * N + offs_n[None, :]) * n_chunks
+    lidx = tl.arange(0, BLOCK_L)
+    g_next = tl.full([BLOCK_D, BLOCK_N], 0.0, tl.float32)  # dL/dh at the next chunk's first position
+    dA_acc = tl.full([BLOCK_D, BLOCK_N], 0.0, tl.float32)
+    dD_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    dbias_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    for ci in range(n_chunks):
+        c = n_chunks - 1 - ci
+        offs_l = c * BLOCK_L + lidx
+        mask_l = offs_l < L
+        m2 = mask_d[:, None] & mask_l[None, :]
+        m2n = mask_d[:, None] & (offs_l + 1 < L)[None, :]  # position t + 1 exists
+        ptr = row[:, None] + offs_l[None, :]
+        u = tl.load(u_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dtn = tl.load(dt_ptr + ptr + 1, mask=m2n, other=0.0).to(tl.float32)  # delta at t + 1 (cache hit)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias[:, None]
+            dtn = dtn + bias[:, None]
+        dt = dt_raw
+        if SOFTPLUS:
+            z = tl.exp(-tl.abs(dt_raw))
+            w = 1.0 + z
+            dt = tl.maximum(dt_raw, 0.0) + tl.where(w == 1.0, z, tl.log(w) * z / (w - 1.0))
+            zn = tl.exp(-tl.abs(dtn))
+            wn = 1.0 + zn
+            dtn = tl.maximum(dtn, 0.0) + tl.where(wn == 1.0, zn, tl.log(wn) * zn / (wn - 1.0))
+        dt = tl.where(m2, dt, 0.0)
+        mbl = mask_n[:, None] & mask_l[None, :]
+        Bv = tl.load(B_ptr + bc[:, None] + offs_l[None, :], mask=mbl, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + bc[:, None] + offs_l[None, :], mask=mbl, other=0.0).to(tl.float32)
+        # recompute the states of this chunk from its entry state
+        h0 = tl.load(hs_ptr + hs_row + c, mask=mask_dn, other=0.0)
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # [BLOCK_D, BLOCK_N, BLOCK_L]
+        dtu = dt * u
+        x = dtu[:, None, :] * Bv[None, :, :]
+        sa, sx = tl.associative_scan((a, x), axis=2, combine_fn=_combine)
+        hh = sx + sa * h0[:, :, None]
+        # g_t = C_t dy_t + a_{t+1} g_{t+1}: reverse scan with coefficient a_{t+1} (0 past L)
+        an = tl.where(m2n[:, None, :], tl.exp2(dtn[:, None, :] * A2[:, :, None]), 0.0)
+        cdy = Cv[None, :, :] * dy[:, None, :]
+        ga, gg = tl.associative_scan((an, cdy), axis=2, combine_fn=_combine, reverse=True)
+        g = gg + ga * g_next[:, :, None]
+        g_next = tl.reduce(tl.where((lidx == 0)[None, None, :], g, 0.0), 2, _SUM)
+        gah = g * (hh - x)  # g_t * a_t * h_{t-1}
+        tl.atomic_add(dC_ptr + bc[:, None] + offs_l[None, :], tl.reduce(hh * dy[:, None, :], 0, _SUM),
+                      mask=mbl, sem="relaxed")
+        tl.atomic_add(dB_ptr + bc[:, None] + offs_l[None, :], tl.reduce(g * dtu[:, None, :], 0, _SUM),
+                      mask=mbl, sem="relaxed")
+        gB = tl.reduce(g * Bv[None, :, :], 1, _SUM)  # [BLOCK_D, BLOCK_L]
+        ddt = gB * u + tl.reduce(gah * Av[:, :, None], 1, _SUM)
+        dA_acc += tl.reduce(gah * dt[:, None, :], 2, _SUM)
+        du = gB * dt
+        if HAS_D:
+            du = du + Dv[:, None] * dy
+            dD_acc += tl.reduce(dy * u, 1, _SUM)
+        if SOFTPLUS:
+            ddt = ddt / (1.0 + tl.exp(-dt_raw))
+        ddt = tl.where(m2, ddt, 0.0)
+        dbias_acc += tl.reduce(ddt, 1, _SUM)
+        tl.store(du_ptr + ptr, du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddt_ptr + ptr, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+    tl.store(dA_ptr + rowid[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.store(dD_ptr + rowid, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + rowid, dbias_acc, mask=mask_d)
+
+
+# Kernels are built per mode (compiled / TRITON_INTERPRET=1) on first use, so a test that
+# switches the interpreter on after this module was imported still gets interpreted kernels.
+_KERNELS: dict[tuple[str, bool], object] = {}
+
+
+def _kernel(fn):
+    interp = triton_interpret()
+    key = (fn.__name__, interp)
+    if key not in _KERNELS:
+        if interp:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            _KERNELS[key] = InterpretedFunction(fn)
+        else:
+            _KERNELS[key] = JITFunction(fn)
+    kern = _KERNELS[key]
+    # wrap_triton makes the launch visible to torch.compile; interpreted kernels launch directly.
+    return torch.library.wrap_triton(kern) if isinstance(kern, JITFunction) else kern
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration: one (chunk, tile) choice per shape; the forward and backward must agree on
+# BLOCK_L (the backward reads the states saved at the forward's chunk boundaries).
+# ---------------------------------------------------------------------------------------------
+_DEFAULTS = dict(
+    chunk=256,        # positions per chunk for N <= 2: long rows keep loads coalesced, few carries
+    chunk_big_n=64,   # N >= 4: the [D, N, L] tile grows with N, so shorter chunks keep it in registers
+    fwd_tile=4096,    # elements of the [D, N, L] fwd tile: ~32 fp32 per thread per live tensor at 4 warps
+    bwd_tile=2048,    # bwd holds ~3x as many live tiles (states, reverse scan, grads): half the tile
+    fwd_warps=4,      # 4 warps (128 threads) per program: many programs per SM to hide HBM latency
+    bwd_warps=4,      # same reason; with the half-size bwd tile that is 16 fp32 per thread per live tensor
+)
+_OVERRIDE: dict[str, int] = {}
+_POISON = False  # tests: fill outputs with NaN before launch to prove every element is written
+
+
+@contextlib.contextmanager
+def scan_config(**kw):
+    """Override chunk / tile / warp choices (keys of `_DEFAULTS`) inside a block; for tests and sweeps."""
+    bad = set(kw) - set(_DEFAULTS)
+    if bad:
+        raise ValueError(f"unknown scan config keys {sorted(bad)}; choose from {sorted(_DEFAULTS)}")
+    old = dict(_OVERRIDE)
+    _OVERRIDE.update(kw)
+    try:
+        yield
+    finally:
+        _OVERRIDE.clear()
+        _OVERRIDE.update(old)
+
+
+def _cfg(name: str) -> int:
+    return _OVERRIDE.get(name, _DEFAULTS[name])
+
+
+def _blocks(L: int, N: int, Dk: int, backward: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps) for one direction's Dk channels, length L, N states."""
+    block_n = triton.next_power_of_2(N)
+    chunk = _cfg("chunk") if N <= 2 else _cfg("chunk_big_n")
+    block_l = min(chunk, max(16, triton.next_power_of_2(L)))  # short L (stage 4: 49): no 4x padding
+    tile = _cfg("bwd_tile" if backward else "fwd_tile")
+    block_d = max(1, min(tile // (block_n * block_l), triton.next_power_of_2(Dk)))
+    return block_d, block_n, block_l, _cfg("bwd_warps" if backward else "fwd_warps")
+
+
+def _alloc(shape, dtype, device):
+    if _POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _prepare(u, delta, A, B, C, D, delta_bias):
+    """Check shapes / dtypes / devices, make the tensors contiguous; return them with (batch, K, Dk, N, L)."""
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (B, K*D, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    batch, kd, L = u.shape
+    if A.dim() != 2 or A.shape[0] != kd:
+        raise ValueError(f"A must be (K*D, N) = ({kd}, N); got {tuple(A.shape)}")
+    n = A.shape[1]
+    if B.dim() != 4 or B.shape[0] != batch or B.shape[2] != n or B.shape[3] != L or C.shape != B.shape:
+        raise ValueError(f"B and C must be (B, K, N, L) = ({batch}, K, {n}, {L}); got {tuple(B.shape)}, {tuple(C.shape)}")
+    k = B.shape[1]
+    if kd % k:
+        raise ValueError(f"K*D = {kd} is not a multiple of K = {k}")
+    if L < 1 or batch < 1 or kd < 1:
+        raise ValueError(f"empty scan: u is {tuple(u.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (kd,):
+            raise ValueError(f"{name} must be (K*D,) = ({kd},); got {tuple(t.shape)}")
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C)):
+        if t.dtype not in _FLOATS:
+            raise ValueError(f"triton scan: {name} must be fp32/fp16/bf16, got {t.dtype} (fp64: use backend='torch')")
+    for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.dtype != torch.float32:
+            raise ValueError(f"triton scan: {name} must be fp32, got {t.dtype}")
+    for t in (delta, A, B, C, D, delta_bias):
+        if t is not None and t.device != u.device:
+            raise ValueError(f"all scan inputs must be on {u.device}; found one on {t.device}")
+    ts = [t.contiguous() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]
+    return ts, (batch, k, kd // k, n, L)
+
+
+def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: bool):
+    """Launch the forward kernel. Returns y (B, K*D, L) (fp32 or u.dtype) and hs (B, K*D, N, n_chunks) fp32."""
+    (u, delta, A, B, C, D, delta_bias), (batch, k, dk, n, L) = _prepare(u, delta, A, B, C, D, delta_bias)
+    bd, bn, bl, warps = _blocks(L, n, dk, backward=False)
+    n_chunks = triton.cdiv(L, bl)
+    y = _alloc(u.shape, torch.float32 if out_fp32 else u.dtype, u.device)
+    hs = _alloc((batch, k * dk, n, n_chunks), torch.float32, u.device)
+    grid = (batch * k * triton.cdiv(dk, bd),)
+    _kernel(_scan_fwd_kernel)[grid](
+        u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, y, hs,
+        k, dk, L, n_chunks,
+        N=n, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps,
+    )
+    return y, hs
+
+
+def _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bool):
+    """Launch the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs'
+    shapes and dtypes (dD / ddelta_bias are (K*D,) fp32 zeros when D / delta_bias is None)."""
+    (u, delta, A, B, C, D, delta_bias), (batch, k, dk, n, L) = _prepare(u, delta, A, B, C, D, delta_bias)
+    if dy.shape != u.shape:
+        raise ValueError(f"dy must be {tuple(u.shape)}; got {tuple(dy.shape)}")
+    dy = dy.contiguous()
+    hs = hs.contiguous()
+    bd, bn, bl, warps = _blocks(L, n, dk, backward=True)
+    n_chunks = triton.cdiv(L, bl)
+    if hs.shape != (batch, k * dk, n, n_chunks):
+        raise ValueError(f"saved states {tuple(hs.shape)} do not match the chunking (..., {n_chunks}): "
+                         "forward and backward ran under different scan_config")
+    dev = u.device
+    du = _alloc(u.shape, u.dtype, dev)
+    ddelta = _alloc(delta.shape, delta.dtype, dev)
+    dB = torch.zeros(B.shape, dtype=torch.float32, device=dev)  # atomics accumulate into zeros
+    dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
+    dA_p = _alloc((batch, k * dk, n), torch.float32, dev)  # per-batch partials, summed below
+    dD_p = _alloc((batch, k * dk), torch.float32, dev)
+    dbias_p = _alloc((batch, k * dk), torch.float32, dev)
+    grid = (batch * k * triton.cdiv(dk, bd),)
+    _kernel(_scan_bwd_kernel)[grid](
+        u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, dy, hs,
+        du, ddelta, dB, dC, dA_p, dD_p, dbias_p,
+        k, dk, L, n_chunks,
+        N=n, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps,
+    )
+    z = torch.zeros(k * dk, dtype=torch.float32, device=dev)
+    dD = dD_p.sum(0) if D is not None else z
+    dbias = dbias_p.sum(0) if delta_bias is not None else z.clone()
+    return du, ddelta, dA_p.sum(0), dB.to(B.dtype), dC.to(C.dtype), dD, dbias
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops (one node under torch.jit.trace, traced through by torch.compile) + autograd.
+# ---------------------------------------------------------------------------------------------
+_ARGS = ("Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, "
+         "bool delta_softplus, bool out_fp32")
+
+
+@torch.library.triton_op("vmbench::selective_scan_triton", mutates_args=(), schema=f"({_ARGS}) -> (Tensor, Tensor)")
+def _fwd_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32):
+    return _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
+
+
+@torch.library.triton_op(
+    "vmbench::selective_scan_triton_bwd", mutates_args=(),
+    schema=f"(Tensor dy, {_ARGS}, Tensor hs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+def _bwd_op(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, hs):
+    return _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus)
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32 = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1])
+    ctx.flags = (delta_softplus, out_fp32)
+
+
+def _backward(ctx, dy, _dhs):
+    u, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
+    g = torch.ops.vmbench.selective_scan_triton_bwd(dy, u, delta, A, B, C, D, delta_bias, *ctx.flags, hs)
+    return (*g[:5], g[5] if D is not None else None, g[6] if delta_bias is not None else None, None, None)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_fp32=True):
+    """Selective scan on Triton; same arguments, shapes and dtypes as `selective_scan_ref`.
+
+    Args:
+        u, delta:   (B, K*D, L) fp32 / fp16 / bf16.
+        A:          (K*D, N) fp32.
+        B, C:       (B, K, N, L) fp32 / fp16 / bf16.
+        D, delta_bias: (K*D,) fp32 or None.
+    Returns:
+        y: (B, K*D, L), fp32 if out_fp32 else u.dtype. Differentiable in every tensor input.
+    """
+    return torch.ops.vmbench.selective_scan_triton(u, delta, A, B, C, D, delta_bias,
+                                                   bool(delta_softplus), bool(out_fp32))[0]

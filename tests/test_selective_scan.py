@@ -1,0 +1,322 @@
+"""Selective scan: the torch twin vs a naive loop, the torch-backend op, and the Triton kernels.
+
+The Triton kernels run on the CPU through Triton's interpreter (TRITON_INTERPRET=1, switched on
+per test by a fixture; the kernel module builds interpreted kernels at launch time, so import
+order does not matter) at small shapes, and on CUDA at the VMamba-T stage shapes (marked `gpu`).
+
+Tolerance (derived, not guessed): for every output and gradient,
+    ||kernel - fp64|| / ||fp64||  <=  2 * ||ref - fp64|| / ||fp64||  +  FLOOR
+where `ref` is `selective_scan_ref` run on the same low-precision inputs (it computes in fp32 and
+rounds its outputs / gradients to the same dtypes as the kernel, with the kernel's rounding: Triton's
+CPU interpreter truncates fp32 -> bf16 where the GPU rounds to nearest even) and fp64 is the same
+function on those inputs upcast to float64. FLOOR = 8 * fp32 eps covers cases where the twin is exact by luck
+(L = 1, or a gradient that is a single product).
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from vmbench.kernels.selective_scan import (
+    SCAN_TRACE_NAMES, selective_scan, selective_scan_loop, selective_scan_ref,
+)
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+FLOOR = 8 * torch.finfo(torch.float32).eps
+
+
+def make_inputs(batch, k, d, n, L, dtype=torch.float32, device="cpu", with_d=True, with_bias=True):
+    """Fresh random inputs in the VMamba layout; A, D, delta_bias stay fp32 (fp64 if dtype is fp64)."""
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.Generator(device="cpu").manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    u = r(batch, k * d, L)
+    delta = r(batch, k * d, L) * 0.5 - 1.0  # softplus(delta + bias) ~ 0.05 .. 1, as in trained VMamba
+    A = -(torch.rand(k * d, n, generator=g) * 2 + 0.2)
+    B = r(batch, k, n, L)
+    C = r(batch, k, n, L)
+    D = r(k * d) if with_d else None
+    bias = r(k * d) * 0.5 if with_bias else None
+    out = [u.to(dtype), delta.to(dtype), A.to(pdt), B.to(dtype), C.to(dtype),
+           None if D is None else D.to(pdt), None if bias is None else bias.to(pdt)]
+    return [None if t is None else t.to(device) for t in out]
+
+
+def run_with_grads(fn, inputs, dy, **kw):
+    """y = fn(*inputs, **kw) and the gradients of <y, dy> w.r.t. every tensor input (None where absent)."""
+    xs = [None if t is None else t.detach().clone().requires_grad_(True) for t in inputs]
+    y = fn(*xs, **kw)
+    wrt = [t for t in xs if t is not None]
+    gs = iter(torch.autograd.grad(y, wrt, dy.to(y.dtype), allow_unused=True, materialize_grads=True))
+    return y.detach(), [None if t is None else next(gs) for t in xs]
+
+
+def rel(a, b):
+    b = b.double()
+    return float((a.double() - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _round_like(t, dtype, bf16_truncates):
+    """Round an fp32/fp64 tensor to `dtype` the way the kernel's store does."""
+    if dtype == torch.bfloat16 and bf16_truncates:  # Triton's CPU interpreter truncates fp32 -> bf16
+        return (t.float().view(torch.int32) & -65536).view(torch.float32).to(dtype)
+    return t.to(dtype)
+
+
+def check_against_fp64(fn, inputs, out_fp32=True, softplus=True, label="", bf16_truncates=False):
+    """Run fn on `inputs`, the fp64 twin on the upcast inputs, and the twin at the inputs' precision
+    (computing in fp32, rounding its outputs / gradients to the kernel's dtypes with the kernel's
+    rounding); assert fn's error <= 2 * the twin's error + FLOOR for y and every gradient, and that
+    every element of fn's results is finite (outputs are poisoned with NaN before the launch)."""
+    x64 = [None if t is None else t.double() for t in inputs]
+    y64 = selective_scan_ref(*x64, delta_softplus=softplus)
+    dy = torch.randn_like(y64)
+    if not out_fp32:
+        dy = dy.to(inputs[0].dtype)  # upstream gradient arrives in the output dtype
+    y64, g64 = run_with_grads(selective_scan_ref, x64, dy.double(), delta_softplus=softplus)
+    x32 = [None if t is None else t.float() for t in inputs]
+    yr, gr = run_with_grads(selective_scan_ref, x32, dy.float(), delta_softplus=softplus)
+    yk, gk = run_with_grads(fn, inputs, dy, delta_softplus=softplus, out_fp32=out_fp32)
+    yr = _round_like(yr, torch.float32 if out_fp32 else inputs[0].dtype, bf16_truncates)
+    gr = [None if g is None else _round_like(g, t.dtype, bf16_truncates) for g, t in zip(gr, inputs)]
+    assert yk.dtype == yr.dtype and yk.shape == yr.shape
+    report = []
+    for name, k_, r_, t64 in [("y", yk, yr, y64)] + list(zip(NAMES, gk, gr, g64)):
+        if t64 is None:
+            assert k_ is None and r_ is None
+            continue
+        assert k_.dtype == r_.dtype and k_.shape == r_.shape, name
+        assert torch.isfinite(k_).all(), f"{label} {name}: non-finite (unwritten?) elements"
+        ek, er = rel(k_, t64), rel(r_, t64)
+        report.append(f"{name}: kernel {ek:.2e} twin {er:.2e}")
+        assert ek <= 2 * er + FLOOR, f"{label} {name}: kernel error {ek:.3e} > 2 x twin {er:.3e} + floor\n" + \
+            "\n".join(report)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# The twin against the naive loop (fp64)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 16])
+@pytest.mark.parametrize("L", [1, 7, 33])
+@pytest.mark.parametrize("variant", ["full", "no_d_bias_softplus"])
+def test_ref_matches_loop(n, L, variant):
+    full = variant == "full"
+    x = make_inputs(2, 2, 3, n, L, torch.float64, with_d=full, with_bias=full)
+    dy = torch.randn(2, 6, L, dtype=torch.float64)
+    y1, g1 = run_with_grads(selective_scan_ref, x, dy, delta_softplus=full)
+    y2, g2 = run_with_grads(selective_scan_loop, x, dy, delta_softplus=full)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-12)
+    for name, a, b in zip(NAMES, g1, g2):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# The torch backend: one custom op with an analytic backward
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("L", [1, 19])
+def test_torch_backend_matches_ref(n, L):
+    x = make_inputs(2, 2, 3, n, L, torch.float64)
+    dy = torch.randn(2, 6, L, dtype=torch.float64)
+    y1, g1 = run_with_grads(selective_scan_ref, x, dy)
+    y2, g2 = run_with_grads(lambda *a, **kw: selective_scan(*a, **kw, backend="torch"), x, dy)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-12)
+    for name, a, b in zip(NAMES, g1, g2):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_torch_backend_low_precision_and_optional_args():
+    for dt in (torch.float32, torch.bfloat16):
+        x = make_inputs(1, 2, 2, 2, 9, dt, with_d=False, with_bias=False)
+        x[1] = torch.nn.functional.softplus(x[1].float()).to(dt)  # without softplus the caller passes dt > 0
+        check_against_fp64(lambda *a, **kw: selective_scan(*a, **kw, backend="torch"), x, out_fp32=False,
+                           softplus=False, label=str(dt))
+
+
+def test_torch_backend_gradcheck():
+    x = [t.requires_grad_(True) for t in make_inputs(1, 2, 2, 2, 5, torch.float64)]
+    assert torch.autograd.gradcheck(lambda *a: selective_scan(*a, backend="torch"), x)
+
+
+class _Scan(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, *a):
+        return selective_scan(*a, backend=self.backend) * 2
+
+
+def _trace_kinds(module, inputs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph, _ = torch.jit._get_trace_graph(module, tuple(inputs))  # what fvcore traces
+    return [nd.kind() for nd in graph.nodes() if nd.kind() != "prim::Constant"]
+
+
+def test_torch_backend_is_one_traced_node():
+    kinds = _trace_kinds(_Scan("torch"), make_inputs(1, 2, 2, 1, 8))
+    assert kinds == ["vmbench::selective_scan_torch", "aten::mul"]
+    assert kinds[0] in SCAN_TRACE_NAMES
+
+
+def test_torch_backend_compiles_without_graph_break():
+    x = [t.requires_grad_(True) for t in make_inputs(1, 2, 2, 2, 8)]
+    f = torch.compile(lambda *a: selective_scan(*a, backend="torch").sin().sum(), fullgraph=True, backend="aot_eager")
+    g1 = torch.autograd.grad(f(*x), x)
+    g2 = torch.autograd.grad(selective_scan_ref(*x).sin().sum(), x)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernels on the CPU interpreter
+# --------------------------------------------------------------------------------------------
+triton = pytest.importorskip("triton")
+T = pytest.importorskip("vmbench.kernels._selective_scan_triton")
+
+# Small tiles so that short sequences still cover several chunks and several channel blocks
+# (the atomics for dB / dC); CHUNK positions per chunk.
+CHUNK = 16
+SMALL = dict(chunk=CHUNK, chunk_big_n=CHUNK, fwd_tile=64, bwd_tile=64)
+
+
+@pytest.fixture
+def interp(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(T, "_POISON", True)  # outputs start as NaN: an unwritten element fails the test
+    with T.scan_config(**SMALL):
+        yield
+
+
+def _triton(*a, **kw):
+    return selective_scan(*a, **kw, backend="triton")
+
+
+def check_interp(*a, **kw):
+    return check_against_fp64(*a, **kw, bf16_truncates=True)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LENGTHS = [1, 7, CHUNK + 3, 2 * CHUNK + 13]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("L", LENGTHS)
+@pytest.mark.parametrize("out_fp32", [True, False])
+def test_triton_n1(interp, dtype, L, out_fp32):
+    x = make_inputs(2, 2, 6, 1, L, DTYPES[dtype])  # D=6 channels, 4 per block: 2 blocks per direction
+    check_interp(_triton, x, out_fp32=out_fp32, label=f"N=1 {dtype} L={L}")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("L", [1, CHUNK + 3, 2 * CHUNK + 13])
+def test_triton_n16(interp, dtype, L):
+    x = make_inputs(1, 2, 2, 16, L, DTYPES[dtype])
+    check_interp(_triton, x, out_fp32=(L != 1), label=f"N=16 {dtype} L={L}")
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_triton_other_n(interp, n):
+    x = make_inputs(1, 2, 3, n, CHUNK + 5, torch.float32)
+    check_interp(_triton, x, label=f"N={n}")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_triton_no_d_no_bias_no_softplus(interp, dtype):
+    x = make_inputs(2, 1, 5, 2, 2 * CHUNK + 1, DTYPES[dtype], with_d=False, with_bias=False)
+    x[1] = torch.nn.functional.softplus(x[1].float()).to(x[1].dtype)  # without softplus the caller passes dt > 0
+    check_interp(_triton, x, softplus=False, out_fp32=False, label=dtype)
+
+
+def test_triton_default_config_one_long_chunk(interp):
+    with T.scan_config(chunk=T._DEFAULTS["chunk"], fwd_tile=256, bwd_tile=256):
+        x = make_inputs(1, 1, 2, 1, 150, torch.float32)  # one 256-position chunk, 106 padded slots
+        check_interp(_triton, x, label="default chunk")
+
+
+def test_triton_noncontiguous_and_mixed_dtypes(interp):
+    u, delta, A, B, C, D, bias = make_inputs(1, 2, 3, 2, 21, torch.bfloat16)
+    u = u.transpose(1, 2).contiguous().transpose(1, 2)  # (B, KD, L) with stride 1 on KD
+    delta = delta.float()  # e.g. a branch autocast left in fp32
+    check_interp(_triton, [u, delta, A, B, C, D, bias], out_fp32=False, label="mixed")
+
+
+def test_triton_is_one_traced_node(interp):
+    kinds = _trace_kinds(_Scan("triton"), make_inputs(1, 2, 2, 1, 8))
+    assert kinds == ["vmbench::selective_scan_triton", "aten::mul"]
+    assert kinds[0] in SCAN_TRACE_NAMES
+
+
+def test_triton_rejects_bad_inputs(interp):
+    u, delta, A, B, C, D, bias = make_inputs(1, 2, 3, 2, 5)
+    with pytest.raises(ValueError, match="fp32"):
+        _triton(u, delta, A.double(), B, C, D, bias)
+    with pytest.raises(ValueError, match="A must be"):
+        _triton(u, delta, A[:-1], B, C, D, bias)
+    with pytest.raises(ValueError, match="fp64"):
+        T.selective_scan_triton(u.double(), delta.double(), A, B.double(), C.double(), D, bias)
+    with pytest.raises(ValueError, match="unknown scan config"):
+        with T.scan_config(blok=3):
+            pass
+
+
+def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="cannot run"):
+        _triton(*make_inputs(1, 1, 2, 1, 4))
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: the VMamba-T stage shapes (K = 4, N = 1), a long sequence, N = 16, torch.compile
+# --------------------------------------------------------------------------------------------
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+STAGES = [(384, 3136), (768, 784), (1536, 196), (3072, 49)]  # (K*D, L) of VMamba-T at 224^2
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("kd,L", STAGES)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gpu_stage_shapes(monkeypatch, kd, L, dtype):
+    monkeypatch.setattr(T, "_POISON", True)
+    x = make_inputs(4, 4, kd // 4, 1, L, DTYPES[dtype], device="cuda")
+    check_against_fp64(_triton, x, out_fp32=dtype != "fp32", label=f"stage {kd}x{L} {dtype}")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("n,L", [(16, 784), (4, 65536), (2, 1), (8, 257)])
+def test_gpu_other_shapes(monkeypatch, n, L):
+    monkeypatch.setattr(T, "_POISON", True)
+    x = make_inputs(1 if L > 10000 else 2, 2, 8, n, L, torch.bfloat16, device="cuda")
+    check_against_fp64(_triton, x, out_fp32=True, label=f"N={n} L={L}")
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_compile_fullgraph_and_autocast():
+    x = make_inputs(2, 4, 24, 1, 196, torch.float32, device="cuda")
+    xs = [t.requires_grad_(True) for t in x]
+
+    def f(*a):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            u, delta, A, B, C, D, bias = a
+            lin = torch.nn.functional.linear  # autocast makes these bf16, as in the model
+            eye = torch.eye(u.shape[-1], device=u.device)
+            return _triton(lin(u, eye), lin(delta, eye), A, lin(B, eye), lin(C, eye), D, bias).square().sum()
+
+    cf = torch.compile(f, fullgraph=True)
+    l1 = cf(*xs)
+    g1 = torch.autograd.grad(l1, xs)
+    l2 = f(*xs)
+    g2 = torch.autograd.grad(l2, xs)
+    assert rel(l1, l2) < 1e-3  # same kernels; only the bf16 projections around them may be fused differently
+    for a, b in zip(g1, g2):
+        assert rel(a, b) < 1e-2
