@@ -1,0 +1,18 @@
+"""Backbones: VMamba (our code, `vmamba.py`) and timm peers (`zoo.py`) behind one registry.
+
+Importing this package does not import torch or timm; `create_model` does.
+"""
+from .registry import (
+    ModelEntry,
+    UnknownModelError,
+    create_model,
+    list_models,
+    model_entry,
+    register_model,
+    resolve_model_name,
+)
+
+__all__ = [
+    "ModelEntry", "UnknownModelError", "create_model", "list_models", "model_entry",
+    "register_model", "resolve_model_name",
+]
