@@ -18,31 +18,10 @@ import math
 import os
 import sys
 
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
+
 import torch
-
-
-def _import_kernels():
-    """Import vmbench.kernels; where vmbench is not installed (a bare GPU box), load kernels/ by path
-    as `vmbench.kernels` (its modules use only relative imports), without running pip."""
-    try:
-        import vmbench.kernels  # noqa: F401
-        return
-    except ImportError:
-        pass
-    import importlib.util
-    import types
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    pkg = types.ModuleType("vmbench")
-    pkg.__path__ = [str(root / "vmbench")]
-    sys.modules["vmbench"] = pkg
-    spec = importlib.util.spec_from_file_location(
-        "vmbench.kernels", root / "kernels" / "__init__.py", submodule_search_locations=[str(root / "kernels")])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["vmbench.kernels"] = mod
-    spec.loader.exec_module(mod)
-    pkg.kernels = mod
 
 
 B_SZ, K, N = 128, 4, 1
@@ -218,7 +197,6 @@ def main(argv=None):
     ap.add_argument("--no-ref", action="store_true", help="skip timing the torch twin")
     ap.add_argument("--no-check", action="store_true", help="skip the fp64 correctness check")
     args = ap.parse_args(argv)
-    _import_kernels()
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2

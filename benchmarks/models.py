@@ -13,6 +13,9 @@ import json
 import os
 import sys
 
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
+
 from vmbench.engine.suite import PAPER_MODELS, SECTIONS, run_suite, summary, to_markdown
 
 

@@ -16,36 +16,14 @@ import os
 import sys
 import traceback
 
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
+
 import torch
 
 STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
 BATCH = 128
 HBM_TBS = 3.0  # measured device-to-device copy on the H100 of this workplace (read + write)
-
-
-def _ensure_vmbench():
-    """Make `vmbench.kernels` importable without an install: if the package is missing, build a
-    throw-away package dir of symlinks (vmbench/* plus kernels/ as vmbench/kernels) and put it
-    first on sys.path. The repo maps kernels/ into the package only through pyproject.toml."""
-    try:
-        import vmbench.kernels  # noqa: F401
-        return
-    except ModuleNotFoundError:
-        pass
-    import tempfile
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shim = tempfile.mkdtemp(prefix="vmbench-shim-")
-    pkg = os.path.join(shim, "vmbench")
-    os.mkdir(pkg)
-    for name in os.listdir(os.path.join(root, "vmbench")):
-        os.symlink(os.path.join(root, "vmbench", name), os.path.join(pkg, name))
-    for name in ("kernels", "recipes"):
-        if os.path.isdir(os.path.join(root, name)):
-            os.symlink(os.path.join(root, name), os.path.join(pkg, name))
-    sys.path.insert(0, shim)
-    for mod in [m for m in sys.modules if m == "vmbench" or m.startswith("vmbench.")]:
-        del sys.modules[mod]
 
 
 def _bench(fn, rep=60):
@@ -92,7 +70,6 @@ def main(argv=None):
         return 2
     import triton
 
-    _ensure_vmbench()
     from vmbench.kernels import cross_merge_ref, cross_scan_ref, ss2d_core, ss2d_core_ref
     from vmbench.kernels import _cross_scan_triton as xst
     from vmbench.kernels import _ss2d_triton as sst
