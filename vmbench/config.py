@@ -58,6 +58,8 @@ class RunSpec:
     max_val_batches: int | None = None
     bench_batch: int | None = None  # throughput batch after training (default: batch_size)
     weights: str | None = None  # initial state dict to load (strict)
+    label_smoothing: float = 0.1  # cross-entropy label smoothing in training (evaluation is unsmoothed)
+    drop_path_rate: float | None = None  # stochastic depth; None keeps the model's default
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -77,6 +79,10 @@ class RunSpec:
         _positive("bench_batch", self.bench_batch)
         _choice("device", self.device, DEVICES)
         _choice("scan_backend", self.scan_backend, SCAN_BACKENDS)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ValueError(f"weights file not found: {self.weights}")
 

@@ -1,0 +1,323 @@
+"""Speed and memory: inference throughput, training-step throughput, and the `vmbench bench` benchmark.
+
+Timing method (the one shared/ANCHORS.md numbers use): eval mode under inference_mode (no_grad when
+compiled), random input, untimed warm-up calls, then `repeats` timed runs of `iters` calls each; the
+reported latency is the median per-batch time over the runs. On CUDA: cudnn.benchmark on, CUDA-event
+timing, peak memory from torch.cuda.max_memory_allocated (absolute, weights included). On the CPU:
+time.perf_counter, peak memory as the growth of the process's peak RSS over the measurement
+(VmHWM after resetting it, minus VmRSS before), or None where Linux does not offer that.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import SpecError
+
+__all__ = [
+    "benchmark", "measure_throughput", "train_step_throughput", "resolve_device", "resolve_scan_backend",
+    "autocast_ctx", "PeakMemory",
+]
+
+Progress = Callable[[str, int, int], None]
+_AMP_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" → cuda when available, else cpu. Asking for CUDA where there is none raises SpecError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError(f"--device cuda was requested but CUDA is not available "
+                            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
+        return torch.device("cuda")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise SpecError(f"device must be auto, cpu or cuda; got {name!r}")
+
+
+def resolve_scan_backend(requested: str, device: torch.device) -> str:
+    """The selective-scan backend that will run ("torch" | "triton"); unusable requests raise SpecError."""
+    from vmbench.kernels import resolve_backend
+
+    try:
+        return resolve_backend(requested, device)
+    except (RuntimeError, ValueError) as e:
+        raise SpecError(str(e)) from None
+
+
+def autocast_ctx(device: torch.device, precision: str):
+    """Autocast for "amp_bf16" / "amp_fp16" on `device`; a null context for "fp32"."""
+    if precision not in _AMP_DTYPES:
+        raise SpecError(f"precision must be one of {', '.join(_AMP_DTYPES)}; got {precision!r}")
+    dtype = _AMP_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{key}:\s+(\d+)\s+kB", f.read(), re.M)
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: reset the process's peak RSS (VmHWM) to its current RSS
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory over a window: `with PeakMemory(device, delta) as pm: ...; pm.mb, pm.source`.
+
+    CUDA: max_memory_allocated (absolute), source "cuda_max_allocated". CPU: peak RSS of the process during
+    the window, source "cpu_peak_rss" (absolute) or "cpu_peak_rss_delta" (growth over the RSS at entry,
+    when `delta`); mb None and source None where the peak cannot be reset (non-Linux).
+    """
+
+    def __init__(self, device: torch.device, delta: bool = False):
+        self.device, self.delta = torch.device(device), delta
+        self.mb: float | None = None
+        self.source: str | None = None
+        self._ok = False
+        self._rss0 = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._ok = True
+        else:
+            self._rss0 = _proc_status_kb("VmRSS") or 0
+            self._ok = _reset_rss_peak() and _proc_status_kb("VmHWM") is not None
+        return self
+
+    def read(self) -> float | None:
+        """Peak so far in MiB (also sets .mb and .source)."""
+        if not self._ok:
+            return None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb, self.source = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
+        else:
+            hwm = _proc_status_kb("VmHWM") or 0
+            if self.delta:
+                self.mb, self.source = max(0, hwm - self._rss0) / 1024, "cpu_peak_rss_delta"
+            else:
+                self.mb, self.source = hwm / 1024, "cpu_peak_rss"
+        return self.mb
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.read()
+        return False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_runs(step: Callable[[], None], device: torch.device, warmup: int, repeats: int, iters: int,
+                progress: Progress | None, task: str) -> tuple[float, list[float]]:
+    """first-call seconds, and per-call milliseconds of each timed run (`iters` calls per run)."""
+    total = 1 + warmup + repeats
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(task, done, total)
+
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    first_call_s = time.perf_counter() - t0
+    tick()
+    for _ in range(warmup):
+        step()
+        tick()
+    _sync(device)
+    per_call_ms = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                step()
+            end.record()
+            end.synchronize()
+            per_call_ms.append(start.elapsed_time(end) / iters)
+        else:
+            t = time.perf_counter()
+            for _ in range(iters):
+                step()
+            per_call_ms.append((time.perf_counter() - t) * 1e3 / iters)
+        tick()
+    return first_call_s, per_call_ms
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(device: torch.device):
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def _input(batch: int, res: int, device: torch.device, channels_last: bool, in_chans: int = 3) -> torch.Tensor:
+    x = torch.randn(batch, in_chans, res, res, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: torch.device | str,
+                       precision: str = "fp32", warmup: int = 3, repeats: int = 5, iters: int | None = None,
+                       channels_last: bool = False, compiled: bool = False, in_chans: int = 3,
+                       progress: Progress | None = None, task: str = "bench") -> dict:
+    """Inference speed of `model` (already on `device`) on random (batch, 3, res, res) input.
+
+    `iters` calls per timed run (default 10 on CUDA, 1 on the CPU). The model is put in eval mode and its
+    previous mode restored. Returns {img_s, latency_ms (median per batch), latencies_ms (each run),
+    first_call_s, peak_mem_mb, peak_mem_source, batch, res, precision, iters, repeats, warmup}.
+    """
+    device = torch.device(device)
+    iters = iters or (10 if device.type == "cuda" else 1)
+    was_training = model.training
+    model.eval()
+    x = _input(batch, res, device, channels_last, in_chans)
+    grad_ctx = torch.no_grad if compiled else torch.inference_mode
+
+    def step():
+        with grad_ctx(), autocast_ctx(device, precision):
+            model(x)
+
+    try:
+        with _cudnn_benchmark(device), PeakMemory(device, delta=device.type != "cuda") as pm:
+            first_call_s, ms = _timed_runs(step, device, warmup, repeats, iters, progress, task)
+    finally:
+        model.train(was_training)
+    latency = statistics.median(ms)
+    return dict(img_s=batch * 1e3 / latency, latency_ms=latency, latencies_ms=ms, first_call_s=first_call_s,
+                peak_mem_mb=pm.mb, peak_mem_source=pm.source, batch=batch, res=res, precision=precision,
+                iters=iters, repeats=repeats, warmup=warmup)
+
+
+def train_step_throughput(model: torch.nn.Module, batch: int, res: int, device: torch.device | str,
+                          precision: str = "amp_bf16", warmup: int = 3, repeats: int = 5,
+                          iters: int | None = None, channels_last: bool = False, in_chans: int = 3,
+                          progress: Progress | None = None, task: str = "train step") -> dict:
+    """Training-step speed: forward + cross-entropy + backward under `precision`, no optimizer step
+    (the method of the "train img/s" columns in shared/ANCHORS.md). Gradients are dropped between calls.
+
+    Returns the keys of `measure_throughput`; peak memory covers activations and gradients.
+    """
+    device = torch.device(device)
+    iters = iters or (10 if device.type == "cuda" else 1)
+    was_training = model.training
+    model.train()
+    x = _input(batch, res, device, channels_last, in_chans)
+    target: list[torch.Tensor] = []
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with autocast_ctx(device, precision):
+            out = model(x)
+        if not target:
+            target.append(torch.randint(out.shape[-1], (batch,), device=device,
+                                        generator=torch.Generator(device=device).manual_seed(0)))
+        F.cross_entropy(out.float(), target[0]).backward()
+
+    try:
+        with _cudnn_benchmark(device), PeakMemory(device, delta=device.type != "cuda") as pm:
+            first_call_s, ms = _timed_runs(step, device, warmup, repeats, iters, progress, task)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    latency = statistics.median(ms)
+    return dict(img_s=batch * 1e3 / latency, latency_ms=latency, latencies_ms=ms, first_call_s=first_call_s,
+                peak_mem_mb=pm.mb, peak_mem_source=pm.source, batch=batch, res=res, precision=precision,
+                iters=iters, repeats=repeats, warmup=warmup)
+
+
+def model_cost(model_name: str, num_classes: int, res: int, model: torch.nn.Module | None = None,
+               **create_kw) -> dict:
+    """Params and FLOPs of a model at batch 1 × res, counted on the CPU with the torch scan backend.
+
+    `model` is reused when given (it must be on the CPU with the torch backend); otherwise a fresh CPU
+    instance is built. Returns {params_m, gflops, flops_uncovered (sorted op names), flops_error}.
+    """
+    from vmbench.models import create_model
+
+    from .flops import count_flops, count_params
+
+    cpu_model = model if model is not None else create_model(model_name, num_classes=num_classes,
+                                                             scan_backend="torch", img_size=res, **create_kw)
+    out = dict(params_m=count_params(cpu_model) / 1e6, gflops=None, flops_uncovered=[], flops_error=None)
+    was_training = cpu_model.training
+    cpu_model.eval()
+    try:
+        flops, uncovered = count_flops(cpu_model, res, batch=1, device="cpu", fast=True)
+        out["gflops"] = flops / 1e9
+        out["flops_uncovered"] = sorted(uncovered)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError) as e:
+        # A model the FLOP counter cannot trace still gets its speed measured; the reason is kept.
+        out["flops_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        cpu_model.train(was_training)
+    return out
+
+
+def benchmark(spec, progress: Progress | None = None) -> dict:
+    """Inference benchmark of `spec` (a BenchSpec): params, GFLOPs, img/s, latency, peak memory.
+
+    Validates the model name, device and scan backend first (ValueError subclasses), then builds the model
+    with random weights. Returns {model, params_m, gflops, flops_uncovered, flops_error, img_s, latency_ms,
+    latencies_ms, first_call_s, peak_mem_mb, peak_mem_source, device, gpu_name, torch_threads, precision, res,
+    batch, num_classes, scan_backend (resolved), channels_last, compile, warmup, repeats, iters}.
+    """
+    from vmbench.models import create_model, resolve_model_name
+
+    name = resolve_model_name(spec.model)
+    device = resolve_device(spec.device)
+    backend = resolve_scan_backend(spec.scan_backend, device)
+    autocast_ctx(device, spec.precision)  # validates the precision name
+
+    model = create_model(name, num_classes=spec.num_classes, scan_backend=backend, img_size=spec.res)
+    cost = model_cost(name, spec.num_classes, spec.res, model=model if backend == "torch" else None)
+    model.to(device)
+    if spec.channels_last:
+        model.to(memory_format=torch.channels_last)
+    run_model = torch.compile(model) if spec.compile else model
+    speed = measure_throughput(run_model, spec.batch, spec.res, device, spec.precision, warmup=spec.warmup,
+                               repeats=spec.repeats, channels_last=spec.channels_last, compiled=spec.compile,
+                               progress=progress, task="bench")
+    return dict(
+        model=name, **cost,
+        img_s=speed["img_s"], latency_ms=speed["latency_ms"], latencies_ms=speed["latencies_ms"],
+        first_call_s=speed["first_call_s"], peak_mem_mb=speed["peak_mem_mb"],
+        peak_mem_source=speed["peak_mem_source"], device=device.type,
+        gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        torch_threads=torch.get_num_threads(), precision=spec.precision, res=spec.res, batch=spec.batch,
+        num_classes=spec.num_classes, scan_backend=backend, channels_last=spec.channels_last,
+        compile=spec.compile, warmup=spec.warmup, repeats=spec.repeats, iters=speed["iters"],
+    )

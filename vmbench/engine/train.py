@@ -1,0 +1,259 @@
+"""Training run of one RunSpec: train for `epochs`, evaluate after each epoch, then measure speed.
+
+    trainer = Trainer(spec, progress=hook)     # validates the spec; does no work (ValueError subclasses)
+    for metrics in trainer.epochs():           # one dict per epoch (see EPOCH_KEYS)
+        store.record(metrics)
+    result = trainer.finish()                  # final dict (see RESULT_KEYS)
+
+Recipe: AdamW (timm's optimizer factory) with no weight decay on 1-d parameters, biases and parameters
+flagged `_no_weight_decay` (VMamba's A_logs and Ds) or named by `model.no_weight_decay()`; cosine learning
+rate updated every step (timm CosineLRScheduler) after an optional linear warm-up; cross-entropy with label
+smoothing; bf16 autocast on CUDA when `spec.amp`. KeyboardInterrupt is never caught here.
+"""
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from . import SpecError
+from .bench import PeakMemory, measure_throughput, model_cost, resolve_device, resolve_scan_backend
+from .evaluate import evaluate
+
+__all__ = ["Trainer", "DivergedError", "param_groups", "train_one_epoch", "seed_everything",
+           "EPOCH_KEYS", "RESULT_KEYS"]
+
+Progress = Callable[[str, int, int], None]
+
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr", "epoch_time_s",
+              "train_img_s", "peak_mem_mb")
+RESULT_KEYS = ("top1", "top5", "val_loss", "train_loss", "train_time_s", "params_m", "gflops", "flops_uncovered",
+               "flops_error", "img_s", "latency_ms", "bench_batch", "peak_mem_mb", "peak_mem_source",
+               "scan_backend", "device", "gpu_name", "amp", "img_size", "num_classes", "epochs_done", "model",
+               "dataset")
+
+# After-training throughput: fewer calls on the CPU, where one batch can take seconds.
+_BENCH_CPU = dict(warmup=1, repeats=3)
+_BENCH_CUDA = dict(warmup=3, repeats=5)
+LR_MIN_RATIO = 0.01  # cosine floor, as a fraction of the peak lr
+WARMUP_LR_RATIO = 0.001  # warm-up start, as a fraction of the peak lr
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite (the caller records the run as diverged)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed weights, and no-decay parameters (ndim <= 1, biases, `_no_weight_decay`
+    flags, names returned by `model.no_weight_decay()`)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if (p.ndim <= 1 or name.endswith(".bias") or getattr(p, "_no_weight_decay", False)
+                or name in skip or name.rsplit(".", 1)[-1] in skip):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [dict(params=no_decay, weight_decay=0.0), dict(params=decay, weight_decay=weight_decay)]
+
+
+def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_step: int = 0,
+                    label_smoothing: float = 0.0, amp: bool = False, max_batches: int | None = None,
+                    progress: Progress | None = None, task: str = "train", epoch: int = 1) -> dict:
+    """One pass over `loader` (at most `max_batches` batches). The scheduler, when given, gets
+    `step_update(num_updates)` after every optimizer step.
+
+    Returns {train_loss (mean smoothed loss per image), train_acc (percent), images, steps, lr (last used),
+    train_time_s}. Raises DivergedError on a non-finite loss.
+    """
+    device = torch.device(device)
+    use_amp = bool(amp) and device.type == "cuda"
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    model.train()
+    loss_sum, correct, n, step = 0.0, 0, 0, start_step
+    lr = optimizer.param_groups[-1]["lr"]
+    t0 = time.perf_counter()
+    for i, (images, labels) in enumerate(loader):
+        if i >= total:
+            break
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        lr = optimizer.param_groups[-1]["lr"]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if scheduler is not None:
+            scheduler.step_update(num_updates=step)
+        b = labels.shape[0]
+        loss_sum += loss.item() * b
+        correct += int((logits.detach().argmax(dim=1) == labels).sum())
+        n += b
+        if progress is not None:
+            progress(task, i + 1, total)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    return dict(train_loss=loss_sum / max(n, 1), train_acc=100.0 * correct / max(n, 1), images=n,
+                steps=step - start_step, lr=lr, train_time_s=dt)
+
+
+class Trainer:
+    """Train + evaluate + benchmark one RunSpec. See the module docstring for the protocol.
+
+    `__init__` checks everything a user can get wrong and raises a ValueError subclass
+    (UnknownModelError, DataError, SpecError) before any model is built or data is read.
+    """
+
+    def __init__(self, spec, progress: Progress | None = None):
+        from vmbench.data import get_dataset_info
+        from vmbench.models import resolve_model_name
+
+        self.spec = spec
+        self.progress = progress
+        self.model_name = resolve_model_name(spec.model)
+        self.dataset = get_dataset_info(spec.dataset, spec.data_root)
+        self.device = resolve_device(spec.device)
+        self.scan_backend = resolve_scan_backend(spec.scan_backend, self.device)
+        self.img_size = int(spec.img_size or self.dataset.img_size)
+        self.amp = bool(spec.amp) and self.device.type == "cuda"
+        self.bench_batch = int(spec.bench_batch or spec.batch_size)
+        self.label_smoothing = float(getattr(spec, "label_smoothing", 0.1))
+        self.drop_path_rate = getattr(spec, "drop_path_rate", None)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise SpecError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        self.model: torch.nn.Module | None = None
+        self.history: list[dict] = []
+        self.epochs_done = 0
+        self.train_time_s = 0.0
+        self._peak_mem: tuple[float | None, str | None] = (None, None)
+        self._step = 0
+
+    # -- setup -----------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build model, loaders, optimizer and schedule (called by epochs()/finish() when needed)."""
+        if self.model is not None:
+            return
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import CosineLRScheduler
+
+        from vmbench.data import build_loaders
+        from vmbench.models import create_model
+
+        spec = self.spec
+        seed_everything(spec.seed)
+        model = create_model(self.model_name, num_classes=self.dataset.num_classes, scan_backend=self.scan_backend,
+                             drop_path_rate=self.drop_path_rate, img_size=self.img_size)
+        if spec.weights:
+            _load_weights(model, spec.weights)
+        self.model = model.to(self.device)
+        model_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+        self.train_loader, self.val_loader = build_loaders(
+            self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=spec.num_workers,
+            model_cfg=model_cfg)
+        self.steps_per_epoch = len(self.train_loader)
+        if spec.max_train_batches is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, spec.max_train_batches)
+        self.optimizer = create_optimizer_v2(param_groups(model, spec.weight_decay), opt="adamw", lr=spec.lr,
+                                             weight_decay=spec.weight_decay)
+        total = max(1, self.steps_per_epoch * spec.epochs)
+        warmup = int(round(spec.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=max(1, total - warmup), lr_min=spec.lr * LR_MIN_RATIO, warmup_t=warmup,
+            warmup_lr_init=spec.lr * WARMUP_LR_RATIO, warmup_prefix=True, t_in_epochs=False)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def epochs(self) -> Iterator[dict]:
+        """Train the remaining epochs; yield {epoch, train_loss, train_acc, val_top1, val_top5, val_loss, lr,
+        epoch_time_s, train_img_s, peak_mem_mb} after each one (accuracies in percent)."""
+        self.setup()
+        spec = self.spec
+        while self.epochs_done < spec.epochs:
+            e = self.epochs_done + 1
+            t0 = time.perf_counter()
+            with PeakMemory(self.device) as pm:
+                tr = train_one_epoch(
+                    self.model, self.train_loader, self.optimizer, self.device, scheduler=self.scheduler,
+                    start_step=self._step, label_smoothing=self.label_smoothing, amp=self.amp,
+                    max_batches=spec.max_train_batches, progress=self.progress,
+                    task=f"epoch {e}/{spec.epochs} train", epoch=e)
+                self._step += tr["steps"]
+                ev = evaluate(self.model, self.val_loader, self.device, self.amp, max_batches=spec.max_val_batches,
+                              progress=self.progress, task=f"epoch {e}/{spec.epochs} eval")
+            dt = time.perf_counter() - t0
+            self.epochs_done = e
+            self.train_time_s += dt
+            if pm.mb is not None and (self._peak_mem[0] is None or pm.mb > self._peak_mem[0]):
+                self._peak_mem = (pm.mb, pm.source)
+            metrics = dict(epoch=e, train_loss=tr["train_loss"], train_acc=tr["train_acc"], val_top1=ev["top1"],
+                           val_top5=ev["top5"], val_loss=ev["loss"], lr=tr["lr"], epoch_time_s=dt,
+                           train_img_s=tr["images"] / tr["train_time_s"] if tr["train_time_s"] > 0 else None,
+                           peak_mem_mb=pm.mb)
+            self.history.append(metrics)
+            yield metrics
+
+    # -- final result ----------------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """Final accuracy (last epoch's evaluation; a fresh one when no epoch ran), params, GFLOPs, inference
+        throughput at `bench_batch` on the run's device, peak training memory. Keys: RESULT_KEYS."""
+        self.setup()
+        model = self.model
+        if self.history:
+            last = self.history[-1]
+            top1, top5, val_loss, train_loss = last["val_top1"], last["val_top5"], last["val_loss"], last["train_loss"]
+        else:
+            ev = evaluate(model, self.val_loader, self.device, self.amp, max_batches=self.spec.max_val_batches,
+                          progress=self.progress, task="eval")
+            top1, top5, val_loss, train_loss = ev["top1"], ev["top5"], ev["loss"], None
+        bench_kw = _BENCH_CUDA if self.device.type == "cuda" else _BENCH_CPU
+        speed = measure_throughput(model, self.bench_batch, self.img_size, self.device,
+                                   precision="amp_bf16" if self.amp else "fp32", progress=self.progress,
+                                   task="bench", **bench_kw)
+        reuse = self.device.type == "cpu" and self.scan_backend == "torch"
+        cost = model_cost(self.model_name, self.dataset.num_classes, self.img_size, model=model if reuse else None)
+        peak_mb, peak_src = self._peak_mem
+        return dict(
+            top1=top1, top5=top5, val_loss=val_loss, train_loss=train_loss, train_time_s=self.train_time_s,
+            params_m=cost["params_m"], gflops=cost["gflops"], flops_uncovered=cost["flops_uncovered"],
+            flops_error=cost["flops_error"], img_s=speed["img_s"], latency_ms=speed["latency_ms"],
+            bench_batch=self.bench_batch, peak_mem_mb=peak_mb, peak_mem_source=peak_src,
+            scan_backend=self.scan_backend, device=self.device.type,
+            gpu_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+            amp=self.amp, img_size=self.img_size, num_classes=self.dataset.num_classes,
+            epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name,
+        )
+
+    def run(self) -> tuple[list[dict], dict]:
+        """All epochs then finish(): (per-epoch metrics, result)."""
+        history = list(self.epochs())
+        return history, self.finish()
+
+
+def _load_weights(model: torch.nn.Module, path: str) -> None:
+    """Strict state-dict load (official VMamba checkpoints are converted by the model package)."""
+    from vmbench.models.vmamba import load_weights
+
+    try:
+        load_weights(model, path)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+
