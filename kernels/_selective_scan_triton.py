@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
@@ -36,16 +38,22 @@ __all__ = ["selective_scan_triton", "scan_config"]
 LOG2E = 1.4426950408889634
 
 
-def _combine_fn(a1, x1, a2, x2):
+def _combine(a1, x1, a2, x2):
     # (a1, x1) then (a2, x2) for h -> a * h + x: the composed map is (a1 a2, a2 x1 + x2).
     return a1 * a2, a2 * x1 + x2
 
 
-_combine = JITFunction(_combine_fn)
-# Inside the kernels only builtins are used (tl.full, tl.reduce with triton's own sum combine)
-# rather than the jit-decorated helpers tl.zeros / tl.sum / tl.cdiv: those are fixed as compiled
-# or interpreted when triton is imported, which would break TRITON_INTERPRET=1 switched on later.
-_SUM = tl.standard._sum_combine
+# The jit wrapper keeps the function's own name: torch.compile (Inductor) re-emits helpers by
+# __name__, and the kernels call it as `_combine`.
+_combine = JITFunction(_combine)
+# Inside the kernels only builtins are used (tl.full, tl.reduce with our own `_add`) rather than
+# the jit-decorated helpers tl.zeros / tl.sum / tl.cdiv: those are fixed as compiled or interpreted
+# when triton is imported, which would break TRITON_INTERPRET=1 switched on later.
+def _add(a, b):
+    return a + b
+
+
+_add = JITFunction(_add)
 
 
 def _scan_fwd_kernel(
@@ -99,11 +107,11 @@ def _scan_fwd_kernel(
         x = (dt * u)[:, None, :] * Bv[None, :, :]
         sa, sx = tl.associative_scan((a, x), axis=2, combine_fn=_combine)
         hh = sx + sa * h[:, :, None]
-        y = tl.reduce(hh * Cv[None, :, :], 1, _SUM)  # [BLOCK_D, BLOCK_L]
+        y = tl.reduce(hh * Cv[None, :, :], 1, _add)  # [BLOCK_D, BLOCK_L]
         if HAS_D:
             y = y + Dv[:, None] * u
         tl.store(y_ptr + ptr, y.to(y_ptr.dtype.element_ty), mask=m2)
-        h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, None, :], hh, 0.0), 2, _SUM)
+        h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, None, :], hh, 0.0), 2, _add)
 
 
 def _scan_bwd_kernel(
@@ -178,23 +186,23 @@ def _scan_bwd_kernel(
         cdy = Cv[None, :, :] * dy[:, None, :]
         ga, gg = tl.associative_scan((an, cdy), axis=2, combine_fn=_combine, reverse=True)
         g = gg + ga * g_next[:, :, None]
-        g_next = tl.reduce(tl.where((lidx == 0)[None, None, :], g, 0.0), 2, _SUM)
+        g_next = tl.reduce(tl.where((lidx == 0)[None, None, :], g, 0.0), 2, _add)
         gah = g * (hh - x)  # g_t * a_t * h_{t-1}
-        tl.atomic_add(dC_ptr + bc[:, None] + offs_l[None, :], tl.reduce(hh * dy[:, None, :], 0, _SUM),
+        tl.atomic_add(dC_ptr + bc[:, None] + offs_l[None, :], tl.reduce(hh * dy[:, None, :], 0, _add),
                       mask=mbl, sem="relaxed")
-        tl.atomic_add(dB_ptr + bc[:, None] + offs_l[None, :], tl.reduce(g * dtu[:, None, :], 0, _SUM),
+        tl.atomic_add(dB_ptr + bc[:, None] + offs_l[None, :], tl.reduce(g * dtu[:, None, :], 0, _add),
                       mask=mbl, sem="relaxed")
-        gB = tl.reduce(g * Bv[None, :, :], 1, _SUM)  # [BLOCK_D, BLOCK_L]
-        ddt = gB * u + tl.reduce(gah * Av[:, :, None], 1, _SUM)
-        dA_acc += tl.reduce(gah * dt[:, None, :], 2, _SUM)
+        gB = tl.reduce(g * Bv[None, :, :], 1, _add)  # [BLOCK_D, BLOCK_L]
+        ddt = gB * u + tl.reduce(gah * Av[:, :, None], 1, _add)
+        dA_acc += tl.reduce(gah * dt[:, None, :], 2, _add)
         du = gB * dt
         if HAS_D:
             du = du + Dv[:, None] * dy
-            dD_acc += tl.reduce(dy * u, 1, _SUM)
+            dD_acc += tl.reduce(dy * u, 1, _add)
         if SOFTPLUS:
             ddt = ddt / (1.0 + tl.exp(-dt_raw))
         ddt = tl.where(m2, ddt, 0.0)
-        dbias_acc += tl.reduce(ddt, 1, _SUM)
+        dbias_acc += tl.reduce(ddt, 1, _add)
         tl.store(du_ptr + ptr, du.to(du_ptr.dtype.element_ty), mask=m2)
         tl.store(ddt_ptr + ptr, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
     tl.store(dA_ptr + rowid[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
@@ -364,20 +372,19 @@ def _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bool):
 # ---------------------------------------------------------------------------------------------
 # Custom ops (one node under torch.jit.trace, traced through by torch.compile) + autograd.
 # ---------------------------------------------------------------------------------------------
-_ARGS = ("Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, "
-         "bool delta_softplus, bool out_fp32")
-
-
-@torch.library.triton_op("vmbench::selective_scan_triton", mutates_args=(), schema=f"({_ARGS}) -> (Tensor, Tensor)")
-def _fwd_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32):
+# Plain annotations (no `schema=`): torch 2.11's triton_op infers the schema and takes no schema argument.
+@torch.library.triton_op("vmbench::selective_scan_triton", mutates_args=())
+def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+            out_fp32: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     return _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
 
 
-@torch.library.triton_op(
-    "vmbench::selective_scan_triton_bwd", mutates_args=(),
-    schema=f"(Tensor dy, {_ARGS}, Tensor hs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-)
-def _bwd_op(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, hs):
+@torch.library.triton_op("vmbench::selective_scan_triton_bwd", mutates_args=())
+def _bwd_op(dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+            C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+            out_fp32: bool, hs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                      torch.Tensor, torch.Tensor, torch.Tensor]:
     return _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus)
 
 
