@@ -122,8 +122,8 @@ def _ss2d_fwd_kernel(
     out_base = out_ptr + pid_b.to(tl.int64) * L * D
     st_n = n[None, :] * BD + tl.arange(0, BD)[:, None]  # [BD, BN] offsets in one stored state
     for pair in tl.static_range(2):
-        kf: tl.constexpr = pair  # forward direction
-        kr: tl.constexpr = pair + 2  # reversed direction
+        kf = pair  # forward direction (a constexpr: pair comes from static_range)
+        kr = pair + 2  # reversed direction
         wmask = dm[:, None] & (r[None, :] < R)
         wt_f = tl.load(wdt_ptr + (kf * D + d[:, None]) * R + r[None, :], mask=wmask, other=0.0)  # [BD, BR]
         wt_r = tl.load(wdt_ptr + (kr * D + d[:, None]) * R + r[None, :], mask=wmask, other=0.0)
