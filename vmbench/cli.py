@@ -100,18 +100,23 @@ def _smoke_spec(model: str, dataset: str, overrides: dict, **kw):
     return RunSpec(model=model, dataset=dataset, **{**smoke_defaults(dataset), **overrides}, **kw)
 
 
-def _print_summary(run_id: int, model: str, dataset: str, results: dict) -> None:
+def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) -> None:
     from rich.table import Table
 
-    t = Table(title=f"run {run_id}: {model} on {dataset}", title_justify="left", show_header=False)
+    title = f"run {run_id}: {model} on {dataset}" if run_id else f"{model}: {dataset}"
+    t = Table(title=title, title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
     fmt = {"top1": "{:.2f} %", "top5": "{:.2f} %", "params_m": "{:.2f} M", "gflops": "{:.3f}", "img_s": "{:.1f}",
-           "peak_mem_mb": "{:.0f} MB", "train_time_s": "{:.1f} s"}
+           "peak_mem_mb": "{:.0f} MB", "train_time_s": "{:.1f} s", "latency_ms": "{:.2f} ms",
+           "first_call_s": "{:.2f} s"}
     for key, value in results.items():
-        if isinstance(value, (dict, list)):
+        if value is None or isinstance(value, (dict, list)) or key == "latencies_ms":
             continue
-        shown = fmt.get(key, "{}").format(value) if isinstance(value, (int, float)) and value is not None else str(value)
+        if isinstance(value, float):
+            shown = fmt.get(key, "{:.4g}").format(value)
+        else:
+            shown = fmt.get(key, "{}").format(value) if not isinstance(value, bool) else str(value)
         t.add_row(key, shown)
     _console().print(t)
 

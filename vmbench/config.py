@@ -60,6 +60,7 @@ class RunSpec:
     weights: str | None = None  # initial state dict to load (strict)
     label_smoothing: float = 0.1  # cross-entropy label smoothing in training (evaluation is unsmoothed)
     drop_path_rate: float | None = None  # stochastic depth; None keeps the model's default
+    clip_grad: float | None = None  # max global gradient norm (None: no clipping)
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -77,6 +78,7 @@ class RunSpec:
         _positive("max_train_batches", self.max_train_batches)
         _positive("max_val_batches", self.max_val_batches)
         _positive("bench_batch", self.bench_batch)
+        _positive("clip_grad", self.clip_grad)
         _choice("device", self.device, DEVICES)
         _choice("scan_backend", self.scan_backend, SCAN_BACKENDS)
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -73,9 +73,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_step: int = 0,
                     label_smoothing: float = 0.0, amp: bool = False, max_batches: int | None = None,
-                    progress: Progress | None = None, task: str = "train", epoch: int = 1) -> dict:
+                    clip_grad: float | None = None, progress: Progress | None = None, task: str = "train",
+                    epoch: int = 1) -> dict:
     """One pass over `loader` (at most `max_batches` batches). The scheduler, when given, gets
-    `step_update(num_updates)` after every optimizer step.
+    `step_update(num_updates)` after every optimizer step; `clip_grad` caps the global gradient norm.
 
     Returns {train_loss (mean smoothed loss per image), train_acc (percent), images, steps, lr (last used),
     train_time_s}. Raises DivergedError on a non-finite loss.
@@ -100,6 +101,8 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
             raise DivergedError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
         step += 1
         if scheduler is not None:
@@ -194,7 +197,7 @@ class Trainer:
                 tr = train_one_epoch(
                     self.model, self.train_loader, self.optimizer, self.device, scheduler=self.scheduler,
                     start_step=self._step, label_smoothing=self.label_smoothing, amp=self.amp,
-                    max_batches=spec.max_train_batches, progress=self.progress,
+                    max_batches=spec.max_train_batches, clip_grad=spec.clip_grad, progress=self.progress,
                     task=f"epoch {e}/{spec.epochs} train", epoch=e)
                 self._step += tr["steps"]
                 ev = evaluate(self.model, self.val_loader, self.device, self.amp, max_batches=spec.max_val_batches,
