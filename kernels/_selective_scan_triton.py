@@ -32,6 +32,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from ._backend import triton_interpret
+from .selective_scan import _check_shapes
 
 __all__ = ["selective_scan_triton", "scan_config"]
 
@@ -288,22 +289,9 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 def _prepare(u, delta, A, B, C, D, delta_bias):
     """Check shapes / dtypes / devices, make the tensors contiguous; return them with (batch, K, Dk, N, L)."""
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (B, K*D, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
-    batch, kd, L = u.shape
-    if A.dim() != 2 or A.shape[0] != kd:
-        raise ValueError(f"A must be (K*D, N) = ({kd}, N); got {tuple(A.shape)}")
-    n = A.shape[1]
-    if B.dim() != 4 or B.shape[0] != batch or B.shape[2] != n or B.shape[3] != L or C.shape != B.shape:
-        raise ValueError(f"B and C must be (B, K, N, L) = ({batch}, K, {n}, {L}); got {tuple(B.shape)}, {tuple(C.shape)}")
-    k = B.shape[1]
-    if kd % k:
-        raise ValueError(f"K*D = {kd} is not a multiple of K = {k}")
-    if L < 1 or batch < 1 or kd < 1:
+    batch, k, dk, n, L = _check_shapes(u, delta, A, B, C, D, delta_bias)
+    if L < 1 or batch < 1 or dk < 1:
         raise ValueError(f"empty scan: u is {tuple(u.shape)}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape != (kd,):
-            raise ValueError(f"{name} must be (K*D,) = ({kd},); got {tuple(t.shape)}")
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C)):
         if t.dtype not in _FLOATS:
             raise ValueError(f"triton scan: {name} must be fp32/fp16/bf16, got {t.dtype} (fp64: use backend='torch')")
@@ -314,7 +302,7 @@ def _prepare(u, delta, A, B, C, D, delta_bias):
         if t is not None and t.device != u.device:
             raise ValueError(f"all scan inputs must be on {u.device}; found one on {t.device}")
     ts = [t.contiguous() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]
-    return ts, (batch, k, kd // k, n, L)
+    return ts, (batch, k, dk, n, L)
 
 
 def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: bool):

@@ -60,6 +60,28 @@ def _linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return b
 
 
+def _forward_states(u, delta, A, B, C, delta_bias, delta_softplus):
+    """The scan's per-state quantities in the compute dtype (fp32, fp64 for fp64 inputs).
+
+    Returns (shape, uf, dt_raw, dt, Af, Bf, Cf, a, h): shape = (batch, K, D, N, L); uf and dt are
+    (B, K, D, 1, L), dt_raw (B, K*D, L) is delta + bias before softplus; Af (1, K, D, N, 1);
+    Bf, Cf (B, K, 1, N, L); a = exp(dt A) and the states h are (B, K, D, N, L).
+    """
+    batch, k, d, n, L = shape = _check_shapes(u, delta, A, B, C, None, delta_bias)
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    uf = u.to(ct).view(batch, k, d, 1, L)
+    dt_raw = delta.to(ct)
+    if delta_bias is not None:
+        dt_raw = dt_raw + delta_bias.to(ct).view(1, -1, 1)
+    dt = (F.softplus(dt_raw) if delta_softplus else dt_raw).view(batch, k, d, 1, L)
+    Af = A.to(ct).view(1, k, d, n, 1)
+    Bf = B.to(ct).view(batch, k, 1, n, L)
+    Cf = C.to(ct).view(batch, k, 1, n, L)
+    a = torch.exp(dt * Af)  # (B, K, D, N, L)
+    h = _linear_recurrence(a, dt * Bf * uf)  # (B, K, D, N, L)
+    return shape, uf, dt_raw, dt, Af, Bf, Cf, a, h
+
+
 def selective_scan_ref(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -87,20 +109,10 @@ def selective_scan_ref(
         y: (B, K*D, L), fp32 if out_fp32 else u.dtype.
     Computation is in fp32 (fp64 if the inputs are fp64).
     """
-    batch, k, d, n, L = _check_shapes(u, delta, A, B, C, D, delta_bias)
-    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
-    uf = u.to(ct).view(batch, k, d, 1, L)
-    dt = delta.to(ct)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(ct).view(1, -1, 1)
-    if delta_softplus:
-        dt = F.softplus(dt)
-    dt = dt.view(batch, k, d, 1, L)
-    Af = A.to(ct).view(1, k, d, n, 1)
-    Bf = B.to(ct).view(batch, k, 1, n, L)
-    Cf = C.to(ct).view(batch, k, 1, n, L)
-    a = torch.exp(dt * Af)  # (B, K, D, N, L)
-    h = _linear_recurrence(a, dt * Bf * uf)  # (B, K, D, N, L)
+    _check_shapes(u, delta, A, B, C, D, delta_bias)
+    (batch, k, d, n, L), uf, _, dt, Af, Bf, Cf, a, h = _forward_states(u, delta, A, B, C, delta_bias,
+                                                                       delta_softplus)
+    ct = h.dtype
     y = (h * Cf).sum(dim=3)  # (B, K, D, L)
     if D is not None:
         y = y + D.to(ct).view(1, k, d, 1) * uf.squeeze(3)
@@ -178,22 +190,11 @@ def _scan_torch_bwd_op(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, out
         dC_t = sum_d dy_t h_t,  dB_t = sum_d g_t dt_t u_t,  dA = sum_{b,t} g_t a_t h_{t-1} dt_t
         ddt_t = sum_n g_t (B_t u_t + A a_t h_{t-1}),  du_t = sum_n g_t dt_t B_t + D dy_t
     """
-    batch, k, d, n, L = _check_shapes(u, delta, A, B, C, D, delta_bias)
-    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
-    uf = u.to(ct).view(batch, k, d, 1, L)
+    _check_shapes(u, delta, A, B, C, D, delta_bias)
+    (batch, k, d, n, L), uf, dt_raw, dt, Af, Bf, Cf, a, h = _forward_states(u, delta, A, B, C, delta_bias,
+                                                                            delta_softplus)
+    ct = h.dtype
     dyf = dy.to(ct).view(batch, k, d, 1, L)
-    dt = delta.to(ct)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(ct).view(1, -1, 1)
-    dt_raw = dt
-    if delta_softplus:
-        dt = F.softplus(dt)
-    dt = dt.view(batch, k, d, 1, L)
-    Af = A.to(ct).view(1, k, d, n, 1)
-    Bf = B.to(ct).view(batch, k, 1, n, L)
-    Cf = C.to(ct).view(batch, k, 1, n, L)
-    a = torch.exp(dt * Af)  # (B, K, D, N, L)
-    h = _linear_recurrence(a, dt * Bf * uf)  # (B, K, D, N, L)
     a_next = torch.cat([a[..., 1:], torch.zeros_like(a[..., :1])], dim=-1)  # a_{t+1}, 0 past the end
     g = _linear_recurrence(a_next.flip(-1), (Cf * dyf).flip(-1)).flip(-1)  # (B, K, D, N, L)
     h_prev = torch.cat([torch.zeros_like(h[..., :1]), h[..., :-1]], dim=-1)

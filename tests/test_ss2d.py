@@ -16,49 +16,16 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from triton_interp import CHILD, FLOOR, interpreter_ready, patch_interpreter_bf16, rel, rerun_in_interpreter
 
-_CHILD = "_VMBENCH_INTERP_CHILD"
-FLOOR = 8 * torch.finfo(torch.float32).eps
 NAMES = ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds")
 
 
-def _interpreter_ready() -> bool:
-    if os.environ.get(_CHILD) == "1":
-        return True
-    if torch.cuda.is_available():
-        return False  # never switch a GPU process's Triton into interpreter mode
-    if "triton" not in sys.modules:
-        old = os.environ.get("TRITON_INTERPRET")
-        os.environ["TRITON_INTERPRET"] = "1"
-        try:
-            import triton.language  # noqa: F401
-
-            import vmbench.kernels._cross_scan_triton  # noqa: F401
-            import vmbench.kernels._ss2d_triton  # noqa: F401
-        except ImportError:
-            return False
-        finally:
-            if old is None:
-                os.environ.pop("TRITON_INTERPRET", None)
-            else:
-                os.environ["TRITON_INTERPRET"] = old
-    try:
-        import triton.language.standard as std
-        from triton.runtime.jit import JITFunction
-
-        import vmbench.kernels._ss2d_triton as sst
-    except ImportError:
-        return False
-    return not isinstance(std.cdiv, JITFunction) and not isinstance(sst._ss2d_fwd_kernel, JITFunction)
-
-
-INTERP = _interpreter_ready()
+INTERP = interpreter_ready("vmbench.kernels._ss2d_triton", "_ss2d_fwd_kernel")
 interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
 
 
@@ -80,23 +47,6 @@ def _fast_scan(self, inputs):
     return [self.to_tensor(o, inputs[j].dtype) for j, o in enumerate(outs)]
 
 
-def _patch_interpreter_bf16(monkeypatch):
-    """The interpreter casts fp32 -> bf16 by truncation; CUDA (and torch) round to nearest even.
-    Patch that one cast to torch's conversion so bf16 outputs are rounded as on the GPU."""
-    import triton.language as tl
-    from triton.runtime import interpreter as ip
-
-    orig = ip.InterpreterBuilder.cast_impl
-
-    def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            data = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16).view(torch.int16).numpy()
-            return ip.TensorHandle(data.view(np.uint16), dst_type.scalar)
-        return orig(self, src, dst_type)
-
-    monkeypatch.setattr(ip.InterpreterBuilder, "cast_impl", cast_impl)
-
-
 @pytest.fixture
 def triton_cpu(monkeypatch):
     import triton.language as tl
@@ -115,23 +65,15 @@ def triton_cpu(monkeypatch):
     monkeypatch.setattr(ip.ScanOps, "generic_scan", _fast_scan)
     monkeypatch.setattr(ip.ReduceOps, "apply_impl", fast_reduce)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    _patch_interpreter_bf16(monkeypatch)
+    patch_interpreter_bf16(monkeypatch)
     monkeypatch.setattr(xst, "POISON", True)
     return xst
 
 
-@pytest.mark.skipif(INTERP or os.environ.get(_CHILD) == "1", reason="ran in-process")
+@pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")
 def test_interpreter_subprocess():
-    """Run this file's interpreter tests in a fresh process with TRITON_INTERPRET=1 from the start."""
-    env = dict(os.environ, TRITON_INTERPRET="1", **{_CHILD: "1"})
-    r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                        "-m", "not gpu"], env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    """This file's interpreter tests, in a fresh process with TRITON_INTERPRET=1 from the start."""
+    rerun_in_interpreter(__file__)
 
 
 def make_inputs(b, h, w, d, n, r, dtype, device="cpu", strided=False):

@@ -6,6 +6,7 @@ need them, so `vmbench --help`, `vmbench compare`, `vmbench show` and
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -32,6 +33,25 @@ def _user_error(message: str) -> None:
 
 def _json_out(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@contextlib.contextmanager
+def _run_errors(what: str):
+    """How `run` and `bench` end when something goes wrong: a recorded run that failed (exit 1, or 2 when a
+    user mistake surfaced mid-run), Ctrl-C (130, recorded as interrupted), or a user mistake found before
+    anything was written (one line, exit 2)."""
+    from .scheduler.local import RunFailed
+
+    try:
+        yield
+    except RunFailed as e:
+        click.echo(f"error: {what} {e.run_id} failed: {e}", err=True)
+        sys.exit(EXIT_USER_ERROR if e.user_error else 1)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; the {what} is recorded as interrupted", err=True)
+        sys.exit(130)
+    except ValueError as e:
+        _user_error(str(e))
 
 
 db_option = click.option("--db", default=default_db_path, show_default="$VMBENCH_DB or ./experiments.db",
@@ -70,23 +90,15 @@ def main() -> None:
 def run(model, dataset, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend, data_root, workers,
         weights, max_train_batches, max_val_batches, tags, db, as_json):
     """Train MODEL on DATASET, evaluate it, benchmark it; record everything."""
-    from .scheduler.local import RunFailed, execute_run
+    from .scheduler.local import execute_run
 
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size).items()
                  if v is not None}
-    try:
+    with _run_errors("run"):
         spec = _smoke_spec(model, dataset, overrides, device=device, amp=amp, seed=seed, scan_backend=scan_backend,
                            data_root=data_root, num_workers=workers, weights=weights,
                            max_train_batches=max_train_batches, max_val_batches=max_val_batches, tags=list(tags))
         run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True)
-    except RunFailed as e:
-        click.echo(f"error: run {e.run_id} failed: {e}", err=True)
-        sys.exit(EXIT_USER_ERROR if e.user_error else 1)
-    except KeyboardInterrupt:
-        click.echo("interrupted; the run is recorded as interrupted", err=True)
-        sys.exit(130)
-    except ValueError as e:
-        _user_error(str(e))
     if as_json:
         _json_out({"id": run_id, "status": "completed", **results})
     else:
@@ -142,39 +154,26 @@ def bench(model, suite, res, batch, precision, device, scan_backend, warmup, rep
           no_store, tags, db, as_json):
     """Params, GFLOPs, inference img/s and peak memory of MODEL (or a whole --suite)."""
     from .config import BenchSpec
-    from .scheduler.local import RunFailed, execute_bench, execute_suite
+    from .scheduler.local import execute_bench, execute_suite
 
     if (model is None) == (suite is None):
         _user_error("give either a MODEL or --suite paper")
     if suite:
-        try:
+        with _run_errors("suite"):
             rows, markdown = execute_suite(None if no_store else db, device=device, scan_backend=scan_backend,
                                            batch=batch, warmup=warmup, repeats=repeats, tags=list(tags),
                                            console=_console(stderr=True), show_progress=not as_json)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except ValueError as e:
-            _user_error(str(e))
         if as_json:
             _json_out(rows)
         else:
             click.echo(markdown)
         return
-    try:
+    with _run_errors("bench run"):
         spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
                          scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
                          compile=compile_, tags=list(tags))
         run_id, results = execute_bench(spec, None if no_store else db, console=_console(stderr=True),
                                         show_progress=not as_json)
-    except RunFailed as e:
-        click.echo(f"error: bench run {e.run_id} failed: {e}", err=True)
-        sys.exit(EXIT_USER_ERROR if e.user_error else 1)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except ValueError as e:
-        _user_error(str(e))
     if as_json:
         _json_out({"id": run_id, **results})
     else:

@@ -1,0 +1,83 @@
+"""Shared set-up for the Triton kernel tests that run on the CPU through Triton's interpreter.
+
+Triton decides "interpreted or compiled" when a function is decorated, its own library (tl.sum,
+tl.cdiv, ...) included, so TRITON_INTERPRET=1 must be set before `triton` is first imported. If a
+test module is collected before anything imported triton (and there is no GPU), `interpreter_ready`
+imports triton and the kernel modules with the variable set and restores the environment;
+otherwise `rerun_in_interpreter` re-runs the test file in a fresh subprocess with the variable set.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+CHILD = "_VMBENCH_INTERP_CHILD"  # set in the re-run subprocess
+FLOOR = 8 * torch.finfo(torch.float32).eps
+KERNEL_MODULES = ("vmbench.kernels._cross_scan_triton", "vmbench.kernels._ss2d_triton")
+
+
+def interpreter_ready(module: str, kernel: str) -> bool:
+    """Can this process run `module.kernel` (and Triton's library) under the interpreter?"""
+    if os.environ.get(CHILD) == "1":
+        return True
+    if torch.cuda.is_available():
+        return False  # never switch a GPU process's Triton into interpreter mode
+    if "triton" not in sys.modules:
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1"
+        try:
+            import triton.language  # noqa: F401
+
+            for name in KERNEL_MODULES:
+                importlib.import_module(name)
+        except ImportError:
+            return False
+        finally:
+            if old is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+    try:
+        import triton.language.standard as std
+        from triton.runtime.jit import JITFunction
+
+        mod = importlib.import_module(module)
+    except ImportError:
+        return False
+    return not isinstance(std.cdiv, JITFunction) and not isinstance(getattr(mod, kernel), JITFunction)
+
+
+def rerun_in_interpreter(test_file: str) -> None:
+    """Run `test_file`'s CPU tests in a fresh process with TRITON_INTERPRET=1 from the start."""
+    env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"})
+    r = subprocess.run([sys.executable, "-m", "pytest", test_file, "-q", "-x", "-p", "no:cacheprovider",
+                        "-m", "not gpu"], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+
+
+def patch_interpreter_bf16(monkeypatch) -> None:
+    """The interpreter casts fp32 -> bf16 by truncation; CUDA (and torch) round to nearest even.
+    Patch that one cast to torch's conversion so bf16 outputs are rounded as on the GPU."""
+    import triton.language as tl
+    from triton.runtime import interpreter as ip
+
+    orig = ip.InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            data = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16).view(torch.int16).numpy()
+            return ip.TensorHandle(data.view(np.uint16), dst_type.scalar)
+        return orig(self, src, dst_type)
+
+    monkeypatch.setattr(ip.InterpreterBuilder, "cast_impl", cast_impl)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
