@@ -19,7 +19,7 @@ import os
 
 import pytest
 import torch
-from triton_interp import CHILD, FLOOR, interpreter_ready, patch_interpreter_bf16, rel, rerun_in_interpreter
+from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter, use_interpreter
 
 INTERP = interpreter_ready("vmbench.kernels._cross_scan_triton", "_cross_scan_kernel")
 interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
@@ -27,12 +27,7 @@ interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode
 
 @pytest.fixture
 def triton_cpu(monkeypatch):
-    import vmbench.kernels._cross_scan_triton as xst
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    patch_interpreter_bf16(monkeypatch)
-    monkeypatch.setattr(xst, "POISON", True)
-    return xst
+    return use_interpreter(monkeypatch)
 
 
 @pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")

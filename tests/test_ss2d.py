@@ -20,7 +20,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from triton_interp import CHILD, FLOOR, interpreter_ready, patch_interpreter_bf16, rel, rerun_in_interpreter
+from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter, use_interpreter
 
 NAMES = ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds")
 
@@ -52,8 +52,6 @@ def triton_cpu(monkeypatch):
     import triton.language as tl
     from triton.runtime import interpreter as ip
 
-    import vmbench.kernels._cross_scan_triton as xst
-
     orig_reduce = ip.ReduceOps.apply_impl
 
     def fast_reduce(self, inputs):
@@ -64,10 +62,7 @@ def triton_cpu(monkeypatch):
 
     monkeypatch.setattr(ip.ScanOps, "generic_scan", _fast_scan)
     monkeypatch.setattr(ip.ReduceOps, "apply_impl", fast_reduce)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    patch_interpreter_bf16(monkeypatch)
-    monkeypatch.setattr(xst, "POISON", True)
-    return xst
+    return use_interpreter(monkeypatch)
 
 
 @pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")

@@ -81,3 +81,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64."""
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def use_interpreter(monkeypatch):
+    """Per test: TRITON_INTERPRET=1 (so resolve_backend accepts "triton" on CPU tensors), GPU-like bf16
+    rounding, and NaN-poisoned outputs in the cross-scan kernels. Returns the cross-scan kernel module."""
+    import vmbench.kernels._cross_scan_triton as xst
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    patch_interpreter_bf16(monkeypatch)
+    monkeypatch.setattr(xst, "POISON", True)
+    return xst
