@@ -54,6 +54,21 @@ def _run_errors(what: str):
         _user_error(str(e))
 
 
+@contextlib.contextmanager
+def _reading(db: str):
+    """The store opened read-only (never created); a missing or unusable database is a user error."""
+    from .store import Store
+
+    try:
+        store = Store(db, create=False)
+    except ValueError as e:
+        _user_error(str(e))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 db_option = click.option("--db", default=default_db_path, show_default="$VMBENCH_DB or ./experiments.db",
                          help="Results database: a file path or a SQLAlchemy URL.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -233,16 +248,12 @@ def datasets(data_root, as_json):
 def show(run_id, db, as_json):
     """Show one run: parameters, environment, per-epoch metrics, results."""
     from .report.show import render_run, run_detail
-    from .store import Store
 
-    try:
-        with Store(db, create=False) as store:
-            run = store.get_run(run_id)
-            if run is None:
-                _user_error(f"no run {run_id} in {db}")
-            detail = run_detail(run)
-    except ValueError as e:
-        _user_error(str(e))
+    with _reading(db) as store:
+        run = store.get_run(run_id)
+        if run is None:
+            _user_error(f"no run {run_id} in {db}")
+        detail = run_detail(run)
     if as_json:
         _json_out(detail)
     else:
@@ -258,13 +269,10 @@ def show(run_id, db, as_json):
 def runs(status, model, limit, db, as_json):
     """List recorded runs, newest first (a dead `running` run shows as interrupted)."""
     from .report.show import render_runs
-    from .store import Store, run_summary
+    from .store import run_summary
 
-    try:
-        with Store(db, create=False) as store:
-            rows = [run_summary(r) for r in store.list_runs(status=status, model=model, limit=limit)]
-    except ValueError as e:
-        _user_error(str(e))
+    with _reading(db) as store:
+        rows = [run_summary(r) for r in store.list_runs(status=status, model=model, limit=limit)]
     if as_json:
         _json_out(rows)
     else:
@@ -280,13 +288,9 @@ def runs(status, model, limit, db, as_json):
 def compare(fmt, dataset, no_bench, db):
     """Leaderboard: best completed run per model and dataset, side by side."""
     from .report import leaderboard as lb
-    from .store import Store
 
-    try:
-        with Store(db, create=False) as store:
-            rows = lb.leaderboard(store.list_runs(), dataset=dataset, include_bench=not no_bench)
-    except ValueError as e:
-        _user_error(str(e))
+    with _reading(db) as store:
+        rows = lb.leaderboard(store.list_runs(), dataset=dataset, include_bench=not no_bench)
     if fmt == "json":
         click.echo(lb.to_json(rows))
     elif fmt == "csv":
