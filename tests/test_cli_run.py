@@ -108,3 +108,57 @@ def test_models_and_datasets_json():
     assert {"vmamba_t", "vmamba_s", "vmamba_b", "swin_t", "convnext_t", "res2net50", "vanilla_vmamba_t"} <= names
     r = _invoke(["datasets", "--json"])
     assert r.exit_code == 0 and "shapes" in {d["name"] for d in json.loads(r.output)}
+
+
+def _patch_epochs(monkeypatch, exc):
+    from vmbench.engine import train
+
+    def epochs(self):
+        self.setup()
+        yield {"epoch": 1, "train_loss": 2.0}
+        raise exc
+
+    monkeypatch.setattr(train.Trainer, "epochs", epochs)
+
+
+def test_internal_error_is_recorded_as_failed(tmp_path, monkeypatch):
+    db = str(tmp_path / "x.db")
+    _patch_epochs(monkeypatch, RuntimeError("boom in epoch 2"))
+    r = CliRunner().invoke(main, ["run", "resnet18", "shapes", *SMALL, "--db", db])
+    assert r.exit_code == 1 and "boom in epoch 2" in r.stderr
+    run = Store(db).list_runs()[0]
+    assert run.status == "failed" and "RuntimeError: boom in epoch 2" in run.error and "Traceback" in run.error
+    assert [m.key for m in Store(db).get_run(run.id).metrics] == ["train_loss"]  # what ran is kept
+
+
+def test_ctrl_c_is_recorded_as_interrupted(tmp_path, monkeypatch):
+    db = str(tmp_path / "x.db")
+    _patch_epochs(monkeypatch, KeyboardInterrupt())
+    r = CliRunner().invoke(main, ["run", "resnet18", "shapes", *SMALL, "--db", db])
+    assert r.exit_code == 130
+    assert Store(db).list_runs()[0].status == "interrupted"
+
+
+def test_sigterm_is_recorded_as_interrupted(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = str(tmp_path / "x.db")
+    code = "import sys; from vmbench.cli import main; main(sys.argv[1:])"
+    p = subprocess.Popen([sys.executable, "-c", code, "run", "resnet18", "shapes", "--device", "cpu", "--epochs", "50",
+                          "--db", db], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until the run is recorded as running
+            if os.path.exists(db) and Store(db).count_runs():
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=120) == 130
+    finally:
+        p.kill()
+    run = Store(db).list_runs()[0]
+    assert run.status == "interrupted" and run.ended_at is not None
