@@ -83,12 +83,19 @@ def main() -> None:
 @main.command()
 @click.argument("model")
 @click.argument("dataset")
-@click.option("--epochs", type=int, default=None, help="Training epochs (default: the dataset's smoke setting).")
-@click.option("--batch-size", type=int, default=None, help="Batch size (default: the dataset's smoke setting).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (AdamW, cosine schedule).")
-@click.option("--img-size", type=int, default=None, help="Input resolution (default: the dataset's).")
+@click.option("--recipe", default="smoke", show_default=True,
+              help="Training recipe: a built-in name (smoke, imagenet_vmamba, fgvc) or a path to a .toml file.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override one recipe key (repeatable); VALUE is a TOML literal, e.g. --set optimizer='sgd' "
+                   "--set ema=true. Explicit flags override --set.")
+@click.option("--epochs", type=int, default=None, help="Training epochs (default: the recipe's).")
+@click.option("--batch-size", type=int, default=None, help="Batch size per step (default: the recipe's).")
+@click.option("--lr", type=float, default=None,
+              help="Peak learning rate (default: the recipe's; scaled by the batch when it sets lr_base_batch).")
+@click.option("--img-size", type=int, default=None, help="Input resolution (default: the recipe's, else the dataset's).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--amp/--no-amp", default=None, help="Autocast on CUDA (bf16; fp16 with --set amp_dtype='fp16'); "
+              "default: the recipe's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True,
               help="VMamba selective-scan backend; the resolved one is recorded on the run.")
@@ -102,29 +109,23 @@ def main() -> None:
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
 @db_option
 @json_option
-def run(model, dataset, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend, data_root, workers,
-        weights, max_train_batches, max_val_batches, tags, db, as_json):
-    """Train MODEL on DATASET, evaluate it, benchmark it; record everything."""
+def run(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend, data_root,
+        workers, weights, max_train_batches, max_val_batches, tags, db, as_json):
+    """Train MODEL on DATASET with a recipe, evaluate it, benchmark it; record everything."""
+    from .config import build_run_spec, parse_set
     from .scheduler.local import execute_run
 
-    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size).items()
-                 if v is not None}
+    flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, amp=amp)
     with _run_errors("run"):
-        spec = _smoke_spec(model, dataset, overrides, device=device, amp=amp, seed=seed, scan_backend=scan_backend,
-                           data_root=data_root, num_workers=workers, weights=weights,
-                           max_train_batches=max_train_batches, max_val_batches=max_val_batches, tags=list(tags))
-        run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True)
+        spec, resolved = build_run_spec(
+            model, dataset, recipe, parse_set(sets), flags, device=device, seed=seed, scan_backend=scan_backend,
+            data_root=data_root, num_workers=workers, weights=weights, max_train_batches=max_train_batches,
+            max_val_batches=max_val_batches, tags=list(tags))
+        run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True, recipe=resolved)
     if as_json:
         _json_out({"id": run_id, "status": "completed", **results})
     else:
         _print_summary(run_id, spec.model, spec.dataset, results)
-
-
-def _smoke_spec(model: str, dataset: str, overrides: dict, **kw):
-    """RunSpec with the dataset's smoke defaults, then the user's overrides."""
-    from .config import RunSpec, smoke_defaults
-
-    return RunSpec(model=model, dataset=dataset, **{**smoke_defaults(dataset), **overrides}, **kw)
 
 
 def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) -> None:

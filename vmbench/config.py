@@ -12,6 +12,9 @@ from pathlib import Path
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
 SCAN_BACKENDS = ("auto", "torch", "triton")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "step")
+AMP_DTYPES = ("bf16", "fp16")
 DEFAULT_DB = "experiments.db"
 
 
@@ -62,6 +65,33 @@ class RunSpec:
     drop_path_rate: float | None = None  # stochastic depth; None keeps the model's default
     clip_grad: float | None = None  # max global gradient norm (None: no clipping)
     tags: list[str] = field(default_factory=list)
+    # -- optimizer / schedule (defaults: the smoke behaviour, AdamW + per-step cosine) --
+    optimizer: str = "adamw"  # adamw | sgd (timm create_optimizer_v2)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
+    lr_base_batch: int | None = None  # linear scaling: lr * batch_size * accum_steps / lr_base_batch
+    scheduler: str = "cosine"  # cosine (per optimizer step) | step (per epoch)
+    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
+    warmup_lr_ratio: float = 0.001  # warm-up start, as a fraction of the peak lr
+    decay_epochs: float = 30.0  # step: decay every this many epochs
+    decay_rate: float = 0.1  # step: multiply the lr by this at each decay
+    accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    amp_dtype: str = "bf16"  # autocast dtype when `amp` on CUDA; fp16 uses a GradScaler
+    # -- EMA of the weights (timm ModelEmaV3), evaluated separately --
+    ema: bool = False
+    ema_decay: float = 0.9999
+    # -- batch mixing (timm Mixup + SoftTargetCrossEntropy); off when both alphas are 0 --
+    mixup: float = 0.0  # mixup alpha
+    cutmix: float = 0.0  # cutmix alpha
+    mixup_prob: float = 1.0  # probability of mixing a batch
+    mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+    # -- image transforms (vmbench.data.Augment): image datasets only; shapes/fake refuse non-defaults --
+    rand_augment: str | None = None  # timm RandAugment spec, e.g. "rand-m9-mstd0.5-inc1"
+    random_erasing: float = 0.0  # random-erasing probability
+    train_resize: int | None = None  # resize the shorter side to this, then random-crop img_size
+    hflip: float = 0.5  # horizontal-flip probability in training
+    val_resize: int | None = None  # resize the shorter side to this, then center-crop img_size
 
     def __post_init__(self):
         if not self.model:
@@ -85,6 +115,23 @@ class RunSpec:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
+        _positive("accum_steps", self.accum_steps)
+        _positive("lr_base_batch", self.lr_base_batch)
+        _positive("decay_epochs", self.decay_epochs)
+        _positive("train_resize", self.train_resize)
+        _positive("val_resize", self.val_resize)
+        for name in ("momentum", "min_lr_ratio", "warmup_lr_ratio", "mixup", "cutmix"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        for name in ("decay_rate", "ema_decay", "mixup_prob", "mixup_switch_prob", "random_erasing", "hflip"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError("nesterov applies to optimizer 'sgd' only")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ValueError(f"weights file not found: {self.weights}")
 
@@ -125,23 +172,180 @@ class BenchSpec:
         return dataclasses.asdict(self)
 
 
-def load_recipe(name: str) -> dict:
-    """A built-in recipe (recipes/NAME.toml, installed as vmbench.recipes) as a dict."""
-    import tomllib
+# Keys a recipe (and `vmbench run --set`) may give: the RunSpec fields that define the training. The others
+# (device, seed, data root, workers, batch caps, weights, tags, …) describe one run and are flags only.
+RECIPE_KEYS = (
+    "epochs", "batch_size", "accum_steps", "lr", "lr_base_batch", "optimizer", "momentum", "nesterov", "betas",
+    "weight_decay", "scheduler", "warmup_epochs", "min_lr_ratio", "warmup_lr_ratio", "decay_epochs", "decay_rate",
+    "label_smoothing", "drop_path_rate", "clip_grad", "amp", "amp_dtype", "ema", "ema_decay", "mixup", "cutmix",
+    "mixup_prob", "mixup_switch_prob", "img_size", "train_resize", "val_resize", "hflip", "rand_augment",
+    "random_erasing",
+)
+# Tables a recipe may hold besides plain keys.
+RECIPE_TABLES = ("datasets", "drop_path_by_model")
+DEFAULT_RECIPE = "smoke"
+
+
+@dataclass
+class Recipe:
+    """A resolved recipe: its name, where it came from, and the value of every RECIPE_KEYS key for one run."""
+
+    name: str
+    source: str
+    values: dict
+
+
+def _recipe_file(name_or_path: str) -> tuple[str, str, str]:
+    """(name, source, TOML text) of a built-in recipe name or a path to a .toml file."""
     from importlib import resources
 
-    res = resources.files("vmbench.recipes").joinpath(f"{name}.toml")
+    p = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".toml") or os.sep in name_or_path or "/" in name_or_path:
+        if not p.is_file():
+            raise ValueError(f"recipe file not found: {name_or_path}")
+        return p.stem, str(p), p.read_text()
+    res = resources.files("vmbench.recipes").joinpath(f"{name_or_path}.toml")
     if not res.is_file():
-        raise ValueError(f"unknown recipe {name!r}")
-    return tomllib.loads(res.read_text())
+        raise ValueError(f"unknown recipe {name_or_path!r} (built-in: {', '.join(list_recipes())}; "
+                         "or give a path to a .toml file)")
+    return name_or_path, f"recipes/{name_or_path}.toml", res.read_text()
+
+
+def list_recipes() -> list[str]:
+    """Names of the built-in recipes."""
+    from importlib import resources
+
+    return sorted(f.name[:-5] for f in resources.files("vmbench.recipes").iterdir() if f.name.endswith(".toml"))
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """A recipe (built-in name or .toml path) as a dict, keys and tables checked (ValueError names the key)."""
+    import tomllib
+
+    _, source, text = _recipe_file(name_or_path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"recipe {source}: not valid TOML: {e}") from None
+    for key, value in data.items():
+        if key in RECIPE_TABLES:
+            if not isinstance(value, dict):
+                raise ValueError(f"recipe {source}: {key} must be a table")
+            continue
+        _check_value(key, value, source)
+    for ds, section in data.get("datasets", {}).items():
+        if not isinstance(section, dict):
+            raise ValueError(f"recipe {source}: datasets.{ds} must be a table")
+        for key, value in section.items():
+            _check_value(key, value, source, prefix=f"datasets.{ds}.")
+    for model, value in data.get("drop_path_by_model", {}).items():
+        _check_value("drop_path_rate", value, source, shown=f"drop_path_by_model.{model}")
+    return data
+
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(RunSpec)}
+
+
+def _check_value(key: str, value, source: str, prefix: str = "", shown: str | None = None):
+    """`value` converted to the type of RunSpec field `key`; ValueError (one line, key and source) otherwise."""
+    shown = shown or prefix + key
+    if key not in RECIPE_KEYS:
+        hint = " (a run setting: use its command-line flag)" if key in _field_types() else ""
+        raise ValueError(f"recipe {source}: unknown key {shown!r}{hint}")
+    typ = _field_types()[key]
+    optional = typ.endswith("| None")
+    base = typ.replace("| None", "").strip()
+    bad = ValueError(f"recipe {source}: {shown} must be {base}{' (or empty)' if optional else ''}, got {value!r}")
+    if optional and value == "":
+        return None
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif base == "str":
+        if not isinstance(value, str):
+            raise bad
+    elif base == "list[float]":
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value):
+            raise bad
+        value = [float(v) for v in value]
+    else:  # pragma: no cover - a new RECIPE_KEYS field needs a case here
+        raise AssertionError(f"no type check for {key}: {typ}")
+    return value
+
+
+def parse_set(items) -> dict:
+    """`--set key=value` items as a dict; values are TOML literals (a bare word is taken as a string)."""
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        try:
+            out[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw.strip()
+    return out
+
+
+def resolve_recipe(name_or_path: str, model: str, dataset: str, sets: dict | None = None,
+                   flags: dict | None = None) -> Recipe:
+    """The recipe's values for MODEL on DATASET. Precedence, lowest first: RunSpec defaults, the recipe's top
+    level, its `drop_path_by_model` entry for the model, its `datasets.<dataset>` section, `sets` (--set),
+    `flags` (explicit command-line flags). Raises ValueError naming the key and the recipe file."""
+    name, source, _ = _recipe_file(name_or_path)
+    data = load_recipe(name_or_path)
+    merged: dict = {}
+    for key, value in data.items():
+        if key not in RECIPE_TABLES:
+            merged[key] = _check_value(key, value, source)
+    by_model = {k.lower(): v for k, v in data.get("drop_path_by_model", {}).items()}
+    names = [model.lower()]
+    try:
+        from vmbench.models import resolve_model_name
+
+        names.append(resolve_model_name(model).lower())
+    except ValueError:
+        pass  # an unknown model is reported by the trainer
+    for n in names:
+        if n in by_model:
+            merged["drop_path_rate"] = float(by_model[n])
+            break
+    for key, value in data.get("datasets", {}).get(dataset, {}).items():
+        merged[key] = _check_value(key, value, source, prefix=f"datasets.{dataset}.")
+    for key, value in (sets or {}).items():
+        merged[key] = _check_value(key, value, f"{source} (--set)")
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(RunSpec) if f.name in RECIPE_KEYS}
+    return Recipe(name=name, source=source, values={k: merged.get(k, defaults[k]) for k in RECIPE_KEYS})
+
+
+def build_run_spec(model: str, dataset: str, recipe: str = DEFAULT_RECIPE, sets: dict | None = None,
+                   flags: dict | None = None, **run_settings) -> tuple[RunSpec, Recipe]:
+    """RunSpec from a recipe (see resolve_recipe) plus run settings (device, seed, …). A bad value raises
+    ValueError naming the field and the recipe file."""
+    r = resolve_recipe(recipe, model, dataset, sets, flags)
+    try:
+        spec = RunSpec(model=model, dataset=dataset, **r.values, **run_settings)
+    except ValueError as e:
+        raise ValueError(f"{e} (recipe {r.source})") from None
+    return spec, r
 
 
 def smoke_defaults(dataset: str) -> dict:
-    """RunSpec fields of the smoke recipe for `dataset` (per-dataset section over the defaults)."""
-    recipe = load_recipe("smoke")
-    per_dataset = recipe.pop("datasets", {})
-    fields = {f.name for f in dataclasses.fields(RunSpec)}
-    merged = {**recipe, **per_dataset.get(dataset, {})}
-    unknown = sorted(set(merged) - fields)
-    assert not unknown, f"smoke recipe has keys that are not RunSpec fields: {unknown}"
-    return merged
+    """RunSpec fields the smoke recipe sets for `dataset` (per-dataset section over the top level)."""
+    data = load_recipe("smoke")
+    per_dataset = data.pop("datasets", {})
+    return {**data, **per_dataset.get(dataset, {})}

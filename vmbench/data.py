@@ -12,6 +12,7 @@ message naming the path and the layout that was expected.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -404,27 +405,75 @@ def _load_image(path: str):
         raise DataError(f"cannot read image {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
-def _timm_transforms(img_size: int, model_cfg: dict | None):
+@dataclass(frozen=True)
+class Augment:
+    """A recipe's image transforms; they apply to image-file datasets (ImageFolder, CIFAR).
+
+    rand_augment: timm RandAugment spec (e.g. "rand-m9-mstd0.5-inc1") or None; random_erasing: probability;
+    hflip: horizontal-flip probability; train_resize / val_resize: resize the shorter side to this, then
+    random-crop (train) / center-crop (val) the input size — the fine-grained protocol (512 -> 448).
+    Without a resize, training uses timm's random-resized crop and evaluation the model's crop_pct.
+    """
+
+    rand_augment: str | None = None
+    random_erasing: float = 0.0
+    hflip: float = 0.5
+    train_resize: int | None = None
+    val_resize: int | None = None
+
+    def changed(self) -> list[str]:
+        """Names of the fields that differ from the defaults."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
+
+
+def _timm_transforms(img_size: int, model_cfg: dict | None, aug: Augment = Augment()):
     from timm.data import create_transform, resolve_data_config
+    from torchvision import transforms as T
 
     cfg = resolve_data_config({"input_size": (3, img_size, img_size)}, pretrained_cfg=dict(model_cfg or {}))
     common = dict(input_size=cfg["input_size"], interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])
-    train_tf = create_transform(**common, is_training=True)
-    val_tf = create_transform(**common, crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode", "center"),
-                              is_training=False)
+    if aug.train_resize:
+        from timm.data import rand_augment_transform
+        from timm.data.random_erasing import RandomErasing
+
+        steps = [T.Resize(aug.train_resize), T.RandomCrop(img_size), T.RandomHorizontalFlip(aug.hflip)]
+        if aug.rand_augment:
+            steps.append(rand_augment_transform(aug.rand_augment, {"img_mean": tuple(round(255 * m) for m in cfg["mean"])}))
+        steps += [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
+        if aug.random_erasing > 0:
+            steps.append(RandomErasing(aug.random_erasing, mode="pixel", device="cpu"))
+        train_tf = T.Compose(steps)
+    else:
+        train_tf = create_transform(**common, is_training=True, hflip=aug.hflip, auto_augment=aug.rand_augment,
+                                    re_prob=aug.random_erasing)
+    if aug.val_resize:
+        val_tf = T.Compose([T.Resize(aug.val_resize), T.CenterCrop(img_size), T.ToTensor(),
+                            T.Normalize(cfg["mean"], cfg["std"])])
+    else:
+        val_tf = create_transform(**common, crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode", "center"),
+                                  is_training=False)
     return train_tf, val_tf
 
 
+def check_augment(info: DatasetInfo, aug: Augment) -> None:
+    """Generated tensor datasets (shapes, fake) take no image transforms: refuse a recipe that sets them."""
+    changed = aug.changed()
+    if changed and info.kind in ("builtin", "synthetic"):
+        raise DataError(f"{info.name} is generated tensors; image augmentation ({', '.join(changed)}) applies to "
+                        f"image datasets only (reset it with --set, e.g. --set {changed[0]}=...)")
+
+
 def build_datasets(info: DatasetInfo, img_size: int | None = None, model_cfg: dict | None = None,
-                   seed: int = 0) -> tuple[Dataset, Dataset]:
-    """(train, val) datasets for `info` at `img_size` (default: info.img_size)."""
+                   seed: int = 0, aug: Augment = Augment()) -> tuple[Dataset, Dataset]:
+    """(train, val) datasets for `info` at `img_size` (default: info.img_size), with `aug`'s transforms."""
+    check_augment(info, aug)
     size = int(img_size or info.img_size)
     if info.kind == "builtin":
         return (ShapesDataset("train", info.train_size, size), ShapesDataset("val", info.val_size, size))
     if info.kind == "synthetic":
         return (FakeDataset(info.train_size, size, info.num_classes, seed, "train"),
                 FakeDataset(info.val_size, size, info.num_classes, seed, "val"))
-    train_tf, val_tf = _timm_transforms(size, model_cfg)
+    train_tf, val_tf = _timm_transforms(size, model_cfg, aug)
     if info.kind == "cifar":
         from torchvision import datasets
 
@@ -476,11 +525,11 @@ def _worker_init(worker_id: int) -> None:
 
 def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = None, seed: int = 0,
                   num_workers: int = 0, model_cfg: dict | None = None,
-                  train_size: int | None = None) -> tuple[DataLoader, DataLoader]:
+                  train_size: int | None = None, aug: Augment = Augment()) -> tuple[DataLoader, DataLoader]:
     """(train_loader, val_loader). Train shuffles with a generator seeded by `seed` and drops the last
     partial batch (when there is more than one batch); val keeps order. `train_size` takes a prefix
     of the train split (e.g. a small subset to overfit)."""
-    train, val = build_datasets(info, img_size, model_cfg, seed)
+    train, val = build_datasets(info, img_size, model_cfg, seed, aug)
     if train_size is not None:
         train = torch.utils.data.Subset(train, range(min(train_size, len(train))))
     gen = torch.Generator().manual_seed(int(seed))

@@ -5,13 +5,18 @@
         store.record(metrics)
     result = trainer.finish()                  # final dict (see RESULT_KEYS)
 
-Recipe: AdamW (timm's optimizer factory) with no weight decay on 1-d parameters, biases and parameters
-flagged `_no_weight_decay` (VMamba's A_logs and Ds) or named by `model.no_weight_decay()`; cosine learning
-rate updated every step (timm CosineLRScheduler) after an optional linear warm-up; cross-entropy with label
-smoothing; bf16 autocast on CUDA when `spec.amp`. KeyboardInterrupt is never caught here.
+Recipe (RunSpec fields): AdamW or SGD (timm's optimizer factory) with no weight decay on 1-d parameters,
+biases and parameters flagged `_no_weight_decay` (VMamba's A_logs and Ds) or named by `model.no_weight_decay()`;
+peak lr scaled linearly by the total batch (batch_size * accum_steps) over `lr_base_batch` when that is set;
+cosine learning rate updated every optimizer step (timm CosineLRScheduler) or step decay per epoch (timm
+StepLRScheduler), both after an optional linear warm-up; cross-entropy with label smoothing, or soft-target
+cross-entropy under mixup/cutmix (timm Mixup); gradient accumulation over `accum_steps` micro-batches;
+an EMA of the weights (timm ModelEmaV3) evaluated after every epoch next to the model; bf16 autocast on
+CUDA when `spec.amp`, or fp16 with a GradScaler when `amp_dtype` is fp16. KeyboardInterrupt is never caught here.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from typing import Callable, Iterator
@@ -30,18 +35,19 @@ Progress = Callable[[str, int, int], None]
 
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr", "epoch_time_s",
               "train_img_s", "peak_mem_mb")
+EMA_EPOCH_KEYS = ("ema_val_top1", "ema_val_top5", "ema_val_loss")  # added when the run keeps an EMA
+EMA_RESULT_KEYS = ("ema_top1", "ema_top5")
 RESULT_KEYS = ("top1", "top5", "val_loss", "train_loss", "train_time_s", "params_m", "gflops", "flops_uncovered",
                "flops_error", "img_s", "latency_ms", "bench_batch", "peak_mem_mb", "peak_mem_source",
                "scan_backend", "device", "gpu_name", "amp", "img_size", "num_classes", "epochs_done", "model",
-               "dataset")
+               "dataset", "lr_peak")
 
 # After-training throughput: fewer calls on the CPU, where one batch can take seconds.
 _BENCH_CPU = dict(warmup=1, repeats=3)
 _BENCH_CUDA = dict(warmup=3, repeats=5)
-LR_MIN_RATIO = 0.01  # cosine floor, as a fraction of the peak lr
-WARMUP_LR_RATIO = 0.001  # warm-up start, as a fraction of the peak lr
-
-
+LR_MIN_RATIO = 0.01  # cosine floor default, as a fraction of the peak lr (RunSpec.min_lr_ratio)
+WARMUP_LR_RATIO = 0.001  # warm-up start default, as a fraction of the peak lr (RunSpec.warmup_lr_ratio)
+# Data-pipeline keys and their values that the loaders already apply; any other value is refused.
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite (the caller records the run as diverged)."""
 
@@ -74,39 +80,66 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_step: int = 0,
                     label_smoothing: float = 0.0, amp: bool = False, max_batches: int | None = None,
                     clip_grad: float | None = None, progress: Progress | None = None, task: str = "train",
-                    epoch: int = 1) -> dict:
-    """One pass over `loader` (at most `max_batches` batches). The scheduler, when given, gets
-    `step_update(num_updates)` after every optimizer step; `clip_grad` caps the global gradient norm.
+                    epoch: int = 1, accum_steps: int = 1, amp_dtype: str = "bf16", scaler=None, mixup=None,
+                    ema=None) -> dict:
+    """One pass over `loader` (at most `max_batches` batches). The optimizer steps once every `accum_steps`
+    micro-batches (and after the last one); the scheduler, when given, gets `step_update(num_updates)` and the
+    EMA `update(model, step=num_updates)` after every optimizer step; `clip_grad` caps the global gradient norm.
+    `mixup` (timm Mixup) mixes each batch and switches the loss to soft-target cross-entropy; `scaler`
+    (torch.amp.GradScaler) scales the loss for fp16 autocast. Train accuracy is against the unmixed labels.
 
     Returns {train_loss (mean smoothed loss per image), train_acc (percent), images, steps, lr (last used),
     train_time_s}. Raises DivergedError on a non-finite loss.
     """
     device = torch.device(device)
     use_amp = bool(amp) and device.type == "cuda"
+    dtype = torch.float16 if amp_dtype == "fp16" else torch.bfloat16
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     model.train()
     loss_sum, correct, n, step = 0.0, 0, 0, start_step
     lr = optimizer.param_groups[-1]["lr"]
+    optimizer.zero_grad(set_to_none=True)
+    if mixup is not None:
+        from timm.loss import SoftTargetCrossEntropy
+
+        soft_ce = SoftTargetCrossEntropy()
     t0 = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
         if i >= total:
             break
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if mixup is not None:
+            images, targets = mixup(images, labels)  # targets: (B, num_classes) soft labels
         lr = optimizer.param_groups[-1]["lr"]
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp):
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        if mixup is not None:
+            loss = soft_ce(logits.float(), targets)
+        else:
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
             raise DivergedError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
-        step += 1
-        if scheduler is not None:
-            scheduler.step_update(num_updates=step)
+        scaled = loss / accum_steps
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if (i + 1) % accum_steps == 0 or i + 1 == total:
+            if scaler is not None:
+                if clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                if clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if scheduler is not None:
+                scheduler.step_update(num_updates=step)
+            if ema is not None:
+                ema.update(model, step=step)
         b = labels.shape[0]
         loss_sum += loss.item() * b
         correct += int((logits.detach().argmax(dim=1) == labels).sum())
@@ -128,7 +161,7 @@ class Trainer:
     """
 
     def __init__(self, spec, progress: Progress | None = None):
-        from vmbench.data import get_dataset_info
+        from vmbench.data import Augment, check_augment, get_dataset_info
         from vmbench.models import resolve_model_name
 
         self.spec = spec
@@ -144,6 +177,15 @@ class Trainer:
         self.drop_path_rate = getattr(spec, "drop_path_rate", None)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise SpecError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        self.augment = Augment(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(Augment)})
+        check_augment(self.dataset, self.augment)
+        self.accum_steps = int(getattr(spec, "accum_steps", 1))
+        self.amp_dtype = getattr(spec, "amp_dtype", "bf16")
+        self.use_mixup = getattr(spec, "mixup", 0.0) > 0 or getattr(spec, "cutmix", 0.0) > 0
+        if self.use_mixup and spec.batch_size % 2:
+            raise SpecError(f"mixup/cutmix need an even batch_size, got {spec.batch_size}")
+        base = getattr(spec, "lr_base_batch", None)
+        self.lr = spec.lr * spec.batch_size * self.accum_steps / base if base else spec.lr
         self.model: torch.nn.Module | None = None
         self.history: list[dict] = []
         self.epochs_done = 0
@@ -157,7 +199,7 @@ class Trainer:
         if self.model is not None:
             return
         from timm.optim import create_optimizer_v2
-        from timm.scheduler import CosineLRScheduler
+        from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
         from vmbench.data import build_loaders
         from vmbench.models import create_model
@@ -172,17 +214,44 @@ class Trainer:
         model_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
         self.train_loader, self.val_loader = build_loaders(
             self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=spec.num_workers,
-            model_cfg=model_cfg)
-        self.steps_per_epoch = len(self.train_loader)
+            model_cfg=model_cfg, aug=self.augment)
+        batches = len(self.train_loader)
         if spec.max_train_batches is not None:
-            self.steps_per_epoch = min(self.steps_per_epoch, spec.max_train_batches)
-        self.optimizer = create_optimizer_v2(param_groups(model, spec.weight_decay), opt="adamw", lr=spec.lr,
-                                             weight_decay=spec.weight_decay)
-        total = max(1, self.steps_per_epoch * spec.epochs)
-        warmup = int(round(spec.warmup_epochs * self.steps_per_epoch))
-        self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=max(1, total - warmup), lr_min=spec.lr * LR_MIN_RATIO, warmup_t=warmup,
-            warmup_lr_init=spec.lr * WARMUP_LR_RATIO, warmup_prefix=True, t_in_epochs=False)
+            batches = min(batches, spec.max_train_batches)
+        self.steps_per_epoch = max(1, -(-batches // self.accum_steps))  # optimizer steps per epoch
+        opt = getattr(spec, "optimizer", "adamw")
+        opt_kw = (dict(momentum=spec.momentum, nesterov=spec.nesterov) if opt == "sgd"
+                  else dict(betas=tuple(getattr(spec, "betas", (0.9, 0.999)))))
+        self.optimizer = create_optimizer_v2(param_groups(model, spec.weight_decay), opt=opt, lr=self.lr,
+                                             weight_decay=spec.weight_decay, **opt_kw)
+        min_ratio = getattr(spec, "min_lr_ratio", LR_MIN_RATIO)
+        warm_ratio = getattr(spec, "warmup_lr_ratio", WARMUP_LR_RATIO)
+        if getattr(spec, "scheduler", "cosine") == "step":
+            # Stepped per epoch (t in epochs); warm-up in whole epochs.
+            self.scheduler = StepLRScheduler(
+                self.optimizer, decay_t=spec.decay_epochs, decay_rate=spec.decay_rate,
+                warmup_t=int(round(spec.warmup_epochs)), warmup_lr_init=self.lr * warm_ratio, t_in_epochs=True)
+            self._per_step = False
+        else:
+            total = max(1, self.steps_per_epoch * spec.epochs)
+            warmup = int(round(spec.warmup_epochs * self.steps_per_epoch))
+            self.scheduler = CosineLRScheduler(
+                self.optimizer, t_initial=max(1, total - warmup), lr_min=self.lr * min_ratio, warmup_t=warmup,
+                warmup_lr_init=self.lr * warm_ratio, warmup_prefix=True, t_in_epochs=False)
+            self._per_step = True
+        self.scaler = (torch.amp.GradScaler("cuda") if self.amp and self.amp_dtype == "fp16" else None)
+        self.mixup = None
+        if self.use_mixup:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=spec.mixup, cutmix_alpha=spec.cutmix, prob=spec.mixup_prob,
+                               switch_prob=spec.mixup_switch_prob, label_smoothing=self.label_smoothing,
+                               num_classes=self.dataset.num_classes)
+        self.ema = None
+        if getattr(spec, "ema", False):
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=spec.ema_decay)
 
     # -- training ----------------------------------------------------------------------------------------------
     def epochs(self) -> Iterator[dict]:
@@ -195,13 +264,22 @@ class Trainer:
             t0 = time.perf_counter()
             with PeakMemory(self.device) as pm:
                 tr = train_one_epoch(
-                    self.model, self.train_loader, self.optimizer, self.device, scheduler=self.scheduler,
+                    self.model, self.train_loader, self.optimizer, self.device,
+                    scheduler=self.scheduler if self._per_step else None,
                     start_step=self._step, label_smoothing=self.label_smoothing, amp=self.amp,
                     max_batches=spec.max_train_batches, clip_grad=spec.clip_grad, progress=self.progress,
-                    task=f"epoch {e}/{spec.epochs} train", epoch=e)
+                    task=f"epoch {e}/{spec.epochs} train", epoch=e, accum_steps=self.accum_steps,
+                    amp_dtype=self.amp_dtype, scaler=self.scaler, mixup=self.mixup, ema=self.ema)
                 self._step += tr["steps"]
+                if not self._per_step:
+                    self.scheduler.step(e)  # lr for the next epoch
                 ev = evaluate(self.model, self.val_loader, self.device, self.amp, max_batches=spec.max_val_batches,
                               progress=self.progress, task=f"epoch {e}/{spec.epochs} eval")
+                ema_ev = None
+                if self.ema is not None:
+                    ema_ev = evaluate(self.ema.module, self.val_loader, self.device, self.amp,
+                                      max_batches=spec.max_val_batches, progress=self.progress,
+                                      task=f"epoch {e}/{spec.epochs} eval EMA")
             dt = time.perf_counter() - t0
             self.epochs_done = e
             self.train_time_s += dt
@@ -211,6 +289,8 @@ class Trainer:
                            val_top5=ev["top5"], val_loss=ev["loss"], lr=tr["lr"], epoch_time_s=dt,
                            train_img_s=tr["images"] / tr["train_time_s"] if tr["train_time_s"] > 0 else None,
                            peak_mem_mb=pm.mb)
+            if ema_ev is not None:
+                metrics.update(ema_val_top1=ema_ev["top1"], ema_val_top5=ema_ev["top5"], ema_val_loss=ema_ev["loss"])
             self.history.append(metrics)
             yield metrics
 
@@ -227,6 +307,14 @@ class Trainer:
             ev = evaluate(model, self.val_loader, self.device, self.amp, max_batches=self.spec.max_val_batches,
                           progress=self.progress, task="eval")
             top1, top5, val_loss, train_loss = ev["top1"], ev["top5"], ev["loss"], None
+        ema_res = {}
+        if self.ema is not None:
+            if self.history:
+                ema_res = dict(ema_top1=self.history[-1]["ema_val_top1"], ema_top5=self.history[-1]["ema_val_top5"])
+            else:
+                ev = evaluate(self.ema.module, self.val_loader, self.device, self.amp,
+                              max_batches=self.spec.max_val_batches, progress=self.progress, task="eval EMA")
+                ema_res = dict(ema_top1=ev["top1"], ema_top5=ev["top5"])
         bench_kw = _BENCH_CUDA if self.device.type == "cuda" else _BENCH_CPU
         speed = measure_throughput(model, self.bench_batch, self.img_size, self.device,
                                    precision="amp_bf16" if self.amp else "fp32", progress=self.progress,
@@ -242,7 +330,8 @@ class Trainer:
             scan_backend=self.scan_backend, device=self.device.type,
             gpu_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             amp=self.amp, img_size=self.img_size, num_classes=self.dataset.num_classes,
-            epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name,
+            epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name, lr_peak=self.lr,
+            **ema_res,
         )
 
     def run(self) -> tuple[list[dict], dict]:

@@ -38,8 +38,16 @@ def render_run(detail: dict[str, Any], console) -> None:
             head.add_row(key, _fmt(detail[key]))
     console.print(head)
 
-    for title, mapping in (("parameters", detail.get("params") or {}), ("environment", detail.get("env") or {}),
-                           ("results", detail.get("results") or {})):
+    params = dict(detail.get("params") or {})
+    recipe_values = params.pop("recipe", None)
+    recipe_title = f"recipe {detail.get('recipe') or ''}".strip()
+    if params.get("recipe_source"):
+        recipe_title += f" ({params.pop('recipe_source')})"
+    if isinstance(recipe_values, dict):  # the recipe table shows these; parameters keeps the run settings
+        params = {k: v for k, v in params.items() if k not in recipe_values}
+    for title, mapping in (("parameters", params), (recipe_title, recipe_values if isinstance(recipe_values, dict)
+                                                     else {}),
+                           ("environment", detail.get("env") or {}), ("results", detail.get("results") or {})):
         if not mapping:
             continue
         t = Table(show_header=False, title=title, title_justify="left")

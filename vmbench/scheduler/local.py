@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..config import BenchSpec, RunSpec
+from ..config import BenchSpec, Recipe, RunSpec
 from ..store import Store
 
 HEARTBEAT_EVERY_S = 30.0
@@ -92,8 +92,12 @@ def _with_traceback(message: str, exc: BaseException, status: str) -> str:
     return message + "\n" + "".join(traceback.format_exception(exc)[-4:])
 
 
-def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True) -> tuple[int, dict]:
+def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True,
+                recipe: Recipe | None = None) -> tuple[int, dict]:
     """Train + evaluate + benchmark one model on one dataset; returns (run_id, results).
+
+    `recipe` (config.resolve_recipe) is recorded: its name as the run's recipe, its resolved values as
+    params["recipe"] and its file as params["recipe_source"].
 
     Raises ValueError (nothing written) for user mistakes found before the run starts,
     RunFailed for a run that was recorded and failed, KeyboardInterrupt after recording `interrupted`.
@@ -118,8 +122,11 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
     store_box.append(store)
     device = str(trainer.device)
     info = _record_env(device)
+    params = spec.to_dict()
+    if recipe is not None:
+        params.update(recipe=dict(recipe.values), recipe_source=recipe.source)
     run_id = store.create_run(
-        "train", trainer.model_name, spec.dataset, spec.to_dict(), recipe="smoke", seed=spec.seed,
+        "train", trainer.model_name, spec.dataset, params, recipe=recipe.name if recipe else None, seed=spec.seed,
         tags=spec.tags, device=device, scan_backend=trainer.scan_backend, **info)
     run_id_box.append(run_id)
     try:
