@@ -45,7 +45,9 @@ def test_smoke_unchanged():
     assert (spec.epochs, spec.batch_size, spec.img_size, spec.lr, spec.warmup_epochs, spec.clip_grad) == \
         (2, 32, 32, 2e-4, 0.2, 5.0)
     assert (spec.optimizer, spec.scheduler, spec.ema, spec.mixup, spec.accum_steps) == ("adamw", "cosine", False, 0, 1)
+    assert spec.checkpoints is False  # minutes-long runs keep no checkpoints
     assert build_run_spec("x", "fake")[0].batch_size == 8
+    assert build_run_spec("vmamba_t", "shapes", recipe="fgvc")[0].checkpoints is True
 
 
 def test_precedence_flag_over_set_over_recipe():

@@ -107,10 +107,12 @@ def main() -> None:
 @click.option("--max-train-batches", type=int, default=None, help="Cap batches per epoch (smoke tests).")
 @click.option("--max-val-batches", type=int, default=None, help="Cap validation batches.")
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic algorithms only (slower); a resumed run then matches an uninterrupted one.")
 @db_option
 @json_option
 def run(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend, data_root,
-        workers, weights, max_train_batches, max_val_batches, tags, db, as_json):
+        workers, weights, max_train_batches, max_val_batches, tags, deterministic, db, as_json):
     """Train MODEL on DATASET with a recipe, evaluate it, benchmark it; record everything."""
     from .config import build_run_spec, parse_set
     from .scheduler.local import execute_run
@@ -120,12 +122,28 @@ def run(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, 
         spec, resolved = build_run_spec(
             model, dataset, recipe, parse_set(sets), flags, device=device, seed=seed, scan_backend=scan_backend,
             data_root=data_root, num_workers=workers, weights=weights, max_train_batches=max_train_batches,
-            max_val_batches=max_val_batches, tags=list(tags))
+            max_val_batches=max_val_batches, tags=list(tags), deterministic=deterministic)
         run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True, recipe=resolved)
     if as_json:
         _json_out({"id": run_id, "status": "completed", **results})
     else:
         _print_summary(run_id, spec.model, spec.dataset, results)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@db_option
+@json_option
+def resume(run_id, db, as_json):
+    """Continue a failed or interrupted train run from its last good checkpoint, into the same run."""
+    from .scheduler.local import execute_resume
+
+    with _run_errors("run"):
+        run_id, results = execute_resume(run_id, db, console=_console(stderr=True), show_progress=True)
+    if as_json:
+        _json_out({"id": run_id, "status": "completed", **results})
+    else:
+        _print_summary(run_id, results.get("model"), results.get("dataset"), results)
 
 
 def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) -> None:

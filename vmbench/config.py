@@ -65,6 +65,9 @@ class RunSpec:
     drop_path_rate: float | None = None  # stochastic depth; None keeps the model's default
     clip_grad: float | None = None  # max global gradient norm (None: no clipping)
     tags: list[str] = field(default_factory=list)
+    deterministic: bool = False  # seed everything and use deterministic algorithms (bit-exact resume)
+    checkpoint_dir: str | None = None  # where the trainer keeps last.pt / best.pt (set by the caller)
+    checkpoints: bool = True  # keep last.pt / best.pt each epoch so the run can be resumed
     # -- optimizer / schedule (defaults: the smoke behaviour, AdamW + per-step cosine) --
     optimizer: str = "adamw"  # adamw | sgd (timm create_optimizer_v2)
     momentum: float = 0.9  # sgd only
@@ -177,7 +180,7 @@ class BenchSpec:
 RECIPE_KEYS = (
     "epochs", "batch_size", "accum_steps", "lr", "lr_base_batch", "optimizer", "momentum", "nesterov", "betas",
     "weight_decay", "scheduler", "warmup_epochs", "min_lr_ratio", "warmup_lr_ratio", "decay_epochs", "decay_rate",
-    "label_smoothing", "drop_path_rate", "clip_grad", "amp", "amp_dtype", "ema", "ema_decay", "mixup", "cutmix",
+    "label_smoothing", "drop_path_rate", "clip_grad", "checkpoints", "amp", "amp_dtype", "ema", "ema_decay", "mixup", "cutmix",
     "mixup_prob", "mixup_switch_prob", "img_size", "train_resize", "val_resize", "hflip", "rand_augment",
     "random_erasing",
 )

@@ -13,10 +13,17 @@ StepLRScheduler), both after an optional linear warm-up; cross-entropy with labe
 cross-entropy under mixup/cutmix (timm Mixup); gradient accumulation over `accum_steps` micro-batches;
 an EMA of the weights (timm ModelEmaV3) evaluated after every epoch next to the model; bf16 autocast on
 CUDA when `spec.amp`, or fp16 with a GradScaler when `amp_dtype` is fp16. KeyboardInterrupt is never caught here.
+
+Checkpoints: with `spec.checkpoint_dir` set, every finished epoch is saved as `last.pt` (the previous one kept as
+`last.prev.pt`), and as `best.pt` when the validation top-1 improves (vmbench.checkpoint). `resume_from(path)`
+restores model, optimizer, schedule, GradScaler, EMA, counters, history and every RNG state (Python, NumPy,
+torch CPU/CUDA, the train loader's shuffle generator), so `epochs()` goes on with the next epoch; with
+`spec.deterministic` an interrupted-then-resumed CPU run ends with exactly the metrics of an uninterrupted one.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
 from typing import Callable, Iterator
@@ -28,7 +35,7 @@ from . import SpecError
 from .bench import PeakMemory, measure_throughput, model_cost, resolve_device, resolve_scan_backend
 from .evaluate import evaluate
 
-__all__ = ["Trainer", "DivergedError", "param_groups", "train_one_epoch", "seed_everything",
+__all__ = ["Trainer", "DivergedError", "param_groups", "train_one_epoch", "seed_everything", "set_deterministic",
            "EPOCH_KEYS", "RESULT_KEYS"]
 
 Progress = Callable[[str, int, int], None]
@@ -59,6 +66,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels only (an op without one raises), cuDNN deterministic and not autotuned."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -192,6 +207,7 @@ class Trainer:
         self.train_time_s = 0.0
         self._peak_mem: tuple[float | None, str | None] = (None, None)
         self._step = 0
+        self.best_top1: float | None = None
 
     # -- setup -----------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -205,6 +221,8 @@ class Trainer:
         from vmbench.models import create_model
 
         spec = self.spec
+        if getattr(spec, "deterministic", False):
+            set_deterministic()
         seed_everything(spec.seed)
         model = create_model(self.model_name, num_classes=self.dataset.num_classes, scan_backend=self.scan_backend,
                              drop_path_rate=self.drop_path_rate, img_size=self.img_size)
@@ -292,7 +310,71 @@ class Trainer:
             if ema_ev is not None:
                 metrics.update(ema_val_top1=ema_ev["top1"], ema_val_top5=ema_ev["top5"], ema_val_loss=ema_ev["loss"])
             self.history.append(metrics)
+            improved = self.best_top1 is None or ev["top1"] > self.best_top1
+            if improved:
+                self.best_top1 = ev["top1"]
+            if getattr(spec, "checkpoint_dir", None):
+                self.save_checkpoint(spec.checkpoint_dir, best=improved)
             yield metrics
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """Everything resume_from needs, as weights_only-loadable values."""
+        from vmbench.checkpoint import rng_state
+
+        return dict(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            epochs_done=self.epochs_done, step=self._step, history=[dict(m) for m in self.history],
+            best_top1=self.best_top1, train_time_s=self.train_time_s, peak_mem=list(self._peak_mem),
+            model_name=self.model_name, dataset=self.dataset.name,
+            rng=rng_state(getattr(self.train_loader, "generator", None)))
+
+    def save_checkpoint(self, folder, best: bool = False) -> None:
+        """`last.pt` in `folder` (previous kept as `last.prev.pt`), and `best.pt` too when `best`."""
+        from pathlib import Path
+
+        from vmbench.checkpoint import BEST, LAST, save_checkpoint
+
+        state = self.checkpoint_state()
+        save_checkpoint(Path(folder) / LAST, state, keep_prev=True)
+        if best:
+            save_checkpoint(Path(folder) / BEST, state)
+
+    def resume_from(self, path) -> None:
+        """Restore a checkpoint written by save_checkpoint; epochs() then continues with the next epoch.
+        Raises CheckpointError (a ValueError) when the file does not load or does not fit this run."""
+        from vmbench.checkpoint import CheckpointError, load_checkpoint, set_rng_state
+
+        self.setup()
+        state = load_checkpoint(path)
+        if state.get("model_name") != self.model_name:
+            raise CheckpointError(f"checkpoint {path} is for model {state.get('model_name')!r}, "
+                                  f"not {self.model_name!r}")
+        if not 0 <= int(state["epochs_done"]) <= self.spec.epochs:
+            raise CheckpointError(f"checkpoint {path} has {state['epochs_done']} epochs done; the run has "
+                                  f"{self.spec.epochs}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state.get("scaler") is not None:
+                self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {path} does not fit this run: {msg}") from None
+        self.epochs_done = int(state["epochs_done"])
+        self._step = int(state["step"])
+        self.history = [dict(m) for m in state["history"]]
+        self.best_top1 = state.get("best_top1")
+        self.train_time_s = float(state.get("train_time_s", 0.0))
+        peak = state.get("peak_mem") or [None, None]
+        self._peak_mem = (peak[0], peak[1])
+        set_rng_state(state["rng"], getattr(self.train_loader, "generator", None))
 
     # -- final result ----------------------------------------------------------------------------------------
     def finish(self) -> dict:

@@ -4,18 +4,26 @@ This is the engine's caller: it owns the store writes and the one rich Progress.
 User mistakes raise ValueError before anything is written; once a run row
 exists, every way out of it (success, error, Ctrl-C, SIGTERM) ends in a
 final status that reflects what happened.
+
+Train runs keep checkpoints in `<database folder>/runs/<run id>/` (recorded as the run's checkpoint_dir;
+none for a database that is not a file), which `execute_resume` continues from.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import signal
+import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from ..config import BenchSpec, Recipe, RunSpec
 from ..store import Store
+from ..store.schema import utcnow
 
 HEARTBEAT_EVERY_S = 30.0
 
@@ -92,43 +100,25 @@ def _with_traceback(message: str, exc: BaseException, status: str) -> str:
     return message + "\n" + "".join(traceback.format_exception(exc)[-4:])
 
 
-def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True,
-                recipe: Recipe | None = None) -> tuple[int, dict]:
-    """Train + evaluate + benchmark one model on one dataset; returns (run_id, results).
+def checkpoint_root(db: str) -> Path | None:
+    """`<database folder>/runs` for a file database (path or sqlite URL); None for an in-memory or server one."""
+    from ..store.db import is_url
 
-    `recipe` (config.resolve_recipe) is recorded: its name as the run's recipe, its resolved values as
-    params["recipe"] and its file as params["recipe_source"].
+    if is_url(db):
+        import sqlalchemy as sa
 
-    Raises ValueError (nothing written) for user mistakes found before the run starts,
-    RunFailed for a run that was recorded and failed, KeyboardInterrupt after recording `interrupted`.
-    """
-    from ..engine.train import Trainer
+        url = sa.engine.make_url(db)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        path = Path(url.database)
+    else:
+        path = Path(db).expanduser()
+    return path.resolve().parent / "runs"
 
-    hook: list[Callable[[str, int, int], None]] = [lambda task, completed, total: None]
-    last_beat = [time.monotonic()]
-    run_id_box: list[int] = []
-    store_box: list[Store] = []
 
-    def progress(task: str, completed: int, total: int) -> None:
-        hook[0](task, completed, total)
-        now = time.monotonic()
-        if run_id_box and now - last_beat[0] > HEARTBEAT_EVERY_S:
-            store_box[0].heartbeat(run_id_box[0])
-            last_beat[0] = now
-
-    # User mistakes (model, dataset, device, backend, database) raise here, before anything is written.
-    trainer = Trainer(spec, progress=progress)
-    store = Store(db)
-    store_box.append(store)
-    device = str(trainer.device)
-    info = _record_env(device)
-    params = spec.to_dict()
-    if recipe is not None:
-        params.update(recipe=dict(recipe.values), recipe_source=recipe.source)
-    run_id = store.create_run(
-        "train", trainer.model_name, spec.dataset, params, recipe=recipe.name if recipe else None, seed=spec.seed,
-        tags=spec.tags, device=device, scan_backend=trainer.scan_backend, **info)
-    run_id_box.append(run_id)
+def _train(trainer, store: Store, run_id: int, console, show_progress: bool, hook: list) -> dict:
+    """Drive the trainer's remaining epochs and finish(); metrics go to `run_id`. Every way out ends with a
+    final status on the run (RunFailed / KeyboardInterrupt re-raised)."""
     try:
         with _sigterm_as_interrupt(), _progress(console, show_progress) as bar:
             hook[0] = bar
@@ -144,7 +134,129 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
         raise RunFailed(run_id, message.splitlines()[0], isinstance(exc, ValueError)) from exc
     store.finish_run(run_id, "completed", results)
     store.close()
-    return run_id, results
+    return results
+
+
+def _progress_with_heartbeat(run_id_box: list, store_box: list):
+    """(progress hook for the trainer, the slot the rich bar is put in); beats the run's heartbeat."""
+    hook: list[Callable[[str, int, int], None]] = [lambda task, completed, total: None]
+    last_beat = [time.monotonic()]
+
+    def progress(task: str, completed: int, total: int) -> None:
+        hook[0](task, completed, total)
+        now = time.monotonic()
+        if run_id_box and now - last_beat[0] > HEARTBEAT_EVERY_S:
+            store_box[0].heartbeat(run_id_box[0])
+            last_beat[0] = now
+
+    return progress, hook
+
+
+def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True,
+                recipe: Recipe | None = None) -> tuple[int, dict]:
+    """Train + evaluate + benchmark one model on one dataset; returns (run_id, results).
+
+    `recipe` (config.resolve_recipe) is recorded: its name as the run's recipe, its resolved values as
+    params["recipe"] and its file as params["recipe_source"].
+
+    Raises ValueError (nothing written) for user mistakes found before the run starts,
+    RunFailed for a run that was recorded and failed, KeyboardInterrupt after recording `interrupted`.
+    """
+    from ..engine.train import Trainer
+
+    run_id_box: list[int] = []
+    store_box: list[Store] = []
+    progress, hook = _progress_with_heartbeat(run_id_box, store_box)
+
+    # User mistakes (model, dataset, device, backend, database) raise here, before anything is written.
+    trainer = Trainer(spec, progress=progress)
+    store = Store(db)
+    store_box.append(store)
+    device = str(trainer.device)
+    info = _record_env(device)
+    params = spec.to_dict()
+    if recipe is not None:
+        params.update(recipe=dict(recipe.values), recipe_source=recipe.source)
+    run_id = store.create_run(
+        "train", trainer.model_name, spec.dataset, params, recipe=recipe.name if recipe else None, seed=spec.seed,
+        tags=spec.tags, device=device, scan_backend=trainer.scan_backend, **info)
+    run_id_box.append(run_id)
+    root = checkpoint_root(db) if spec.checkpoints else None
+    if root is not None:
+        ckpt_dir = root / str(run_id)
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            store.finish_run(run_id, "failed", error=f"cannot create checkpoint folder {ckpt_dir}: {exc}")
+            store.close()
+            raise RunFailed(run_id, f"cannot create checkpoint folder {ckpt_dir}: {exc}", False) from exc
+        spec.checkpoint_dir = str(ckpt_dir)
+        store.update_run(run_id, checkpoint_dir=str(ckpt_dir))
+    return run_id, _train(trainer, store, run_id, console, show_progress, hook)
+
+
+RESUMABLE = ("failed", "interrupted")
+
+
+def _spec_from_params(params: dict, checkpoint_dir: str) -> RunSpec:
+    """The RunSpec a train run was started with (its params hold spec.to_dict() plus the recipe entries)."""
+    names = {f.name for f in dataclasses.fields(RunSpec)}
+    kw = {k: v for k, v in params.items() if k in names}
+    kw.update(weights=None, checkpoint_dir=checkpoint_dir)  # the checkpoint holds the weights
+    return RunSpec(**kw)
+
+
+def execute_resume(run_id: int, db: str, console=None, show_progress: bool = True) -> tuple[int, dict]:
+    """Continue a failed or interrupted train run from its newest loadable checkpoint; metrics go to the same
+    run, which ends completed (or failed/interrupted again). Returns (run_id, results).
+
+    Raises ValueError (one line, nothing written) when the run does not exist, is not a train run, is not
+    failed/interrupted, or has no loadable checkpoint; RunFailed / KeyboardInterrupt as execute_run.
+    """
+    import sqlalchemy as sa
+
+    from ..checkpoint import latest_good
+    from ..engine.train import Trainer
+    from ..store import effective_status
+    from ..store.schema import Metric
+
+    store = Store(db, create=False)
+    try:
+        run = store.get_run(run_id)
+        if run is None:
+            raise ValueError(f"no run {run_id} in {db}")
+        if run.kind != "train":
+            raise ValueError(f"run {run_id} is a {run.kind} run; only train runs can be resumed")
+        status = effective_status(run)
+        if status not in RESUMABLE:
+            raise ValueError(f"run {run_id} is {status}; only failed or interrupted runs can be resumed")
+        if not run.checkpoint_dir:
+            raise ValueError(f"run {run_id} kept no checkpoints (recipe key checkpoints = false, or a database "
+                             "without a folder); it cannot be resumed")
+        path = latest_good(run.checkpoint_dir)
+        if path is None:
+            raise ValueError(f"run {run_id} has no loadable checkpoint in {run.checkpoint_dir}")
+        spec = _spec_from_params(dict(run.params or {}), run.checkpoint_dir)
+        run_id_box: list[int] = []
+        store_box: list[Store] = [store]
+        progress, hook = _progress_with_heartbeat(run_id_box, store_box)
+        trainer = Trainer(spec, progress=progress)
+        trainer.resume_from(path)  # CheckpointError is a ValueError: nothing written yet
+    except BaseException:
+        store.close()
+        raise
+    run_id_box.append(run_id)
+    store.update_run(run_id, status="running", pid=os.getpid(), host=socket.gethostname(),
+                     heartbeat_at=utcnow(), ended_at=None, error=None)
+    # The store may hold metrics of epochs after the checkpoint (lost work) or lack the checkpoint's last
+    # epoch (killed between saving and logging): make it match the checkpoint's history.
+    with store.session() as s, s.begin():
+        s.execute(sa.delete(Metric).where(Metric.run_id == run_id, Metric.epoch > trainer.epochs_done))
+        logged = set(s.scalars(sa.select(Metric.epoch).where(Metric.run_id == run_id).distinct()))
+    for m in trainer.history:
+        if m.get("epoch") not in logged:
+            store.log_metrics(run_id, m, epoch=m.get("epoch"))
+    return run_id, _train(trainer, store, run_id, console, show_progress, hook)
 
 
 def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: bool = True) -> tuple[int | None, dict]:

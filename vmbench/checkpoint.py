@@ -1,0 +1,134 @@
+"""Crash-safe training checkpoints.
+
+    save_checkpoint(path, state)      # temp file in the same folder, fsync, os.replace: never half-written
+    state = load_checkpoint(path)     # CheckpointError (a ValueError) when the file is missing or unreadable
+    path = latest_good(run_dir)       # newest loadable of last.pt / last.prev.pt, or None
+
+The Trainer writes `last.pt` after every epoch (the previous one is kept as `last.prev.pt`) and `best.pt` when
+the validation top-1 improves. Every value in a checkpoint is a tensor, number, string, None, list, tuple or
+dict (RNG states included: see `rng_state`), so files load with `torch.load(weights_only=True)`, which never
+runs arbitrary pickled code; a file that needs more than that is refused as not ours.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_good", "rng_state", "set_rng_state",
+           "LAST", "PREV", "BEST", "FORMAT"]
+
+LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
+FORMAT = "vmbench-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or not a vmbench checkpoint."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path, state: dict, keep_prev: bool = False) -> Path:
+    """Write `state` to `path` atomically: a temp file in the same folder, flushed and fsynced, then
+    `os.replace`. A crash at any point leaves the old file intact. With `keep_prev`, the file being replaced
+    is first kept as `<stem>.prev.pt` (through a hard link when possible, so `path` never goes missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_prev and path.exists():
+            prev = path.with_name(path.stem + ".prev" + path.suffix)
+            prev_tmp = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+            try:
+                os.link(path, prev_tmp)
+            except OSError:
+                shutil.copy2(path, prev_tmp)
+            os.replace(prev_tmp, prev)
+        os.replace(tmp, path)
+    finally:
+        for leftover in path.parent.glob(f".*.{os.getpid()}.tmp"):
+            leftover.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint written by save_checkpoint; CheckpointError (one line) for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, disallowed type, …
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {msg}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a vmbench checkpoint")
+    return state
+
+
+def latest_good(folder) -> Path | None:
+    """The newest checkpoint in `folder` that loads: last.pt, else last.prev.pt; None when neither does."""
+    folder = Path(folder)
+    for name in (LAST, PREV):
+        try:
+            load_checkpoint(folder / name)
+        except CheckpointError:
+            continue
+        return folder / name
+    return None
+
+
+# -- RNG states as plain values (weights_only-safe) --------------------------------------------------------------
+def rng_state(loader_generator: torch.Generator | None = None) -> dict:
+    """Python `random`, NumPy, torch CPU (and CUDA when available) RNG states, plus the train loader's shuffle
+    generator, as tensors / ints / floats / lists."""
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "loader": loader_generator.get_state() if loader_generator is not None else None,
+    }
+    return out
+
+
+def set_rng_state(state: dict, loader_generator: torch.Generator | None = None) -> None:
+    """Restore what rng_state saved."""
+    import numpy as np
+
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda = [s.cpu() for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    if loader_generator is not None and state.get("loader") is not None:
+        loader_generator.set_state(state["loader"].cpu())
