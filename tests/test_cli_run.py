@@ -1,5 +1,4 @@
 """`vmbench run` / `vmbench bench` end to end through CliRunner, and user mistakes (exit 2, DB untouched)."""
-import hashlib
 import json
 import os
 
@@ -9,17 +8,11 @@ from click.testing import CliRunner
 from vmbench.cli import main
 from vmbench.store import Store
 
+from dbfiles import db_digest
+
 SMALL = ["--device", "cpu", "--max-train-batches", "2", "--max-val-batches", "2", "--batch-size", "8"]
 
 
-def _digest(path):
-    """Content of every file of the database (main file + WAL), to prove a command wrote nothing."""
-    out = hashlib.sha256()
-    for suffix in ("", "-wal"):
-        p = str(path) + suffix
-        if os.path.exists(p):
-            out.update(open(p, "rb").read())
-    return out.hexdigest()
 
 
 def _invoke(args):
@@ -84,11 +77,11 @@ def test_user_mistakes_exit_2_and_write_nothing(tmp_path, args, monkeypatch):
         pytest.skip("CUDA present")
     db = tmp_path / "x.db"
     Store(str(db)).close()
-    before = _digest(db)
+    before = db_digest(db)
     r = _invoke([*args, "--db", str(db)])
     assert r.exit_code == 2, r.output
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
-    assert _digest(db) == before and Store(str(db)).count_runs() == 0
+    assert db_digest(db) == before and Store(str(db)).count_runs() == 0
 
 
 def test_unknown_model_suggests_close_match(tmp_path):

@@ -9,7 +9,8 @@ from vmbench.cli import main
 from vmbench.config import RECIPE_KEYS, build_run_spec, list_recipes, load_recipe, parse_set, resolve_recipe
 from vmbench.store import Store
 
-from test_cli_run import _digest
+from dbfiles import db_digest
+
 
 TINY = ["--device", "cpu", "--img-size", "32", "--batch-size", "8", "--max-train-batches", "2",
         "--max-val-batches", "1"]
@@ -76,11 +77,11 @@ def test_recipe_path(tmp_path):
 def test_user_mistakes_exit_2_db_untouched(tmp_path, args, needle):
     db = tmp_path / "x.db"
     Store(str(db)).close()
-    before = _digest(db)
+    before = db_digest(db)
     r = CliRunner().invoke(main, ["run", "test_resnet", "shapes", *TINY, "--db", str(db), *args])
     assert r.exit_code == 2, r.output
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert _digest(db) == before
+    assert db_digest(db) == before
 
 
 def test_unknown_key_in_recipe_file_named(tmp_path):

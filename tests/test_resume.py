@@ -1,8 +1,6 @@
 """Crash-safe checkpoints and `vmbench resume`: atomic saves, fallback to last.prev.pt, refusals (exit 2, DB
 untouched), and a SIGKILLed deterministic run that, resumed, ends bit-identical to an uninterrupted one."""
-import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -18,18 +16,13 @@ from vmbench import checkpoint as ck
 from vmbench.cli import main
 from vmbench.store import Store
 
+from dbfiles import db_digest
+
 RUN = ["run", "test_resnet", "shapes", "--deterministic", "--epochs", "3", "--max-train-batches", "3",
        "--max-val-batches", "2", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--set", "checkpoints=true"]
 SAME = ("train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr")  # timings differ between runs
 
 
-def _digest(path):
-    out = hashlib.sha256()
-    for suffix in ("", "-wal"):
-        p = str(path) + suffix
-        if os.path.exists(p):
-            out.update(open(p, "rb").read())
-    return out.hexdigest()
 
 
 def _cli(args, **kw):
@@ -89,20 +82,20 @@ def test_resume_refusals_exit_2_and_write_nothing(tmp_path):
         run = store.get_run(run_id)
     assert run.checkpoint_dir == str(tmp_path / "runs" / str(run_id))
     assert {p.name for p in Path(run.checkpoint_dir).iterdir()} == {ck.LAST, ck.BEST}
-    before = _digest(db)
+    before = db_digest(db)
     for args, msg in ([str(run_id)], "is completed"), (["999"], "no run 999"):
         r = CliRunner().invoke(main, ["resume", *args, "--db", str(db)])
         assert r.exit_code == 2 and msg in r.output, r.output
-        assert _digest(db) == before
+        assert db_digest(db) == before
     # An interrupted run whose checkpoints are gone: refused too.
     with Store(str(db)) as store:
         store.update_run(run_id, status="interrupted")
-    before = _digest(db)
+    before = db_digest(db)
     for p in Path(run.checkpoint_dir).iterdir():
         p.write_bytes(b"not a checkpoint")
     r = CliRunner().invoke(main, ["resume", str(run_id), "--db", str(db)])
     assert r.exit_code == 2 and "no loadable checkpoint" in r.output, r.output
-    assert _digest(db) == before
+    assert db_digest(db) == before
     r = CliRunner().invoke(main, ["resume", "1", "--db", str(tmp_path / "none.db")])
     assert r.exit_code == 2 and not (tmp_path / "none.db").exists()
 
