@@ -126,6 +126,11 @@ def time_stage(kd, L, dtype, with_ref=True):
     res = dict(kd=kd, L=L, dtype=str(dtype).split(".")[-1], fwd_ms=fwd_ms, bwd_ms=bwd_ms,
                fwd_tbs=fwd_bytes / fwd_ms / 1e9, bwd_tbs=bwd_bytes / bwd_ms / 1e9,
                fwd_floor_mb=fwd_bytes / 1e6, bwd_floor_mb=bwd_bytes / 1e6)
+    if N == 1:  # the previous version (general 3-D kernels, dB / dC atomics), same inputs, same run
+        with T.scan_config(n1=0):
+            hss = [T._scan_fwd(*x, True, True)[1] for x in sets]
+            res["v1_fwd_ms"] = bench(lambda i: T._scan_fwd(*sets[i], True, True), n_sets)
+            res["v1_bwd_ms"] = bench(lambda i: T._scan_bwd(dys[i], *sets[i], hss[i], True), n_sets)
     del sets, dys, hss
     if with_ref:
         x = [t.requires_grad_(True) if t.is_floating_point() else t for t in make_inputs(kd, L, dtype)]
@@ -146,12 +151,13 @@ def sweep(stages):
     """Time a few chunk / tile / warp choices per stage (fp16); prints one line per config."""
     from vmbench.kernels import _selective_scan_triton as T
 
-    fwd_cfgs = [dict(chunk=c, fwd_tile=t, fwd_warps=w) for c, t, w in
-                [(128, 2048, 4), (128, 4096, 4), (256, 4096, 4), (256, 8192, 8), (512, 8192, 8), (512, 4096, 4),
-                 (256, 2048, 4), (1024, 8192, 8)]]
-    bwd_cfgs = [dict(chunk=c, bwd_tile=t, bwd_warps=w) for c, t, w in
-                [(128, 1024, 4), (128, 2048, 4), (256, 2048, 4), (256, 4096, 8), (512, 4096, 8), (256, 1024, 2),
-                 (512, 2048, 4)]]
+    # N = 1 kernels (the benchmark's shapes); the forward chunk is never below the backward's
+    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w) for c, t, w in
+                [(256, 2048, 4), (128, 2048, 4), (512, 2048, 4), (256, 1024, 4), (256, 4096, 4), (256, 2048, 8),
+                 (128, 1024, 2)]]
+    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, bwd_warps=w) for c, t, w in
+                [(32, 512, 4), (32, 256, 4), (32, 512, 2), (16, 256, 4), (16, 512, 4), (32, 1024, 4),
+                 (64, 512, 4), (32, 256, 2)]]
     out = []
     for kd, L in stages:
         x = make_inputs(kd, L, torch.float16)
@@ -172,12 +178,37 @@ def sweep(stages):
     return out
 
 
+def kernel_stats():
+    """Registers, spills and shared memory of every compiled scan kernel variant in this process."""
+    from vmbench.kernels import _selective_scan_triton as T
+
+    out = []
+    for (name, interp), fn in T._KERNELS.items():
+        caches = getattr(fn, "device_caches", None)
+        kernels = []
+        if caches:
+            for entry in caches.values():
+                cache = entry[0] if isinstance(entry, tuple) else entry
+                kernels += list(cache.values())
+        for k in kernels:
+            md = getattr(k, "metadata", None)
+            consts = getattr(getattr(k, "src", None), "constants", {}) or {}
+            blocks = {str(getattr(c, "name", c)): v for c, v in consts.items() if "BLOCK" in str(getattr(c, "name", c))}
+            out.append(dict(kernel=name, regs=getattr(k, "n_regs", None), spills=getattr(k, "n_spills", None),
+                            shared=getattr(md, "shared", None), warps=getattr(md, "num_warps", None), blocks=blocks))
+    return out
+
+
 def table(rows, card):
-    hdr = ("| stage (B, K·D, L) | in | fwd ms | fwd TB/s | bwd ms | bwd TB/s | torch twin fwd / bwd ms | × twin fwd / bwd "
+    hdr = ("| stage (B, K·D, L) | in | fwd ms | fwd TB/s | bwd ms | bwd TB/s | v1 fwd / bwd ms | × v1 fwd / bwd "
+           "| torch twin fwd / bwd ms | × twin fwd / bwd "
            "| official fwd / bwd ms (ANCHORS, H100, fp16) | × official fwd / bwd | max err / tol |")
     lines = [f"Selective scan, {card}, K=4, N=1, fp32 out; TB/s = minimal traffic / time; "
-             "× = other's time / ours (higher is better).", "", hdr, "|" + "---|" * 11]
+             "× = other's time / ours (higher is better); v1 = the previous kernels, same run.", "", hdr,
+             "|" + "---|" * 13]
     for r in rows:
+        v1 = (f"{r['v1_fwd_ms']:.3f} / {r['v1_bwd_ms']:.3f}" if "v1_fwd_ms" in r else "—")
+        xv1 = (f"{r['v1_fwd_ms'] / r['fwd_ms']:.2f} / {r['v1_bwd_ms'] / r['bwd_ms']:.2f}" if "v1_fwd_ms" in r else "—")
         ref = (f"{r['ref_fwd_ms']:.2f} / {r['ref_bwd_ms']:.2f}" if "ref_fwd_ms" in r else "—")
         xref = (f"{r['ref_fwd_ms'] / r['fwd_ms']:.1f} / {r['ref_bwd_ms'] / r['bwd_ms']:.1f}" if "ref_fwd_ms" in r else "—")
         off = (f"{r['official_fwd_ms']:.2f} / {r['official_bwd_ms']:.2f}" if "official_fwd_ms" in r else "—")
@@ -185,7 +216,7 @@ def table(rows, card):
                 if "official_fwd_ms" in r else "—")
         err = f"{r['err_ratio']:.2f}" if "err_ratio" in r else "—"
         lines.append(f"| (128, {r['kd']}, {r['L']}) | {r['dtype']} | {r['fwd_ms']:.3f} | {r['fwd_tbs']:.2f} | "
-                     f"{r['bwd_ms']:.3f} | {r['bwd_tbs']:.2f} | {ref} | {xref} | {off} | {xoff} | {err} |")
+                     f"{r['bwd_ms']:.3f} | {r['bwd_tbs']:.2f} | {v1} | {xv1} | {ref} | {xref} | {off} | {xoff} | {err} |")
     return "\n".join(lines)
 
 
@@ -194,6 +225,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="stages 1 and 4 only, fp16 only")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     ap.add_argument("--sweep", action="store_true", help="also time a few tile / chunk configs (fp16)")
+    ap.add_argument("--sweep-stages", default="1", help="comma-separated stages (1-4) for --sweep")
     ap.add_argument("--no-ref", action="store_true", help="skip timing the torch twin")
     ap.add_argument("--no-check", action="store_true", help="skip the fp64 correctness check")
     args = ap.parse_args(argv)
@@ -215,8 +247,12 @@ def main(argv=None):
                 r["err_ratio"] = err
             rows.append(r)
             print(json.dumps(r), flush=True)
-    sw = sweep(stages) if args.sweep else []
+    sw = sweep([STAGES[int(i) - 1] for i in args.sweep_stages.split(",")]) if args.sweep else []
     md = table(rows, card)
+    stats = kernel_stats()
+    md += "\n\nCompiled variants (registers / spills per thread):\n" + "\n".join(
+        f"- {k['kernel']} {k['blocks']} warps={k['warps']}: regs {k['regs']}, spills {k['spills']}, "
+        f"shared {k['shared']} B" for k in stats)
     print(md)
     if args.json:
         print(json.dumps({"card": card, "rows": rows, "sweep": sw}, indent=1))
@@ -225,7 +261,7 @@ def main(argv=None):
         with open(os.path.join(out, "kernels.md"), "w") as f:
             f.write(md + "\n")
         with open(os.path.join(out, "kernels.json"), "w") as f:
-            json.dump({"card": card, "rows": rows, "sweep": sw}, f, indent=1)
+            json.dump({"card": card, "rows": rows, "sweep": sw, "kernels": stats}, f, indent=1, default=str)
     return 0
 
 

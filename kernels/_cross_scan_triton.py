@@ -1,15 +1,15 @@
 """Triton cross-scan / cross-merge (see kernels/cross_scan.py for the directions).
 
-One program owns a tile of BH x BW map positions times BC channels of one image:
-
-    cross_scan : load the tile once (coalesced along the map's contiguous axis, channels
-                 for channels-last), store it four times into xs (B, 4, C, L), each store
-                 laid out so consecutive lanes write consecutive sequence positions:
-                 k=0 as [BC, BH, BW] (contiguous along w), k=1 as the permuted
-                 [BC, BW, BH] tile (contiguous along h), k=2 / k=3 the same tiles
-                 with descending addresses.
-    cross_merge: the adjoint; the four loads use the same four layouts, the sum is
-                 taken in fp32 (fp64 for fp64) and stored once in the map's layout.
+cross_scan, v2 (default): one program = a chunk of BP consecutive sequence positions of one
+    direction pair (rows k=0/2 or columns k=1/3) x BC channels of one image: load a [BP, BC]
+    tile (C fastest), tl.trans, store [BC, BP] at ascending addresses; k+2 re-loads the same
+    positions reversed (cache hits) and writes its chunk ascending too.
+cross_scan, v1 (`version=1`, kept until v2 is measured against it): one program owns a tile of
+    BH x BW map positions times BC channels, loads it once and stores it four times, k=2 / k=3
+    with descending addresses (which Triton cannot vectorise).
+cross_merge: one program owns a BH x BW x BC tile; the four loads use a [BC, BH, BW] /
+    [BC, BW, BH] layout, the sum is taken in fp32 (fp64 for fp64) and stored once in the map's
+    layout.
 
 The map is addressed through its strides, so (B, H, W, C) channels-last, (B, C, H, W)
 and any permuted/strided view work without a copy; Triton specialises stride == 1,
@@ -109,6 +109,60 @@ def _cross_scan_kernel(
 
 
 @triton.jit
+def _cross_scan_v2_kernel(
+    x_ptr, xs_ptr,
+    H, W, C, L,  # L = H * W passed on its own so Triton specialises L % 16 == 0 (aligned vector stores)
+    sxb, sxh, sxw, sxc,  # x strides in elements for (b, h, w, c), whatever the memory layout
+    BC: tl.constexpr, BP: tl.constexpr,
+):
+    # v2: one program = (image b, direction pair: rows k=0/2 or columns k=1/3, chunk of BP
+    # consecutive sequence positions, BC channels). Every load is a [BP, BC] tile (C fastest:
+    # unit stride for channels-last), every store a [BC, BP] tile at ascending addresses (L
+    # fastest); tl.trans between them is the one shared-memory layout conversion. Direction k
+    # stores positions q0 .. q0+BP-1; direction k+2 stores L-q0-BP .. L-q0-1 of the reversed
+    # sequence, whose sources are the same BP map positions in reverse order (re-read from
+    # L1/L2, not HBM). No store has descending addresses: Triton's axis analysis sees those as
+    # non-contiguous -> scalar, uncoalesced stores (the v1 problem).
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    n_cb = (C + BC - 1) // BC
+    cb = pid % n_cb  # channel blocks fastest: programs sharing x's cache lines run together
+    rest = pid // n_cb
+    pair = rest % 2  # 0: row-major (k = 0, 2), 1: column-major (k = 1, 3)
+    q0 = (rest // 2) * BP
+    c = cb * BC + tl.arange(0, BC)
+    j = tl.arange(0, BP)
+    # position maps: rows l -> (l // W, l % W), columns l -> (l % H, l // H)
+    d = tl.where(pair == 0, W, H)
+    src = x_ptr + pid_b * sxb + c[None, :] * sxc
+    dst = xs_ptr + pid_b * 4 * C * L + pair * C * L + c[:, None] * L  # (B, 4, C, L) contiguous
+    cmask = c < C
+
+    # direction k (= pair): sequence positions q0 + j, ascending
+    q = q0 + j
+    a = q // d
+    r = q % d
+    h = tl.where(pair == 0, a, r)
+    w = tl.where(pair == 0, r, a)
+    qmask = q < L
+    v = tl.load(src + h[:, None] * sxh + w[:, None] * sxw,
+                mask=qmask[:, None] & cmask[None, :])  # [BP, BC], C fastest
+    tl.store(dst + q[None, :], tl.trans(v), mask=cmask[:, None] & qmask[None, :])  # [BC, BP], L fastest
+
+    # direction k + 2: output position L - q0 - BP + j (ascending) holds map position q0 + BP - 1 - j
+    qr = q0 + (BP - 1) - j
+    a = qr // d
+    r = qr % d
+    h = tl.where(pair == 0, a, r)
+    w = tl.where(pair == 0, r, a)
+    rmask = qr < L
+    vr = tl.load(src + h[:, None] * sxh + w[:, None] * sxw,
+                 mask=rmask[:, None] & cmask[None, :])  # same addresses as v, reversed: cache hits
+    lr = (L - q0 - BP) + j  # negative only where masked (last, partial chunk)
+    tl.store(dst + 2 * C * L + lr[None, :], tl.trans(vr), mask=cmask[:, None] & rmask[None, :])
+
+
+@triton.jit
 def _cross_merge_kernel(
     ys_ptr, y_ptr,
     H, W, C,
@@ -151,6 +205,8 @@ def _cross_merge_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
+SCAN_VERSION = 2  # cross_scan kernel used by default; v1 stays until v2 is measured against it on a GPU
+
 
 def _default_tiles(C: int, H: int, W: int, elem_bytes: int):
     """(BC, BH, BW, num_warps). Tiles of ~8K elements: enough bytes in flight per SM and a
@@ -159,6 +215,16 @@ def _default_tiles(C: int, H: int, W: int, elem_bytes: int):
     BH = min(16, triton.next_power_of_2(H))
     BW = min(16, triton.next_power_of_2(W))
     return BC, BH, BW, 4
+
+
+def _scan_tiles(C: int, L: int, tiles=None):
+    """(BC, BP, num_warps) of cross_scan; `tiles` is the (BC, BH, BW, num_warps) sweep form, BP = BH * BW."""
+    if tiles is not None:
+        BC, BH, BW, nw = tiles
+        return BC, BH * BW, nw
+    BC = min(32, triton.next_power_of_2(C))  # 32 ch = 64 B per position in fp16; C = 96 splits into 3 full blocks
+    BP = max(16, min(8192 // BC, triton.next_power_of_2(L)))  # 8 K elements: 16 KB loaded, 32 KB stored per program (fp16)
+    return BC, BP, 8  # 8 warps: 32 elements per thread per tile = 4 16-byte vectors in flight per access
 
 
 def _map_strides(t: torch.Tensor, channels_last: bool):
@@ -178,12 +244,15 @@ def _map_dims(t: torch.Tensor, channels_last: bool):
     return b, h, w, c
 
 
-def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None) -> torch.Tensor:
+def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None, version: int | None = None
+                      ) -> torch.Tensor:
     """Launch the cross-scan kernel (no autograd).
 
     Args:
         x: (B, H, W, C) if channels_last else (B, C, H, W); fp16 / bf16 / fp32 / fp64, any strides.
-        tiles: optional (BC, BH, BW, num_warps) override (benchmark sweeps).
+        tiles: optional (BC, BH, BW, num_warps) override (benchmark sweeps); v2 uses BH * BW as its
+            chunk of sequence positions.
+        version: 1 (position tiles, four permuted stores) or 2 (default, `SCAN_VERSION`).
     Returns:
         xs: (B, 4, C, H*W), x.dtype, contiguous.
     """
@@ -197,6 +266,12 @@ def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None) -
     if xs.numel() == 0:
         return xs
     assert 4 * c * L < 2**31, "per-image offsets are int32"
+    if (version or SCAN_VERSION) == 2:
+        BC, BP, nw = _scan_tiles(c, L, tiles)
+        grid = (triton.cdiv(c, BC) * 2 * triton.cdiv(L, BP), b)
+        _kernel_for(_cross_scan_v2_kernel, x.device)[grid](
+            x, xs, h, w, c, L, *_map_strides(x, channels_last), BC=BC, BP=BP, num_warps=nw)
+        return xs
     BC, BH, BW, nw = tiles or _default_tiles(c, h, w, x.element_size())
     grid = (triton.cdiv(h, BH) * triton.cdiv(w, BW), triton.cdiv(c, BC), b)
     _kernel_for(_cross_scan_kernel, x.device)[grid](

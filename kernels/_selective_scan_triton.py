@@ -6,15 +6,21 @@ Shapes (VMamba layout; K directions, D channels per direction, N states, L posit
     B, C            (B, K, N, L) fp32 / fp16 / bf16, shared by the D channels of direction k
     D, delta_bias   (K*D,)       fp32, optional
     y               (B, K*D, L)  fp32 if out_fp32 else u.dtype
-    hs              (B, K*D, N, n_chunks) fp32 — state entering each chunk (saved for backward)
+    hs              (B, K*D, N, n_saved) fp32 — state entering each backward chunk (saved for backward)
 
 One program owns BLOCK_D channels of one (batch, direction) pair and walks L in chunks of
-BLOCK_L positions: the chunk is a [BLOCK_D, BLOCK_N, BLOCK_L] tile scanned with
-`tl.associative_scan` along L, and the state is carried from chunk to chunk in registers.
-All arithmetic is fp32. The backward walks the chunks in reverse: it recomputes the states of
-a chunk from the saved chunk-entry state, runs the reverse scan for dL/dh, writes du / ddelta,
-adds dB / dC into fp32 buffers with atomics (several channel blocks share one (b, k)), and keeps
-dA / dD / ddelta_bias per program (summed over the batch afterwards: no races).
+BLOCK_L positions, scanning each chunk with `tl.associative_scan` along L and carrying the state
+from chunk to chunk in registers. All arithmetic is fp32. The backward walks the chunks in
+reverse: it recomputes a chunk's states from the saved state entering it, runs the reverse scan
+for dL/dh, writes du / ddelta, and keeps dA / dD / ddelta_bias per program (summed over the batch
+afterwards: no races).
+
+N = 1 (VMamba-T/S/B) runs dedicated 2-D kernels on [BLOCK_D, BLOCK_L] tiles: long forward chunks,
+short backward chunks on small tiles (the forward saves the state entering every backward chunk),
+dB / dC written as per-channel-block partial sums and reduced afterwards (deterministic). Other N
+run the general kernels on [BLOCK_D, BLOCK_N, BLOCK_L] tiles with one chunk size for both
+directions and dB / dC accumulated with atomics; `scan_config(n1=0)` sends N = 1 there too (the
+previous version, kept for same-run comparisons).
 
 Registered as `vmbench::selective_scan_triton` (forward, returns (y, hs)) and
 `vmbench::selective_scan_triton_bwd` with `torch.library.triton_op`, so `torch.compile` traces
@@ -213,6 +219,159 @@ def _scan_bwd_kernel(
         tl.store(dbias_ptr + rowid, dbias_acc, mask=mask_d)
 
 
+def _scan_fwd_n1_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr,
+    K, Dk, L, n_chunks, n_saved,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SAVE_EVERY: tl.constexpr,
+):
+    # N = 1 (VMamba-T/S/B): a 2-D [BLOCK_D, BLOCK_L] tile. Same algorithm as `_scan_fwd_kernel`
+    # without the size-1 state axis, whose 3-D tiles cost layout conversions at every chunk.
+    # The states entering every SAVE_EVERY positions (the backward's chunk, a divisor of BLOCK_L)
+    # are saved: hs (B, K*D, n_saved).
+    pid = tl.program_id(0)
+    n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
+    dblk = pid % n_dblk
+    bk = pid // n_dblk  # b * K + k: neighbouring programs share B / C rows in L2
+    b = bk // K
+    offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dk
+    ch = (bk % K) * Dk + offs_d  # channel index in K*D
+    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0) * 1.4426950408889634  # A (K*D, 1), log2 e folded in
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    rowid = (b * K * Dk + ch).to(tl.int64)  # [BLOCK_D]
+    row = rowid * L
+    bc = bk.to(tl.int64) * L
+    lidx = tl.arange(0, BLOCK_L)
+    h = tl.full([BLOCK_D], 0.0, tl.float32)
+    hs_row = rowid * n_saved
+    tl.store(hs_ptr + hs_row, h, mask=mask_d)  # the state entering position 0
+    for c in range(n_chunks):
+        offs_l = c * BLOCK_L + lidx
+        mask_l = offs_l < L
+        m2 = mask_d[:, None] & mask_l[None, :]
+        ptr = row[:, None] + offs_l[None, :]
+        u = tl.load(u_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[:, None]
+        if SOFTPLUS:  # max(x, 0) + log1p(exp(-|x|)), log1p(z) = log(w) z / (w - 1) with w = 1 + z
+            z = tl.exp(-tl.abs(dt))
+            w = 1.0 + z
+            dt = tl.maximum(dt, 0.0) + tl.where(w == 1.0, z, tl.log(w) * tl.fdiv(z, w - 1.0))
+        dt = tl.where(m2, dt, 0.0)  # padding: a = 1, x = 0, so the state passes through
+        Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        a = tl.exp2(dt * A2[:, None])
+        x = dt * u * Bv[None, :]
+        sa, sx = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+        hh = sx + sa * h[:, None]
+        y = hh * Cv[None, :]
+        if HAS_D:
+            y = y + Dv[:, None] * u
+        tl.store(y_ptr + ptr, y.to(y_ptr.dtype.element_ty), mask=m2)
+        # the state after position t enters t + 1: saved where t + 1 starts a backward chunk
+        nxt = offs_l + 1
+        save = m2 & ((nxt % SAVE_EVERY == 0) & (nxt // SAVE_EVERY < n_saved))[None, :]
+        tl.store(hs_ptr + hs_row[:, None] + (nxt // SAVE_EVERY)[None, :], hh, mask=save)
+        h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, :], hh, 0.0), 1, _add)
+
+
+def _scan_bwd_n1_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
+    du_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    K, Dk, L, n_chunks,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    # N = 1 backward on 2-D tiles. dB / dC: each program writes its channel block's partial sums
+    # (B, K, n_dblk, L), summed by the launcher: no atomics, and the result is deterministic.
+    pid = tl.program_id(0)
+    n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
+    dblk = pid % n_dblk
+    bk = pid // n_dblk
+    b = bk // K
+    offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dk
+    ch = (bk % K) * Dk + offs_d
+    Av = tl.load(A_ptr + ch, mask=mask_d, other=0.0)
+    A2 = Av * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    rowid = (b * K * Dk + ch).to(tl.int64)
+    row = rowid * L
+    bc = bk.to(tl.int64) * L
+    part = (bk.to(tl.int64) * n_dblk + dblk) * L  # this program's row of the dB / dC partials
+    lidx = tl.arange(0, BLOCK_L)
+    g_next = tl.full([BLOCK_D], 0.0, tl.float32)  # dL/dh at the next chunk's first position
+    dA_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    dD_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    dbias_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    for ci in range(n_chunks):
+        c = n_chunks - 1 - ci
+        offs_l = c * BLOCK_L + lidx
+        mask_l = offs_l < L
+        m2 = mask_d[:, None] & mask_l[None, :]
+        m2n = mask_d[:, None] & (offs_l + 1 < L)[None, :]  # position t + 1 exists
+        ptr = row[:, None] + offs_l[None, :]
+        u = tl.load(u_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dtn = tl.load(dt_ptr + ptr + 1, mask=m2n, other=0.0).to(tl.float32)  # delta at t + 1 (cache hit)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias[:, None]
+            dtn = dtn + bias[:, None]
+        dt = dt_raw
+        if SOFTPLUS:
+            z = tl.exp(-tl.abs(dt_raw))
+            w = 1.0 + z
+            dt = tl.maximum(dt_raw, 0.0) + tl.where(w == 1.0, z, tl.log(w) * tl.fdiv(z, w - 1.0))
+            zn = tl.exp(-tl.abs(dtn))
+            wn = 1.0 + zn
+            dtn = tl.maximum(dtn, 0.0) + tl.where(wn == 1.0, zn, tl.log(wn) * tl.fdiv(zn, wn - 1.0))
+        dt = tl.where(m2, dt, 0.0)
+        Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        # recompute the states of this chunk from its entry state
+        h0 = tl.load(hs_ptr + rowid * n_chunks + c, mask=mask_d, other=0.0)
+        a = tl.exp2(dt * A2[:, None])
+        dtu = dt * u
+        x = dtu * Bv[None, :]
+        sa, sx = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+        hh = sx + sa * h0[:, None]
+        # g_t = C_t dy_t + a_{t+1} g_{t+1}: reverse scan with coefficient a_{t+1} (0 past L)
+        an = tl.where(m2n, tl.exp2(dtn * A2[:, None]), 0.0)
+        ga, gg = tl.associative_scan((an, Cv[None, :] * dy), axis=1, combine_fn=_combine, reverse=True)
+        g = gg + ga * g_next[:, None]
+        g_next = tl.reduce(tl.where((lidx == 0)[None, :], g, 0.0), 1, _add)
+        gah = g * (hh - x)  # g_t * a_t * h_{t-1}
+        tl.store(dC_ptr + part + offs_l, tl.reduce(hh * dy, 0, _add), mask=mask_l)
+        tl.store(dB_ptr + part + offs_l, tl.reduce(g * dtu, 0, _add), mask=mask_l)
+        gB = g * Bv[None, :]
+        ddt = gB * u + gah * Av[:, None]
+        dA_acc += tl.reduce(gah * dt, 1, _add)
+        du = gB * dt
+        if HAS_D:
+            du = du + Dv[:, None] * dy
+            dD_acc += tl.reduce(dy * u, 1, _add)
+        if SOFTPLUS:  # d softplus / dx = sigmoid(x) = 1 / (1 + z) for x >= 0, z / (1 + z) below
+            ddt = ddt * tl.fdiv(tl.where(dt_raw >= 0.0, 1.0, z), w)
+        ddt = tl.where(m2, ddt, 0.0)
+        dbias_acc += tl.reduce(ddt, 1, _add)
+        tl.store(du_ptr + ptr, du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddt_ptr + ptr, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+    tl.store(dA_ptr + rowid, dA_acc, mask=mask_d)
+    if HAS_D:
+        tl.store(dD_ptr + rowid, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + rowid, dbias_acc, mask=mask_d)
+
+
 # Kernels are built per mode (compiled / TRITON_INTERPRET=1) on first use, so a test that
 # switches the interpreter on after this module was imported still gets interpreted kernels.
 _KERNELS: dict[tuple[str, bool], object] = {}
@@ -244,6 +403,14 @@ _DEFAULTS = dict(
     bwd_tile=2048,    # bwd holds ~3x as many live tiles (states, reverse scan, grads): half the tile
     fwd_warps=4,      # 4 warps (128 threads) per program: many programs per SM to hide HBM latency
     bwd_warps=4,      # same reason; with the half-size bwd tile that is 16 fp32 per thread per live tensor
+    n1=1,             # N = 1 runs the 2-D kernels (1) or the general 3-D ones (0: the previous version)
+    # N = 1 kernels (H100/H200 sweeps, RESULTS.md): the backward holds ~3x the live tiles of the
+    # forward, so it runs short chunks on small tiles (more programs per SM, no spills) while the
+    # forward keeps long chunks and saves a state every n1_bwd_chunk positions for it.
+    n1_fwd_chunk=256,
+    n1_fwd_tile=2048,
+    n1_bwd_chunk=32,
+    n1_bwd_tile=512,
 )
 _OVERRIDE: dict[str, int] = {}
 _POISON = False  # tests: fill outputs with NaN before launch to prove every element is written
@@ -268,9 +435,24 @@ def _cfg(name: str) -> int:
     return _OVERRIDE.get(name, _DEFAULTS[name])
 
 
+def _use_n1(n: int) -> bool:
+    return n == 1 and bool(_cfg("n1"))
+
+
+def _n1_chunk(L: int, backward: bool) -> int:
+    """BLOCK_L of the N = 1 kernels; the forward's is a multiple of the backward's (both powers of 2)."""
+    short = max(16, triton.next_power_of_2(L))  # short L (stage 4: 49): no 4x padding
+    bwd = min(_cfg("n1_bwd_chunk"), short)
+    return bwd if backward else max(bwd, min(_cfg("n1_fwd_chunk"), short))
+
+
 def _blocks(L: int, N: int, Dk: int, backward: bool) -> tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps) for one direction's Dk channels, length L, N states."""
     block_n = triton.next_power_of_2(N)
+    if _use_n1(N):
+        chunk, tile = _n1_chunk(L, backward), _cfg("n1_bwd_tile" if backward else "n1_fwd_tile")
+        block_d = max(1, min(tile // chunk, triton.next_power_of_2(Dk)))
+        return block_d, 1, chunk, _cfg("bwd_warps" if backward else "fwd_warps")
     chunk = _cfg("chunk") if N <= 2 else _cfg("chunk_big_n")
     block_l = min(chunk, max(16, triton.next_power_of_2(L)))  # short L (stage 4: 49): no 4x padding
     tile = _cfg("bwd_tile" if backward else "fwd_tile")
@@ -306,19 +488,25 @@ def _prepare(u, delta, A, B, C, D, delta_bias):
 
 
 def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: bool):
-    """Launch the forward kernel. Returns y (B, K*D, L) (fp32 or u.dtype) and hs (B, K*D, N, n_chunks) fp32."""
+    """Launch the forward kernel. Returns y (B, K*D, L) (fp32 or u.dtype) and hs (B, K*D, N, n_saved) fp32,
+    the states entering each of the backward's chunks."""
     (u, delta, A, B, C, D, delta_bias), (batch, k, dk, n, L) = _prepare(u, delta, A, B, C, D, delta_bias)
     bd, bn, bl, warps = _blocks(L, n, dk, backward=False)
     n_chunks = triton.cdiv(L, bl)
+    save_every = _blocks(L, n, dk, backward=True)[2]  # the backward's chunk: it reads these states
+    n_saved = triton.cdiv(L, save_every)
     y = _alloc(u.shape, torch.float32 if out_fp32 else u.dtype, u.device)
-    hs = _alloc((batch, k * dk, n, n_chunks), torch.float32, u.device)
+    hs = _alloc((batch, k * dk, n, n_saved), torch.float32, u.device)
     grid = (batch * k * triton.cdiv(dk, bd),)
-    _kernel(_scan_fwd_kernel)[grid](
-        u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, y, hs,
-        k, dk, L, n_chunks,
-        N=n, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps,
-    )
+    args = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, y, hs,
+            k, dk, L, n_chunks)
+    flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
+    if _use_n1(n):
+        _kernel(_scan_fwd_n1_kernel)[grid](*args, n_saved, **flags, BLOCK_D=bd, BLOCK_L=bl, SAVE_EVERY=save_every,
+                                           num_warps=warps)
+    else:
+        assert n_saved == n_chunks
+        _kernel(_scan_fwd_kernel)[grid](*args, N=n, **flags, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps)
     return y, hs
 
 
@@ -338,19 +526,27 @@ def _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bool):
     dev = u.device
     du = _alloc(u.shape, u.dtype, dev)
     ddelta = _alloc(delta.shape, delta.dtype, dev)
-    dB = torch.zeros(B.shape, dtype=torch.float32, device=dev)  # atomics accumulate into zeros
-    dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
     dA_p = _alloc((batch, k * dk, n), torch.float32, dev)  # per-batch partials, summed below
     dD_p = _alloc((batch, k * dk), torch.float32, dev)
     dbias_p = _alloc((batch, k * dk), torch.float32, dev)
-    grid = (batch * k * triton.cdiv(dk, bd),)
-    _kernel(_scan_bwd_kernel)[grid](
-        u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, dy, hs,
-        du, ddelta, dB, dC, dA_p, dD_p, dbias_p,
-        k, dk, L, n_chunks,
-        N=n, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps,
-    )
+    n_dblk = triton.cdiv(dk, bd)
+    grid = (batch * k * n_dblk,)
+    n1 = _use_n1(n)
+    if n1:  # per-channel-block partials (B, K, n_dblk, L), summed below
+        dB = _alloc((batch, k, n_dblk, L), torch.float32, dev)
+        dC = _alloc((batch, k, n_dblk, L), torch.float32, dev)
+    else:  # atomics accumulate into zeros
+        dB = torch.zeros(B.shape, dtype=torch.float32, device=dev)
+        dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
+    args = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, dy, hs,
+            du, ddelta, dB, dC, dA_p, dD_p, dbias_p, k, dk, L, n_chunks)
+    flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
+    if n1:
+        _kernel(_scan_bwd_n1_kernel)[grid](*args, **flags, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+        dB = dB.sum(2, keepdim=True)
+        dC = dC.sum(2, keepdim=True)
+    else:
+        _kernel(_scan_bwd_kernel)[grid](*args, N=n, **flags, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps)
     z = torch.zeros(k * dk, dtype=torch.float32, device=dev)
     dD = dD_p.sum(0) if D is not None else z
     dbias = dbias_p.sum(0) if delta_bias is not None else z.clone()

@@ -185,9 +185,11 @@ triton = pytest.importorskip("triton")
 T = pytest.importorskip("vmbench.kernels._selective_scan_triton")
 
 # Small tiles so that short sequences still cover several chunks and several channel blocks
-# (the atomics for dB / dC); CHUNK positions per chunk.
+# (the dB / dC partials or atomics); CHUNK positions per chunk.
 CHUNK = 16
-SMALL = dict(chunk=CHUNK, chunk_big_n=CHUNK, fwd_tile=64, bwd_tile=64)
+SMALL = dict(chunk=CHUNK, chunk_big_n=CHUNK, fwd_tile=64, bwd_tile=64,
+             # N = 1: forward chunks twice the backward's, so states are saved inside a forward chunk
+             n1_fwd_chunk=2 * CHUNK, n1_bwd_chunk=CHUNK, n1_fwd_tile=64, n1_bwd_tile=64)
 
 
 @pytest.fixture
@@ -218,6 +220,14 @@ def test_triton_n1(interp, dtype, L, out_fp32):
     check_interp(_triton, x, out_fp32=out_fp32, label=f"N=1 {dtype} L={L}")
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_triton_n1_general_kernel(interp, dtype):
+    # N = 1 through the general 3-D kernels (the previous version, kept for N > 1 and for comparison)
+    with T.scan_config(n1=0):
+        x = make_inputs(2, 2, 6, 1, 2 * CHUNK + 13, DTYPES[dtype])
+        check_interp(_triton, x, label=f"N=1 general {dtype}")
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("L", [1, CHUNK + 3, 2 * CHUNK + 13])
 def test_triton_n16(interp, dtype, L):
@@ -239,7 +249,9 @@ def test_triton_no_d_no_bias_no_softplus(interp, dtype):
 
 
 def test_triton_default_config_one_long_chunk(interp):
-    with T.scan_config(chunk=T._DEFAULTS["chunk"], fwd_tile=256, bwd_tile=256):
+    with T.scan_config(chunk=T._DEFAULTS["chunk"], fwd_tile=256, bwd_tile=256,
+                       n1_fwd_chunk=T._DEFAULTS["n1_fwd_chunk"], n1_bwd_chunk=T._DEFAULTS["n1_bwd_chunk"],
+                       n1_fwd_tile=256, n1_bwd_tile=256):
         x = make_inputs(1, 1, 2, 1, 150, torch.float32)  # one 256-position chunk, 106 padded slots
         check_interp(_triton, x, label="default chunk")
 

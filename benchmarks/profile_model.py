@@ -1,0 +1,86 @@
+"""Where a model's time goes on CUDA: torch.profiler over inference and training steps.
+
+    python benchmarks/profile_model.py [--model vmamba_t] [--batch 128] [--res 224] [--top 30]
+
+AMP-bf16, channels-last input, random data. Prints, for inference (no grad) and for a training step
+(forward + cross-entropy + backward, no optimizer), the CUDA kernels sorted by total time with their
+share of the step, and writes the tables to $OUT/profile_<model>.md when $OUT is set.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
+
+import torch
+import torch.nn.functional as F
+
+
+def _table(prof, steps: int, top: int) -> str:
+    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) > 0
+              and e.key and not e.key.startswith("ProfilerStep")]
+    dev_time = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
+    events = [e for e in events if dev_time(e) > 0]
+    total = sum(dev_time(e) for e in events)
+    events.sort(key=dev_time, reverse=True)
+    lines = [f"GPU time per step {total / steps / 1e3:.2f} ms (sum of kernel self times)", "",
+             "| kernel / op | ms per step | share | calls per step |", "|---|---|---|---|"]
+    for e in events[:top]:
+        lines.append(f"| {e.key[:90]} | {dev_time(e) / steps / 1e3:.3f} | {100 * dev_time(e) / total:.1f}% | "
+                     f"{e.count / steps:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vmamba_t")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--res", type=int, default=224)
+    ap.add_argument("--top", type=int, default=30)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/profile_model.py needs CUDA", file=sys.stderr)
+        return 2
+    from torch.profiler import ProfilerActivity, profile
+
+    from vmbench.models import create_model
+
+    torch.backends.cudnn.benchmark = True
+    model = create_model(args.model, num_classes=1000).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(args.batch, 3, args.res, args.res, device="cuda").to(memory_format=torch.channels_last)
+    target = torch.randint(1000, (args.batch,), device="cuda")
+
+    def infer():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            model(x)
+
+    def train():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x)
+        F.cross_entropy(out.float(), target).backward()
+
+    md = [f"# {args.model}, batch {args.batch}, {args.res}², AMP-bf16 — {torch.cuda.get_device_name()}"]
+    steps = 5
+    for name, fn in (("inference", infer), ("training step", train)):
+        model.train(name != "inference")
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                fn()
+            torch.cuda.synchronize()
+        md += ["", f"## {name}", "", _table(prof, steps, args.top)]
+        print("\n".join(md[-3:]), flush=True)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, f"profile_{args.model}.md"), "w") as f:
+            f.write("\n".join(md) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
