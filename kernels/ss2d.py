@@ -6,9 +6,10 @@
     ys    = selective_scan(xs, dts, -exp(A_logs), Bs, Cs, Ds, dt_projs_bias, softplus)
     y     = cross_merge(ys)                      (B, H, W, D)
 
-`ss2d_core(backend="triton")` runs the fused forward of kernels/_ss2d_triton.py (no (B, 4, D, L)
-tensor in HBM) when no input needs a gradient, and the Triton composition (Triton cross-scan /
-cross-merge + Triton selective scan, differentiable) when one does.
+`ss2d_core(backend="triton")` runs the Triton composition: Triton cross-scan / cross-merge and
+selective scan, with x_proj applied on the map (one well-shaped GEMM) instead of on the four
+directional copies. `fused=True` selects the fused forward of kernels/_ss2d_triton.py (no
+(B, 4, D, L) tensor in HBM) for inference.
 """
 from __future__ import annotations
 
@@ -50,6 +51,32 @@ def _ss2d(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xs
     return xmerge(ys.view(b, k, d, L), h, w).to(x.dtype)  # (B, H, W, D)
 
 
+def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xscan, xmerge):
+    """`_ss2d` with the projections applied where they are cheapest (the Triton path).
+
+    x_proj is position-wise, so it runs as one (B·L, D) @ (D, K·C) GEMM on the channels-last map;
+    the small result is cross-scanned and each direction keeps its own C = R + 2N rows. dt_proj
+    runs on those rows with the weight padded from R to C columns (zeros against the B / C rows):
+    the GEMM's inner dimension becomes a multiple of 8, which keeps cuBLAS on aligned kernels for
+    the forward and for the weight gradient (R = 6 for VMamba-T). Same function as `_ss2d`; the
+    FLOP count of the model (fvcore, torch path) is unchanged.
+    """
+    b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
+    L, c = h * w, r + 2 * n
+    xs = xscan(x)  # (B, K, D, L)
+    p = torch.matmul(x, x_proj_weight.reshape(k * c, d).t().to(x.dtype))  # (B, H, W, K*C)
+    ps = xscan(p).view(b, k, k, c, L)  # direction j's order of all K projections
+    ps = ps.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2).contiguous()  # (B, K, C, L): direction k's own
+    wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(ps.dtype)  # (K, D, C)
+    dts = torch.matmul(wdt, ps)  # (B, K, D, L)
+    ys = scan(
+        xs.reshape(b, k * d, L), dts.reshape(b, k * d, L),
+        -torch.exp(A_logs.float()), ps[:, :, r:r + n].contiguous(), ps[:, :, r + n:].contiguous(),
+        Ds.float(), dt_projs_bias.reshape(-1).float(), True, True,
+    )  # (B, K*D, L) fp32
+    return xmerge(ys.view(b, k, d, L), h, w).to(x.dtype)  # (B, H, W, D)
+
+
 def ss2d_core_ref(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     """SS2D core in plain torch.
 
@@ -67,23 +94,32 @@ def ss2d_core_ref(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
                  selective_scan_ref, cross_scan_ref, cross_merge_ref)
 
 
-def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, backend: str = "auto"):
+def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, backend: str = "auto",
+              fused: bool = False):
     """`ss2d_core_ref` with a chosen backend ("auto" | "torch" | "triton").
 
-    "torch": the plain-torch composition. "triton": the fused kernel (kernels/_ss2d_triton.py,
-    directions never materialised) when no input needs a gradient and x is fp16/bf16/fp32;
-    otherwise the Triton composition (cross-scan, projections, Triton selective scan,
-    cross-merge), which is differentiable. Both compute `ss2d_core_ref`'s function.
+    "torch": the plain-torch composition. "triton": the Triton composition (cross-scan,
+    map-wise projections, Triton selective scan, cross-merge), differentiable; with `fused=True`
+    and no input needing a gradient, the fused forward of kernels/_ss2d_triton.py (directions
+    never materialised; slower than the composition on H100/H200, see benchmarks/NOTES-ss2d.md).
+    All compute `ss2d_core_ref`'s function.
     """
     be = resolve_backend(backend, x.device)
     if be == "triton":
-        from ._ss2d_triton import fused_supported, ss2d_fused_forward
-
         params = (x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in params)
-        _, _, _, _, k, _, _ = _check(x, x_proj_weight, dt_projs_weight, A_logs)
-        if not needs_grad and k == 4 and fused_supported(x):
-            return ss2d_fused_forward(*params)
+        if fused:
+            from ._ss2d_triton import fused_supported, ss2d_fused_forward
+
+            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in params)
+            _, _, _, _, k, _, _ = _check(x, x_proj_weight, dt_projs_weight, A_logs)
+            if not needs_grad and k == 4 and fused_supported(x):
+                return ss2d_fused_forward(*params)
+        return _ss2d_mapwise(
+            *params,
+            lambda *a: selective_scan(*a, backend=be),
+            lambda t: cross_scan(t, True, backend=be),
+            lambda t, H, W: cross_merge(t, H, W, True, backend=be),
+        )
     return _ss2d(
         x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
         lambda *a: selective_scan(*a, backend=be),

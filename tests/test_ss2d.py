@@ -111,12 +111,27 @@ def test_fused_forward(triton_cpu, monkeypatch, case, dtype):
     monkeypatch.setattr(sst, "ss2d_fwd_launch", lambda *a, **k: calls.append(1) or launch(*a, **k))
     inputs = make_inputs(*case, dtype=dtype, strided=case[0] == 2)
     with torch.no_grad():
+        y = ss2d_core(*inputs, backend="triton", fused=True)
+        y_ref = ss2d_core_ref(*inputs)
+        y64 = ss2d_core_ref(*fp64(inputs))
+    assert calls, "a no-grad fused=True triton call must take the fused kernel"
+    assert y.shape == inputs[0].shape and y.dtype == dtype
+    assert not y.isnan().any(), "unwritten output (buffers were NaN-poisoned)"
+    assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, (rel(y, y64), rel(y_ref, y64))
+
+
+@interp
+@pytest.mark.parametrize("case", FWD_CASES)
+def test_composition_forward(triton_cpu, case):
+    """The default Triton path (map-wise projections) without gradients: ss2d_core_ref's function."""
+    from vmbench.kernels import ss2d_core, ss2d_core_ref
+
+    inputs = make_inputs(*case, dtype=torch.bfloat16, strided=case[0] == 2)
+    with torch.no_grad():
         y = ss2d_core(*inputs, backend="triton")
         y_ref = ss2d_core_ref(*inputs)
         y64 = ss2d_core_ref(*fp64(inputs))
-    assert calls, "no-grad triton call must take the fused kernel"
-    assert y.shape == inputs[0].shape and y.dtype == dtype
-    assert not y.isnan().any(), "unwritten output (buffers were NaN-poisoned)"
+    assert y.shape == inputs[0].shape and y.dtype == torch.bfloat16
     assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, (rel(y, y64), rel(y_ref, y64))
 
 
@@ -196,7 +211,7 @@ def test_gpu_fused_forward_stage_shapes(stage, dtype):
     xst.POISON = True
     try:
         with torch.no_grad():
-            y = ss2d_core(*inputs, backend="triton")
+            y = ss2d_core(*inputs, backend="triton", fused=True)
             y_ref = ss2d_core_ref(*inputs)
             y64 = ss2d_core_ref(*fp64(inputs))
     finally:
