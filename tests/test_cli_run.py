@@ -155,3 +155,32 @@ def test_sigterm_is_recorded_as_interrupted(tmp_path):
         p.kill()
     run = Store(db).list_runs()[0]
     assert run.status == "interrupted" and run.ended_at is not None
+
+
+def _image_tree(root, bad: str | None = None):
+    """train/ and val/ with two classes of small PNGs; `bad` names a file written as garbage."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for ci, cls in enumerate(("cat", "dog")):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (12, 12), (60 * ci, 20 * i, 90)).save(d / f"{i}.png")
+    if bad:
+        (root / bad).write_bytes(b"not an image")
+    return root
+
+
+def test_run_stops_on_a_corrupt_image_or_skips_and_counts_it(tmp_path):
+    root = _image_tree(tmp_path / "imgs", bad="train/dog/9.png")
+    db = str(tmp_path / "x.db")
+    args = ["run", "test_resnet", str(root), "--epochs", "1", "--device", "cpu", "--batch-size", "4",
+            "--img-size", "16", "--db", db]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "9.png" in r.stderr and Store(db).get_run(1).status == "failed"
+    r = _invoke([*args, "--skip-bad-images", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["bad_images"] == 1 and out["status"] == "completed"
+    assert out["eval_transform"]["input_size"][-1] == 16  # how evaluation preprocessed, recorded on the run

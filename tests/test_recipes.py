@@ -66,6 +66,13 @@ def test_recipe_path(tmp_path):
     assert (r.name, r.source, spec.epochs, spec.optimizer, spec.batch_size) == ("mine", str(p), 3, "sgd", 4)
 
 
+def test_dataset_section_follows_aliases_and_splits(tmp_path):
+    p = tmp_path / "ft.toml"
+    p.write_text('[datasets.stanford_cars]\nbatch_size = 12\n[datasets.cub200]\nbatch_size = 20\n')
+    assert resolve_recipe(str(p), "m", "cars").values["batch_size"] == 12
+    assert resolve_recipe(str(p), "m", "cub200:split-val0.1-seed0").values["batch_size"] == 20
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--set", "bogus=1"], "bogus"),
     (["--set", "lr='fast'"], "lr"),

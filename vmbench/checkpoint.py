@@ -5,9 +5,14 @@
     path = latest_good(run_dir)       # newest loadable of last.pt / last.prev.pt, or None
 
 The Trainer writes `last.pt` after every epoch (the previous one is kept as `last.prev.pt`) and `best.pt` when
-the validation top-1 improves. Every value in a checkpoint is a tensor, number, string, None, list, tuple or
-dict (RNG states included: see `rng_state`), so files load with `torch.load(weights_only=True)`, which never
-runs arbitrary pickled code; a file that needs more than that is refused as not ours.
+the validation top-1 improves; a graceful stop (first SIGINT/SIGTERM) writes `last.pt` after the optimizer step it
+stopped at, with the epoch's progress under "partial_epoch" (None in an end-of-epoch checkpoint) and the shuffle
+generator as it was at that epoch's start. `vmbench eval` and `vmbench run --init` read the weights ("model", or
+"ema") and the input size ("img_size", "val_resize") back out of a checkpoint (vmbench.weights).
+
+Every value in a checkpoint is a tensor, number, string, None, list, tuple or dict (RNG states included: see
+`rng_state`), so files load with `torch.load(weights_only=True)`, which never runs arbitrary pickled code; a file
+that needs more than that is refused as not ours.
 """
 from __future__ import annotations
 

@@ -40,15 +40,16 @@ def _run_errors(what: str):
     """How `run` and `bench` end when something goes wrong: a recorded run that failed (exit 1, or 2 when a
     user mistake surfaced mid-run), Ctrl-C (130, recorded as interrupted), or a user mistake found before
     anything was written (one line, exit 2)."""
-    from .scheduler.local import RunFailed
+    from .scheduler.local import RunFailed, RunInterrupted
 
     try:
         yield
     except RunFailed as e:
         click.echo(f"error: {what} {e.run_id} failed: {e}", err=True)
         sys.exit(EXIT_USER_ERROR if e.user_error else 1)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; the {what} is recorded as interrupted", err=True)
+    except KeyboardInterrupt as e:
+        detail = f": {e}" if isinstance(e, RunInterrupted) else ""
+        click.echo(f"interrupted; the {what} is recorded as interrupted{detail}", err=True)
         sys.exit(130)
     except ValueError as e:
         _user_error(str(e))
@@ -103,7 +104,27 @@ def main() -> None:
               help="Where named datasets (imagenet, …) are looked up.")
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Start from this state dict (strict load; official VMamba checkpoints work).")
+              help="Continue from this file, loaded strictly: every key and shape must match, classifier included "
+                   "(same classes). Any format --init reads.")
+@click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
+              help="Fine-tune from this file: official VMamba release, timm/HF .pth/.bin/.safetensors, or a vmbench "
+                   "checkpoint. The classifier head is re-created for the dataset's classes, size-dependent weights "
+                   "are adapted to --img-size, and the keys that did not load are reported.")
+@click.option("--pretrained", is_flag=True,
+              help="Fine-tune from timm's pretrained weights, only if already in the local Hugging Face / torch hub "
+                   "cache (never downloads).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Read --weights/--init with torch.load(weights_only=False): only for files you trust (they can "
+                   "run code).")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the model (default: the recipe's); recorded on the run.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Model and inputs in channels_last memory format (default: the recipe's).")
+@click.option("--tensorboard", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also write per-epoch metrics as TensorBoard event files to DIR/<run id>-<model> (needs the "
+                   "tensorboard package).")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Skip unreadable images (counted on the run as bad_images) instead of stopping at the first.")
 @click.option("--max-train-batches", type=int, default=None, help="Cap batches per epoch (smoke tests).")
 @click.option("--max-val-batches", type=int, default=None, help="Cap validation batches.")
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
@@ -112,16 +133,24 @@ def main() -> None:
 @db_option
 @json_option
 def run(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend, data_root,
-        workers, weights, max_train_batches, max_val_batches, tags, deterministic, db, as_json):
-    """Train MODEL on DATASET with a recipe, evaluate it, benchmark it; record everything."""
+        workers, weights, init, pretrained, trust_checkpoint, compile_, channels_last, tensorboard, skip_bad_images,
+        max_train_batches, max_val_batches, tags, deterministic, db, as_json):
+    """Train MODEL on DATASET with a recipe, evaluate it, benchmark it; record everything.
+
+    The first Ctrl-C or SIGTERM stops after the current optimizer step, saves a checkpoint (when the run keeps
+    them) and records the run as interrupted, to go on with `vmbench resume RUN_ID`; a second one stops at once.
+    """
     from .config import build_run_spec, parse_set
     from .scheduler.local import execute_run
 
-    flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, amp=amp)
+    flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, amp=amp, compile=compile_,
+                 channels_last=channels_last)
     with _run_errors("run"):
         spec, resolved = build_run_spec(
             model, dataset, recipe, parse_set(sets), flags, device=device, seed=seed, scan_backend=scan_backend,
-            data_root=data_root, num_workers=workers, weights=weights, max_train_batches=max_train_batches,
+            data_root=data_root, num_workers=workers, weights=weights, init=init, pretrained=pretrained,
+            trust_checkpoint=trust_checkpoint, tensorboard=tensorboard, skip_bad_images=skip_bad_images,
+            max_train_batches=max_train_batches,
             max_val_batches=max_val_batches, tags=list(tags), deterministic=deterministic)
         run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True, recipe=resolved)
     if as_json:
@@ -146,6 +175,53 @@ def resume(run_id, db, as_json):
         _print_summary(run_id, results.get("model"), results.get("dataset"), results)
 
 
+@main.command("eval")
+@click.argument("model")
+@click.argument("dataset")
+@click.option("--weights", type=click.Path(dir_okay=False), required=True,
+              help="The weights: a vmbench checkpoint (best.pt, last.pt), an official VMamba release, a timm/HF "
+                   ".pth/.bin state dict or a .safetensors file. Loaded strictly.")
+@click.option("--ema", is_flag=True, help="Evaluate the file's EMA weights instead of the model's.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Read the file with torch.load(weights_only=False): only for files you trust (they can run code).")
+@click.option("--img-size", type=int, default=None,
+              help="Input resolution (default: a vmbench checkpoint's own, else the dataset's).")
+@click.option("--val-resize", type=int, default=None,
+              help="Resize the shorter side to this, then center-crop --img-size (image datasets; default: a vmbench "
+                   "checkpoint's own, else the model's crop_pct).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True)
+@click.option("--channels-last", is_flag=True, help="Model and inputs in channels_last memory format.")
+@click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
+              help="Where named datasets (imagenet, …) are looked up.")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave unreadable images out (counted as bad_images) instead of stopping at the first.")
+@click.option("--max-val-batches", type=int, default=None, help="Cap validation batches.")
+@click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
+@db_option
+@json_option
+def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, batch_size, device, amp, scan_backend,
+          channels_last, data_root, workers, skip_bad_images, max_val_batches, tags, db, as_json):
+    """Evaluate a weights file on DATASET's validation split (top-1, top-5, loss); recorded as an eval run."""
+    from .config import EvalSpec
+    from .scheduler.local import execute_eval
+
+    with _run_errors("eval run"):
+        spec = EvalSpec(model=model, dataset=dataset, weights=weights, ema=ema, trust_checkpoint=trust_checkpoint,
+                        img_size=img_size, val_resize=val_resize, batch_size=batch_size, device=device, amp=amp,
+                        scan_backend=scan_backend, channels_last=channels_last, data_root=data_root,
+                        num_workers=workers, skip_bad_images=skip_bad_images, max_val_batches=max_val_batches,
+                        tags=list(tags))
+        run_id, results = execute_eval(spec, db, console=_console(stderr=True), show_progress=not as_json)
+    if as_json:
+        _json_out({"id": run_id, "status": "completed", **results})
+    else:
+        _print_summary(run_id, results["model"], results["dataset"], results)
+
+
 def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) -> None:
     from rich.table import Table
 
@@ -157,6 +233,10 @@ def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) 
            "peak_mem_mb": "{:.0f} MB", "train_time_s": "{:.1f} s", "latency_ms": "{:.2f} ms",
            "first_call_s": "{:.2f} s"}
     for key, value in results.items():
+        if isinstance(value, list) and key.startswith("init_"):  # keys a fine-tuning load left out
+            t.add_row(key, f"{len(value)}: {', '.join(map(str, value[:8]))}{' …' if len(value) > 8 else ''}"
+                      if value else "none")
+            continue
         if value is None or isinstance(value, (dict, list)) or key == "latencies_ms":
             continue
         if isinstance(value, float):
@@ -238,10 +318,13 @@ def models(as_json):
 
 
 @main.command()
-@click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA")
+@click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
+              help="Folder holding the named datasets.")
 @json_option
 def datasets(data_root, as_json):
-    """List datasets: built-in ones and those found under the data root."""
+    """List datasets: which are found under the data root, and where each one is expected."""
+    import os
+
     from .data import list_datasets
 
     rows = list_datasets(data_root)
@@ -251,13 +334,55 @@ def datasets(data_root, as_json):
     from rich.table import Table
 
     t = Table(header_style="bold")
-    keys = list(rows[0].keys()) if rows else ["name"]
-    for k in keys:
-        t.add_column(k)
+    for col in ("name", "classes", "size", "found", "train / eval", "path (found, or expected)", "layout or problem"):
+        t.add_column(col)
     for r in rows:
-        t.add_row(*[("yes" if v is True else "no" if v is False else "" if v is None else str(v))
-                    for v in (r.get(k) for k in keys)])
+        name = r["name"] + (f" ({', '.join(r['aliases'])})" if r.get("aliases") else "")
+        # Absent folder: show what belongs there; present but unusable (a missing file, no scipy): say why.
+        present = r["path"] is not None and os.path.exists(r["path"])
+        t.add_row(name, str(r["num_classes"]), str(r["img_size"]), "yes" if r["found"] else "no", r["protocol"],
+                  r["path"] or ("(built in)" if r["kind"] in ("builtin", "synthetic") else "(no data root)"),
+                  r["error"] if r["error"] and (present or r["path"] is None) else r["layout"])
     _console().print(t)
+
+
+@main.group("data")
+def data_group() -> None:
+    """Prepare local datasets (alternative splits)."""
+
+
+@data_group.command("split")
+@click.argument("dataset")
+@click.option("--val-frac", type=float, default=0.1, show_default=True,
+              help="Fraction of each class's training images that goes to validation.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random draw.")
+@click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
+              help="Folder holding the named datasets.")
+@json_option
+def data_split(dataset, val_frac, seed, data_root, as_json):
+    """Write a stratified train/val split of DATASET's official training images (cub200).
+
+    Each class sends round(val_frac × its training images) to validation (at least 1, and keeps at least 1);
+    the same --val-frac and --seed always give the same split. The official test images are left out. The
+    file goes to <dataset folder>/vmbench_splits/val<frac>-seed<seed>.txt (e.g.
+    $VMBENCH_DATA/CUB_200_2011/vmbench_splits/val0.1-seed0.txt; written atomically, same format as
+    train_test_split.txt: 1 = train, 0 = val). Train on it and evaluate on its validation part with:
+
+    \b
+        vmbench data split cub200 --val-frac 0.1 --seed 0
+        vmbench run vmamba_t cub200:split-val0.1-seed0 --recipe fgvc
+    """
+    from .data import DataError, make_split
+
+    try:
+        out = make_split(dataset, data_root, val_frac, seed)
+    except DataError as e:
+        _user_error(str(e))
+    if as_json:
+        _json_out(out)
+    else:
+        click.echo(f"wrote {out['path']}: {out['train']} train / {out['val']} val images over {out['classes']} "
+                   f"classes; use it as dataset {out['dataset']}")
 
 
 @main.command()

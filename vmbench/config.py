@@ -60,7 +60,10 @@ class RunSpec:
     max_train_batches: int | None = None  # cap per epoch (smoke tests)
     max_val_batches: int | None = None
     bench_batch: int | None = None  # throughput batch after training (default: batch_size)
-    weights: str | None = None  # initial state dict to load (strict)
+    weights: str | None = None  # start from this file, loaded strictly (every key and shape must match)
+    init: str | None = None  # fine-tune from this file: head re-created, size-dependent weights adapted
+    pretrained: bool = False  # fine-tune from timm's pretrained weights, when already in the local cache
+    trust_checkpoint: bool = False  # read weights files with torch.load(weights_only=False)
     label_smoothing: float = 0.1  # cross-entropy label smoothing in training (evaluation is unsmoothed)
     drop_path_rate: float | None = None  # stochastic depth; None keeps the model's default
     clip_grad: float | None = None  # max global gradient norm (None: no clipping)
@@ -68,6 +71,10 @@ class RunSpec:
     deterministic: bool = False  # seed everything and use deterministic algorithms (bit-exact resume)
     checkpoint_dir: str | None = None  # where the trainer keeps last.pt / best.pt (set by the caller)
     checkpoints: bool = True  # keep last.pt / best.pt each epoch so the run can be resumed
+    compile: bool = False  # torch.compile the model for training, evaluation and the final benchmark
+    channels_last: bool = False  # model and input batches in channels_last memory format
+    tensorboard: str | None = None  # folder for TensorBoard event files (one subfolder per run)
+    skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping the run
     # -- optimizer / schedule (defaults: the smoke behaviour, AdamW + per-step cosine) --
     optimizer: str = "adamw"  # adamw | sgd (timm create_optimizer_v2)
     momentum: float = 0.9  # sgd only
@@ -135,8 +142,12 @@ class RunSpec:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.nesterov and self.optimizer != "sgd":
             raise ValueError("nesterov applies to optimizer 'sgd' only")
+        if sum((self.weights is not None, self.init is not None, bool(self.pretrained))) > 1:
+            raise ValueError("give one of --weights (strict), --init (fine-tune) and --pretrained")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ValueError(f"weights file not found: {self.weights}")
+        if self.init is not None and not Path(self.init).is_file():
+            raise ValueError(f"--init file not found: {self.init}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -175,14 +186,58 @@ class BenchSpec:
         return dataclasses.asdict(self)
 
 
-# Keys a recipe (and `vmbench run --set`) may give: the RunSpec fields that define the training. The others
-# (device, seed, data root, workers, batch caps, weights, tags, …) describe one run and are flags only.
+@dataclass
+class EvalSpec:
+    """Evaluation of one weights file on a dataset's validation split (`vmbench eval`)."""
+
+    model: str
+    dataset: str
+    weights: str  # vmbench checkpoint, official VMamba release, timm/HF state dict (.pth/.bin/.safetensors)
+    ema: bool = False  # evaluate the file's EMA weights instead of the model's
+    trust_checkpoint: bool = False  # torch.load(weights_only=False): the file may run pickled code
+    img_size: int | None = None  # None: a vmbench checkpoint's own, else the dataset's
+    val_resize: int | None = None  # resize the shorter side, then center-crop img_size (image datasets)
+    batch_size: int = 64
+    device: str = "auto"
+    amp: bool = False  # bf16 autocast on CUDA
+    scan_backend: str = "auto"
+    data_root: str | None = None
+    num_workers: int = 0
+    max_val_batches: int | None = None
+    channels_last: bool = False
+    skip_bad_images: bool = False  # leave unreadable images out (counted) instead of stopping
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("model must be given")
+        if not self.dataset:
+            raise ValueError("dataset must be given")
+        if not self.weights:
+            raise ValueError("--weights must be given")
+        if not Path(self.weights).is_file():
+            raise ValueError(f"weights file not found: {self.weights}")
+        _positive("img_size", self.img_size)
+        _positive("val_resize", self.val_resize)
+        _positive("batch_size", self.batch_size)
+        _positive("num_workers", self.num_workers, allow_zero=True)
+        _positive("max_val_batches", self.max_val_batches)
+        _choice("device", self.device, DEVICES)
+        _choice("scan_backend", self.scan_backend, SCAN_BACKENDS)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Keys a recipe (and `vmbench run --set`) may give: the RunSpec fields that define the training (and how it
+# executes: compile, channels_last). The others (device, seed, data root, workers, batch caps, weights, tags,
+# TensorBoard folder, …) describe one run and are flags only.
 RECIPE_KEYS = (
     "epochs", "batch_size", "accum_steps", "lr", "lr_base_batch", "optimizer", "momentum", "nesterov", "betas",
     "weight_decay", "scheduler", "warmup_epochs", "min_lr_ratio", "warmup_lr_ratio", "decay_epochs", "decay_rate",
     "label_smoothing", "drop_path_rate", "clip_grad", "checkpoints", "amp", "amp_dtype", "ema", "ema_decay", "mixup", "cutmix",
     "mixup_prob", "mixup_switch_prob", "img_size", "train_resize", "val_resize", "hflip", "rand_augment",
-    "random_erasing",
+    "random_erasing", "compile", "channels_last",
 )
 # Tables a recipe may hold besides plain keys.
 RECIPE_TABLES = ("datasets", "drop_path_by_model")
@@ -325,8 +380,12 @@ def resolve_recipe(name_or_path: str, model: str, dataset: str, sets: dict | Non
         if n in by_model:
             merged["drop_path_rate"] = float(by_model[n])
             break
-    for key, value in data.get("datasets", {}).get(dataset, {}).items():
-        merged[key] = _check_value(key, value, source, prefix=f"datasets.{dataset}.")
+    from vmbench.data import dataset_family
+
+    sections = data.get("datasets", {})
+    ds = dataset if dataset in sections else dataset_family(dataset)  # `cars`, `cub200:split-…` use their family's
+    for key, value in sections.get(ds, {}).items():
+        merged[key] = _check_value(key, value, source, prefix=f"datasets.{ds}.")
     for key, value in (sets or {}).items():
         merged[key] = _check_value(key, value, f"{source} (--set)")
     merged.update({k: v for k, v in (flags or {}).items() if v is not None})

@@ -12,21 +12,36 @@ cosine learning rate updated every optimizer step (timm CosineLRScheduler) or st
 StepLRScheduler), both after an optional linear warm-up; cross-entropy with label smoothing, or soft-target
 cross-entropy under mixup/cutmix (timm Mixup); gradient accumulation over `accum_steps` micro-batches;
 an EMA of the weights (timm ModelEmaV3) evaluated after every epoch next to the model; bf16 autocast on
-CUDA when `spec.amp`, or fp16 with a GradScaler when `amp_dtype` is fp16. KeyboardInterrupt is never caught here.
+CUDA when `spec.amp`, or fp16 with a GradScaler when `amp_dtype` is fp16; `spec.compile` (torch.compile) and
+`spec.channels_last` apply to training, evaluation and the final benchmark (checkpoints and the EMA keep the
+uncompiled module's state). KeyboardInterrupt is never caught here.
 
-Checkpoints: with `spec.checkpoint_dir` set, every finished epoch is saved as `last.pt` (the previous one kept as
-`last.prev.pt`), and as `best.pt` when the validation top-1 improves (vmbench.checkpoint). `resume_from(path)`
-restores model, optimizer, schedule, GradScaler, EMA, counters, history and every RNG state (Python, NumPy,
-torch CPU/CUDA, the train loader's shuffle generator), so `epochs()` goes on with the next epoch; with
-`spec.deterministic` an interrupted-then-resumed CPU run ends with exactly the metrics of an uninterrupted one.
+Starting weights: `spec.weights` loads a file strictly, `spec.init` and `spec.pretrained` (timm's weights from
+the local cache) load it to fine-tune — the classifier head re-created for the dataset's classes, size-dependent
+weights adapted (vmbench.weights); `read_init_weights()` reads the file before anything else happens, and the
+keys that did not load are part of the result (init_missing, init_unexpected, init_mismatched, init_resized).
+
+Graceful stop: `trainer.should_stop`, when set, is polled after every optimizer step (and between epochs, and
+before the final benchmark). Once it returns True the trainer saves the state after that step as `last.pt`
+(with the epoch's progress, so a resume continues inside the epoch where it stopped) and raises
+TrainingStopped, a KeyboardInterrupt.
+
+Checkpoints: with `spec.checkpoint_dir` set, every finished epoch (and a graceful stop) is saved as `last.pt`
+(the previous one kept as `last.prev.pt`), and as `best.pt` when the validation top-1 improves
+(vmbench.checkpoint). `resume_from(path)` restores model, optimizer, schedule, GradScaler, EMA, counters, history
+and every RNG state (Python, NumPy, torch CPU/CUDA, the train loader's shuffle generator), so `epochs()` goes on
+with the next epoch, or inside the stopped one; with `spec.deterministic` (and no loader workers) an
+interrupted-then-resumed CPU run ends with exactly the metrics of an uninterrupted one.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import random
 import time
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +50,8 @@ from . import SpecError
 from .bench import PeakMemory, measure_throughput, model_cost, resolve_device, resolve_scan_backend
 from .evaluate import evaluate
 
-__all__ = ["Trainer", "DivergedError", "param_groups", "train_one_epoch", "seed_everything", "set_deterministic",
-           "EPOCH_KEYS", "RESULT_KEYS"]
+__all__ = ["Trainer", "DivergedError", "TrainingStopped", "param_groups", "train_one_epoch", "seed_everything",
+           "set_deterministic", "EPOCH_KEYS", "RESULT_KEYS"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -47,16 +62,30 @@ EMA_RESULT_KEYS = ("ema_top1", "ema_top5")
 RESULT_KEYS = ("top1", "top5", "val_loss", "train_loss", "train_time_s", "params_m", "gflops", "flops_uncovered",
                "flops_error", "img_s", "latency_ms", "bench_batch", "peak_mem_mb", "peak_mem_source",
                "scan_backend", "device", "gpu_name", "amp", "img_size", "num_classes", "epochs_done", "model",
-               "dataset", "lr_peak")
+               "dataset", "lr_peak", "compile", "channels_last")
 
+# What a run records about its starting weights file (the other init_* keys report what loaded of it).
+_INIT_INFO_KEYS = ("init_mode", "init_path", "init_sha256", "init_format", "init_entry", "init_tag")
 # After-training throughput: fewer calls on the CPU, where one batch can take seconds.
 _BENCH_CPU = dict(warmup=1, repeats=3)
 _BENCH_CUDA = dict(warmup=3, repeats=5)
 LR_MIN_RATIO = 0.01  # cosine floor default, as a fraction of the peak lr (RunSpec.min_lr_ratio)
 WARMUP_LR_RATIO = 0.001  # warm-up start default, as a fraction of the peak lr (RunSpec.warmup_lr_ratio)
-# Data-pipeline keys and their values that the loaders already apply; any other value is refused.
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite (the caller records the run as diverged)."""
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped at a stop request after a complete optimizer step, its state saved in `checkpoint` (None
+    when the run keeps no checkpoints). A KeyboardInterrupt, so that every caller treats it as Ctrl-C."""
+
+    def __init__(self, step: int, where: str, checkpoint: str | None):
+        super().__init__(f"stopped after optimizer step {step} ({where})"
+                         + ("" if checkpoint else "; no checkpoint kept"))
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -92,37 +121,85 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=no_decay, weight_decay=0.0), dict(params=decay, weight_decay=weight_decay)]
 
 
+class _SkipFirst:
+    """A batch sampler: the batches of `inner` after its first `skip`, drawing the same shuffle as `inner`."""
+
+    def __init__(self, inner, skip: int):
+        self.inner = inner
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i, batch in enumerate(self.inner):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)
+
+
+def _skip_batches(loader: Iterable, skip: int) -> Iterable:
+    """The rest of one epoch of `loader` after its first `skip` batches. For a DataLoader the skipped batches are
+    never loaded: a twin loader over the same dataset, shuffle generator and workers draws the same permutation
+    and drops the first `skip` index lists. Any other iterable is advanced by loading and dropping."""
+    if skip <= 0:
+        return loader
+    from torch.utils.data import DataLoader
+
+    if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
+        return DataLoader(
+            loader.dataset, batch_sampler=_SkipFirst(loader.batch_sampler, skip), num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+            generator=loader.generator, timeout=loader.timeout,
+            prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
+            multiprocessing_context=loader.multiprocessing_context)
+    return itertools.islice(iter(loader), skip, None)
+
+
 def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_step: int = 0,
                     label_smoothing: float = 0.0, amp: bool = False, max_batches: int | None = None,
                     clip_grad: float | None = None, progress: Progress | None = None, task: str = "train",
                     epoch: int = 1, accum_steps: int = 1, amp_dtype: str = "bf16", scaler=None, mixup=None,
-                    ema=None) -> dict:
+                    ema=None, channels_last: bool = False, should_stop: Callable[[], bool] | None = None,
+                    resume: dict | None = None) -> dict:
     """One pass over `loader` (at most `max_batches` batches). The optimizer steps once every `accum_steps`
     micro-batches (and after the last one); the scheduler, when given, gets `step_update(num_updates)` and the
     EMA `update(model, step=num_updates)` after every optimizer step; `clip_grad` caps the global gradient norm.
     `mixup` (timm Mixup) mixes each batch and switches the loss to soft-target cross-entropy; `scaler`
     (torch.amp.GradScaler) scales the loss for fp16 autocast. Train accuracy is against the unmixed labels.
+    `channels_last` puts each input batch in channels_last memory format.
 
-    Returns {train_loss (mean smoothed loss per image), train_acc (percent), images, steps, lr (last used),
-    train_time_s}. Raises DivergedError on a non-finite loss.
+    `should_stop()` is polled after every optimizer step; once it returns True the pass ends there (`stopped`).
+    `resume` (the `partial` of an earlier stopped pass, e.g. from a checkpoint) continues that pass: its first
+    `resume["batches"]` batches are skipped without being loaded (the loader's shuffle generator must be back in
+    its state at the start of the pass) and its sums carried on.
+
+    Returns {train_loss (mean smoothed loss per image), train_acc (percent), images, steps (this call's optimizer
+    steps), lr (last used), train_time_s, stopped, partial}; `partial` = {batches, loss_sum, correct, images,
+    train_time_s, lr} is the pass so far. Raises DivergedError on a non-finite loss.
     """
     device = torch.device(device)
     use_amp = bool(amp) and device.type == "cuda"
     dtype = torch.float16 if amp_dtype == "fp16" else torch.bfloat16
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     model.train()
-    loss_sum, correct, n, step = 0.0, 0, 0, start_step
-    lr = optimizer.param_groups[-1]["lr"]
+    done = dict(resume or {})
+    batches = int(done.get("batches", 0))
+    loss_sum, correct, n = float(done.get("loss_sum", 0.0)), int(done.get("correct", 0)), int(done.get("images", 0))
+    time_before = float(done.get("train_time_s", 0.0))
+    lr = float(done.get("lr", optimizer.param_groups[-1]["lr"]))
+    step, stopped = start_step, False
     optimizer.zero_grad(set_to_none=True)
     if mixup is not None:
         from timm.loss import SoftTargetCrossEntropy
 
         soft_ce = SoftTargetCrossEntropy()
     t0 = time.perf_counter()
-    for i, (images, labels) in enumerate(loader):
+    for i, (images, labels) in enumerate(_skip_batches(loader, batches), start=batches):
         if i >= total:
             break
         images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         targets = labels
         if mixup is not None:
@@ -138,7 +215,8 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
             raise DivergedError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i + 1}")
         scaled = loss / accum_steps
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if (i + 1) % accum_steps == 0 or i + 1 == total:
+        stepped = (i + 1) % accum_steps == 0 or i + 1 == total
+        if stepped:
             if scaler is not None:
                 if clip_grad is not None:
                     scaler.unscale_(optimizer)
@@ -159,20 +237,27 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
         loss_sum += loss.item() * b
         correct += int((logits.detach().argmax(dim=1) == labels).sum())
         n += b
+        batches = i + 1
         if progress is not None:
             progress(task, i + 1, total)
+        if stepped and should_stop is not None and should_stop():
+            stopped = True
+            break
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
+    dt = time_before + time.perf_counter() - t0
+    partial = dict(batches=batches, loss_sum=loss_sum, correct=correct, images=n, train_time_s=dt, lr=lr)
     return dict(train_loss=loss_sum / max(n, 1), train_acc=100.0 * correct / max(n, 1), images=n,
-                steps=step - start_step, lr=lr, train_time_s=dt)
+                steps=step - start_step, lr=lr, train_time_s=dt, stopped=stopped, partial=partial)
 
 
 class Trainer:
     """Train + evaluate + benchmark one RunSpec. See the module docstring for the protocol.
 
     `__init__` checks everything a user can get wrong and raises a ValueError subclass
-    (UnknownModelError, DataError, SpecError) before any model is built or data is read.
+    (UnknownModelError, DataError, SpecError) before any model is built or data is read; `--pretrained` weights
+    missing from the local cache are such a mistake too. `should_stop` (a callable, None by default) asks for a
+    graceful stop; see the module docstring.
     """
 
     def __init__(self, spec, progress: Progress | None = None):
@@ -201,7 +286,28 @@ class Trainer:
             raise SpecError(f"mixup/cutmix need an even batch_size, got {spec.batch_size}")
         base = getattr(spec, "lr_base_batch", None)
         self.lr = spec.lr * spec.batch_size * self.accum_steps / base if base else spec.lr
-        self.model: torch.nn.Module | None = None
+        self.compile = bool(getattr(spec, "compile", False))
+        self.channels_last = bool(getattr(spec, "channels_last", False))
+        self.init_mode: str | None = None  # "strict" (spec.weights) | "finetune" (spec.init / spec.pretrained)
+        self.init_path: str | None = None
+        self.init_tag: str | None = None  # timm name.tag of --pretrained weights
+        if getattr(spec, "weights", None):
+            self.init_mode, self.init_path = "strict", spec.weights
+        elif getattr(spec, "init", None):
+            self.init_mode, self.init_path = "finetune", spec.init
+        elif getattr(spec, "pretrained", False):
+            from vmbench.weights import cached_pretrained
+
+            self.init_mode = "finetune"
+            self.init_path, self.init_tag = cached_pretrained(self.model_name)
+        self._init_weights = None  # vmbench.weights.Weights, read by read_init_weights()
+        self.init_info: dict[str, Any] | None = None  # init_mode, init_path, init_sha256, … (for the run's params)
+        self.init_report: dict[str, Any] | None = None  # init_loaded, init_missing, … (after setup)
+        self.should_stop: Callable[[], bool] | None = None
+        self.model: torch.nn.Module | None = None  # the module itself (state dicts, EMA, checkpoints)
+        self.run_model: torch.nn.Module | None = None  # what runs: the module, or its torch.compile wrapper
+        self._partial: dict | None = None  # progress inside the next epoch, from a mid-epoch checkpoint
+        self._epoch_loader_state: torch.Tensor | None = None  # shuffle generator at the current epoch's start
         self.history: list[dict] = []
         self.epochs_done = 0
         self.train_time_s = 0.0
@@ -210,6 +316,38 @@ class Trainer:
         self.best_top1: float | None = None
 
     # -- setup -----------------------------------------------------------------------------------------------
+    def read_init_weights(self) -> dict[str, Any] | None:
+        """Read the starting weights file (spec.weights / spec.init / --pretrained), once; return what to record
+        about it ({init_mode, init_path, init_sha256, init_format, init_entry[, init_tag]}), or None without one.
+        Raises ValueError (unreadable file, weights_only refusal, no state dict) before any model is built."""
+        if self.init_mode is None or self.init_info is not None:
+            return self.init_info
+        from vmbench.weights import read_weights
+
+        try:
+            self._init_weights = read_weights(self.init_path, trust=bool(getattr(self.spec, "trust_checkpoint", False)))
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+        info = {"init_mode": self.init_mode, **self._init_weights.describe("init_")}
+        if self.init_tag:
+            info["init_tag"] = self.init_tag
+        self.init_info = info
+        return info
+
+    def _load_init_weights(self, model: torch.nn.Module) -> None:
+        from vmbench.weights import load_finetune, load_strict
+
+        self.read_init_weights()
+        weights, self._init_weights = self._init_weights, None  # the state dict is not kept after loading
+        try:
+            if self.init_mode == "strict":
+                load_strict(model, weights)
+                self.init_report = {"init_loaded": len(model.state_dict())}
+            else:
+                self.init_report = load_finetune(model, weights).results("init_")
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+
     def setup(self) -> None:
         """Build model, loaders, optimizer and schedule (called by epochs()/finish() when needed)."""
         if self.model is not None:
@@ -217,7 +355,7 @@ class Trainer:
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
-        from vmbench.data import build_loaders
+        from vmbench.data import build_loaders, eval_transform_info
         from vmbench.models import create_model
 
         spec = self.spec
@@ -226,13 +364,17 @@ class Trainer:
         seed_everything(spec.seed)
         model = create_model(self.model_name, num_classes=self.dataset.num_classes, scan_backend=self.scan_backend,
                              drop_path_rate=self.drop_path_rate, img_size=self.img_size)
-        if spec.weights:
-            _load_weights(model, spec.weights)
+        if self.init_mode is not None:
+            self._load_init_weights(model)
         self.model = model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.run_model = torch.compile(self.model) if self.compile else self.model
         model_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
         self.train_loader, self.val_loader = build_loaders(
             self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=spec.num_workers,
-            model_cfg=model_cfg, aug=self.augment)
+            model_cfg=model_cfg, aug=self.augment, skip_bad_images=spec.skip_bad_images)
+        self.eval_transform = eval_transform_info(self.dataset, self.img_size, model_cfg, self.augment)
         batches = len(self.train_loader)
         if spec.max_train_batches is not None:
             batches = min(batches, spec.max_train_batches)
@@ -277,27 +419,36 @@ class Trainer:
         epoch_time_s, train_img_s, peak_mem_mb} after each one (accuracies in percent)."""
         self.setup()
         spec = self.spec
+        generator = getattr(self.train_loader, "generator", None)
         while self.epochs_done < spec.epochs:
             e = self.epochs_done + 1
-            t0 = time.perf_counter()
+            partial, self._partial = self._partial, None
+            if partial is None:
+                self._check_stop(f"before epoch {e}")  # the previous epoch's checkpoint is the current state
+            self._epoch_loader_state = generator.get_state() if generator is not None else None
+            t0 = time.perf_counter() - (partial["epoch_time_s"] if partial else 0.0)
             with PeakMemory(self.device) as pm:
                 tr = train_one_epoch(
-                    self.model, self.train_loader, self.optimizer, self.device,
+                    self.run_model, self.train_loader, self.optimizer, self.device,
                     scheduler=self.scheduler if self._per_step else None,
                     start_step=self._step, label_smoothing=self.label_smoothing, amp=self.amp,
                     max_batches=spec.max_train_batches, clip_grad=spec.clip_grad, progress=self.progress,
                     task=f"epoch {e}/{spec.epochs} train", epoch=e, accum_steps=self.accum_steps,
-                    amp_dtype=self.amp_dtype, scaler=self.scaler, mixup=self.mixup, ema=self.ema)
+                    amp_dtype=self.amp_dtype, scaler=self.scaler, mixup=self.mixup, ema=self.ema,
+                    channels_last=self.channels_last, should_stop=self.should_stop, resume=partial)
                 self._step += tr["steps"]
+                if tr["stopped"]:
+                    self._stop_inside_epoch(e, {**tr["partial"], "epoch_time_s": time.perf_counter() - t0})
                 if not self._per_step:
                     self.scheduler.step(e)  # lr for the next epoch
-                ev = evaluate(self.model, self.val_loader, self.device, self.amp, max_batches=spec.max_val_batches,
-                              progress=self.progress, task=f"epoch {e}/{spec.epochs} eval")
+                ev = evaluate(self.run_model, self.val_loader, self.device, self.amp,
+                              max_batches=spec.max_val_batches, progress=self.progress,
+                              task=f"epoch {e}/{spec.epochs} eval", channels_last=self.channels_last)
                 ema_ev = None
                 if self.ema is not None:
                     ema_ev = evaluate(self.ema.module, self.val_loader, self.device, self.amp,
                                       max_batches=spec.max_val_batches, progress=self.progress,
-                                      task=f"epoch {e}/{spec.epochs} eval EMA")
+                                      task=f"epoch {e}/{spec.epochs} eval EMA", channels_last=self.channels_last)
             dt = time.perf_counter() - t0
             self.epochs_done = e
             self.train_time_s += dt
@@ -317,11 +468,48 @@ class Trainer:
                 self.save_checkpoint(spec.checkpoint_dir, best=improved)
             yield metrics
 
+    # -- graceful stop ---------------------------------------------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        return self.should_stop is not None and bool(self.should_stop())
+
+    def _check_stop(self, where: str) -> None:
+        """Raise TrainingStopped when a stop was asked for; the newest checkpoint already holds this state."""
+        if not self._stop_requested():
+            return
+        folder = getattr(self.spec, "checkpoint_dir", None)
+        last = None
+        if folder:
+            from vmbench.checkpoint import latest_good
+
+            found = latest_good(folder)
+            last = str(found) if found is not None else None
+        raise TrainingStopped(self._step, where, last)
+
+    def _stop_inside_epoch(self, epoch: int, partial: dict) -> None:
+        """Save the state after the optimizer step the epoch stopped at (with its progress) and raise
+        TrainingStopped."""
+        folder = getattr(self.spec, "checkpoint_dir", None)
+        path = None
+        if folder:
+            self.save_checkpoint(folder, partial=partial)
+            from vmbench.checkpoint import LAST
+
+            path = str(Path(folder) / LAST)
+        total = len(self.train_loader)
+        if self.spec.max_train_batches is not None:
+            total = min(total, self.spec.max_train_batches)
+        raise TrainingStopped(self._step, f"epoch {epoch}, batch {partial['batches']}/{total}", path)
+
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def checkpoint_state(self) -> dict:
-        """Everything resume_from needs, as weights_only-loadable values."""
+    def checkpoint_state(self, partial: dict | None = None) -> dict:
+        """Everything resume_from needs, as weights_only-loadable values. `partial`: the progress of an epoch
+        stopped inside (train_one_epoch's `partial` plus `epoch_time_s`); the shuffle generator is then saved as
+        it was at that epoch's start, so that a resume draws the same order and skips the batches done."""
         from vmbench.checkpoint import rng_state
 
+        rng = rng_state(getattr(self.train_loader, "generator", None))
+        if partial is not None:
+            rng["loader"] = self._epoch_loader_state
         return dict(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
@@ -329,16 +517,17 @@ class Trainer:
             ema=self.ema.state_dict() if self.ema is not None else None,
             epochs_done=self.epochs_done, step=self._step, history=[dict(m) for m in self.history],
             best_top1=self.best_top1, train_time_s=self.train_time_s, peak_mem=list(self._peak_mem),
-            model_name=self.model_name, dataset=self.dataset.name,
-            rng=rng_state(getattr(self.train_loader, "generator", None)))
+            model_name=self.model_name, dataset=self.dataset.name, num_classes=self.dataset.num_classes,
+            img_size=self.img_size, val_resize=getattr(self.spec, "val_resize", None),
+            partial_epoch=dict(partial) if partial is not None else None, rng=rng,
+            init={**(self.init_info or {}), **(self.init_report or {})} or None)
 
-    def save_checkpoint(self, folder, best: bool = False) -> None:
-        """`last.pt` in `folder` (previous kept as `last.prev.pt`), and `best.pt` too when `best`."""
-        from pathlib import Path
-
+    def save_checkpoint(self, folder, best: bool = False, partial: dict | None = None) -> None:
+        """`last.pt` in `folder` (previous kept as `last.prev.pt`), and `best.pt` too when `best`. `partial`: see
+        checkpoint_state."""
         from vmbench.checkpoint import BEST, LAST, save_checkpoint
 
-        state = self.checkpoint_state()
+        state = self.checkpoint_state(partial)
         save_checkpoint(Path(folder) / LAST, state, keep_prev=True)
         if best:
             save_checkpoint(Path(folder) / BEST, state)
@@ -353,7 +542,7 @@ class Trainer:
         if state.get("model_name") != self.model_name:
             raise CheckpointError(f"checkpoint {path} is for model {state.get('model_name')!r}, "
                                   f"not {self.model_name!r}")
-        if not 0 <= int(state["epochs_done"]) <= self.spec.epochs:
+        if not 0 <= int(state["epochs_done"]) + (state.get("partial_epoch") is not None) <= self.spec.epochs:
             raise CheckpointError(f"checkpoint {path} has {state['epochs_done']} epochs done; the run has "
                                   f"{self.spec.epochs}")
         try:
@@ -372,6 +561,12 @@ class Trainer:
         self.history = [dict(m) for m in state["history"]]
         self.best_top1 = state.get("best_top1")
         self.train_time_s = float(state.get("train_time_s", 0.0))
+        partial = state.get("partial_epoch")
+        self._partial = dict(partial) if partial is not None else None
+        if state.get("init"):  # the starting weights the run was begun with, and what loaded of them
+            init = dict(state["init"])
+            self.init_info = {k: v for k, v in init.items() if k in _INIT_INFO_KEYS}
+            self.init_report = {k: v for k, v in init.items() if k not in _INIT_INFO_KEYS}
         peak = state.get("peak_mem") or [None, None]
         self._peak_mem = (peak[0], peak[1])
         set_rng_state(state["rng"], getattr(self.train_loader, "generator", None))
@@ -381,13 +576,14 @@ class Trainer:
         """Final accuracy (last epoch's evaluation; a fresh one when no epoch ran), params, GFLOPs, inference
         throughput at `bench_batch` on the run's device, peak training memory. Keys: RESULT_KEYS."""
         self.setup()
-        model = self.model
+        self._check_stop("before the final benchmark")
+        model = self.run_model
         if self.history:
             last = self.history[-1]
             top1, top5, val_loss, train_loss = last["val_top1"], last["val_top5"], last["val_loss"], last["train_loss"]
         else:
             ev = evaluate(model, self.val_loader, self.device, self.amp, max_batches=self.spec.max_val_batches,
-                          progress=self.progress, task="eval")
+                          progress=self.progress, task="eval", channels_last=self.channels_last)
             top1, top5, val_loss, train_loss = ev["top1"], ev["top5"], ev["loss"], None
         ema_res = {}
         if self.ema is not None:
@@ -395,15 +591,22 @@ class Trainer:
                 ema_res = dict(ema_top1=self.history[-1]["ema_val_top1"], ema_top5=self.history[-1]["ema_val_top5"])
             else:
                 ev = evaluate(self.ema.module, self.val_loader, self.device, self.amp,
-                              max_batches=self.spec.max_val_batches, progress=self.progress, task="eval EMA")
+                              max_batches=self.spec.max_val_batches, progress=self.progress, task="eval EMA",
+                              channels_last=self.channels_last)
                 ema_res = dict(ema_top1=ev["top1"], ema_top5=ev["top5"])
         bench_kw = _BENCH_CUDA if self.device.type == "cuda" else _BENCH_CPU
         speed = measure_throughput(model, self.bench_batch, self.img_size, self.device,
-                                   precision="amp_bf16" if self.amp else "fp32", progress=self.progress,
-                                   task="bench", **bench_kw)
+                                   precision="amp_bf16" if self.amp else "fp32", channels_last=self.channels_last,
+                                   compiled=self.compile, progress=self.progress, task="bench", **bench_kw)
         reuse = self.device.type == "cpu" and self.scan_backend == "torch"
-        cost = model_cost(self.model_name, self.dataset.num_classes, self.img_size, model=model if reuse else None)
+        cost = model_cost(self.model_name, self.dataset.num_classes, self.img_size,
+                          model=self.model if reuse else None)
         peak_mb, peak_src = self._peak_mem
+        skipped = {}
+        if self.spec.skip_bad_images:
+            from vmbench.data import bad_image_count
+
+            skipped = dict(bad_images=bad_image_count(self.train_loader, self.val_loader))
         return dict(
             top1=top1, top5=top5, val_loss=val_loss, train_loss=train_loss, train_time_s=self.train_time_s,
             params_m=cost["params_m"], gflops=cost["gflops"], flops_uncovered=cost["flops_uncovered"],
@@ -413,21 +616,13 @@ class Trainer:
             gpu_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             amp=self.amp, img_size=self.img_size, num_classes=self.dataset.num_classes,
             epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name, lr_peak=self.lr,
-            **ema_res,
+            compile=self.compile, channels_last=self.channels_last, eval_transform=self.eval_transform,
+            **ema_res, **skipped, **(self.init_info or {}),
+            **(self.init_report or {}),
         )
 
     def run(self) -> tuple[list[dict], dict]:
         """All epochs then finish(): (per-epoch metrics, result)."""
         history = list(self.epochs())
         return history, self.finish()
-
-
-def _load_weights(model: torch.nn.Module, path: str) -> None:
-    """Strict state-dict load (official VMamba checkpoints are converted by the model package)."""
-    from vmbench.models.vmamba import load_weights
-
-    try:
-        load_weights(model, path)
-    except ValueError as e:
-        raise SpecError(str(e)) from None
 

@@ -430,54 +430,19 @@ def convert_official_state_dict(model: nn.Module, sd: dict) -> dict:
     return out
 
 
-def _read_checkpoint(path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"weights file not found: {path}") from None
-    except Exception as e:  # pickle refused by weights_only, or not a torch file
-        extra = ""
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            if unsafe:
-                extra = f" (it pickles Python objects: {', '.join(unsafe[:5])}; re-save only the state dict)"
-        except Exception:
-            pass
-        raise ValueError(f"cannot load {path} with torch.load(weights_only=True){extra}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
-        ckpt = ckpt["model"]
-    if not isinstance(ckpt, dict) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path}: expected a state dict (bare, or under the key 'model'); found {keys}")
-    return ckpt
-
-
 def load_weights(model: nn.Module, path) -> nn.Module:
     """Load a state dict strictly into `model` (in place) and return it.
 
     The file holds a state dict bare or under the key "model" (read with
-    `torch.load(weights_only=True)`). For VMamba, official checkpoints load as is:
-    legacy key names (patch_embed.proj/norm, ln_1, self_attention, norm, head) are
-    renamed and 1x1 weights stored as (out, in, 1, 1) are reshaped. Any missing or
-    unexpected key, or a shape mismatch, raises ValueError naming a few of them.
+    `torch.load(weights_only=True)`; see vmbench.weights for every format). For VMamba,
+    official checkpoints load as is: legacy key names (patch_embed.proj/norm, ln_1,
+    self_attention, norm, head) are renamed and 1x1 weights stored as (out, in, 1, 1) are
+    reshaped. Any missing or unexpected key, or a shape mismatch, raises ValueError naming
+    a few of them.
     """
-    sd = convert_official_state_dict(model, _read_checkpoint(path))
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in own.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or mismatched:
-        def few(xs):
-            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+    from vmbench.weights import load_strict, read_weights
 
-        parts = [f"{len(missing)} missing: {few(missing)}" if missing else "",
-                 f"{len(unexpected)} unexpected: {few(unexpected)}" if unexpected else "",
-                 f"{len(mismatched)} shape mismatches: {few(mismatched)}" if mismatched else ""]
-        raise ValueError(f"weights in {path} do not match {type(model).__name__}: "
-                         + "; ".join(p for p in parts if p))
-    model.load_state_dict(sd, strict=True)
+    load_strict(model, read_weights(path))
     return model
 
 

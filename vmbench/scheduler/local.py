@@ -1,12 +1,17 @@
 """Run one job in this process: validate, record the run, drive the engine, write metrics and results.
 
-This is the engine's caller: it owns the store writes and the one rich Progress.
+This is the engine's caller: it owns the store writes, the TensorBoard event files and the one rich Progress.
 User mistakes raise ValueError before anything is written; once a run row
 exists, every way out of it (success, error, Ctrl-C, SIGTERM) ends in a
 final status that reflects what happened.
 
 Train runs keep checkpoints in `<database folder>/runs/<run id>/` (recorded as the run's checkpoint_dir;
 none for a database that is not a file), which `execute_resume` continues from.
+
+Stopping a train run: the first SIGINT (Ctrl-C) or SIGTERM asks the trainer to stop after its current optimizer
+step; it saves a checkpoint there (when the run keeps them) and the run is recorded as interrupted, resumable
+with `vmbench resume RUN_ID`. A second signal interrupts at once (the last epoch's checkpoint stays). Bench and
+eval runs stop at the first signal.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import BenchSpec, Recipe, RunSpec
+from ..config import BenchSpec, EvalSpec, Recipe, RunSpec
 from ..store import Store
 from ..store.schema import utcnow
 
@@ -35,6 +40,54 @@ class RunFailed(Exception):
         super().__init__(message)
         self.run_id = run_id
         self.user_error = user_error
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A recorded run was stopped and recorded as interrupted; the message says how to go on with it."""
+
+    def __init__(self, run_id: int, message: str):
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class StopRequest:
+    """Callable flag: False until the first SIGINT/SIGTERM, then True (the trainer polls it)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "a stop request"
+
+
+@contextlib.contextmanager
+def _graceful_stop(console=None) -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM handlers for the length of a train run: the first sets the StopRequest yielded (and says
+    so on `console`), a second raises KeyboardInterrupt at once. Outside the main thread nothing is installed."""
+    stop = StopRequest()
+
+    def handler(signum, frame):
+        if stop.signum is not None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        stop.signum = signum
+        if console is not None:
+            console.print(f"[yellow]{signal.Signals(signum).name}: stopping after the current optimizer step and "
+                          "saving a checkpoint; send it again to stop at once[/]")
+
+    try:
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 @contextlib.contextmanager
@@ -116,25 +169,83 @@ def checkpoint_root(db: str) -> Path | None:
     return path.resolve().parent / "runs"
 
 
-def _train(trainer, store: Store, run_id: int, console, show_progress: bool, hook: list) -> dict:
-    """Drive the trainer's remaining epochs and finish(); metrics go to `run_id`. Every way out ends with a
-    final status on the run (RunFailed / KeyboardInterrupt re-raised)."""
+def _check_tensorboard(folder: str | None) -> None:
+    """ValueError (one line) when TensorBoard event files cannot be written to `folder` (None: not asked for)."""
+    if folder is None:
+        return
+    import importlib
+
     try:
-        with _sigterm_as_interrupt(), _progress(console, show_progress) as bar:
+        importlib.import_module("torch.utils.tensorboard")  # needs the tensorboard package
+    except ImportError as e:
+        raise ValueError(f"--tensorboard needs the tensorboard package (pip install tensorboard): {e}") from None
+    try:
+        Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the TensorBoard folder {folder}: {e.strerror or e}") from None
+
+
+def tensorboard_dir(folder: str, run_id: int, model: str) -> Path:
+    """A run's own TensorBoard folder under `folder` (one per run, so TensorBoard compares runs side by side)."""
+    return Path(folder).expanduser().resolve() / f"{run_id}-{model}"
+
+
+def _interrupted_message(run_id: int, exc: KeyboardInterrupt, checkpoint_dir: str | None) -> str:
+    """What the user is told about an interrupted train run: where it stopped and whether it can be resumed."""
+    from ..checkpoint import latest_good
+    from ..engine.train import TrainingStopped
+
+    saved = checkpoint_dir is not None and latest_good(checkpoint_dir) is not None
+    where = str(exc) if isinstance(exc, TrainingStopped) else "interrupted"
+    if saved:
+        return f"run {run_id} {where}; continue it with `vmbench resume {run_id}`"
+    return f"run {run_id} {where}; it has no checkpoint to resume from"
+
+
+def _train(trainer, store: Store, run_id: int, console, show_progress: bool, hook: list,
+           tensorboard: Path | None = None) -> dict:
+    """Drive the trainer's remaining epochs and finish(); metrics go to `run_id` (and to TensorBoard event files
+    in `tensorboard`). The first SIGINT/SIGTERM stops the trainer gracefully (see the module docstring). Every
+    way out ends with a final status on the run (RunFailed / RunInterrupted raised)."""
+    writer = None
+    stop = StopRequest()
+    try:
+        with _graceful_stop(console) as stop, _progress(console, show_progress) as bar:
+            trainer.should_stop = stop
             hook[0] = bar
+            if tensorboard is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(tensorboard))
             for m in trainer.epochs():
                 store.log_metrics(run_id, m, epoch=m.get("epoch"))
+                if writer is not None:
+                    _tensorboard_epoch(writer, m)
             results = trainer.finish()
     except BaseException as exc:
         status, message = _fail_status(exc)
+        if isinstance(exc, KeyboardInterrupt) and stop():
+            message = f"interrupted by {stop.name}: {exc}"
         store.finish_run(run_id, status, error=_with_traceback(message, exc, status))
         store.close()
         if isinstance(exc, KeyboardInterrupt):
-            raise
+            raise RunInterrupted(run_id, _interrupted_message(run_id, exc, trainer.spec.checkpoint_dir)) from exc
         raise RunFailed(run_id, message.splitlines()[0], isinstance(exc, ValueError)) from exc
+    finally:
+        if writer is not None:
+            writer.close()
     store.finish_run(run_id, "completed", results)
     store.close()
     return results
+
+
+def _tensorboard_epoch(writer, metrics: dict) -> None:
+    """One epoch's numeric metrics as TensorBoard scalars at step = epoch."""
+    epoch = metrics.get("epoch")
+    for key, value in metrics.items():
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(key, value, epoch)
+    writer.flush()
 
 
 def _progress_with_heartbeat(run_id_box: list, store_box: list):
@@ -168,19 +279,26 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
     store_box: list[Store] = []
     progress, hook = _progress_with_heartbeat(run_id_box, store_box)
 
-    # User mistakes (model, dataset, device, backend, database) raise here, before anything is written.
+    # User mistakes (model, dataset, device, backend, starting weights, TensorBoard, database) raise here, before
+    # anything is written.
     trainer = Trainer(spec, progress=progress)
+    init_info = trainer.read_init_weights()
+    _check_tensorboard(spec.tensorboard)
     store = Store(db)
     store_box.append(store)
     device = str(trainer.device)
     info = _record_env(device)
-    params = spec.to_dict()
+    params = {**spec.to_dict(), **(init_info or {})}
     if recipe is not None:
         params.update(recipe=dict(recipe.values), recipe_source=recipe.source)
     run_id = store.create_run(
         "train", trainer.model_name, spec.dataset, params, recipe=recipe.name if recipe else None, seed=spec.seed,
         tags=spec.tags, device=device, scan_backend=trainer.scan_backend, **info)
     run_id_box.append(run_id)
+    tb = None
+    if spec.tensorboard:
+        tb = tensorboard_dir(spec.tensorboard, run_id, trainer.model_name)
+        store.update_run(run_id, params={**params, "tensorboard_dir": str(tb)})
     root = checkpoint_root(db) if spec.checkpoints else None
     if root is not None:
         ckpt_dir = root / str(run_id)
@@ -192,7 +310,7 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
             raise RunFailed(run_id, f"cannot create checkpoint folder {ckpt_dir}: {exc}", False) from exc
         spec.checkpoint_dir = str(ckpt_dir)
         store.update_run(run_id, checkpoint_dir=str(ckpt_dir))
-    return run_id, _train(trainer, store, run_id, console, show_progress, hook)
+    return run_id, _train(trainer, store, run_id, console, show_progress, hook, tb)
 
 
 RESUMABLE = ("failed", "interrupted")
@@ -202,7 +320,7 @@ def _spec_from_params(params: dict, checkpoint_dir: str) -> RunSpec:
     """The RunSpec a train run was started with (its params hold spec.to_dict() plus the recipe entries)."""
     names = {f.name for f in dataclasses.fields(RunSpec)}
     kw = {k: v for k, v in params.items() if k in names}
-    kw.update(weights=None, checkpoint_dir=checkpoint_dir)  # the checkpoint holds the weights
+    kw.update(weights=None, init=None, pretrained=False, checkpoint_dir=checkpoint_dir)  # the checkpoint has them
     return RunSpec(**kw)
 
 
@@ -241,6 +359,8 @@ def execute_resume(run_id: int, db: str, console=None, show_progress: bool = Tru
         store_box: list[Store] = [store]
         progress, hook = _progress_with_heartbeat(run_id_box, store_box)
         trainer = Trainer(spec, progress=progress)
+        tb = (run.params or {}).get("tensorboard_dir")  # the run's own folder, wherever resume is started from
+        _check_tensorboard(str(Path(tb).parent) if tb else None)
         trainer.resume_from(path)  # CheckpointError is a ValueError: nothing written yet
     except BaseException:
         store.close()
@@ -256,7 +376,7 @@ def execute_resume(run_id: int, db: str, console=None, show_progress: bool = Tru
     for m in trainer.history:
         if m.get("epoch") not in logged:
             store.log_metrics(run_id, m, epoch=m.get("epoch"))
-    return run_id, _train(trainer, store, run_id, console, show_progress, hook)
+    return run_id, _train(trainer, store, run_id, console, show_progress, hook, Path(tb) if tb else None)
 
 
 def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: bool = True) -> tuple[int | None, dict]:
@@ -287,6 +407,42 @@ def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: 
             raise RunFailed(run_id, _fail_status(exc)[1], isinstance(exc, ValueError)) from exc
     if store:
         store.finish_run(run_id, "completed", results, scan_backend=results.get("scan_backend"))
+        store.close()
+    return run_id, results
+
+
+def execute_eval(spec: EvalSpec, db: str | None, console=None, show_progress: bool = True) -> tuple[int | None, dict]:
+    """Evaluate a weights file on a dataset's validation split; stored as an eval run unless db is None. The
+    run's params hold the spec plus weights_path / weights_sha256 / weights_format / weights_entry, the input
+    size and the evaluation transform (eval_transform); its results top1 / top5 / val_loss and the rest.
+
+    Raises ValueError (nothing written) when the model, dataset or file is wrong or the weights do not fit;
+    RunFailed / KeyboardInterrupt as execute_bench.
+    """
+    from ..engine.evaluate import WeightsEval
+
+    job = WeightsEval(spec)
+    info = job.prepare()  # reads and loads the weights: every user mistake surfaces here
+    store = Store(db) if db else None
+    run_id = None
+    if store:
+        params = {**spec.to_dict(), **info}
+        run_id = store.create_run("eval", job.model_name, spec.dataset, params, tags=spec.tags,
+                                  device=job.device.type, scan_backend=job.scan_backend, **_record_env(job.device.type))
+    with _progress(console, show_progress) as hook:
+        try:
+            with _sigterm_as_interrupt():
+                results = job.run(progress=hook)
+        except BaseException as exc:
+            if store:
+                status, message = _fail_status(exc)
+                store.finish_run(run_id, status, error=_with_traceback(message, exc, status))
+                store.close()
+            if isinstance(exc, KeyboardInterrupt) or not store:
+                raise
+            raise RunFailed(run_id, _fail_status(exc)[1], isinstance(exc, ValueError)) from exc
+    if store:
+        store.finish_run(run_id, "completed", results)
         store.close()
     return run_id, results
 
