@@ -2,6 +2,8 @@
 # One GPU session: correctness (GPU tests) then timings, everything logged under $OUT.
 #   bash benchmarks/gpu.sh kernels     # GPU kernel tests + benchmarks/kernels.py + benchmarks/ss2d.py
 #   bash benchmarks/gpu.sh profile     # Nsight Compute on the selective-scan kernels (benchmarks/profile_scan.py)
+#   bash benchmarks/gpu.sh overhead    # vmbench's training loop vs a bare loop; JPEG / fake loader speed
+#   bash benchmarks/gpu.sh where       # torch.profiler: where VMamba-T's inference and training time goes
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections
 #   bash benchmarks/gpu.sh compile     # the paper suite's torch.compile section
@@ -19,11 +21,13 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@"
 for what in "$@"; do
   case "$what" in
     kernels)
-      step gpu_tests 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_selective_scan.py tests/test_cross_scan.py tests/test_ss2d.py
+      step gpu_tests 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_selective_scan.py tests/test_cross_scan.py tests/test_ss2d.py
       step kernels 120 python3 benchmarks/kernels.py ${SWEEP:-}
-      step ss2d 90 python3 benchmarks/ss2d.py ${SWEEP:-} ;;
+      step ss2d 150 python3 benchmarks/ss2d.py ${SWEEP:-} ;;
     profile) step ncu 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
                --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:_scan_ python3 benchmarks/profile_scan.py ;;
+    overhead) step overhead 240 python3 benchmarks/overhead.py ;;
+    where)   step where 150 python3 benchmarks/profile_model.py --model vmamba_t ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     models)  step models 420 python3 benchmarks/models.py --sections infer,train,res ;;
     compile) step compile 540 python3 benchmarks/models.py --sections compile ;;

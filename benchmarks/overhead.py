@@ -1,0 +1,162 @@
+"""Framework overhead and data-pipeline speed of `vmbench run`'s training loop, on CUDA.
+
+    python benchmarks/overhead.py [--model vmamba_t] [--batch 128] [--steps 20] [--workers 12] [--images 3072]
+
+1. Training step. vmbench's `train_one_epoch` (the loop `vmbench run` drives: autocast, loss and accuracy
+   sums, the non-finite-loss check, progress hook) against a bare loop (forward, cross-entropy, backward,
+   AdamW step, zero_grad) on the same model, batch, precision (AMP-bf16), optimizer and the same batches,
+   already on the GPU, so the loops are all that differs. Alternating repeats, median img/s of each.
+2. Data pipeline. ImageNet-like JPEGs (500x375, written once to a temp folder) through vmbench's loaders
+   (decode, random-resized crop to 224, flip, normalise, pinned memory) with --workers processes, and the
+   `fake` dataset's loader: img/s of the loader alone (first batch, i.e. worker start-up, excluded), to set
+   against the training step's img/s.
+
+Prints a markdown table; writes it to $OUT/overhead.md when $OUT is set.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
+
+import torch
+import torch.nn.functional as F
+
+
+def _write_jpegs(args: tuple[str, int, int]) -> None:
+    from PIL import Image
+
+    folder, start, count = args
+    g = torch.Generator().manual_seed(start)
+    for i in range(start, start + count):
+        cls = f"c{i % 10}"
+        os.makedirs(os.path.join(folder, "train", cls), exist_ok=True)
+        img = (torch.rand(375 // 15, 500 // 20, 3, generator=g) * 255).to(torch.uint8)  # blocky, JPEG-typical size
+        img = img.repeat_interleave(15, 0).repeat_interleave(20, 1).numpy()
+        Image.fromarray(img).save(os.path.join(folder, "train", cls, f"{i}.jpg"), quality=90)
+
+
+def image_folder(root: str, n: int, procs: int) -> str:
+    per = -(-n // procs)
+    with ProcessPoolExecutor(procs) as ex:
+        list(ex.map(_write_jpegs, [(root, s, min(per, n - s)) for s in range(0, n, per)]))
+    for cls in range(10):  # a val split so the folder is a dataset; not timed
+        os.makedirs(os.path.join(root, "val", f"c{cls}"), exist_ok=True)
+        os.link(os.path.join(root, "train", f"c{cls}", f"{cls}.jpg"), os.path.join(root, "val", f"c{cls}", "0.jpg"))
+    return root
+
+
+def loader_img_s(loader, batches: int) -> float:
+    it = iter(loader)
+    next(it)  # worker start-up and the first batch are not counted
+    n, t0 = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            break
+        n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vmamba_t")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20, help="training steps per timed repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--images", type=int, default=3072, help="JPEGs written for the data-pipeline test")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/overhead.py needs CUDA", file=sys.stderr)
+        return 2
+    from timm.optim import create_optimizer_v2
+
+    from vmbench.data import build_loaders, get_dataset_info
+    from vmbench.engine.train import train_one_epoch
+    from vmbench.models import create_model
+
+    dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    model = create_model(args.model, num_classes=1000).to(dev).to(memory_format=torch.channels_last)
+    model.train()
+    opt = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
+    g = torch.Generator(device=dev).manual_seed(0)
+    batches = [(torch.randn(args.batch, 3, 224, 224, device=dev, generator=g).contiguous(
+        memory_format=torch.channels_last), torch.randint(1000, (args.batch,), device=dev, generator=g))
+        for _ in range(4)]
+    feed = [batches[i % len(batches)] for i in range(args.steps)]
+
+    def bare():
+        for x, y in feed:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(x)
+            F.cross_entropy(out.float(), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def vmbench_loop():
+        train_one_epoch(model, feed, opt, dev, amp=True, progress=lambda *a: None)
+
+    def timed(fn) -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return args.steps * args.batch / (time.perf_counter() - t0)
+
+    for fn in (bare, vmbench_loop):  # compile kernels, pick cudnn algorithms, allocate optimizer state
+        fn()
+    rates = {"bare": [], "vmbench": []}
+    for _ in range(args.repeats):
+        rates["bare"].append(timed(bare))
+        rates["vmbench"].append(timed(vmbench_loop))
+    bare_s, vm_s = statistics.median(rates["bare"]), statistics.median(rates["vmbench"])
+    card = torch.cuda.get_device_name()
+    lines = [f"# vmbench training-loop overhead and data pipeline — {card}, torch {torch.__version__}", "",
+             f"{args.model}, batch {args.batch}, 224², AMP-bf16, AdamW; {args.steps} steps × {args.repeats} "
+             "alternating repeats, median.", "",
+             "| loop | img/s | vs bare |", "|---|---|---|",
+             f"| bare (fwd, CE, bwd, AdamW step) | {bare_s:.0f} | 1.000 |",
+             f"| vmbench train_one_epoch | {vm_s:.0f} | {vm_s / bare_s:.3f} (overhead {100 * (1 - vm_s / bare_s):.1f} %) |",
+             ""]
+    del feed, batches
+    torch.cuda.empty_cache()
+
+    procs = max(1, min(16, os.cpu_count() or 1))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        root = image_folder(os.path.join(tmp, "jpegs"), args.images, procs)
+        made = time.perf_counter() - t0
+        info = get_dataset_info(root)
+        n_batches = max(1, args.images // args.batch - 2)
+        for workers in sorted({max(1, args.workers // 2), args.workers}):
+            train_loader, _ = build_loaders(info, args.batch, 224, num_workers=workers,
+                                            model_cfg=getattr(model, "pretrained_cfg", None))
+            rows.append((f"JPEG folder (500×375 → RRC 224, flip), {workers} workers",
+                         loader_img_s(train_loader, n_batches)))
+        fake = get_dataset_info("fake")
+        train_loader, _ = build_loaders(fake, args.batch, 224, num_workers=args.workers)
+        rows.append((f"fake (random tensors), {args.workers} workers", loader_img_s(train_loader, 6)))
+    lines += [f"Data pipeline ({args.images} JPEGs written in {made:.1f} s; {os.cpu_count()} CPU cores):", "",
+              "| loader | img/s | vs vmbench training step |", "|---|---|---|"]
+    lines += [f"| {name} | {rate:.0f} | {rate / vm_s:.2f}× |" for name, rate in rows]
+    text = "\n".join(lines)
+    print(text)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "overhead.md"), "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
