@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, trunc_normal_
 
+from vmbench.kernels import LayerNorm
+
 from vmbench.kernels import ss2d_core
 
 from .registry import SCAN_BACKENDS, register_model
@@ -228,7 +230,7 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.empty(k * d_inner))  # (K*D,)
         self.A_logs._no_weight_decay = True
         self.Ds._no_weight_decay = True
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = LayerNorm(d_inner, autocast_out=True, backend=scan_backend)  # feeds out_proj
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_ssm_parameters()
@@ -274,14 +276,15 @@ class VSSBlock(nn.Module):
 
     def __init__(self, dim: int, drop_path: float, cfg: VMambaConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        # The block norms feed Linears (in_proj, fc1): vmbench's LayerNorm emits their autocast dtype directly.
+        self.norm = LayerNorm(dim, autocast_out=True, backend=cfg.scan_backend)
         self.op = SS2D(dim, d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, dt_rank=cfg.dt_rank,
                        d_conv=cfg.d_conv, conv_bias=cfg.conv_bias, z_branch=cfg.z_branch,
                        dropout=cfg.ssm_drop_rate, scan_backend=cfg.scan_backend)
         self.drop_path = DropPath(drop_path)
         self.has_mlp = cfg.mlp_ratio > 0
         if self.has_mlp:
-            self.norm2 = nn.LayerNorm(dim)
+            self.norm2 = LayerNorm(dim, autocast_out=True, backend=cfg.scan_backend)
             self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), drop=cfg.mlp_drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
@@ -377,7 +380,7 @@ class VSSM(nn.Module):
 # Backend switch, checkpoints                                                 #
 # --------------------------------------------------------------------------- #
 def set_scan_backend(model: nn.Module, name: str) -> nn.Module:
-    """Set the SS2D scan backend ("auto" | "torch" | "triton") on every SS2D in `model`."""
+    """Set the kernel backend ("auto" | "torch" | "triton") of every SS2D and block LayerNorm in `model`."""
     if name not in SCAN_BACKENDS:
         raise ValueError(f"scan backend must be one of {', '.join(SCAN_BACKENDS)}; got {name!r}")
     n = 0
@@ -385,6 +388,8 @@ def set_scan_backend(model: nn.Module, name: str) -> nn.Module:
         if isinstance(m, SS2D):
             m.scan_backend = name
             n += 1
+        elif isinstance(m, LayerNorm):
+            m.backend = name
     if n == 0:
         raise ValueError(f"{type(model).__name__} has no SS2D module; scan backends apply to VMamba models only")
     return model
