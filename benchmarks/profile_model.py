@@ -4,18 +4,33 @@
 
 AMP-bf16, channels-last input, random data. Prints, for inference (no grad) and for a training step
 (forward + cross-entropy + backward, no optimizer), the CUDA kernels sorted by total time with their
-share of the step, and writes the tables to $OUT/profile_<model>.md when $OUT is set.
+share of the step, and the step's wall-clock time (a step slower than its GPU time is bound by the host);
+--host adds the host-side self time per op. Writes the tables to $OUT/profile_<model>.md when $OUT is set.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
 import torch
 import torch.nn.functional as F
+
+
+def _cpu_table(prof, steps: int, top: int) -> str:
+    """Host-side (Python + dispatch + launch) self time per op, the eager-mode launch cost."""
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 and not e.key.startswith("ProfilerStep")]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    lines = [f"host time per step {total / steps / 1e3:.2f} ms (sum of op self CPU times)", "",
+             "| op | host ms per step | share | calls per step |", "|---|---|---|---|"]
+    for e in events[:top]:
+        lines.append(f"| {e.key[:90]} | {e.self_cpu_time_total / steps / 1e3:.3f} | "
+                     f"{100 * e.self_cpu_time_total / total:.1f}% | {e.count / steps:.0f} |")
+    return "\n".join(lines)
 
 
 def _table(prof, steps: int, top: int) -> str:
@@ -39,6 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--res", type=int, default=224)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--ln-backend", choices=("auto", "torch", "triton"), default=None,
+                    help="override the backend of vmbench LayerNorm modules (comparisons)")
+    ap.add_argument("--host", action="store_true", help="also profile host (CPU) time per op: launch overhead")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/profile_model.py needs CUDA", file=sys.stderr)
@@ -49,6 +67,12 @@ def main(argv=None) -> int:
 
     torch.backends.cudnn.benchmark = True
     model = create_model(args.model, num_classes=1000).cuda().to(memory_format=torch.channels_last)
+    if args.ln_backend:
+        from vmbench.kernels import LayerNorm
+
+        for m in model.modules():
+            if isinstance(m, LayerNorm):
+                m.backend = args.ln_backend
     x = torch.randn(args.batch, 3, args.res, args.res, device="cuda").to(memory_format=torch.channels_last)
     target = torch.randint(1000, (args.batch,), device="cuda")
 
@@ -62,22 +86,32 @@ def main(argv=None) -> int:
             out = model(x)
         F.cross_entropy(out.float(), target).backward()
 
-    md = [f"# {args.model}, batch {args.batch}, {args.res}², AMP-bf16 — {torch.cuda.get_device_name()}"]
+    md = [f"# {args.model}, batch {args.batch}, {args.res}², AMP-bf16 — {torch.cuda.get_device_name()}"
+          + (f" (LayerNorm backend {args.ln_backend})" if args.ln_backend else "")]
     steps = 5
     for name, fn in (("inference", infer), ("training step", train)):
         model.train(name != "inference")
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps * 1e3
+        acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.host else [])
+        with profile(activities=acts) as prof:
             for _ in range(steps):
                 fn()
             torch.cuda.synchronize()
-        md += ["", f"## {name}", "", _table(prof, steps, args.top)]
-        print("\n".join(md[-3:]), flush=True)
+        md += ["", f"## {name}: {wall:.2f} ms per step wall-clock (unprofiled)", "", _table(prof, steps, args.top)]
+        if args.host:
+            md += ["", _cpu_table(prof, steps, args.top)]
+        print("\n".join(md[-5:]), flush=True)
     out = os.environ.get("OUT")
     if out:
-        with open(os.path.join(out, f"profile_{args.model}.md"), "w") as f:
+        tag = f"_ln-{args.ln_backend}" if args.ln_backend else ""
+        with open(os.path.join(out, f"profile_{args.model}{tag}.md"), "w") as f:
             f.write("\n".join(md) + "\n")
     return 0
 
