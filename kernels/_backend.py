@@ -24,6 +24,13 @@ def triton_importable() -> bool:
     return True
 
 
+def graph_capture() -> bool:
+    """True while torch.compile / torch.export or torch.jit.trace is capturing a graph: the Triton ops must
+    then go through their registered dispatcher ops (one node each). Plain eager calls skip the dispatcher
+    and call the launchers through a torch.autograd.Function: the same kernels, less host time per call."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def triton_interpret() -> bool:
     """True when Triton kernels run on the CPU through its interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

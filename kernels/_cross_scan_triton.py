@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._backend import graph_capture
+
 __all__ = ["cross_scan_triton", "cross_merge_triton", "cross_scan_launch", "cross_merge_launch"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -347,6 +349,33 @@ _cross_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
 _cross_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup)
 
 
+class _CrossScanFn(torch.autograd.Function):
+    """Eager path of cross_scan: the launchers directly (no dispatcher round trip); backward = cross_merge."""
+
+    @staticmethod
+    def forward(ctx, x, channels_last):
+        ctx.channels_last = channels_last
+        ctx.hw = _map_dims(x, channels_last)[1:3]
+        return cross_scan_launch(x, channels_last)
+
+    @staticmethod
+    def backward(ctx, gxs):
+        return _CrossMergeFn.apply(gxs, *ctx.hw, ctx.channels_last), None
+
+
+class _CrossMergeFn(torch.autograd.Function):
+    """Eager path of cross_merge; backward = cross_scan."""
+
+    @staticmethod
+    def forward(ctx, ys, H, W, channels_last):
+        ctx.channels_last = channels_last
+        return cross_merge_launch(ys, H, W, channels_last)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return _CrossScanFn.apply(gy, ctx.channels_last), None, None, None
+
+
 def cross_scan_triton(x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
     """Triton twin of `cross_scan_ref` (differentiable; traceable by torch.compile).
 
@@ -355,7 +384,9 @@ def cross_scan_triton(x: torch.Tensor, channels_last: bool = True) -> torch.Tens
     Returns:
         xs: (B, 4, C, H*W), x.dtype, contiguous.
     """
-    return torch.ops.vmbench.cross_scan(x, channels_last)
+    if graph_capture():
+        return torch.ops.vmbench.cross_scan(x, channels_last)
+    return _CrossScanFn.apply(x, channels_last)
 
 
 def cross_merge_triton(ys: torch.Tensor, H: int, W: int, channels_last: bool = True) -> torch.Tensor:
@@ -368,4 +399,6 @@ def cross_merge_triton(ys: torch.Tensor, H: int, W: int, channels_last: bool = T
     """
     if ys.dim() != 4 or ys.shape[1] != 4 or ys.shape[3] != H * W:
         raise ValueError(f"ys must be (B, 4, C, {H}*{W}); got {tuple(ys.shape)}")
-    return torch.ops.vmbench.cross_merge(ys, H, W, channels_last)
+    if graph_capture():
+        return torch.ops.vmbench.cross_merge(ys, H, W, channels_last)
+    return _CrossMergeFn.apply(ys, H, W, channels_last)

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from ._backend import triton_interpret
+from ._backend import graph_capture, triton_interpret
 from .selective_scan import _check_shapes
 
 __all__ = ["selective_scan_triton", "scan_config"]
@@ -578,13 +578,35 @@ def _setup_context(ctx, inputs, output):
     ctx.flags = (delta_softplus, out_fp32)
 
 
-def _backward(ctx, dy, _dhs):
-    u, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
-    g = torch.ops.vmbench.selective_scan_triton_bwd(dy, u, delta, A, B, C, D, delta_bias, *ctx.flags, hs)
+def _grads(ctx, g):
+    """The seven gradients `g` of the backward launcher as autograd returns them (None for absent D / bias)."""
+    D, delta_bias = ctx.saved_tensors[5:7]
     return (*g[:5], g[5] if D is not None else None, g[6] if delta_bias is not None else None, None, None)
 
 
+def _backward(ctx, dy, _dhs):
+    u, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
+    return _grads(ctx, torch.ops.vmbench.selective_scan_triton_bwd(dy, u, delta, A, B, C, D, delta_bias,
+                                                                   *ctx.flags, hs))
+
+
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ScanFn(torch.autograd.Function):
+    """Eager path: the same launchers as the custom ops, without the dispatcher round trip."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32):
+        y, hs = _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, hs)
+        ctx.flags = (delta_softplus, out_fp32)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
+        return _grads(ctx, _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, ctx.flags[0]))
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_fp32=True):
@@ -598,5 +620,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
     Returns:
         y: (B, K*D, L), fp32 if out_fp32 else u.dtype. Differentiable in every tensor input.
     """
-    return torch.ops.vmbench.selective_scan_triton(u, delta, A, B, C, D, delta_bias,
-                                                   bool(delta_softplus), bool(out_fp32))[0]
+    if graph_capture():
+        return torch.ops.vmbench.selective_scan_triton(u, delta, A, B, C, D, delta_bias,
+                                                       bool(delta_softplus), bool(out_fp32))[0]
+    return _ScanFn.apply(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), bool(out_fp32))
