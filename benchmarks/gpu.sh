@@ -30,7 +30,7 @@ for what in "$@"; do
     profile) step ncu 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
                --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:_scan_ python3 benchmarks/profile_scan.py ;;
     overhead) step overhead 240 python3 benchmarks/overhead.py ;;
-    where)   step where 150 python3 benchmarks/profile_model.py --model vmamba_t ;;
+    where)   step where 150 python3 benchmarks/profile_model.py --model vmamba_t --host ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     models)  step models 420 python3 benchmarks/models.py --sections infer,train,res ;;
     compile) step compile 540 python3 benchmarks/models.py --sections compile ;;
