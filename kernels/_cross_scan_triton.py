@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import graph_capture
+from ._backend import direct_launch, graph_capture, traceable
 
 __all__ = ["cross_scan_triton", "cross_merge_triton", "cross_scan_launch", "cross_merge_launch"]
 
@@ -48,7 +48,8 @@ def new_buffer(shape, dtype, device) -> torch.Tensor:
 def _kernel_for(kernel, device: torch.device):
     """The launchable form of a @triton.jit kernel for tensors on `device`.
 
-    On CUDA: `wrap_triton(kernel)`, so torch.compile / make_fx trace the launch. On the CPU:
+    On CUDA: `wrap_triton(kernel)`, so torch.compile / make_fx trace the launch (the kernel itself
+    inside `direct_launch`, the eager path). On the CPU:
     the kernel itself, which must be Triton's interpreter (TRITON_INTERPRET=1 set before
     `triton` is first imported: Triton decides at decoration time, for its own library
     functions too, so setting it later cannot work).
@@ -65,9 +66,7 @@ def _kernel_for(kernel, device: torch.device):
         raise RuntimeError(
             "vmbench Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at import) and "
             f"cannot launch on {device.type}; run interpreter and GPU work in separate processes")
-    from torch.library import wrap_triton
-
-    return wrap_triton(kernel)
+    return traceable(kernel)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -356,7 +355,8 @@ class _CrossScanFn(torch.autograd.Function):
     def forward(ctx, x, channels_last):
         ctx.channels_last = channels_last
         ctx.hw = _map_dims(x, channels_last)[1:3]
-        return cross_scan_launch(x, channels_last)
+        with direct_launch():
+            return cross_scan_launch(x, channels_last)
 
     @staticmethod
     def backward(ctx, gxs):
@@ -369,7 +369,8 @@ class _CrossMergeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ys, H, W, channels_last):
         ctx.channels_last = channels_last
-        return cross_merge_launch(ys, H, W, channels_last)
+        with direct_launch():
+            return cross_merge_launch(ys, H, W, channels_last)
 
     @staticmethod
     def backward(ctx, gy):

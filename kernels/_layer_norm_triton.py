@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import graph_capture
+from ._backend import direct_launch, graph_capture
 from ._cross_scan_triton import _kernel_for, new_buffer
 from .layer_norm import TRITON_DTYPES, TRITON_MAX_C
 
@@ -286,7 +286,8 @@ class _LayerNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, out_dtype):
-        y, mean, rstd = layer_norm_fwd_launch(x, weight, bias, eps, out_dtype)
+        with direct_launch():
+            y, mean, rstd = layer_norm_fwd_launch(x, weight, bias, eps, out_dtype)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.bias_dtype = bias.dtype if bias is not None else None
         return y
@@ -294,7 +295,8 @@ class _LayerNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
-        return _grads(ctx, weight, layer_norm_bwd_launch(dy, x, weight, mean, rstd))
+        with direct_launch():
+            return _grads(ctx, weight, layer_norm_bwd_launch(dy, x, weight, mean, rstd))
 
 
 def layer_norm_triton(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from ._backend import graph_capture, triton_interpret
+from ._backend import direct_launch, graph_capture, traceable, triton_interpret
 from .selective_scan import _check_shapes
 
 __all__ = ["selective_scan_triton", "scan_config"]
@@ -388,8 +388,9 @@ def _kernel(fn):
         else:
             _KERNELS[key] = JITFunction(fn)
     kern = _KERNELS[key]
-    # wrap_triton makes the launch visible to torch.compile; interpreted kernels launch directly.
-    return torch.library.wrap_triton(kern) if isinstance(kern, JITFunction) else kern
+    # wrap_triton makes the launch visible to torch.compile (see _backend.traceable); interpreted kernels
+    # launch directly.
+    return traceable(kern) if isinstance(kern, JITFunction) else kern
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,7 +599,8 @@ class _ScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32):
-        y, hs = _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
+        with direct_launch():
+            y, hs = _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, hs)
         ctx.flags = (delta_softplus, out_fp32)
         return y
@@ -606,7 +608,8 @@ class _ScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         u, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
-        return _grads(ctx, _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, ctx.flags[0]))
+        with direct_launch():
+            return _grads(ctx, _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, ctx.flags[0]))
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_fp32=True):
