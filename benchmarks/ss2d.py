@@ -103,10 +103,6 @@ def main(argv=None):
                 t_tri = _bench(lambda: xst.cross_scan_launch(x))
                 lines.append(f"| {si + 1} | {str(dt)[6:]} | cross_scan | {floor:.3f} | {t_ref:.3f} | {t_tri:.3f} | "
                              f"{nbytes / t_tri / 1e9:.2f} | {t_ref / t_tri:.1f}x | {'exact' if ok else 'MISMATCH'} |")
-                ok1 = torch.equal(xst.cross_scan_launch(x, version=1), xs_t)  # the previous kernel, same run
-                t_v1 = _bench(lambda: xst.cross_scan_launch(x, version=1))
-                lines.append(f"| {si + 1} | {str(dt)[6:]} | cross_scan v1 | {floor:.3f} | {t_ref:.3f} | {t_v1:.3f} | "
-                             f"{nbytes / t_v1 / 1e9:.2f} | {t_ref / t_v1:.1f}x | {'exact' if ok1 else 'MISMATCH'} |")
                 ys = torch.randn(BATCH, 4, C, HW * HW, device=dev).to(dt)
                 y_t = xst.cross_merge_triton(ys, HW, HW)
                 y_64 = cross_merge_ref(ys.double(), HW, HW)
@@ -129,7 +125,7 @@ def main(argv=None):
                 lines.append(f"| {si + 1} | {str(dt)[6:]} | cross_scan/merge | ERROR | | | | | |")
             del x
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    print("\n".join(lines[-(len(stages) * len(dtypes) * 3):]), flush=True)
+    print("\n".join(lines[-(len(stages) * len(dtypes) * 2):]), flush=True)
 
     # ---------------------------------------------------------------- SS2D core
     lines += ["", "## SS2D core (N = 1, R = ceil(D/16)); ms", "",

@@ -1,12 +1,9 @@
 """Triton cross-scan / cross-merge (see kernels/cross_scan.py for the directions).
 
-cross_scan, v2 (default): one program = a chunk of BP consecutive sequence positions of one
+cross_scan: one program = a chunk of BP consecutive sequence positions of one
     direction pair (rows k=0/2 or columns k=1/3) x BC channels of one image: load a [BP, BC]
     tile (C fastest), tl.trans, store [BC, BP] at ascending addresses; k+2 re-loads the same
     positions reversed (cache hits) and writes its chunk ascending too.
-cross_scan, v1 (`version=1`, kept until v2 is measured against it): one program owns a tile of
-    BH x BW map positions times BC channels, loads it once and stores it four times, k=2 / k=3
-    with descending addresses (which Triton cannot vectorise).
 cross_merge: one program owns a BH x BW x BC tile; the four loads use a [BC, BH, BW] /
     [BC, BW, BH] layout, the sum is taken in fp32 (fp64 for fp64) and stored once in the map's
     layout.
@@ -75,55 +72,18 @@ def _kernel_for(kernel, device: torch.device):
 @triton.jit
 def _cross_scan_kernel(
     x_ptr, xs_ptr,
-    H, W, C,
-    sxb, sxh, sxw, sxc,  # x strides in elements for (b, h, w, c), whatever the memory layout
-    BC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-):
-    pid_t = tl.program_id(0)  # tile of positions
-    pid_c = tl.program_id(1)  # channel block
-    pid_b = tl.program_id(2).to(tl.int64)
-    n_tw = (W + BW - 1) // BW
-    h0 = (pid_t // n_tw) * BH
-    w0 = (pid_t % n_tw) * BW
-    L = H * W
-    c = pid_c * BC + tl.arange(0, BC)
-    h = h0 + tl.arange(0, BH)
-    w = w0 + tl.arange(0, BW)
-    c3 = c[:, None, None]  # [BC, 1, 1]
-    h3 = h[None, :, None]  # [1, BH, 1]
-    w3 = w[None, None, :]  # [1, 1, BW]
-    mask = (c3 < C) & (h3 < H) & (w3 < W)  # [BC, BH, BW]
-    v = tl.load(x_ptr + pid_b * sxb + c3 * sxc + h3 * sxh + w3 * sxw, mask=mask)  # [BC, BH, BW]
-
-    out = xs_ptr + pid_b * 4 * C * L + c3 * L  # (B, 4, C, L) contiguous
-    row = h3 * W + w3  # [1, BH, BW] row-major index, contiguous along w
-    tl.store(out + row, v, mask=mask)  # k = 0
-    tl.store(out + 2 * C * L + (L - 1 - row), v, mask=mask)  # k = 2: descending, still one run per warp
-    vt = tl.permute(v, (0, 2, 1))  # [BC, BW, BH]
-    ct = c[:, None, None]
-    wt = w[None, :, None]
-    ht = h[None, None, :]
-    mask_t = (ct < C) & (wt < W) & (ht < H)
-    col = wt * H + ht  # [1, BW, BH] column-major index, contiguous along h
-    tl.store(out + C * L + col, vt, mask=mask_t)  # k = 1
-    tl.store(out + 3 * C * L + (L - 1 - col), vt, mask=mask_t)  # k = 3
-
-
-@triton.jit
-def _cross_scan_v2_kernel(
-    x_ptr, xs_ptr,
     H, W, C, L,  # L = H * W passed on its own so Triton specialises L % 16 == 0 (aligned vector stores)
     sxb, sxh, sxw, sxc,  # x strides in elements for (b, h, w, c), whatever the memory layout
     BC: tl.constexpr, BP: tl.constexpr,
 ):
-    # v2: one program = (image b, direction pair: rows k=0/2 or columns k=1/3, chunk of BP
+    # One program = (image b, direction pair: rows k=0/2 or columns k=1/3, chunk of BP
     # consecutive sequence positions, BC channels). Every load is a [BP, BC] tile (C fastest:
     # unit stride for channels-last), every store a [BC, BP] tile at ascending addresses (L
     # fastest); tl.trans between them is the one shared-memory layout conversion. Direction k
     # stores positions q0 .. q0+BP-1; direction k+2 stores L-q0-BP .. L-q0-1 of the reversed
     # sequence, whose sources are the same BP map positions in reverse order (re-read from
     # L1/L2, not HBM). No store has descending addresses: Triton's axis analysis sees those as
-    # non-contiguous -> scalar, uncoalesced stores (the v1 problem).
+    # non-contiguous -> scalar, uncoalesced stores (what made the first version 0.8x torch).
     pid = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     n_cb = (C + BC - 1) // BC
@@ -206,7 +166,6 @@ def _cross_merge_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
-SCAN_VERSION = 2  # cross_scan kernel used by default; v1 stays until v2 is measured against it on a GPU
 
 
 def _default_tiles(C: int, H: int, W: int, elem_bytes: int):
@@ -245,15 +204,13 @@ def _map_dims(t: torch.Tensor, channels_last: bool):
     return b, h, w, c
 
 
-def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None, version: int | None = None
-                      ) -> torch.Tensor:
+def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None) -> torch.Tensor:
     """Launch the cross-scan kernel (no autograd).
 
     Args:
         x: (B, H, W, C) if channels_last else (B, C, H, W); fp16 / bf16 / fp32 / fp64, any strides.
-        tiles: optional (BC, BH, BW, num_warps) override (benchmark sweeps); v2 uses BH * BW as its
-            chunk of sequence positions.
-        version: 1 (position tiles, four permuted stores) or 2 (default, `SCAN_VERSION`).
+        tiles: optional (BC, BH, BW, num_warps) override (benchmark sweeps); BH * BW is the chunk of
+            sequence positions per program.
     Returns:
         xs: (B, 4, C, H*W), x.dtype, contiguous.
     """
@@ -267,16 +224,10 @@ def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None, v
     if xs.numel() == 0:
         return xs
     assert 4 * c * L < 2**31, "per-image offsets are int32"
-    if (version or SCAN_VERSION) == 2:
-        BC, BP, nw = _scan_tiles(c, L, tiles)
-        grid = (triton.cdiv(c, BC) * 2 * triton.cdiv(L, BP), b)
-        _kernel_for(_cross_scan_v2_kernel, x.device)[grid](
-            x, xs, h, w, c, L, *_map_strides(x, channels_last), BC=BC, BP=BP, num_warps=nw)
-        return xs
-    BC, BH, BW, nw = tiles or _default_tiles(c, h, w, x.element_size())
-    grid = (triton.cdiv(h, BH) * triton.cdiv(w, BW), triton.cdiv(c, BC), b)
+    BC, BP, nw = _scan_tiles(c, L, tiles)
+    grid = (triton.cdiv(c, BC) * 2 * triton.cdiv(L, BP), b)
     _kernel_for(_cross_scan_kernel, x.device)[grid](
-        x, xs, h, w, c, *_map_strides(x, channels_last), BC=BC, BH=BH, BW=BW, num_warps=nw)
+        x, xs, h, w, c, L, *_map_strides(x, channels_last), BC=BC, BP=BP, num_warps=nw)
     return xs
 
 

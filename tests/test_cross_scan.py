@@ -79,19 +79,6 @@ def test_cross_scan_forward_backward(triton_cpu, shape, channels_last, dtype):
 @interp
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_cross_scan_v1_kernel(triton_cpu, shape, channels_last):
-    """The previous cross-scan kernel (kept for same-run comparisons) writes the same copies."""
-    from vmbench.kernels import _cross_scan_triton as xst
-    from vmbench.kernels import cross_scan_ref
-
-    x = make_map(*shape, channels_last, torch.float16)
-    xs = xst.cross_scan_launch(x, channels_last, version=1)
-    assert torch.equal(xs, cross_scan_ref(x, channels_last))
-
-
-@interp
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_merge_forward_backward(triton_cpu, shape, channels_last, dtype):
     from vmbench.kernels import cross_merge, cross_merge_ref, cross_scan_ref
