@@ -99,6 +99,32 @@ def test_unusable_db_paths_are_user_errors(tmp_path, case):
         Store(str(target))
 
 
+def test_not_sqlite_message(tmp_path):
+    target = tmp_path / "notes.db"
+    target.write_text("hello, not a database at all")
+    with pytest.raises(StoreError, match="is not a SQLite database"):
+        Store(str(target))
+
+
+def test_opening_never_reads_the_file_itself(tmp_path, monkeypatch):
+    """SQLite's locks are POSIX locks, which a process loses when it closes *any* descriptor of the file:
+    a header check with open()/close() would drop the locks of this process's other connections (and let
+    another process delete the WAL under them). Opening a Store leaves the file to SQLite."""
+    import builtins
+
+    db = tmp_path / "x.db"
+    Store(str(db)).close()
+    real_open = builtins.open
+
+    def guarded(file, *a, **k):
+        assert os.fspath(file) != str(db), "the database file was opened outside SQLite"
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    Store(str(db)).close()
+    Store(str(db), create=False).close()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_directory(tmp_path):
     d = tmp_path / "ro"

@@ -47,10 +47,8 @@ def _check_sqlite_path(path: Path, create: bool) -> None:
             raise StoreError(f"cannot read database {path}: permission denied")
         if create and not os.access(path, os.W_OK):
             raise StoreError(f"cannot write database {path}: permission denied")
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if head and head != b"SQLite format 3\x00":
-            raise StoreError(f"{path} is not a SQLite database")
+        # Not a database is reported by SQLite itself (make_engine): opening and closing the file here
+        # would drop the POSIX locks of any connection this process already has on it.
         return
     if not create:
         raise StoreError(f"no database at {path} (runs are recorded there by `vmbench run` / `vmbench bench`)")
@@ -82,10 +80,11 @@ def make_engine(target: str, create: bool = True) -> sa.Engine:
             with engine.connect() as conn:
                 if not sa.inspect(conn).has_table("runs"):
                     raise StoreError(f"{target} holds no vmbench runs table")
-    except sa.exc.OperationalError as e:
-        engine.dispose()
-        raise StoreError(f"cannot use database {target}: {e.orig}") from None
     except sa.exc.DatabaseError as e:
         engine.dispose()
+        if "not a database" in str(e.orig):
+            raise StoreError(f"{target} is not a SQLite database") from None
+        if isinstance(e, sa.exc.OperationalError):
+            raise StoreError(f"cannot use database {target}: {e.orig}") from None
         raise StoreError(f"{target} is not a usable database: {e.orig}") from None
     return engine
