@@ -90,7 +90,8 @@ def main() -> None:
               help="Override one recipe key (repeatable); VALUE is a TOML literal, e.g. --set optimizer='sgd' "
                    "--set ema=true. Explicit flags override --set.")
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the recipe's).")
-@click.option("--batch-size", type=int, default=None, help="Batch size per step (default: the recipe's).")
+@click.option("--batch-size", type=int, default=None,
+              help="Batch size per step, per process with --gpus (default: the recipe's).")
 @click.option("--lr", type=float, default=None,
               help="Peak learning rate (default: the recipe's; scaled by the batch when it sets lr_base_batch).")
 @click.option("--img-size", type=int, default=None, help="Input resolution (default: the recipe's, else the dataset's).")
@@ -130,15 +131,20 @@ def main() -> None:
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
 @click.option("--deterministic", is_flag=True,
               help="Deterministic algorithms only (slower); a resumed run then matches an uninterrupted one.")
+@click.option("--gpus", type=int, default=1, show_default=True, metavar="N",
+              help="Data-parallel processes launched through torchrun (DDP), one per GPU; --batch-size is per "
+                   "process and lr_base_batch scaling uses the total batch. With --device cpu: N gloo processes "
+                   "on the CPU (for testing).")
 @db_option
 @json_option
 def run(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend, data_root,
         workers, weights, init, pretrained, trust_checkpoint, compile_, channels_last, tensorboard, skip_bad_images,
-        max_train_batches, max_val_batches, tags, deterministic, db, as_json):
+        max_train_batches, max_val_batches, tags, deterministic, gpus, db, as_json):
     """Train MODEL on DATASET with a recipe, evaluate it, benchmark it; record everything.
 
     The first Ctrl-C or SIGTERM stops after the current optimizer step, saves a checkpoint (when the run keeps
     them) and records the run as interrupted, to go on with `vmbench resume RUN_ID`; a second one stops at once.
+    With --gpus N all N processes stop after the same step.
     """
     from .config import build_run_spec, parse_set
     from .scheduler.local import execute_run
@@ -151,7 +157,7 @@ def run(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, 
             data_root=data_root, num_workers=workers, weights=weights, init=init, pretrained=pretrained,
             trust_checkpoint=trust_checkpoint, tensorboard=tensorboard, skip_bad_images=skip_bad_images,
             max_train_batches=max_train_batches,
-            max_val_batches=max_val_batches, tags=list(tags), deterministic=deterministic)
+            max_val_batches=max_val_batches, tags=list(tags), deterministic=deterministic, world_size=gpus)
         run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True, recipe=resolved)
     if as_json:
         _json_out({"id": run_id, "status": "completed", **results})

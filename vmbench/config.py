@@ -75,12 +75,15 @@ class RunSpec:
     channels_last: bool = False  # model and input batches in channels_last memory format
     tensorboard: str | None = None  # folder for TensorBoard event files (one subfolder per run)
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping the run
+    # Data-parallel processes (`--gpus`): one per GPU, or gloo processes on the CPU. batch_size is per process;
+    # the total batch (batch_size * accum_steps * world_size) is what lr_base_batch scales by.
+    world_size: int = 1
     # -- optimizer / schedule (defaults: the smoke behaviour, AdamW + per-step cosine) --
     optimizer: str = "adamw"  # adamw | sgd (timm create_optimizer_v2)
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
-    lr_base_batch: int | None = None  # linear scaling: lr * batch_size * accum_steps / lr_base_batch
+    lr_base_batch: int | None = None  # linear scaling: lr * batch_size * accum_steps * world_size / lr_base_batch
     scheduler: str = "cosine"  # cosine (per optimizer step) | step (per epoch)
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
     warmup_lr_ratio: float = 0.001  # warm-up start, as a fraction of the peak lr
@@ -119,6 +122,8 @@ class RunSpec:
         _positive("max_val_batches", self.max_val_batches)
         _positive("bench_batch", self.bench_batch)
         _positive("clip_grad", self.clip_grad)
+        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+            raise ValueError(f"--gpus (world_size) must be a whole number >= 1, got {self.world_size}")
         _choice("device", self.device, DEVICES)
         _choice("scan_backend", self.scan_backend, SCAN_BACKENDS)
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -148,6 +153,11 @@ class RunSpec:
             raise ValueError(f"weights file not found: {self.weights}")
         if self.init is not None and not Path(self.init).is_file():
             raise ValueError(f"--init file not found: {self.init}")
+
+    @property
+    def total_batch(self) -> int:
+        """Images per optimizer step over all processes."""
+        return self.batch_size * self.accum_steps * self.world_size
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

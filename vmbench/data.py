@@ -1110,12 +1110,20 @@ def _worker_init(worker_id: int) -> None:
 
 def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = None, seed: int = 0,
                   num_workers: int = 0, model_cfg: dict | None = None, train_size: int | None = None,
-                  aug: Augment = Augment(), skip_bad_images: bool = False) -> tuple[DataLoader, DataLoader]:
+                  aug: Augment = Augment(), skip_bad_images: bool = False, rank: int = 0, world_size: int = 1,
+                  val_size: int | None = None) -> tuple[DataLoader, DataLoader]:
     """(train_loader, val_loader) of (images (B, 3, S, S) float32, labels (B,) int64) batches.
 
     Train shuffles with a generator seeded by `seed` and drops the last partial batch (when there is more than
-    one batch); val keeps order. `train_size` takes a prefix of the train split (e.g. a small subset to overfit).
-    Evaluation preprocessing follows `model_cfg` (see eval_transform_info, which returns it).
+    one batch); val keeps order. `train_size` takes a prefix of the train split (e.g. a small subset to overfit),
+    `val_size` a prefix of the val split. Evaluation preprocessing follows `model_cfg` (see eval_transform_info,
+    which returns it).
+
+    Data-parallel (`world_size` > 1, this process being `rank`): the train loader's sampler is a
+    DistributedSampler giving this rank its share of each epoch's permutation (seeded by `seed`; call
+    `train_loader.sampler.set_epoch(epoch)` before each epoch; the < world_size samples that do not divide
+    evenly are left out of that epoch); the val loader holds images rank, rank + world_size, … of the val split,
+    so the ranks together evaluate every image exactly once (sum their counts to get the full-set metrics).
 
     skip_bad_images=False: an unreadable image stops the run with a DataError naming the file.
     skip_bad_images=True (image datasets): both loaders' datasets are SkipBadImages — training replaces an
@@ -1124,20 +1132,34 @@ def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = Non
     """
     import torch
     from torch.utils.data import DataLoader, Subset
+    from torch.utils.data.distributed import DistributedSampler
 
+    assert 0 <= rank < world_size, (rank, world_size)
     train, val = build_datasets(info, img_size, model_cfg, seed, aug)
     if train_size is not None:
         train = Subset(train, range(min(train_size, len(train))))
+    if val_size is not None and val_size < len(val):
+        val = Subset(val, range(val_size))
+    if world_size > 1:
+        val = Subset(val, range(rank, len(val), world_size))  # strided: no image twice, none left out
     val_collate = None
     if skip_bad_images and info.kind not in _GENERATED:
         size = int(img_size or info.img_size)
         train, val = SkipBadImages(train, "replace"), SkipBadImages(val, "drop")
         val_collate = _CollateGood((3, size, size))
-    gen = torch.Generator().manual_seed(int(seed))
+    # Shuffles a single process's epochs; seeds the loader's worker processes (their augmentation draws), which
+    # differ between ranks.
+    gen = torch.Generator().manual_seed(int(seed) + rank)
     common = dict(num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
                   persistent_workers=False, pin_memory=torch.cuda.is_available())
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
-                              drop_last=len(train) > batch_size, **common)
+    if world_size > 1:
+        sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed),
+                                     drop_last=True)
+        train_loader = DataLoader(train, batch_size=batch_size, sampler=sampler, generator=gen,
+                                  drop_last=len(sampler) > batch_size, **common)
+    else:
+        train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
+                                  drop_last=len(train) > batch_size, **common)
     val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=val_collate,
                             **common)
     return train_loader, val_loader

@@ -7,7 +7,8 @@
 
 Recipe (RunSpec fields): AdamW or SGD (timm's optimizer factory) with no weight decay on 1-d parameters,
 biases and parameters flagged `_no_weight_decay` (VMamba's A_logs and Ds) or named by `model.no_weight_decay()`;
-peak lr scaled linearly by the total batch (batch_size * accum_steps) over `lr_base_batch` when that is set;
+peak lr scaled linearly by the total batch (batch_size * accum_steps * world_size) over `lr_base_batch` when
+that is set;
 cosine learning rate updated every optimizer step (timm CosineLRScheduler) or step decay per epoch (timm
 StepLRScheduler), both after an optional linear warm-up; cross-entropy with label smoothing, or soft-target
 cross-entropy under mixup/cutmix (timm Mixup); gradient accumulation over `accum_steps` micro-batches;
@@ -32,9 +33,21 @@ Checkpoints: with `spec.checkpoint_dir` set, every finished epoch (and a gracefu
 and every RNG state (Python, NumPy, torch CPU/CUDA, the train loader's shuffle generator), so `epochs()` goes on
 with the next epoch, or inside the stopped one; with `spec.deterministic` (and no loader workers) an
 interrupted-then-resumed CPU run ends with exactly the metrics of an uninterrupted one.
+
+Data-parallel (`Trainer(spec, dist=Distributed(...))`, one process per rank, torch.distributed initialised by the
+caller, `spec.world_size` processes): `spec.batch_size` is per process; the model runs wrapped in
+DistributedDataParallel (after channels_last, inside torch.compile), with no gradient all-reduce on the
+micro-batches before an accumulation step's last; `Trainer.model` stays the plain module (state dicts, EMA,
+checkpoints, final benchmark and FLOPs). Each rank trains on its DistributedSampler share of the epoch and
+evaluates every world_size-th validation image; the sums (losses, correct counts, images) are all-reduced, so
+every rank yields the same full-set metrics, with train_img_s over all ranks. `should_stop` must give the same
+answer on every rank (vmbench.scheduler.distributed all-reduces it). Checkpoints hold rank 0's model and every
+rank's RNG states and epoch progress, and are written by rank 0 only; `finish()` returns the result on rank 0
+and {} on the others, which measure nothing after training.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -50,19 +63,19 @@ from . import SpecError
 from .bench import PeakMemory, measure_throughput, model_cost, resolve_device, resolve_scan_backend
 from .evaluate import evaluate
 
-__all__ = ["Trainer", "DivergedError", "TrainingStopped", "param_groups", "train_one_epoch", "seed_everything",
-           "set_deterministic", "EPOCH_KEYS", "RESULT_KEYS"]
+__all__ = ["Trainer", "Distributed", "DivergedError", "TrainingStopped", "param_groups", "train_one_epoch",
+           "seed_everything", "set_deterministic", "check_resume_state", "EPOCH_KEYS", "RESULT_KEYS"]
 
 Progress = Callable[[str, int, int], None]
 
-EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr", "epoch_time_s",
-              "train_img_s", "peak_mem_mb")
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "val_images", "lr",
+              "epoch_time_s", "train_img_s", "peak_mem_mb")
 EMA_EPOCH_KEYS = ("ema_val_top1", "ema_val_top5", "ema_val_loss")  # added when the run keeps an EMA
 EMA_RESULT_KEYS = ("ema_top1", "ema_top5")
 RESULT_KEYS = ("top1", "top5", "val_loss", "train_loss", "train_time_s", "params_m", "gflops", "flops_uncovered",
                "flops_error", "img_s", "latency_ms", "bench_batch", "peak_mem_mb", "peak_mem_source",
                "scan_backend", "device", "gpu_name", "amp", "img_size", "num_classes", "epochs_done", "model",
-               "dataset", "lr_peak", "compile", "channels_last")
+               "dataset", "lr_peak", "compile", "channels_last", "world_size", "total_batch")
 
 # What a run records about its starting weights file (the other init_* keys report what loaded of it).
 _INIT_INFO_KEYS = ("init_mode", "init_path", "init_sha256", "init_format", "init_entry", "init_tag")
@@ -103,6 +116,91 @@ def set_deterministic() -> None:
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+    """This process's place in a data-parallel run whose default process group the caller has initialised
+    (torch.distributed.init_process_group: gloo on the CPU, nccl with one GPU per rank). `device` is this rank's
+    device (cpu, or cuda:LOCAL_RANK). Every method is a collective: all ranks call it, in the same order."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def __post_init__(self):
+        assert 0 <= self.rank < self.world_size, (self.rank, self.world_size)
+
+    def _reduce(self, values, op) -> list[float]:
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def sum(self, values) -> list[float]:
+        """Element-wise sum over the ranks (float64: counts up to 2**53 stay exact)."""
+        import torch.distributed as dist
+
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values) -> list[float]:
+        """Element-wise maximum over the ranks."""
+        import torch.distributed as dist
+
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on at least one."""
+        return self.max([1.0 if flag else 0.0])[0] > 0.0
+
+    def broadcast_(self, tensors) -> None:
+        """Overwrite each of `tensors` (on this rank's device) with rank 0's, in place."""
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj` (picklable), in rank order, on every rank."""
+        import torch.distributed as dist
+
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def eval_sums(ev: dict) -> list[float]:
+    """[top-1 hits, top-5 hits, loss sum, images] behind an `evaluate()` result (the counts are exact: they are
+    recovered from percentages of at most a few million images)."""
+    n = int(ev["images"])
+    if n == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(round(ev["top1"] * n / 100.0)), float(round(ev["top5"] * n / 100.0)), ev["loss"] * n, float(n)]
+
+
+def eval_from_sums(sums) -> dict:
+    """The `evaluate()` result of the summed [top-1 hits, top-5 hits, loss sum, images] of several shards."""
+    c1, c5, loss_sum, n = sums
+    n = int(round(n))
+    if n == 0:
+        return dict(top1=float("nan"), top5=float("nan"), loss=float("nan"), images=0)
+    return dict(top1=100.0 * c1 / n, top5=100.0 * c5 / n, loss=loss_sum / n, images=n)
+
+
+def check_resume_state(state: dict, path, model_name: str, epochs: int, world_size: int) -> None:
+    """CheckpointError (one line) when a checkpoint written by save_checkpoint cannot continue this run: another
+    model, more epochs done than the run has, or another number of data-parallel processes."""
+    from vmbench.checkpoint import CheckpointError
+
+    if state.get("model_name") != model_name:
+        raise CheckpointError(f"checkpoint {path} is for model {state.get('model_name')!r}, not {model_name!r}")
+    if not 0 <= int(state["epochs_done"]) + (state.get("partial_epoch") is not None) <= epochs:
+        raise CheckpointError(f"checkpoint {path} has {state['epochs_done']} epochs done; the run has {epochs}")
+    written_by = int(state.get("world_size") or 1)
+    if written_by != world_size:
+        raise CheckpointError(f"checkpoint {path} was written by a run of {written_by} process(es); it continues "
+                              f"with the same number (--gpus {written_by}), not {world_size}")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -160,13 +258,15 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
                     clip_grad: float | None = None, progress: Progress | None = None, task: str = "train",
                     epoch: int = 1, accum_steps: int = 1, amp_dtype: str = "bf16", scaler=None, mixup=None,
                     ema=None, channels_last: bool = False, should_stop: Callable[[], bool] | None = None,
-                    resume: dict | None = None) -> dict:
+                    resume: dict | None = None, ddp=None) -> dict:
     """One pass over `loader` (at most `max_batches` batches). The optimizer steps once every `accum_steps`
     micro-batches (and after the last one); the scheduler, when given, gets `step_update(num_updates)` and the
     EMA `update(model, step=num_updates)` after every optimizer step; `clip_grad` caps the global gradient norm.
     `mixup` (timm Mixup) mixes each batch and switches the loss to soft-target cross-entropy; `scaler`
     (torch.amp.GradScaler) scales the loss for fp16 autocast. Train accuracy is against the unmixed labels.
-    `channels_last` puts each input batch in channels_last memory format.
+    `channels_last` puts each input batch in channels_last memory format. `ddp`: the DistributedDataParallel
+    module inside `model` (None when not data-parallel); micro-batches before an optimizer step's last run under
+    its `no_sync()`, so gradients are all-reduced once per step.
 
     `should_stop()` is polled after every optimizer step; once it returns True the pass ends there (`stopped`).
     `resume` (the `partial` of an earlier stopped pass, e.g. from a checkpoint) continues that pass: its first
@@ -205,17 +305,18 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
         if mixup is not None:
             images, targets = mixup(images, labels)  # targets: (B, num_classes) soft labels
         lr = optimizer.param_groups[-1]["lr"]
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp):
-            logits = model(images)
-        if mixup is not None:
-            loss = soft_ce(logits.float(), targets)
-        else:
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i + 1}")
-        scaled = loss / accum_steps
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
         stepped = (i + 1) % accum_steps == 0 or i + 1 == total
+        with ddp.no_sync() if ddp is not None and not stepped else contextlib.nullcontext():
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp):
+                logits = model(images)
+            if mixup is not None:
+                loss = soft_ce(logits.float(), targets)
+            else:
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i + 1}")
+            scaled = loss / accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if stepped:
             if scaler is not None:
                 if clip_grad is not None:
@@ -257,18 +358,27 @@ class Trainer:
     `__init__` checks everything a user can get wrong and raises a ValueError subclass
     (UnknownModelError, DataError, SpecError) before any model is built or data is read; `--pretrained` weights
     missing from the local cache are such a mistake too. `should_stop` (a callable, None by default) asks for a
-    graceful stop; see the module docstring.
+    graceful stop; see the module docstring. `dist`: this process's rank in a data-parallel run of
+    `spec.world_size` processes (None: a single process); see the module docstring.
     """
 
-    def __init__(self, spec, progress: Progress | None = None):
+    def __init__(self, spec, progress: Progress | None = None, dist: Distributed | None = None):
         from vmbench.data import Augment, check_augment, get_dataset_info
         from vmbench.models import resolve_model_name
 
         self.spec = spec
         self.progress = progress
+        self.dist = dist
+        self.world_size = int(getattr(spec, "world_size", 1))
+        assert dist is None or dist.world_size == self.world_size, (dist, self.world_size)
+        self.rank = dist.rank if dist is not None else 0
+        self.is_main = self.rank == 0  # writes checkpoints; measures after training
         self.model_name = resolve_model_name(spec.model)
         self.dataset = get_dataset_info(spec.dataset, spec.data_root)
         self.device = resolve_device(spec.device)
+        if dist is not None:
+            assert dist.device.type == self.device.type, (dist.device, self.device)
+            self.device = dist.device
         self.scan_backend = resolve_scan_backend(spec.scan_backend, self.device)
         self.img_size = int(spec.img_size or self.dataset.img_size)
         self.amp = bool(spec.amp) and self.device.type == "cuda"
@@ -285,7 +395,8 @@ class Trainer:
         if self.use_mixup and spec.batch_size % 2:
             raise SpecError(f"mixup/cutmix need an even batch_size, got {spec.batch_size}")
         base = getattr(spec, "lr_base_batch", None)
-        self.lr = spec.lr * spec.batch_size * self.accum_steps / base if base else spec.lr
+        self.total_batch = spec.batch_size * self.accum_steps * self.world_size  # images per optimizer step
+        self.lr = spec.lr * self.total_batch / base if base else spec.lr
         self.compile = bool(getattr(spec, "compile", False))
         self.channels_last = bool(getattr(spec, "channels_last", False))
         self.init_mode: str | None = None  # "strict" (spec.weights) | "finetune" (spec.init / spec.pretrained)
@@ -305,7 +416,10 @@ class Trainer:
         self.init_report: dict[str, Any] | None = None  # init_loaded, init_missing, … (after setup)
         self.should_stop: Callable[[], bool] | None = None
         self.model: torch.nn.Module | None = None  # the module itself (state dicts, EMA, checkpoints)
-        self.run_model: torch.nn.Module | None = None  # what runs: the module, or its torch.compile wrapper
+        self.run_model: torch.nn.Module | None = None  # what trains: the module, or its DDP / torch.compile wrapper
+        self.eval_model: torch.nn.Module | None = None  # what evaluates and is benchmarked (never DDP)
+        self.ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper (data-parallel runs)
+        self.train_sampler = None  # the DistributedSampler (data-parallel runs): set_epoch before each epoch
         self._partial: dict | None = None  # progress inside the next epoch, from a mid-epoch checkpoint
         self._epoch_loader_state: torch.Tensor | None = None  # shuffle generator at the current epoch's start
         self.history: list[dict] = []
@@ -359,6 +473,7 @@ class Trainer:
         from vmbench.models import create_model
 
         spec = self.spec
+        assert self.dist is not None or self.world_size == 1, "a data-parallel spec trains only as one of its ranks"
         if getattr(spec, "deterministic", False):
             set_deterministic()
         seed_everything(spec.seed)
@@ -369,11 +484,32 @@ class Trainer:
         self.model = model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.run_model = torch.compile(self.model) if self.compile else self.model
+        if self.dist is None:
+            self.run_model = torch.compile(self.model) if self.compile else self.model
+            self.eval_model = self.run_model
+        else:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP broadcasts rank 0's parameters and buffers: every rank starts from the same weights.
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.run_model = torch.compile(self.ddp) if self.compile else self.ddp
+            # Evaluation runs each rank's shard through the plain module: no DDP collectives, whose count would
+            # have to match across ranks with unequal shards.
+            self.eval_model = torch.compile(self.model) if self.compile else self.model
+            if self.rank:  # dropout, drop-path, mixup and augmentation draws differ between ranks
+                seed_everything(spec.seed + self.rank)
         model_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+        # The validation cap is a prefix of the val split, so that any number of ranks evaluates the same images.
+        val_size = spec.max_val_batches * spec.batch_size if spec.max_val_batches is not None else None
         self.train_loader, self.val_loader = build_loaders(
             self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=spec.num_workers,
-            model_cfg=model_cfg, aug=self.augment, skip_bad_images=spec.skip_bad_images)
+            model_cfg=model_cfg, aug=self.augment, skip_bad_images=spec.skip_bad_images, rank=self.rank,
+            world_size=self.world_size, val_size=val_size)
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = getattr(self.train_loader, "sampler", None)
+        self.train_sampler = sampler if isinstance(sampler, DistributedSampler) else None
         self.eval_transform = eval_transform_info(self.dataset, self.img_size, model_cfg, self.augment)
         batches = len(self.train_loader)
         if spec.max_train_batches is not None:
@@ -415,8 +551,9 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------------------
     def epochs(self) -> Iterator[dict]:
-        """Train the remaining epochs; yield {epoch, train_loss, train_acc, val_top1, val_top5, val_loss, lr,
-        epoch_time_s, train_img_s, peak_mem_mb} after each one (accuracies in percent)."""
+        """Train the remaining epochs; yield {epoch, train_loss, train_acc, val_top1, val_top5, val_loss,
+        val_images, lr, epoch_time_s, train_img_s, peak_mem_mb} after each one (accuracies in percent; over all
+        ranks of a data-parallel run)."""
         self.setup()
         spec = self.spec
         generator = getattr(self.train_loader, "generator", None)
@@ -426,6 +563,8 @@ class Trainer:
             if partial is None:
                 self._check_stop(f"before epoch {e}")  # the previous epoch's checkpoint is the current state
             self._epoch_loader_state = generator.get_state() if generator is not None else None
+            if self.train_sampler is not None:
+                self.train_sampler.set_epoch(e)  # this epoch's permutation: the same on every rank, and on resume
             t0 = time.perf_counter() - (partial["epoch_time_s"] if partial else 0.0)
             with PeakMemory(self.device) as pm:
                 tr = train_one_epoch(
@@ -435,29 +574,36 @@ class Trainer:
                     max_batches=spec.max_train_batches, clip_grad=spec.clip_grad, progress=self.progress,
                     task=f"epoch {e}/{spec.epochs} train", epoch=e, accum_steps=self.accum_steps,
                     amp_dtype=self.amp_dtype, scaler=self.scaler, mixup=self.mixup, ema=self.ema,
-                    channels_last=self.channels_last, should_stop=self.should_stop, resume=partial)
+                    channels_last=self.channels_last, should_stop=self.should_stop, resume=partial, ddp=self.ddp)
                 self._step += tr["steps"]
                 if tr["stopped"]:
                     self._stop_inside_epoch(e, {**tr["partial"], "epoch_time_s": time.perf_counter() - t0})
                 if not self._per_step:
                     self.scheduler.step(e)  # lr for the next epoch
-                ev = evaluate(self.run_model, self.val_loader, self.device, self.amp,
-                              max_batches=spec.max_val_batches, progress=self.progress,
-                              task=f"epoch {e}/{spec.epochs} eval", channels_last=self.channels_last)
+                self._sync_buffers()
+                ev = self._evaluate(self.eval_model, f"epoch {e}/{spec.epochs} eval")
                 ema_ev = None
                 if self.ema is not None:
-                    ema_ev = evaluate(self.ema.module, self.val_loader, self.device, self.amp,
-                                      max_batches=spec.max_val_batches, progress=self.progress,
-                                      task=f"epoch {e}/{spec.epochs} eval EMA", channels_last=self.channels_last)
+                    ema_ev = self._evaluate(self.ema.module, f"epoch {e}/{spec.epochs} eval EMA")
             dt = time.perf_counter() - t0
+            peak_mb = pm.mb
+            if self.dist is not None:  # one run's numbers: sums over the ranks, the slowest rank's times
+                p = tr["partial"]
+                loss_sum, correct, images = self.dist.sum([p["loss_sum"], p["correct"], p["images"]])
+                tr = {**tr, "train_loss": loss_sum / max(images, 1), "train_acc": 100.0 * correct / max(images, 1),
+                      "images": int(images)}
+                tr["train_time_s"], dt, peak = self.dist.max([tr["train_time_s"], dt,
+                                                              peak_mb if peak_mb is not None else -1.0])
+                peak_mb = peak if peak >= 0 else None
             self.epochs_done = e
             self.train_time_s += dt
-            if pm.mb is not None and (self._peak_mem[0] is None or pm.mb > self._peak_mem[0]):
-                self._peak_mem = (pm.mb, pm.source)
+            if peak_mb is not None and (self._peak_mem[0] is None or peak_mb > self._peak_mem[0]):
+                self._peak_mem = (peak_mb, pm.source)
             metrics = dict(epoch=e, train_loss=tr["train_loss"], train_acc=tr["train_acc"], val_top1=ev["top1"],
-                           val_top5=ev["top5"], val_loss=ev["loss"], lr=tr["lr"], epoch_time_s=dt,
+                           val_top5=ev["top5"], val_loss=ev["loss"], val_images=ev["images"], lr=tr["lr"],
+                           epoch_time_s=dt,
                            train_img_s=tr["images"] / tr["train_time_s"] if tr["train_time_s"] > 0 else None,
-                           peak_mem_mb=pm.mb)
+                           peak_mem_mb=peak_mb)
             if ema_ev is not None:
                 metrics.update(ema_val_top1=ema_ev["top1"], ema_val_top5=ema_ev["top5"], ema_val_loss=ema_ev["loss"])
             self.history.append(metrics)
@@ -467,6 +613,23 @@ class Trainer:
             if getattr(spec, "checkpoint_dir", None):
                 self.save_checkpoint(spec.checkpoint_dir, best=improved)
             yield metrics
+
+    def _sync_buffers(self) -> None:
+        """Data-parallel: rank 0's buffers (BatchNorm statistics) on every rank, the EMA's too. Each rank's last
+        forward updated its own; the ranks then evaluate exactly the model rank 0 checkpoints."""
+        if self.dist is None:
+            return
+        self.dist.broadcast_(self.model.buffers())
+        if self.ema is not None:
+            self.dist.broadcast_(self.ema.module.buffers())
+
+    def _evaluate(self, model: torch.nn.Module, task: str) -> dict:
+        """evaluate() of `model` on the validation loader; over all ranks' shards in a data-parallel run."""
+        ev = evaluate(model, self.val_loader, self.device, self.amp, max_batches=self.spec.max_val_batches,
+                      progress=self.progress, task=task, channels_last=self.channels_last)
+        if self.dist is None:
+            return ev
+        return eval_from_sums(self.dist.sum(eval_sums(ev)))
 
     # -- graceful stop ---------------------------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
@@ -478,7 +641,7 @@ class Trainer:
             return
         folder = getattr(self.spec, "checkpoint_dir", None)
         last = None
-        if folder:
+        if folder and self.is_main:  # the other ranks' message is not shown
             from vmbench.checkpoint import latest_good
 
             found = latest_good(folder)
@@ -501,15 +664,22 @@ class Trainer:
         raise TrainingStopped(self._step, f"epoch {epoch}, batch {partial['batches']}/{total}", path)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def checkpoint_state(self, partial: dict | None = None) -> dict:
-        """Everything resume_from needs, as weights_only-loadable values. `partial`: the progress of an epoch
-        stopped inside (train_one_epoch's `partial` plus `epoch_time_s`); the shuffle generator is then saved as
-        it was at that epoch's start, so that a resume draws the same order and skips the batches done."""
+    def _rank_state(self, partial: dict | None) -> dict:
+        """This rank's own part of a checkpoint: its RNG states and its progress inside a stopped epoch."""
         from vmbench.checkpoint import rng_state
 
         rng = rng_state(getattr(self.train_loader, "generator", None))
         if partial is not None:
             rng["loader"] = self._epoch_loader_state
+        return dict(rng=rng, partial_epoch=dict(partial) if partial is not None else None)
+
+    def checkpoint_state(self, partial: dict | None = None, ranks: list[dict] | None = None) -> dict:
+        """Everything resume_from needs, as weights_only-loadable values. `partial`: the progress of an epoch
+        stopped inside (train_one_epoch's `partial` plus `epoch_time_s`); the shuffle generator is then saved as
+        it was at that epoch's start, so that a resume draws the same order and skips the batches done.
+        `ranks`: every rank's _rank_state in a data-parallel run (rank 0's is also the top-level rng and
+        partial_epoch)."""
+        mine = ranks[self.rank] if ranks is not None else self._rank_state(partial)
         return dict(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
@@ -519,32 +689,31 @@ class Trainer:
             best_top1=self.best_top1, train_time_s=self.train_time_s, peak_mem=list(self._peak_mem),
             model_name=self.model_name, dataset=self.dataset.name, num_classes=self.dataset.num_classes,
             img_size=self.img_size, val_resize=getattr(self.spec, "val_resize", None),
-            partial_epoch=dict(partial) if partial is not None else None, rng=rng,
+            partial_epoch=mine["partial_epoch"], rng=mine["rng"], world_size=self.world_size, ranks=ranks,
             init={**(self.init_info or {}), **(self.init_report or {})} or None)
 
     def save_checkpoint(self, folder, best: bool = False, partial: dict | None = None) -> None:
         """`last.pt` in `folder` (previous kept as `last.prev.pt`), and `best.pt` too when `best`. `partial`: see
-        checkpoint_state."""
+        checkpoint_state. Data-parallel: called on every rank (it gathers their states); rank 0 writes."""
         from vmbench.checkpoint import BEST, LAST, save_checkpoint
 
-        state = self.checkpoint_state(partial)
+        ranks = self.dist.gather(self._rank_state(partial)) if self.dist is not None else None
+        if not self.is_main:
+            return
+        state = self.checkpoint_state(partial, ranks)
         save_checkpoint(Path(folder) / LAST, state, keep_prev=True)
         if best:
             save_checkpoint(Path(folder) / BEST, state)
 
     def resume_from(self, path) -> None:
-        """Restore a checkpoint written by save_checkpoint; epochs() then continues with the next epoch.
-        Raises CheckpointError (a ValueError) when the file does not load or does not fit this run."""
+        """Restore a checkpoint written by save_checkpoint; epochs() then continues with the next epoch (each rank
+        of a data-parallel run with its own RNG states and progress). Raises CheckpointError (a ValueError) when
+        the file does not load or does not fit this run (check_resume_state)."""
         from vmbench.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 
         self.setup()
         state = load_checkpoint(path)
-        if state.get("model_name") != self.model_name:
-            raise CheckpointError(f"checkpoint {path} is for model {state.get('model_name')!r}, "
-                                  f"not {self.model_name!r}")
-        if not 0 <= int(state["epochs_done"]) + (state.get("partial_epoch") is not None) <= self.spec.epochs:
-            raise CheckpointError(f"checkpoint {path} has {state['epochs_done']} epochs done; the run has "
-                                  f"{self.spec.epochs}")
+        check_resume_state(state, path, self.model_name, self.spec.epochs, self.world_size)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -556,12 +725,14 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"checkpoint {path} does not fit this run: {msg}") from None
+        ranks = state.get("ranks")
+        mine = ranks[self.rank] if ranks else dict(rng=state["rng"], partial_epoch=state.get("partial_epoch"))
         self.epochs_done = int(state["epochs_done"])
         self._step = int(state["step"])
         self.history = [dict(m) for m in state["history"]]
         self.best_top1 = state.get("best_top1")
         self.train_time_s = float(state.get("train_time_s", 0.0))
-        partial = state.get("partial_epoch")
+        partial = mine["partial_epoch"]
         self._partial = dict(partial) if partial is not None else None
         if state.get("init"):  # the starting weights the run was begun with, and what loaded of them
             init = dict(state["init"])
@@ -569,31 +740,42 @@ class Trainer:
             self.init_report = {k: v for k, v in init.items() if k not in _INIT_INFO_KEYS}
         peak = state.get("peak_mem") or [None, None]
         self._peak_mem = (peak[0], peak[1])
-        set_rng_state(state["rng"], getattr(self.train_loader, "generator", None))
+        set_rng_state(mine["rng"], getattr(self.train_loader, "generator", None))
 
     # -- final result ----------------------------------------------------------------------------------------
     def finish(self) -> dict:
         """Final accuracy (last epoch's evaluation; a fresh one when no epoch ran), params, GFLOPs, inference
-        throughput at `bench_batch` on the run's device, peak training memory. Keys: RESULT_KEYS."""
+        throughput at `bench_batch` on the run's device, peak training memory. Keys: RESULT_KEYS.
+        Data-parallel: called on every rank; rank 0 alone measures speed and FLOPs and returns the result, the
+        others return {}."""
         self.setup()
         self._check_stop("before the final benchmark")
-        model = self.run_model
         if self.history:
             last = self.history[-1]
             top1, top5, val_loss, train_loss = last["val_top1"], last["val_top5"], last["val_loss"], last["train_loss"]
         else:
-            ev = evaluate(model, self.val_loader, self.device, self.amp, max_batches=self.spec.max_val_batches,
-                          progress=self.progress, task="eval", channels_last=self.channels_last)
+            self._sync_buffers()
+            ev = self._evaluate(self.eval_model, "eval")
             top1, top5, val_loss, train_loss = ev["top1"], ev["top5"], ev["loss"], None
         ema_res = {}
         if self.ema is not None:
             if self.history:
                 ema_res = dict(ema_top1=self.history[-1]["ema_val_top1"], ema_top5=self.history[-1]["ema_val_top5"])
             else:
-                ev = evaluate(self.ema.module, self.val_loader, self.device, self.amp,
-                              max_batches=self.spec.max_val_batches, progress=self.progress, task="eval EMA",
-                              channels_last=self.channels_last)
+                ev = self._evaluate(self.ema.module, "eval EMA")
                 ema_res = dict(ema_top1=ev["top1"], ema_top5=ev["top5"])
+        skipped = {}
+        if self.spec.skip_bad_images:
+            from vmbench.data import bad_image_count, bad_image_paths
+
+            if self.dist is None:
+                skipped = dict(bad_images=bad_image_count(self.train_loader, self.val_loader))
+            else:  # ranks may have met the same training image: count distinct paths
+                seen = self.dist.gather(bad_image_paths(self.train_loader, self.val_loader))
+                skipped = dict(bad_images=len(set().union(*seen)))
+        if not self.is_main:
+            return {}
+        model = self.eval_model
         bench_kw = _BENCH_CUDA if self.device.type == "cuda" else _BENCH_CPU
         speed = measure_throughput(model, self.bench_batch, self.img_size, self.device,
                                    precision="amp_bf16" if self.amp else "fp32", channels_last=self.channels_last,
@@ -602,11 +784,6 @@ class Trainer:
         cost = model_cost(self.model_name, self.dataset.num_classes, self.img_size,
                           model=self.model if reuse else None)
         peak_mb, peak_src = self._peak_mem
-        skipped = {}
-        if self.spec.skip_bad_images:
-            from vmbench.data import bad_image_count
-
-            skipped = dict(bad_images=bad_image_count(self.train_loader, self.val_loader))
         return dict(
             top1=top1, top5=top5, val_loss=val_loss, train_loss=train_loss, train_time_s=self.train_time_s,
             params_m=cost["params_m"], gflops=cost["gflops"], flops_uncovered=cost["flops_uncovered"],
@@ -616,7 +793,8 @@ class Trainer:
             gpu_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             amp=self.amp, img_size=self.img_size, num_classes=self.dataset.num_classes,
             epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name, lr_peak=self.lr,
-            compile=self.compile, channels_last=self.channels_last, eval_transform=self.eval_transform,
+            compile=self.compile, channels_last=self.channels_last, world_size=self.world_size,
+            total_batch=self.total_batch, eval_transform=self.eval_transform,
             **ema_res, **skipped, **(self.init_info or {}),
             **(self.init_report or {}),
         )

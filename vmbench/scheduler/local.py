@@ -12,6 +12,9 @@ Stopping a train run: the first SIGINT (Ctrl-C) or SIGTERM asks the trainer to s
 step; it saves a checkpoint there (when the run keeps them) and the run is recorded as interrupted, resumable
 with `vmbench resume RUN_ID`. A second signal interrupts at once (the last epoch's checkpoint stays). Bench and
 eval runs stop at the first signal.
+
+Train runs with `spec.world_size` > 1 (`--gpus N`) run in N data-parallel processes launched through torchrun:
+see vmbench.scheduler.distributed.
 """
 from __future__ import annotations
 
@@ -57,6 +60,11 @@ class StopRequest:
         self.signum: int | None = None
 
     def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for, without polling anything (safe on any way out of a run)."""
         return self.signum is not None
 
     @property
@@ -203,14 +211,16 @@ def _interrupted_message(run_id: int, exc: KeyboardInterrupt, checkpoint_dir: st
 
 
 def _train(trainer, store: Store, run_id: int, console, show_progress: bool, hook: list,
-           tensorboard: Path | None = None) -> dict:
+           tensorboard: Path | None = None, shared_stop: Callable[[StopRequest], StopRequest] | None = None) -> dict:
     """Drive the trainer's remaining epochs and finish(); metrics go to `run_id` (and to TensorBoard event files
     in `tensorboard`). The first SIGINT/SIGTERM stops the trainer gracefully (see the module docstring). Every
-    way out ends with a final status on the run (RunFailed / RunInterrupted raised)."""
+    way out ends with a final status on the run (RunFailed / RunInterrupted raised). `shared_stop`: in rank 0 of
+    a data-parallel run, turns this process's StopRequest into the one every rank agrees on."""
     writer = None
     stop = StopRequest()
     try:
-        with _graceful_stop(console) as stop, _progress(console, show_progress) as bar:
+        with _graceful_stop(console) as local, _progress(console, show_progress) as bar:
+            stop = shared_stop(local) if shared_stop is not None else local
             trainer.should_stop = stop
             hook[0] = bar
             if tensorboard is not None:
@@ -224,7 +234,7 @@ def _train(trainer, store: Store, run_id: int, console, show_progress: bool, hoo
             results = trainer.finish()
     except BaseException as exc:
         status, message = _fail_status(exc)
-        if isinstance(exc, KeyboardInterrupt) and stop():
+        if isinstance(exc, KeyboardInterrupt) and stop.requested:
             message = f"interrupted by {stop.name}: {exc}"
         store.finish_run(run_id, status, error=_with_traceback(message, exc, status))
         store.close()
@@ -265,7 +275,8 @@ def _progress_with_heartbeat(run_id_box: list, store_box: list):
 
 def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True,
                 recipe: Recipe | None = None) -> tuple[int, dict]:
-    """Train + evaluate + benchmark one model on one dataset; returns (run_id, results).
+    """Train + evaluate + benchmark one model on one dataset; returns (run_id, results). A spec with
+    world_size > 1 runs data-parallel (vmbench.scheduler.distributed.execute_distributed_run).
 
     `recipe` (config.resolve_recipe) is recorded: its name as the run's recipe, its resolved values as
     params["recipe"] and its file as params["recipe_source"].
@@ -275,6 +286,10 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
     """
     from ..engine.train import Trainer
 
+    if spec.world_size > 1:
+        from .distributed import execute_distributed_run
+
+        return execute_distributed_run(spec, db, console=console, show_progress=show_progress, recipe=recipe)
     run_id_box: list[int] = []
     store_box: list[Store] = []
     progress, hook = _progress_with_heartbeat(run_id_box, store_box)
@@ -286,15 +301,24 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
     _check_tensorboard(spec.tensorboard)
     store = Store(db)
     store_box.append(store)
+    run_id, tb = create_train_run(store, spec, db, trainer, init_info, recipe)
+    run_id_box.append(run_id)
+    return run_id, _train(trainer, store, run_id, console, show_progress, hook, tb)
+
+
+def create_train_run(store: Store, spec: RunSpec, db: str, trainer, init_info: dict | None,
+                     recipe: Recipe | None, gpus: str | None = None) -> tuple[int, Path | None]:
+    """Record a new train run of `spec` (validated by `trainer`, which has not built anything) and make its
+    checkpoint folder (spec.checkpoint_dir is set to it); returns (run_id, its TensorBoard folder or None).
+    A checkpoint folder that cannot be made ends the run as failed (RunFailed)."""
     device = str(trainer.device)
     info = _record_env(device)
-    params = {**spec.to_dict(), **(init_info or {})}
+    params = {**spec.to_dict(), "total_batch": spec.total_batch, **(init_info or {})}
     if recipe is not None:
         params.update(recipe=dict(recipe.values), recipe_source=recipe.source)
     run_id = store.create_run(
         "train", trainer.model_name, spec.dataset, params, recipe=recipe.name if recipe else None, seed=spec.seed,
-        tags=spec.tags, device=device, scan_backend=trainer.scan_backend, **info)
-    run_id_box.append(run_id)
+        tags=spec.tags, device=device, scan_backend=trainer.scan_backend, gpus=gpus, **info)
     tb = None
     if spec.tensorboard:
         tb = tensorboard_dir(spec.tensorboard, run_id, trainer.model_name)
@@ -310,7 +334,7 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
             raise RunFailed(run_id, f"cannot create checkpoint folder {ckpt_dir}: {exc}", False) from exc
         spec.checkpoint_dir = str(ckpt_dir)
         store.update_run(run_id, checkpoint_dir=str(ckpt_dir))
-    return run_id, _train(trainer, store, run_id, console, show_progress, hook, tb)
+    return run_id, tb
 
 
 RESUMABLE = ("failed", "interrupted")
@@ -329,14 +353,12 @@ def execute_resume(run_id: int, db: str, console=None, show_progress: bool = Tru
     run, which ends completed (or failed/interrupted again). Returns (run_id, results).
 
     Raises ValueError (one line, nothing written) when the run does not exist, is not a train run, is not
-    failed/interrupted, or has no loadable checkpoint; RunFailed / KeyboardInterrupt as execute_run.
+    failed/interrupted, or has no loadable checkpoint; RunFailed / KeyboardInterrupt as execute_run. A
+    data-parallel run continues with as many processes as it was started with.
     """
-    import sqlalchemy as sa
-
     from ..checkpoint import latest_good
     from ..engine.train import Trainer
     from ..store import effective_status
-    from ..store.schema import Metric
 
     store = Store(db, create=False)
     try:
@@ -355,6 +377,11 @@ def execute_resume(run_id: int, db: str, console=None, show_progress: bool = Tru
         if path is None:
             raise ValueError(f"run {run_id} has no loadable checkpoint in {run.checkpoint_dir}")
         spec = _spec_from_params(dict(run.params or {}), run.checkpoint_dir)
+        if spec.world_size > 1:
+            from .distributed import execute_distributed_resume
+
+            return execute_distributed_resume(run, spec, path, store, db, console=console,
+                                              show_progress=show_progress)
         run_id_box: list[int] = []
         store_box: list[Store] = [store]
         progress, hook = _progress_with_heartbeat(run_id_box, store_box)
@@ -366,17 +393,26 @@ def execute_resume(run_id: int, db: str, console=None, show_progress: bool = Tru
         store.close()
         raise
     run_id_box.append(run_id)
+    reopen_run(store, run_id, trainer.epochs_done, trainer.history)
+    return run_id, _train(trainer, store, run_id, console, show_progress, hook, Path(tb) if tb else None)
+
+
+def reopen_run(store: Store, run_id: int, epochs_done: int, history: list[dict]) -> None:
+    """Mark a resumed run running again in this process, its metrics made to match the checkpoint's history:
+    the store may hold metrics of epochs after the checkpoint (lost work) or lack the checkpoint's last epoch
+    (killed between saving and logging)."""
+    import sqlalchemy as sa
+
+    from ..store.schema import Metric
+
     store.update_run(run_id, status="running", pid=os.getpid(), host=socket.gethostname(),
                      heartbeat_at=utcnow(), ended_at=None, error=None)
-    # The store may hold metrics of epochs after the checkpoint (lost work) or lack the checkpoint's last
-    # epoch (killed between saving and logging): make it match the checkpoint's history.
     with store.session() as s, s.begin():
-        s.execute(sa.delete(Metric).where(Metric.run_id == run_id, Metric.epoch > trainer.epochs_done))
+        s.execute(sa.delete(Metric).where(Metric.run_id == run_id, Metric.epoch > epochs_done))
         logged = set(s.scalars(sa.select(Metric.epoch).where(Metric.run_id == run_id).distinct()))
-    for m in trainer.history:
+    for m in history:
         if m.get("epoch") not in logged:
             store.log_metrics(run_id, m, epoch=m.get("epoch"))
-    return run_id, _train(trainer, store, run_id, console, show_progress, hook, Path(tb) if tb else None)
 
 
 def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: bool = True) -> tuple[int | None, dict]:
