@@ -43,8 +43,12 @@ def _write_jpegs(args: tuple[str, int, int]) -> None:
 
 
 def image_folder(root: str, n: int, procs: int) -> str:
+    """Write n JPEGs in 10 classes; a spawn pool, since forking a process that has initialised CUDA (or
+    thread pools) can deadlock the children."""
+    import multiprocessing
+
     per = -(-n // procs)
-    with ProcessPoolExecutor(procs) as ex:
+    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as ex:
         list(ex.map(_write_jpegs, [(root, s, min(per, n - s)) for s in range(0, n, per)]))
     for cls in range(10):  # a val split so the folder is a dataset; not timed
         os.makedirs(os.path.join(root, "val", f"c{cls}"), exist_ok=True)
@@ -83,6 +87,13 @@ def main(argv=None) -> int:
     from vmbench.engine.train import train_one_epoch
     from vmbench.models import create_model
 
+    tmp = tempfile.TemporaryDirectory()  # the JPEGs are written first, before this process touches CUDA
+    procs = max(1, min(16, os.cpu_count() or 1))
+    t0 = time.perf_counter()
+    root = image_folder(os.path.join(tmp.name, "jpegs"), args.images, procs)
+    made = time.perf_counter() - t0
+    print(f"wrote {args.images} JPEGs in {made:.1f} s", flush=True)
+
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     model = create_model(args.model, num_classes=1000).to(dev).to(memory_format=torch.channels_last)
@@ -119,6 +130,7 @@ def main(argv=None) -> int:
         rates["bare"].append(timed(bare))
         rates["vmbench"].append(timed(vmbench_loop))
     bare_s, vm_s = statistics.median(rates["bare"]), statistics.median(rates["vmbench"])
+    print(f"bare {rates['bare']} img/s, vmbench {rates['vmbench']} img/s", flush=True)
     card = torch.cuda.get_device_name()
     lines = [f"# vmbench training-loop overhead and data pipeline — {card}, torch {torch.__version__}", "",
              f"{args.model}, batch {args.batch}, 224², AMP-bf16, AdamW; {args.steps} steps × {args.repeats} "
@@ -130,12 +142,8 @@ def main(argv=None) -> int:
     del feed, batches
     torch.cuda.empty_cache()
 
-    procs = max(1, min(16, os.cpu_count() or 1))
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        root = image_folder(os.path.join(tmp, "jpegs"), args.images, procs)
-        made = time.perf_counter() - t0
+    with tmp:
         info = get_dataset_info(root)
         n_batches = max(1, args.images // args.batch - 2)
         for workers in sorted({max(1, args.workers // 2), args.workers}):
@@ -143,6 +151,7 @@ def main(argv=None) -> int:
                                             model_cfg=getattr(model, "pretrained_cfg", None))
             rows.append((f"JPEG folder (500×375 → RRC 224, flip), {workers} workers",
                          loader_img_s(train_loader, n_batches)))
+            print(rows[-1], flush=True)
         fake = get_dataset_info("fake")
         train_loader, _ = build_loaders(fake, args.batch, 224, num_workers=args.workers)
         rows.append((f"fake (random tensors), {args.workers} workers", loader_img_s(train_loader, 6)))
