@@ -62,6 +62,10 @@ def test_eval_of_best_checkpoint_matches_the_run(trained, tmp_path):
     assert ev.params["eval_transform"]["input_size"] == [3, 32, 32]
     assert {r.key for r in ev.results} >= {"top1", "top5", "val_loss"}
 
+    # In the leaderboard the evaluation (of the run's best epoch) leads its group, and says it is one.
+    r = _invoke(["compare", "--db", str(db), "--format", "markdown"])
+    assert r.exit_code == 0 and f"| {out['id']} (eval) |" in r.output
+
     # The table summary names the file's entry too.
     r = _invoke(["eval", "test_resnet", "shapes", "--weights", best, *EVAL, "--db", str(db)])
     assert r.exit_code == 0 and "weights_sha256" in r.stdout and "top1" in r.stdout

@@ -102,11 +102,18 @@ def _cell(value: Any, fmt: str) -> str:
         return str(value)
 
 
+def _show(row: dict, key: str, fmt: str) -> str:
+    """A row's cell as displayed; the best run says when it is an evaluation of a weights file, not a training run."""
+    if key == "run_id" and row.get("kind") == "eval":
+        return f"{row['run_id']} (eval)"
+    return _cell(row.get(key), fmt)
+
+
 def to_markdown(rows: list[dict]) -> str:
     head = [h for _, h, _ in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(_cell(r.get(k), f) for k, _, f in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_show(r, k, f) for k, _, f in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -143,5 +150,5 @@ def render_table(rows: list[dict], console) -> None:
             t.add_column(h, justify="left" if k in ("model", "device") else "right")
         for i, r in enumerate(grp):
             style = "bold green" if i == 0 and len(grp) > 1 else None
-            t.add_row(*[_cell(r.get(k), f) for k, _, f in cols], style=style)
+            t.add_row(*[_show(r, k, f) for k, _, f in cols], style=style)
         console.print(t)
