@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import resolve_backend
+from ._backend import graph_capture, resolve_backend
 from .cross_scan import cross_merge, cross_merge_ref, cross_scan, cross_scan_ref
 from .selective_scan import selective_scan, selective_scan_ref
 
@@ -51,7 +51,8 @@ def _ss2d(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xs
     return xmerge(ys.view(b, k, d, L), h, w).to(x.dtype)  # (B, H, W, D)
 
 
-def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xscan, xmerge):
+def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xscan, xmerge,
+                  recompute: bool = False):
     """`_ss2d` with the projections applied where they are cheapest (the Triton path).
 
     x_proj is position-wise, so it runs as one (B·L, D) @ (D, K·C) GEMM on the channels-last map;
@@ -60,14 +61,24 @@ def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, 
     the GEMM's inner dimension becomes a multiple of 8, which keeps cuBLAS on aligned kernels for
     the forward and for the weight gradient (R = 6 for VMamba-T). Same function as `_ss2d`; the
     FLOP count of the model (fvcore, torch path) is unchanged.
+
+    `recompute=True` (eager Triton): cross-scan, dt_proj, scan and cross-merge run as one autograd.Function
+    that recomputes the (B, K, D, L) scan inputs in the backward instead of saving them
+    (kernels/_ss2d_recompute.py).
     """
     b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
     L, c = h * w, r + 2 * n
-    xs = xscan(x)  # (B, K, D, L)
     p = torch.matmul(x, x_proj_weight.reshape(k * c, d).t().to(x.dtype))  # (B, H, W, K*C)
     ps = xscan(p).view(b, k, k, c, L)  # direction j's order of all K projections
     ps = ps.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2).contiguous()  # (B, K, C, L): direction k's own
     wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(ps.dtype)  # (K, D, C)
+    if recompute:
+        from ._ss2d_recompute import ss2d_scan_recompute
+
+        y = ss2d_scan_recompute(x.contiguous(), ps, wdt, -torch.exp(A_logs.float()), Ds.float(),
+                                dt_projs_bias.reshape(-1).float(), r, n)  # (B, H, W, D) fp32
+        return y.to(x.dtype)
+    xs = xscan(x)  # (B, K, D, L)
     dts = torch.matmul(wdt, ps)  # (B, K, D, L)
     ys = scan(
         xs.reshape(b, k * d, L), dts.reshape(b, k * d, L),
@@ -119,6 +130,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, back
             lambda *a: selective_scan(*a, backend=be),
             lambda t: cross_scan(t, True, backend=be),
             lambda t, H, W: cross_merge(t, H, W, True, backend=be),
+            recompute=not graph_capture(),
         )
     return _ss2d(
         x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
