@@ -166,6 +166,22 @@ def test_val_classes_subset_keep_train_indices(tmp_path):
     _, val_loader = build_loaders(info, batch_size=8, img_size=16)
     _, y = next(iter(val_loader))
     assert y.tolist() == [1, 2]
+    train_loader, val_loader = build_loaders(info, batch_size=8, img_size=16, val_only=True)
+    assert train_loader is None and next(iter(val_loader))[1].tolist() == [1, 2]
+
+
+def test_val_only_never_lists_the_training_images(tmp_path, monkeypatch):
+    """Evaluation builds its loader without scanning the training split (slow on ImageNet)."""
+    import torchvision.datasets.folder as folder
+
+    root = _write_tree(tmp_path / "d", classes=("a", "b"), per_class=2)
+    info = get_dataset_info(str(root))
+    listed = []
+    make_dataset = folder.make_dataset
+    monkeypatch.setattr(folder, "make_dataset", lambda d, *a, **k: listed.append(str(d)) or make_dataset(d, *a, **k))
+    _, val_loader = build_loaders(info, batch_size=8, img_size=16, val_only=True)
+    assert next(iter(val_loader))[1].tolist() == [0, 0, 1, 1]
+    assert listed and not any(d.endswith("train") for d in listed), listed
 
 
 @pytest.mark.parametrize("case", ["missing", "no_train", "no_val", "no_classes", "extra_val_class"])

@@ -1003,7 +1003,7 @@ def _torchvision(make: Callable[[], Any], info: DatasetInfo) -> Any:
                         f"(expected <root>/{_NAMED[info.name].layout})") from None
 
 
-def _cub_datasets(info: DatasetInfo, train_tf: Callable, val_tf: Callable) -> tuple[_ImageList, _ImageList]:
+def _cub_datasets(info: DatasetInfo, train_tf: Callable | None, val_tf: Callable) -> tuple[Any, _ImageList]:
     meta = _read_cub(Path(info.path))
     if info.split_file:
         split = _read_split_file(Path(info.split_file), meta)
@@ -1017,12 +1017,15 @@ def _cub_datasets(info: DatasetInfo, train_tf: Callable, val_tf: Callable) -> tu
     def samples(ids):
         return [(str(images / meta.paths[i]), meta.labels[i]) for i in ids]
 
-    return (_ImageList(samples(train_ids), meta.classes, train_tf), _ImageList(samples(val_ids), meta.classes, val_tf))
+    train = _ImageList(samples(train_ids), meta.classes, train_tf) if train_tf is not None else None
+    return train, _ImageList(samples(val_ids), meta.classes, val_tf)
 
 
 def build_datasets(info: DatasetInfo, img_size: int | None = None, model_cfg: dict | None = None,
-                   seed: int = 0, aug: Augment = Augment(), skip_bad_images: bool = False) -> tuple[Dataset, Dataset]:
-    """(train, val) datasets for `info` at `img_size` (default: info.img_size), with `aug`'s transforms.
+                   seed: int = 0, aug: Augment = Augment(), skip_bad_images: bool = False,
+                   val_only: bool = False) -> tuple[Dataset | None, Dataset]:
+    """(train, val) datasets for `info` at `img_size` (default: info.img_size), with `aug`'s transforms;
+    `val_only=True` gives (None, val) without listing the training images (evaluation of a large dataset).
 
     Items are (image (3, S, S) float32 normalised, int label). The evaluated split is info.val_split (the
     official test split for cub200, stanford_cars, fgvc_aircraft, flowers102 and CIFAR). An unreadable image
@@ -1032,15 +1035,17 @@ def build_datasets(info: DatasetInfo, img_size: int | None = None, model_cfg: di
     check_augment(info, aug)
     size = int(img_size or info.img_size)
     if info.kind == "builtin":
-        return (ShapesDataset("train", info.train_size, size), ShapesDataset("val", info.val_size, size))
-    if info.kind == "synthetic":
-        return (FakeDataset(info.train_size, size, info.num_classes, seed, "train"),
-                FakeDataset(info.val_size, size, info.num_classes, seed, "val"))
-    train_tf, val_tf = _timm_transforms(size, model_cfg, aug)
-    train, val = _image_datasets(info, train_tf, val_tf)
-    if skip_bad_images:
-        return SkipBadImages(train, "replace"), SkipBadImages(val, "drop")
-    return train, val
+        train, val = ShapesDataset("train", info.train_size, size), ShapesDataset("val", info.val_size, size)
+    elif info.kind == "synthetic":
+        train, val = (FakeDataset(info.train_size, size, info.num_classes, seed, "train"),
+                      FakeDataset(info.val_size, size, info.num_classes, seed, "val"))
+    else:
+        train_tf, val_tf = _timm_transforms(size, model_cfg, aug)
+        train, val = _image_datasets(info, None if val_only else train_tf, val_tf)
+        if skip_bad_images:
+            train = SkipBadImages(train, "replace") if train is not None else None
+            val = SkipBadImages(val, "drop")
+    return (None if val_only else train), val
 
 
 def _image_datasets(info: DatasetInfo, train_tf: Callable, val_tf: Callable) -> tuple[Any, Any]:
@@ -1052,8 +1057,8 @@ def _image_datasets(info: DatasetInfo, train_tf: Callable, val_tf: Callable) -> 
         tv_root = str(Path(info.path).parent)  # torchvision's root holds the dataset's own folder
 
         def pair(cls, train_kw, val_kw):
-            return (_torchvision(lambda: cls(tv_root, transform=train_tf, **train_kw), info),
-                    _torchvision(lambda: cls(tv_root, transform=val_tf, **val_kw), info))
+            train = _torchvision(lambda: cls(tv_root, transform=train_tf, **train_kw), info) if train_tf else None
+            return train, _torchvision(lambda: cls(tv_root, transform=val_tf, **val_kw), info)
 
         if info.kind == "cifar":
             cls = tvd.CIFAR10 if info.name == "cifar10" else tvd.CIFAR100
@@ -1067,6 +1072,8 @@ def _image_datasets(info: DatasetInfo, train_tf: Callable, val_tf: Callable) -> 
         from torch.utils.data import ConcatDataset
 
         train_part, val = pair(tvd.Flowers102, dict(split="train", **common), dict(split="test", **common))
+        if train_part is None:
+            return None, val
         extra = _torchvision(lambda: tvd.Flowers102(tv_root, split="val", transform=train_tf, **common), info)
         return ConcatDataset([train_part, extra]), val
     if info.kind == "imagefolder":
@@ -1075,6 +1082,9 @@ def _image_datasets(info: DatasetInfo, train_tf: Callable, val_tf: Callable) -> 
         root = Path(info.path)
         out = []
         for split, tf in (("train", train_tf), (info.val_split or "val", val_tf)):
+            if tf is None:  # val only: the training images are not listed
+                out.append(None)
+                continue
             try:
                 ds = ImageFolder(str(root / split), transform=tf, loader=_load_image,
                                  is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS))
@@ -1082,9 +1092,19 @@ def _image_datasets(info: DatasetInfo, train_tf: Callable, val_tf: Callable) -> 
                 raise DataError(f"{root / split}: {str(e).splitlines()[0]} (expected {_FOLDER_LAYOUT})") from None
             out.append(ds)
         train, val = out
-        if val.class_to_idx != {c: train.class_to_idx[c] for c in val.classes}:
+        # The training split's class folders define the label indices (listing them reads no image files).
+        if train is not None:
+            train_classes = train.class_to_idx
+        else:
+            from torchvision.datasets.folder import find_classes
+
+            try:
+                train_classes = find_classes(str(root / "train"))[1]
+            except FileNotFoundError as e:
+                raise DataError(f"{root / 'train'}: {str(e).splitlines()[0]} (expected {_FOLDER_LAYOUT})") from None
+        if val.class_to_idx != {c: train_classes[c] for c in val.classes}:
             # Classes missing from val would shift indices; map val labels through the train class list.
-            val.target_transform = _Remap(val.classes, train.class_to_idx)
+            val.target_transform = _Remap(val.classes, train_classes)
         return train, val
     raise AssertionError(info.kind)
 
@@ -1111,8 +1131,9 @@ def _worker_init(worker_id: int) -> None:
 def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = None, seed: int = 0,
                   num_workers: int = 0, model_cfg: dict | None = None, train_size: int | None = None,
                   aug: Augment = Augment(), skip_bad_images: bool = False, rank: int = 0, world_size: int = 1,
-                  val_size: int | None = None) -> tuple[DataLoader, DataLoader]:
-    """(train_loader, val_loader) of (images (B, 3, S, S) float32, labels (B,) int64) batches.
+                  val_size: int | None = None, val_only: bool = False) -> tuple[DataLoader | None, DataLoader]:
+    """(train_loader, val_loader) of (images (B, 3, S, S) float32, labels (B,) int64) batches; with
+    `val_only=True`, (None, val_loader) and the training split is never listed (evaluation).
 
     Train shuffles with a generator seeded by `seed` and drops the last partial batch (when there is more than
     one batch); val keeps order. `train_size` takes a prefix of the train split (e.g. a small subset to overfit),
@@ -1135,8 +1156,8 @@ def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = Non
     from torch.utils.data.distributed import DistributedSampler
 
     assert 0 <= rank < world_size, (rank, world_size)
-    train, val = build_datasets(info, img_size, model_cfg, seed, aug)
-    if train_size is not None:
+    train, val = build_datasets(info, img_size, model_cfg, seed, aug, val_only=val_only)
+    if train_size is not None and train is not None:
         train = Subset(train, range(min(train_size, len(train))))
     if val_size is not None and val_size < len(val):
         val = Subset(val, range(val_size))
@@ -1145,14 +1166,17 @@ def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = Non
     val_collate = None
     if skip_bad_images and info.kind not in _GENERATED:
         size = int(img_size or info.img_size)
-        train, val = SkipBadImages(train, "replace"), SkipBadImages(val, "drop")
+        train = SkipBadImages(train, "replace") if train is not None else None
+        val = SkipBadImages(val, "drop")
         val_collate = _CollateGood((3, size, size))
     # Shuffles a single process's epochs; seeds the loader's worker processes (their augmentation draws), which
     # differ between ranks.
     gen = torch.Generator().manual_seed(int(seed) + rank)
     common = dict(num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
                   persistent_workers=False, pin_memory=torch.cuda.is_available())
-    if world_size > 1:
+    if train is None:
+        train_loader = None
+    elif world_size > 1:
         sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed),
                                      drop_last=True)
         train_loader = DataLoader(train, batch_size=batch_size, sampler=sampler, generator=gen,

@@ -137,7 +137,8 @@ class WeightsEval:
             self.model.to(memory_format=torch.channels_last)
         model_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
         _, self.loader = build_loaders(self.dataset, spec.batch_size, img_size, num_workers=spec.num_workers,
-                                      model_cfg=model_cfg, aug=aug, skip_bad_images=spec.skip_bad_images)
+                                      model_cfg=model_cfg, aug=aug, skip_bad_images=spec.skip_bad_images,
+                                      val_only=True)
         self.img_size = img_size
         self.info = {**weights.describe("weights_"), "img_size": img_size, "val_resize": val_resize,
                      "eval_transform": eval_transform_info(self.dataset, img_size, model_cfg, aug)}
