@@ -37,3 +37,8 @@ for what in "$@"; do
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done
+# The device tool returns a limited number of files: past 7, the logs and JSON go into one archive (the
+# markdown tables stay readable as they are).
+if [ "$(ls "$OUT" | wc -l)" -gt 7 ]; then
+  (cd "$OUT" && tar czf logs.tgz $(ls *.log *.json 2>/dev/null) && rm -f -- *.log *.json)
+fi
