@@ -72,19 +72,15 @@ def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, 
     ps = xscan(p).view(b, k, k, c, L)  # direction j's order of all K projections
     ps = ps.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2).contiguous()  # (B, K, C, L): direction k's own
     wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(ps.dtype)  # (K, D, C)
+    A, Ds, bias = -torch.exp(A_logs.float()), Ds.float(), dt_projs_bias.reshape(-1).float()
     if recompute:
         from ._ss2d_recompute import ss2d_scan_recompute
 
-        y = ss2d_scan_recompute(x.contiguous(), ps, wdt, -torch.exp(A_logs.float()), Ds.float(),
-                                dt_projs_bias.reshape(-1).float(), r, n)  # (B, H, W, D) fp32
-        return y.to(x.dtype)
+        return ss2d_scan_recompute(x.contiguous(), ps, wdt, A, Ds, bias, r, n).to(x.dtype)  # (B, H, W, D)
     xs = xscan(x)  # (B, K, D, L)
     dts = torch.matmul(wdt, ps)  # (B, K, D, L)
-    ys = scan(
-        xs.reshape(b, k * d, L), dts.reshape(b, k * d, L),
-        -torch.exp(A_logs.float()), ps[:, :, r:r + n].contiguous(), ps[:, :, r + n:].contiguous(),
-        Ds.float(), dt_projs_bias.reshape(-1).float(), True, True,
-    )  # (B, K*D, L) fp32
+    ys = scan(xs.reshape(b, k * d, L), dts.reshape(b, k * d, L), A, ps[:, :, r:r + n].contiguous(),
+              ps[:, :, r + n:].contiguous(), Ds, bias, True, True)  # (B, K*D, L) fp32
     return xmerge(ys.view(b, k, d, L), h, w).to(x.dtype)  # (B, H, W, D)
 
 
