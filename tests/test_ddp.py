@@ -24,7 +24,8 @@ from vmbench.store import Store
 
 from dbfiles import db_digest
 
-RUN = ["run", "test_resnet", "fake", "--epochs", "3", "--max-train-batches", "30", "--img-size", "32",
+STEPS = 60  # optimizer steps per epoch: long enough that a SIGTERM sent after epoch 1 lands inside the run
+RUN = ["run", "test_resnet", "fake", "--epochs", "3", "--max-train-batches", str(STEPS), "--img-size", "32",
        "--batch-size", "8", "--device", "cpu", "--set", "checkpoints=true", "--deterministic", "--gpus", "2"]
 SAME = ("train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "val_images", "lr")  # timings differ
 
@@ -36,7 +37,7 @@ def _invoke(args):
 def _run(db, run_id=1):
     """The run, read through a store closed at once: this process then holds no SQLite connection (and no lock)
     on the file while an in-process `vmbench` command opens it."""
-    with Store(str(db)) as store:
+    with Store(str(db), create=False) as store:  # reads only: never takes the write lock the run needs
         return store.get_run(run_id)
 
 
@@ -112,7 +113,10 @@ def test_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(tmp_path, ddp_
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "no epoch finished after 120 s"
             if db.exists():
-                run = _run(db)
+                try:
+                    run = _run(db)
+                except ValueError:  # the file exists, its schema not yet
+                    run = None
                 if run is not None and run.metrics:
                     break
             time.sleep(0.05)
@@ -129,7 +133,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(tmp_path, ddp_
     assert state["world_size"] == 2 and state["step"] > 0
     if state["partial_epoch"] is not None:  # stopped inside an epoch (the usual case): both ranks at one step
         parts = [r["partial_epoch"] for r in state["ranks"]]
-        assert parts[0]["batches"] == parts[1]["batches"] == state["step"] - 30 * state["epochs_done"]
+        assert parts[0]["batches"] == parts[1]["batches"] == state["step"] - STEPS * state["epochs_done"]
         assert parts[0]["loss_sum"] != parts[1]["loss_sum"]  # each rank's own progress
 
     r = _invoke(["resume", "1", "--db", str(db), "--json"])
