@@ -46,7 +46,7 @@ from ..config import Recipe, RunSpec
 from ..store import Store
 from .local import (RunFailed, RunInterrupted, StopRequest, _check_tensorboard, _fail_status, _graceful_stop,
                     _interrupted_message, _progress_with_heartbeat, _train, _with_traceback, create_train_run,
-                    reopen_run)
+                    reopen_run, signals_to)
 
 JOB, STOP, RESULT = "job.json", "stop", "result.json"
 _LINUX = sys.platform.startswith("linux")
@@ -167,16 +167,8 @@ class _ParentStop:
 @contextlib.contextmanager
 def _parent_signals(control: Path, console, world_size: int) -> Iterator[_ParentStop]:
     stop = _ParentStop(control, console, world_size)
-    try:
-        old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
+    with signals_to(stop):
         yield stop
-        return
-    try:
-        yield stop
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def _launch(store: Store, run_id: int, db: str, spec: RunSpec, console, show_progress: bool,

@@ -73,6 +73,22 @@ class StopRequest:
 
 
 @contextlib.contextmanager
+def signals_to(handler) -> Iterator[None]:
+    """SIGINT and SIGTERM call `handler(signum, frame)` inside the block; the previous handlers come back after
+    it. Outside the main thread (where Python cannot install handlers) nothing is installed."""
+    try:
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
 def _graceful_stop(console=None) -> Iterator[StopRequest]:
     """SIGINT and SIGTERM handlers for the length of a train run: the first sets the StopRequest yielded (and says
     so on `console`), a second raises KeyboardInterrupt at once. Outside the main thread nothing is installed."""
@@ -86,16 +102,8 @@ def _graceful_stop(console=None) -> Iterator[StopRequest]:
             console.print(f"[yellow]{signal.Signals(signum).name}: stopping after the current optimizer step and "
                           "saving a checkpoint; send it again to stop at once[/]")
 
-    try:
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
+    with signals_to(handler):
         yield stop
-        return
-    try:
-        yield stop
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 @contextlib.contextmanager
