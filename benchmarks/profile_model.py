@@ -20,30 +20,29 @@ import torch
 import torch.nn.functional as F
 
 
-def _cpu_table(prof, steps: int, top: int) -> str:
-    """Host-side (Python + dispatch + launch) self time per op, the eager-mode launch cost."""
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 and not e.key.startswith("ProfilerStep")]
-    total = sum(e.self_cpu_time_total for e in events)
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    lines = [f"host time per step {total / steps / 1e3:.2f} ms (sum of op self CPU times)", "",
-             "| op | host ms per step | share | calls per step |", "|---|---|---|---|"]
-    for e in events[:top]:
-        lines.append(f"| {e.key[:90]} | {e.self_cpu_time_total / steps / 1e3:.3f} | "
-                     f"{100 * e.self_cpu_time_total / total:.1f}% | {e.count / steps:.0f} |")
-    return "\n".join(lines)
+def _table(prof, steps: int, top: int, host: bool = False) -> str:
+    """Per op, sorted: GPU kernels by their time, or (host=True) host-side ops by their self CPU time (Python,
+    dispatch and launch: the eager-mode cost). GPU rows are the kernels themselves, never the CPU ops that
+    launched them, so nothing is counted twice when host activity is profiled too."""
+    from torch.autograd import DeviceType
 
+    def spent(e):
+        if host:
+            return e.self_cpu_time_total
+        if e.device_type == DeviceType.CPU:  # a host op: its kernels have rows of their own
+            return 0
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))
 
-def _table(prof, steps: int, top: int) -> str:
-    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) > 0
-              and e.key and not e.key.startswith("ProfilerStep")]
-    dev_time = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
-    events = [e for e in events if dev_time(e) > 0]
-    total = sum(dev_time(e) for e in events)
-    events.sort(key=dev_time, reverse=True)
-    lines = [f"GPU time per step {total / steps / 1e3:.2f} ms (sum of kernel self times)", "",
-             "| kernel / op | ms per step | share | calls per step |", "|---|---|---|---|"]
+    events = [e for e in prof.key_averages() if e.key and not e.key.startswith("ProfilerStep") and spent(e) > 0]
+    total = sum(spent(e) for e in events)
+    events.sort(key=spent, reverse=True)
+    what = "host time per step {:.2f} ms (sum of op self CPU times)" if host else \
+        "GPU time per step {:.2f} ms (sum of kernel times)"
+    lines = [what.format(total / steps / 1e3), "",
+             f"| {'op' if host else 'kernel'} | {'host ' if host else ''}ms per step | share | calls per step |",
+             "|---|---|---|---|"]
     for e in events[:top]:
-        lines.append(f"| {e.key[:90]} | {dev_time(e) / steps / 1e3:.3f} | {100 * dev_time(e) / total:.1f}% | "
+        lines.append(f"| {e.key[:90]} | {spent(e) / steps / 1e3:.3f} | {100 * spent(e) / total:.1f}% | "
                      f"{e.count / steps:.0f} |")
     return "\n".join(lines)
 
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
         md += ["", f"## {name}: {wall:.2f} ms per step wall-clock (unprofiled)", "", _table(prof, steps, args.top)]
         if args.host:
-            md += ["", _cpu_table(prof, steps, args.top)]
+            md += ["", _table(prof, steps, args.top, host=True)]
         print("\n".join(md[-5:]), flush=True)
     out = os.environ.get("OUT")
     if out:
