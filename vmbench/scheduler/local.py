@@ -73,11 +73,11 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def signals_to(handler) -> Iterator[None]:
-    """SIGINT and SIGTERM call `handler(signum, frame)` inside the block; the previous handlers come back after
-    it. Outside the main thread (where Python cannot install handlers) nothing is installed."""
+def signals_to(handler, signals=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """`signals` (default SIGINT and SIGTERM) call `handler(signum, frame)` inside the block; the previous handlers
+    come back after it. Outside the main thread (where Python cannot install handlers) nothing is installed."""
     try:
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old = {sig: signal.signal(sig, handler) for sig in signals}
     except ValueError:  # not the main thread
         yield
         return
@@ -113,15 +113,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
+    with signals_to(handler, (signal.SIGTERM,)):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
