@@ -1,8 +1,10 @@
-"""Test helper: a fingerprint of a SQLite database's files, to prove a command wrote nothing."""
+"""Test helpers on database files: a fingerprint (to prove a command wrote nothing), and waiting for a run
+in another process to have logged its first epoch."""
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 
 def db_digest(path) -> str:
@@ -14,3 +16,24 @@ def db_digest(path) -> str:
             with open(p, "rb") as f:
                 out.update(f.read())
     return out.hexdigest()
+
+
+def wait_for_first_epoch(proc, db, run_id: int = 1, timeout: float = 120.0) -> None:
+    """Poll until run `run_id` of the `vmbench` subprocess `proc` has per-epoch metrics in `db` (so training
+    steps have happened). Reads only: a poller that opened the store for writing would take the write lock
+    the run needs. Fails if `proc` exits first or `timeout` seconds pass."""
+    from vmbench.store import Store
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"no epoch finished after {timeout:.0f} s"
+        if os.path.exists(db):
+            try:
+                with Store(str(db), create=False) as store:
+                    run = store.get_run(run_id)
+            except ValueError:  # the file exists, its schema not yet
+                run = None
+            if run is not None and run.metrics:
+                return
+        time.sleep(0.05)

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -22,7 +21,7 @@ from vmbench.data import FAKE_VAL_SIZE
 from vmbench.engine.train import Distributed, Trainer, eval_from_sums, eval_sums
 from vmbench.store import Store
 
-from dbfiles import db_digest
+from dbfiles import db_digest, wait_for_first_epoch
 
 STEPS = 60  # optimizer steps per epoch: long enough that a SIGTERM sent after epoch 1 lands inside the run
 RUN = ["run", "test_resnet", "fake", "--epochs", "3", "--max-train-batches", str(STEPS), "--img-size", "32",
@@ -108,18 +107,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(tmp_path, ddp_
     proc = subprocess.Popen([sys.executable, "-m", "vmbench.cli", *RUN, "--db", str(db)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # until epoch 1's metrics are in the database: steps have happened
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "no epoch finished after 120 s"
-            if db.exists():
-                try:
-                    run = _run(db)
-                except ValueError:  # the file exists, its schema not yet
-                    run = None
-                if run is not None and run.metrics:
-                    break
-            time.sleep(0.05)
+        wait_for_first_epoch(proc, db)
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=120)[1]
     finally:

@@ -16,6 +16,8 @@ from vmbench.engine.train import Trainer, TrainingStopped
 from vmbench.scheduler.local import StopRequest, _graceful_stop
 from vmbench.store import Store
 
+from dbfiles import wait_for_first_epoch
+
 SAME = ("train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr")  # timings differ between runs
 
 
@@ -108,15 +110,7 @@ def test_sigterm_stops_after_a_step_saves_and_resumes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "vmbench.cli", *RUN, "--db", str(db)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # until epoch 1's metrics are in the database: steps have happened
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "no epoch finished after 120 s"
-            if db.exists():
-                run = Store(str(db)).get_run(1)
-                if run is not None and run.metrics:
-                    break
-            time.sleep(0.05)
+        wait_for_first_epoch(proc, db)
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=120)[1]
     finally:
