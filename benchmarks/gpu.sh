@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu.sh ss2d ln     # cross-scan / SS2D core (benchmarks/ss2d.py), LayerNorm (benchmarks/layer_norm.py)
 #   bash benchmarks/gpu.sh profile     # Nsight Compute on the selective-scan kernels (benchmarks/profile_scan.py)
 #   bash benchmarks/gpu.sh overhead    # vmbench's training loop vs a bare loop; JPEG / fake loader speed
+#   bash benchmarks/gpu.sh ddp         # `vmbench run --gpus N` scaling, 1 -> 2 GPUs (benchmarks/ddp_scaling.py)
 #   bash benchmarks/gpu.sh where       # torch.profiler: where VMamba-T's inference and training time goes
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections
@@ -30,6 +31,7 @@ for what in "$@"; do
     profile) step ncu 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
                --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:_scan_ python3 benchmarks/profile_scan.py ;;
     overhead) step overhead 240 python3 benchmarks/overhead.py ;;
+    ddp)     step ddp_scaling 360 python3 benchmarks/ddp_scaling.py ${DDP_ARGS:-} ;;
     where)   step where 150 python3 benchmarks/profile_model.py --model vmamba_t --host ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     models)  step models 420 python3 benchmarks/models.py --sections infer,train,res ;;

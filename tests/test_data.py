@@ -115,6 +115,16 @@ def test_fake():
     assert xb.shape == (4, 3, 16, 16) and int(yb.max()) < 1000
 
 
+def test_fake_with_a_training_size():
+    info = get_dataset_info("fake:40")
+    assert (info.name, info.train_size, info.val_size, info.kind) == ("fake:40", 40, 256, "synthetic")
+    train_loader, _ = build_loaders(info, batch_size=8, img_size=16)
+    assert len(train_loader.dataset) == 40 and len(train_loader) == 5
+    for bad in ("fake:0", "fake:x", "fake:-3", "fake:"):
+        with pytest.raises(DataError, match="expected fake:<number of training images>"):
+            get_dataset_info(bad)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # folders
 # ---------------------------------------------------------------------------------------------------------

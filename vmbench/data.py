@@ -648,7 +648,7 @@ def get_dataset_info(name: str, data_root: str | None = None) -> DatasetInfo:
     """Describe dataset `name` and check that it is there; cheap (lists folders, reads metadata text files,
     no image).
 
-    `name` is a registry name (shapes, fake, imagenet, cub200, stanford_cars/cars, fgvc_aircraft/aircraft,
+    `name` is a registry name (shapes, fake — `fake:N` for N training images —, imagenet, cub200, stanford_cars/cars, fgvc_aircraft/aircraft,
     flowers102, cifar10, cifar100), an alternative split `cub200:split-val<frac>-seed<seed>` (see `make_split`),
     or a folder path in ImageFolder layout. Named datasets are looked up under `data_root` (--data-root /
     $VMBENCH_DATA). Raises DataError with the path and the expected layout.
@@ -656,10 +656,10 @@ def get_dataset_info(name: str, data_root: str | None = None) -> DatasetInfo:
     if name == "shapes":
         return DatasetInfo("shapes", len(SHAPE_CLASSES), SHAPES_IMG_SIZE, "builtin", None,
                            SHAPES_TRAIN_SIZE, SHAPES_VAL_SIZE, "val", SHAPE_CLASSES)
-    if name == "fake":
-        return DatasetInfo("fake", FAKE_CLASSES, FAKE_IMG_SIZE, "synthetic", None, FAKE_TRAIN_SIZE,
-                           FAKE_VAL_SIZE, "val")
     base, sep, variant = name.partition(":")
+    if base == "fake":
+        return DatasetInfo(name, FAKE_CLASSES, FAKE_IMG_SIZE, "synthetic", None,
+                           _fake_train_size(variant) if sep else FAKE_TRAIN_SIZE, FAKE_VAL_SIZE, "val")
     canonical = _ALIASES.get(base, base)
     if canonical in _NAMED:
         return _named_info(canonical, variant if sep else None, data_root)
@@ -669,6 +669,13 @@ def get_dataset_info(name: str, data_root: str | None = None) -> DatasetInfo:
         return DatasetInfo(name, len(classes), 224, "imagefolder", str(path), None, None, val_split, classes)
     known = ["shapes", "fake", *_NAMED, *_ALIASES]
     raise DataError(f"unknown dataset {name!r}: not one of {', '.join(known)} and no folder at {path}")
+
+
+def _fake_train_size(variant: str) -> int:
+    """`fake:N` -> N training images (a positive integer; throughput runs that need longer epochs)."""
+    if not variant.isdigit() or int(variant) < 1:
+        raise DataError(f"bad dataset name fake:{variant}: expected fake:<number of training images>, e.g. fake:8192")
+    return int(variant)
 
 
 def _named_info(name: str, variant: str | None, data_root: str | None) -> DatasetInfo:
@@ -719,7 +726,9 @@ def list_datasets(data_root: str | None = None) -> list[dict]:
              protocol="train / val", path=None,
              layout=f"generated ({SHAPES_TRAIN_SIZE} train / {SHAPES_VAL_SIZE} val, offline)", found=True, error=None),
         dict(name="fake", aliases=[], kind="synthetic", num_classes=FAKE_CLASSES, img_size=FAKE_IMG_SIZE,
-             protocol="train / val", path=None, layout="random tensors (throughput work)", found=True, error=None),
+             protocol="train / val", path=None,
+             layout=f"random tensors (throughput work; {FAKE_TRAIN_SIZE} train / {FAKE_VAL_SIZE} val, fake:N for N "
+             "train)", found=True, error=None),
     ]
     for name, entry in _NAMED.items():
         info, error = None, None
