@@ -148,8 +148,28 @@ def test_divergence_is_reported():
 
     loader = [(torch.randn(2, 3, 2, 2), torch.tensor([0, 1]))]
     opt = torch.optim.SGD(Nan().parameters(), lr=0.1)
-    with pytest.raises(DivergedError, match="epoch 1, batch 1"):
+    with pytest.raises(DivergedError, match=r"epoch 1, batch 1 \(last finite loss: none before it\)"):
         train_one_epoch(Nan(), loader, opt, "cpu")
+
+
+def test_step_sums_read_one_step_late():
+    """The CUDA path's bookkeeping (lag 1, as on a GPU): sums are exact, a non-finite loss is reported for its own
+    batch, with the last finite loss, when the next batch is recorded (or when the pass settles)."""
+    from vmbench.engine.train import _StepSums
+
+    sums = _StepSums(torch.device("cpu"), epoch=3, loss_sum=1.0, correct=2, images=4)
+    sums.lag = 1
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])  # two right
+    sums.add(0, torch.tensor(0.5), logits, labels)
+    assert (sums.loss_sum, sums.correct, sums.images) == (1.0, 2, 4)  # not read yet
+    sums.add(1, torch.tensor(0.25), logits, labels)
+    assert (sums.loss_sum, sums.correct, sums.images) == (1.0 + 1.5, 4, 7)
+    sums.settle()
+    assert (sums.loss_sum, sums.correct, sums.images) == (1.0 + 1.5 + 0.75, 6, 10)
+    sums.add(2, torch.tensor(float("inf")), logits, labels)  # batch 3
+    with pytest.raises(DivergedError, match=r"\(inf\) at epoch 3, batch 3 \(last finite loss: 0.25\)"):
+        sums.add(3, torch.tensor(0.1), logits, labels)
 
 
 @pytest.mark.parametrize("num_classes", [3, 7])

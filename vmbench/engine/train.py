@@ -47,9 +47,11 @@ and {} on the others, which measure nothing after training.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import random
 import time
@@ -284,7 +286,8 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     model.train()
     done = dict(resume or {})
     batches = int(done.get("batches", 0))
-    loss_sum, correct, n = float(done.get("loss_sum", 0.0)), int(done.get("correct", 0)), int(done.get("images", 0))
+    sums = _StepSums(device, epoch, float(done.get("loss_sum", 0.0)), int(done.get("correct", 0)),
+                     int(done.get("images", 0)))
     time_before = float(done.get("train_time_s", 0.0))
     lr = float(done.get("lr", optimizer.param_groups[-1]["lr"]))
     step, stopped = start_step, False
@@ -313,8 +316,7 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
                 loss = soft_ce(logits.float(), targets)
             else:
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {i + 1}")
+            sums.add(i, loss, logits, labels)  # raises DivergedError on a non-finite loss (see _StepSums)
             scaled = loss / accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if stepped:
@@ -334,22 +336,67 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
                 scheduler.step_update(num_updates=step)
             if ema is not None:
                 ema.update(model, step=step)
-        b = labels.shape[0]
-        loss_sum += loss.item() * b
-        correct += int((logits.detach().argmax(dim=1) == labels).sum())
-        n += b
         batches = i + 1
         if progress is not None:
             progress(task, i + 1, total)
         if stepped and should_stop is not None and should_stop():
             stopped = True
             break
+    sums.settle()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dt = time_before + time.perf_counter() - t0
+    n, loss_sum, correct = sums.images, sums.loss_sum, sums.correct
     partial = dict(batches=batches, loss_sum=loss_sum, correct=correct, images=n, train_time_s=dt, lr=lr)
     return dict(train_loss=loss_sum / max(n, 1), train_acc=100.0 * correct / max(n, 1), images=n,
                 steps=step - start_step, lr=lr, train_time_s=dt, stopped=stopped, partial=partial)
+
+
+class _StepSums:
+    """The training pass's loss / accuracy sums and its non-finite-loss check, without stalling the GPU.
+
+    Reading a step's loss on the host (`loss.item()`) waits for everything queued before it, so a loop that reads
+    it every step cannot queue step i + 1 while the GPU still runs step i. Here each step's (loss, correct count)
+    is copied to pinned host memory behind a CUDA event and read one step later, by which time that event has
+    passed: the check costs no wait. A NaN / inf loss therefore stops the pass one step later on CUDA (after that
+    step's update; the run is recorded as diverged and no checkpoint is written from it), at once on the CPU.
+    """
+
+    def __init__(self, device: torch.device, epoch: int, loss_sum: float, correct: int, images: int):
+        self.cuda = device.type == "cuda"
+        self.lag = 1 if self.cuda else 0
+        self.epoch, self.loss_sum, self.correct, self.images = epoch, loss_sum, correct, images
+        self.last_finite: float | None = None
+        self.pending: collections.deque = collections.deque()
+
+    def add(self, i: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Record batch i (0-based); checks and adds the batches older than the lag."""
+        hits = (logits.detach().argmax(dim=1) == labels).sum()
+        stats = torch.stack([loss.detach().float(), hits.float()])  # the count is exact in fp32 (< 2**24)
+        event = None
+        if self.cuda:
+            stats = stats.to("cpu", non_blocking=True)  # pinned destination: an asynchronous copy
+            event = torch.cuda.Event()
+            event.record()
+        self.pending.append((i, labels.shape[0], stats, event))
+        self.settle(self.lag)
+
+    def settle(self, keep: int = 0) -> None:
+        """Check and add the recorded batches, all but the newest `keep`."""
+        while len(self.pending) > keep:
+            i, b, stats, event = self.pending.popleft()
+            if event is not None:
+                event.synchronize()
+            loss, hits = float(stats[0]), int(stats[1])
+            if not math.isfinite(loss):
+                self.pending.clear()
+                last = "none before it" if self.last_finite is None else f"{self.last_finite:.6g}"
+                raise DivergedError(f"non-finite training loss ({loss}) at epoch {self.epoch}, batch {i + 1} "
+                                    f"(last finite loss: {last})")
+            self.loss_sum += loss * b
+            self.correct += hits
+            self.images += b
+            self.last_finite = loss
 
 
 class Trainer:
