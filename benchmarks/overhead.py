@@ -1,15 +1,16 @@
 """Framework overhead and data-pipeline speed of `vmbench run`'s training loop, on CUDA.
 
-    python benchmarks/overhead.py [--model vmamba_t] [--batch 128] [--steps 20] [--workers 12] [--images 3072]
+    python benchmarks/overhead.py [--model vmamba_t] [--batch 128] [--steps 30] [--repeats 5] [--workers 12]
 
 1. Training step. vmbench's `train_one_epoch` (the loop `vmbench run` drives: autocast, loss and accuracy
    sums, the non-finite-loss check, progress hook) against a bare loop (forward, cross-entropy, backward,
    AdamW step, zero_grad) on the same model, batch, precision (AMP-bf16), optimizer and the same batches,
    already on the GPU, so the loops are all that differs. Alternating repeats, median img/s of each.
-2. Data pipeline. ImageNet-like JPEGs (500x375, written once to a temp folder) through vmbench's loaders
-   (decode, random-resized crop to 224, flip, normalise, pinned memory) with --workers processes, and the
-   `fake` dataset's loader: img/s of the loader alone (first batch, i.e. worker start-up, excluded), to set
-   against the training step's img/s.
+2. Data pipeline. ImageNet-like JPEGs (500x375; --unique distinct files written once to a temp folder, hard-linked
+   up to --images files) through vmbench's loaders (decode, random-resized crop to 224, flip, normalise, pinned
+   memory) with --workers processes, and the `fake` dataset's loader: steady-state img/s of the loader alone, to
+   set against the training step's img/s. The first 2 x workers batches are not timed: the workers make their
+   first batches in parallel during start-up, so counting them would overstate the rate.
 
 Prints a markdown table; writes it to $OUT/overhead.md when $OUT is set.
 """
@@ -42,41 +43,47 @@ def _write_jpegs(args: tuple[str, int, int]) -> None:
         Image.fromarray(img).save(os.path.join(folder, "train", cls, f"{i}.jpg"), quality=90)
 
 
-def image_folder(root: str, n: int, procs: int) -> str:
-    """Write n JPEGs in 10 classes; a spawn pool, since forking a process that has initialised CUDA (or
-    thread pools) can deadlock the children."""
+def image_folder(root: str, n: int, unique: int, procs: int) -> str:
+    """n JPEG files in 10 classes: `unique` distinct images (a spawn pool writes them, since forking a process that
+    has initialised CUDA or thread pools can deadlock the children), hard-linked to make up n files."""
     import multiprocessing
 
-    per = -(-n // procs)
+    unique = min(unique, n)
+    per = -(-unique // procs)
     with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as ex:
-        list(ex.map(_write_jpegs, [(root, s, min(per, n - s)) for s in range(0, n, per)]))
+        list(ex.map(_write_jpegs, [(root, s, min(per, unique - s)) for s in range(0, unique, per)]))
+    for i in range(unique, n):  # file i is a link to file i mod unique, in the same class
+        src = i % unique
+        os.link(os.path.join(root, "train", f"c{src % 10}", f"{src}.jpg"),
+                os.path.join(root, "train", f"c{src % 10}", f"{i}.jpg"))
     for cls in range(10):  # a val split so the folder is a dataset; not timed
         os.makedirs(os.path.join(root, "val", f"c{cls}"), exist_ok=True)
         os.link(os.path.join(root, "train", f"c{cls}", f"{cls}.jpg"), os.path.join(root, "val", f"c{cls}", "0.jpg"))
     return root
 
 
-def loader_img_s(loader, batches: int) -> float:
+def loader_img_s(loader, workers: int) -> tuple[float, int]:
+    """Steady-state img/s over one pass of `loader`, and the number of batches timed."""
     it = iter(loader)
-    next(it)  # worker start-up and the first batch are not counted
-    n, t0 = 0, time.perf_counter()
-    for _ in range(batches):
-        try:
-            x, _ = next(it)
-        except StopIteration:
-            break
+    for _ in range(max(1, 2 * workers)):  # start-up, and the batches the workers made in parallel during it
+        next(it)
+    n, timed, t0 = 0, 0, time.perf_counter()
+    for x, _ in it:
         n += x.shape[0]
-    return n / (time.perf_counter() - t0)
+        timed += 1
+    assert timed >= 2 * workers, f"too few batches to time ({timed}): raise --images"
+    return n / (time.perf_counter() - t0), timed
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vmamba_t")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20, help="training steps per timed repeat")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=30, help="training steps per timed repeat")
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, default=12)
-    ap.add_argument("--images", type=int, default=3072, help="JPEGs written for the data-pipeline test")
+    ap.add_argument("--images", type=int, default=12288, help="JPEG files of the data-pipeline test")
+    ap.add_argument("--unique", type=int, default=1024, help="distinct JPEGs among them (the rest are links)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/overhead.py needs CUDA", file=sys.stderr)
@@ -90,9 +97,9 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory()  # the JPEGs are written first, before this process touches CUDA
     procs = max(1, min(16, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    root = image_folder(os.path.join(tmp.name, "jpegs"), args.images, procs)
+    root = image_folder(os.path.join(tmp.name, "jpegs"), args.images, args.unique, procs)
     made = time.perf_counter() - t0
-    print(f"wrote {args.images} JPEGs in {made:.1f} s", flush=True)
+    print(f"wrote {args.unique} JPEGs ({args.images} files) in {made:.1f} s", flush=True)
 
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -123,41 +130,45 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
         return args.steps * args.batch / (time.perf_counter() - t0)
 
-    for fn in (bare, vmbench_loop):  # compile kernels, pick cudnn algorithms, allocate optimizer state
+    for fn in (bare, vmbench_loop, bare, vmbench_loop):  # compile kernels, cuDNN algorithms, optimizer state, clocks
         fn()
     rates = {"bare": [], "vmbench": []}
     for _ in range(args.repeats):
         rates["bare"].append(timed(bare))
         rates["vmbench"].append(timed(vmbench_loop))
     bare_s, vm_s = statistics.median(rates["bare"]), statistics.median(rates["vmbench"])
-    print(f"bare {rates['bare']} img/s, vmbench {rates['vmbench']} img/s", flush=True)
+    each = {k: ", ".join(f"{r:.0f}" for r in v) for k, v in rates.items()}
+    print(f"bare {each['bare']} img/s, vmbench {each['vmbench']} img/s", flush=True)
     card = torch.cuda.get_device_name()
     lines = [f"# vmbench training-loop overhead and data pipeline — {card}, torch {torch.__version__}", "",
              f"{args.model}, batch {args.batch}, 224², AMP-bf16, AdamW; {args.steps} steps × {args.repeats} "
              "alternating repeats, median.", "",
-             "| loop | img/s | vs bare |", "|---|---|---|",
-             f"| bare (fwd, CE, bwd, AdamW step) | {bare_s:.0f} | 1.000 |",
-             f"| vmbench train_one_epoch | {vm_s:.0f} | {vm_s / bare_s:.3f} (overhead {100 * (1 - vm_s / bare_s):.1f} %) |",
+             "| loop | img/s (median) | each repeat | vs bare |", "|---|---|---|---|",
+             f"| bare (fwd, CE, bwd, AdamW step) | {bare_s:.0f} | {each['bare']} | 1.000 |",
+             f"| vmbench train_one_epoch | {vm_s:.0f} | {each['vmbench']} | {vm_s / bare_s:.3f} "
+             f"(overhead {100 * (1 - vm_s / bare_s):.1f} %) |",
              ""]
-    del feed, batches
+    feed.clear()  # free the GPU batches before the loader tests
+    batches.clear()
     torch.cuda.empty_cache()
 
     rows = []
     with tmp:
         info = get_dataset_info(root)
-        n_batches = max(1, args.images // args.batch - 2)
         for workers in sorted({max(1, args.workers // 2), args.workers}):
             train_loader, _ = build_loaders(info, args.batch, 224, num_workers=workers,
                                             model_cfg=getattr(model, "pretrained_cfg", None))
             rows.append((f"JPEG folder (500×375 → RRC 224, flip), {workers} workers",
-                         loader_img_s(train_loader, n_batches)))
+                         *loader_img_s(train_loader, workers)))
             print(rows[-1], flush=True)
-        fake = get_dataset_info("fake")
+        fake = get_dataset_info(f"fake:{args.images}")
         train_loader, _ = build_loaders(fake, args.batch, 224, num_workers=args.workers)
-        rows.append((f"fake (random tensors), {args.workers} workers", loader_img_s(train_loader, 6)))
-    lines += [f"Data pipeline ({args.images} JPEGs written in {made:.1f} s; {os.cpu_count()} CPU cores):", "",
-              "| loader | img/s | vs vmbench training step |", "|---|---|---|"]
-    lines += [f"| {name} | {rate:.0f} | {rate / vm_s:.2f}× |" for name, rate in rows]
+        rows.append((f"fake:{args.images} (random tensors), {args.workers} workers",
+                     *loader_img_s(train_loader, args.workers)))
+    lines += [f"Data pipeline ({args.images} JPEG files, {args.unique} distinct; {os.cpu_count()} CPU cores; "
+              f"batch {args.batch}):", "",
+              "| loader | img/s | batches timed | vs vmbench training step |", "|---|---|---|---|"]
+    lines += [f"| {name} | {rate:.0f} | {timed} | {rate / vm_s:.2f}× |" for name, rate, timed in rows]
     text = "\n".join(lines)
     print(text)
     out = os.environ.get("OUT")
