@@ -89,7 +89,8 @@ class LayerNorm(nn.LayerNorm):
 
     Extra attributes:
         autocast_out: when True and autocast is on for x's device type, y is emitted in the autocast
-            dtype (the next Linear's input dtype); otherwise y has x's dtype on the Triton backend.
+            dtype (the next Linear's input dtype). When False, y's dtype follows nn.LayerNorm on every
+            backend: float32 while autocast is on (autocast runs layer_norm in fp32), x's dtype otherwise.
         backend: "auto" | "torch" | "triton". On the torch backend with autocast_out=False (or autocast
             off) forward is exactly nn.LayerNorm's, autocast policy included. Code being compiled by
             torch.compile always takes the torch path (Inductor fuses the norm itself).
@@ -107,13 +108,14 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.normalized_shape[0]:
             raise ValueError(f"LayerNorm({self.normalized_shape[0]}) got x of shape {tuple(x.shape)}")
-        out_dtype = autocast_dtype(x.device.type) if self.autocast_out else None
+        cast = autocast_dtype(x.device.type)
+        out_dtype = cast if self.autocast_out else (torch.float32 if cast is not None else None)
         # Under torch.compile the torch path: Inductor generates its own fused norm (with the residual
         # add and cast around it), which an opaque custom op would prevent.
         be = "torch" if torch.compiler.is_compiling() else _pick_backend(self.backend, x)
         if be == "torch":
-            if out_dtype is None:
-                return super().forward(x)
+            if out_dtype is None or not self.autocast_out:
+                return super().forward(x)  # nn.LayerNorm, autocast policy included
             return layer_norm_ref(x, self.weight, self.bias, self.eps, out_dtype)
         return layer_norm(x, self.weight, self.bias, self.eps, out_dtype, backend="triton")
 

@@ -283,6 +283,12 @@ def test_module_triton_backend(small_tiles, autocast_out):
     assert rel(y, y_ref) <= (4e-3 if autocast_out else 1e-6)
     y.float().sum().backward()
     assert m.weight.grad is not None and m.bias.grad is not None and x.grad is not None
+    xb = x.detach().to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 in: fp32 out as nn.LayerNorm under autocast
+        yb = m(xb)
+    assert yb.dtype == want
+    assert rel(yb, layer_norm_ref(xb, m.weight, m.bias, m.eps, want)) <= (4e-3 if autocast_out else 1e-6)
+    assert m(xb).dtype == torch.bfloat16  # autocast off: x's dtype
 
 
 # ------------------------------------------------------------------------------------ errors

@@ -140,9 +140,9 @@ class Mlp(nn.Module):
 class PatchMerging2D(nn.Module):
     """Vanilla-VMamba downsampling: 2x2 neighbours concatenated, LayerNorm(4C), Linear 4C -> out."""
 
-    def __init__(self, dim: int, out_dim: int):
+    def __init__(self, dim: int, out_dim: int, backend: str = "auto"):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = LayerNorm(4 * dim, autocast_out=True, backend=backend)  # feeds the Linear
         self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
@@ -155,35 +155,38 @@ class PatchMerging2D(nn.Module):
 
 
 def _stem(cfg: VMambaConfig) -> nn.Sequential:
-    """Image (B, 3, H, W) channels_last -> (B, H/4, W/4, dims[0]). Module indices match the release."""
-    c = cfg.dims[0]
+    """Image (B, 3, H, W) channels_last -> (B, H/4, W/4, dims[0]). Module indices match the release.
+
+    Every norm of the model is vmbench's LayerNorm (nn.LayerNorm's state_dict and dtypes, Triton kernel on
+    CUDA): PyTorch's kernel is slow on these short channel-last rows (48-768 channels)."""
+    c, be = cfg.dims[0], cfg.scan_backend
     if cfg.stem == "v1":
         return nn.Sequential(
             nn.Conv2d(cfg.in_chans, c, kernel_size=4, stride=4),  # .0
             ToChannelsLast(),
-            nn.LayerNorm(c),  # .2
+            LayerNorm(c, backend=be),  # .2
         )
     return nn.Sequential(
         nn.Conv2d(cfg.in_chans, c // 2, kernel_size=3, stride=2, padding=1),  # .0
         ToChannelsLast(),
-        nn.LayerNorm(c // 2),  # .2
+        LayerNorm(c // 2, backend=be),  # .2
         ToChannelsFirst(),
         nn.GELU(),
         nn.Conv2d(c // 2, c, kernel_size=3, stride=2, padding=1),  # .5
         ToChannelsLast(),
-        nn.LayerNorm(c),  # .7
+        LayerNorm(c, backend=be),  # .7
     )
 
 
-def _downsample(version: str, dim: int, out_dim: int) -> nn.Module:
+def _downsample(version: str, dim: int, out_dim: int, backend: str) -> nn.Module:
     """(B, H, W, dim) -> (B, ceil(H/2), ceil(W/2), out_dim)."""
     if version == "v1":
-        return PatchMerging2D(dim, out_dim)
+        return PatchMerging2D(dim, out_dim, backend)
     return nn.Sequential(
         ToChannelsFirst(),
         nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1),  # .1
         ToChannelsLast(),
-        nn.LayerNorm(out_dim),  # .3
+        LayerNorm(out_dim, backend=backend),  # .3
     )
 
 
@@ -332,10 +335,10 @@ class VSSM(nn.Module):
             blocks = [VSSBlock(dim, dpr[start + j], cfg) for j in range(depth)]
             start += depth
             last = i == len(cfg.depths) - 1
-            down = nn.Identity() if last else _downsample(cfg.downsample, dim, cfg.dims[i + 1])
+            down = nn.Identity() if last else _downsample(cfg.downsample, dim, cfg.dims[i + 1], cfg.scan_backend)
             self.layers.append(VSSLayer(blocks, down))
         self.classifier = nn.Sequential(OrderedDict(
-            norm=nn.LayerNorm(self.num_features),
+            norm=LayerNorm(self.num_features, backend=cfg.scan_backend),
             pool=GlobalAvgPoolNHWC(),
             head=nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity(),
         ))
