@@ -125,7 +125,7 @@ def time_stage(kd, L, dtype, with_ref=True):
     dys = [torch.randn(B_SZ, kd, L, device="cuda") for _ in range(n_sets)]
     hss = [T._scan_fwd(*x, True, True)[1] for x in sets]
     fwd_ms = bench(lambda i: T._scan_fwd(*sets[i], True, True), n_sets)
-    bwd_ms = bench(lambda i: T._scan_bwd(dys[i], *sets[i], hss[i], True), n_sets)
+    bwd_ms = bench(lambda i: T._scan_bwd_parts(dys[i], *sets[i], hss[i], True), n_sets)
     res = dict(kd=kd, L=L, dtype=str(dtype).split(".")[-1], fwd_ms=fwd_ms, bwd_ms=bwd_ms,
                fwd_tbs=fwd_bytes / fwd_ms / 1e9, bwd_tbs=bwd_bytes / bwd_ms / 1e9,
                fwd_floor_mb=fwd_bytes / 1e6, bwd_floor_mb=bwd_bytes / 1e6)
@@ -133,7 +133,7 @@ def time_stage(kd, L, dtype, with_ref=True):
         with T.scan_config(n1=0):
             hss = [T._scan_fwd(*x, True, True)[1] for x in sets]
             res["v1_fwd_ms"] = bench(lambda i: T._scan_fwd(*sets[i], True, True), n_sets)
-            res["v1_bwd_ms"] = bench(lambda i: T._scan_bwd(dys[i], *sets[i], hss[i], True), n_sets)
+            res["v1_bwd_ms"] = bench(lambda i: T._scan_bwd_parts(dys[i], *sets[i], hss[i], True), n_sets)
     del sets, dys, hss
     if with_ref:
         x = [t.requires_grad_(True) if t.is_floating_point() else t for t in make_inputs(kd, L, dtype)]
@@ -173,7 +173,7 @@ def sweep(stages):
         for cfg in bwd_cfgs:
             with T.scan_config(**cfg):
                 hs = T._scan_fwd(*x, True, True)[1]
-                ms = bench(lambda i: T._scan_bwd(dy, *x, hs, True))
+                ms = bench(lambda i: T._scan_bwd_parts(dy, *x, hs, True))
             out.append(dict(stage=f"{kd}x{L}", kind="bwd", **cfg, ms=ms))
             print(f"sweep bwd {kd}x{L} {cfg} {ms:.3f} ms", flush=True)
         del x, dy

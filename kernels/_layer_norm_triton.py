@@ -215,7 +215,8 @@ def layer_norm_bwd_launch(dy: torch.Tensor, x: torch.Tensor, weight: Optional[to
         config: optional (BLOCK_R, num_warps, programs) override.
     Returns:
         dx: (..., C) x.dtype, contiguous.
-        dweight, dbias: (C,) fp32 (sum over rows of dy * x_hat and of dy; computed with or without weight).
+        dweight, dbias: (C,) fp32 (sum over rows of dy * x_hat and of dy; computed with or without weight);
+            views of one buffer.
     """
     c = _check_x(x)
     _check_x(dy, "dy")
@@ -234,13 +235,13 @@ def layer_norm_bwd_launch(dy: torch.Tensor, x: torch.Tensor, weight: Optional[to
     block_r, nw, programs = config or bwd_config(R, c, x.device)
     n_tiles = triton.cdiv(R, block_r)
     programs = max(1, min(programs, n_tiles))
-    dwp = new_buffer((programs, c), torch.float32, x.device)  # per-program partial sums
-    dbp = new_buffer((programs, c), torch.float32, x.device)
+    part = new_buffer((2, programs, c), torch.float32, x.device)  # per-program partial sums of dweight, dbias
     _kernel_for(_ln_bwd_kernel, x.device)[(programs,)](
-        dy2, x2, w if w is not None else x2, mean, rstd, dx, dwp, dbp,
+        dy2, x2, w if w is not None else x2, mean, rstd, dx, part[0], part[1],
         R, c, dy2.stride(0), x2.stride(0), n_tiles,
         HAS_W=w is not None, BLOCK_R=block_r, BLOCK_C=triton.next_power_of_2(c), num_warps=nw)
-    return dx, dwp.sum(0), dbp.sum(0)
+    dw, db = part.sum(1).unbind(0)  # one reduction; two views of one (2, C) buffer
+    return dx, dw, db
 
 
 # ----------------------------------------------------------------------------- custom ops + autograd
@@ -255,7 +256,8 @@ def _ln_fwd_op(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[t
 @torch.library.triton_op("vmbench::layer_norm_bwd", mutates_args=())
 def _ln_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.Tensor,
                rstd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return layer_norm_bwd_launch(dy, x, weight, mean, rstd)
+    dx, dw, db = layer_norm_bwd_launch(dy, x, weight, mean, rstd)
+    return dx, dw, db.clone()  # a custom op's outputs may not share storage
 
 
 def _setup_context(ctx, inputs, output):

@@ -282,13 +282,15 @@ def _scan_fwd_n1_kernel(
 
 def _scan_bwd_n1_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
-    du_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    du_ptr, ddt_ptr, dBC_ptr, dP_ptr,
     K, Dk, L, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    # N = 1 backward on 2-D tiles. dB / dC: each program writes its channel block's partial sums
-    # (B, K, n_dblk, L), summed by the launcher: no atomics, and the result is deterministic.
+    # N = 1 backward on 2-D tiles. dB / dC: each program writes its channel block's partial sums into
+    # dBC (B, K, 2, n_dblk, L) (dB then dC), summed by the launcher: no atomics, and the result is
+    # deterministic. dA / dD / ddelta_bias per batch element go to dP (B, 3, K*D), also summed there:
+    # one buffer and one reduction each, not five.
     pid = tl.program_id(0)
     n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
     dblk = pid % n_dblk
@@ -306,7 +308,8 @@ def _scan_bwd_n1_kernel(
     rowid = (b * K * Dk + ch).to(tl.int64)
     row = rowid * L
     bc = bk.to(tl.int64) * L
-    part = (bk.to(tl.int64) * n_dblk + dblk) * L  # this program's row of the dB / dC partials
+    part_b = (bk.to(tl.int64) * 2 * n_dblk + dblk) * L  # this program's rows of the dB / dC partials
+    part_c = part_b + n_dblk * L
     lidx = tl.arange(0, BLOCK_L)
     g_next = tl.full([BLOCK_D], 0.0, tl.float32)  # dL/dh at the next chunk's first position
     dA_acc = tl.full([BLOCK_D], 0.0, tl.float32)
@@ -350,8 +353,8 @@ def _scan_bwd_n1_kernel(
         g = gg + ga * g_next[:, None]
         g_next = tl.reduce(tl.where((lidx == 0)[None, :], g, 0.0), 1, _add)
         gah = g * (hh - x)  # g_t * a_t * h_{t-1}
-        tl.store(dC_ptr + part + offs_l, tl.reduce(hh * dy, 0, _add), mask=mask_l)
-        tl.store(dB_ptr + part + offs_l, tl.reduce(g * dtu, 0, _add), mask=mask_l)
+        tl.store(dBC_ptr + part_c + offs_l, tl.reduce(hh * dy, 0, _add), mask=mask_l)
+        tl.store(dBC_ptr + part_b + offs_l, tl.reduce(g * dtu, 0, _add), mask=mask_l)
         gB = g * Bv[None, :]
         ddt = gB * u + gah * Av[:, None]
         dA_acc += tl.reduce(gah * dt, 1, _add)
@@ -365,11 +368,13 @@ def _scan_bwd_n1_kernel(
         dbias_acc += tl.reduce(ddt, 1, _add)
         tl.store(du_ptr + ptr, du.to(du_ptr.dtype.element_ty), mask=m2)
         tl.store(ddt_ptr + ptr, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-    tl.store(dA_ptr + rowid, dA_acc, mask=mask_d)
+    kd = K * Dk
+    pp = b.to(tl.int64) * 3 * kd + ch  # dP[b, 0, ch]
+    tl.store(dP_ptr + pp, dA_acc, mask=mask_d)
     if HAS_D:
-        tl.store(dD_ptr + rowid, dD_acc, mask=mask_d)
+        tl.store(dP_ptr + pp + kd, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + rowid, dbias_acc, mask=mask_d)
+        tl.store(dP_ptr + pp + 2 * kd, dbias_acc, mask=mask_d)
 
 
 # Kernels are built per mode (compiled / TRITON_INTERPRET=1) on first use, so a test that
@@ -511,9 +516,12 @@ def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: 
     return y, hs
 
 
-def _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bool):
-    """Launch the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs'
-    shapes and dtypes (dD / ddelta_bias are (K*D,) fp32 zeros when D / delta_bias is None)."""
+def _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bool):
+    """Launch the backward kernel. Returns (du, ddelta, dA, dBC, dD, ddelta_bias):
+    du / ddelta in u's / delta's shape and dtype; dA (K*D, N) fp32; dBC (B, K, 2N, L), dB's rows then dC's,
+    in B's dtype (fp32 when B and C differ in dtype); dD / ddelta_bias (K*D,) fp32 (zeros when D / delta_bias
+    is None). dA, dD and ddelta_bias may be views of one buffer: callers that need separate tensors use
+    `_scan_bwd`."""
     (u, delta, A, B, C, D, delta_bias), (batch, k, dk, n, L) = _prepare(u, delta, A, B, C, D, delta_bias)
     if dy.shape != u.shape:
         raise ValueError(f"dy must be {tuple(u.shape)}; got {tuple(dy.shape)}")
@@ -527,31 +535,45 @@ def _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bool):
     dev = u.device
     du = _alloc(u.shape, u.dtype, dev)
     ddelta = _alloc(delta.shape, delta.dtype, dev)
-    dA_p = _alloc((batch, k * dk, n), torch.float32, dev)  # per-batch partials, summed below
-    dD_p = _alloc((batch, k * dk), torch.float32, dev)
-    dbias_p = _alloc((batch, k * dk), torch.float32, dev)
     n_dblk = triton.cdiv(dk, bd)
     grid = (batch * k * n_dblk,)
-    n1 = _use_n1(n)
-    if n1:  # per-channel-block partials (B, K, n_dblk, L), summed below
-        dB = _alloc((batch, k, n_dblk, L), torch.float32, dev)
-        dC = _alloc((batch, k, n_dblk, L), torch.float32, dev)
-    else:  # atomics accumulate into zeros
+    flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
+    ins = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, dy, hs)
+    if _use_n1(n):
+        dBC_p = _alloc((batch, k, 2, n_dblk, L), torch.float32, dev)  # per-channel-block partials
+        dP = _alloc((batch, 3, k * dk), torch.float32, dev)  # per-batch dA, dD, ddelta_bias
+        _kernel(_scan_bwd_n1_kernel)[grid](*ins, du, ddelta, dBC_p, dP, k, dk, L, n_chunks, **flags,
+                                           BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+        dBC = dBC_p.sum(3)  # (B, K, 2, L) = (B, K, 2N, L)
+        dA, dD, dbias = dP.sum(0).unbind(0)
+        dA = dA.view(k * dk, 1)
+    else:  # atomics accumulate dB / dC into zeros; dA / dD / ddelta_bias per batch element
         dB = torch.zeros(B.shape, dtype=torch.float32, device=dev)
         dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
-    args = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, dy, hs,
-            du, ddelta, dB, dC, dA_p, dD_p, dbias_p, k, dk, L, n_chunks)
-    flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
-    if n1:
-        _kernel(_scan_bwd_n1_kernel)[grid](*args, **flags, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
-        dB = dB.sum(2, keepdim=True)
-        dC = dC.sum(2, keepdim=True)
-    else:
-        _kernel(_scan_bwd_kernel)[grid](*args, N=n, **flags, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps)
-    z = torch.zeros(k * dk, dtype=torch.float32, device=dev)
-    dD = dD_p.sum(0) if D is not None else z
-    dbias = dbias_p.sum(0) if delta_bias is not None else z.clone()
-    return du, ddelta, dA_p.sum(0), dB.to(B.dtype), dC.to(C.dtype), dD, dbias
+        dA_p = _alloc((batch, k * dk, n), torch.float32, dev)
+        dD_p = _alloc((batch, k * dk), torch.float32, dev)
+        dbias_p = _alloc((batch, k * dk), torch.float32, dev)
+        _kernel(_scan_bwd_kernel)[grid](*ins, du, ddelta, dB, dC, dA_p, dD_p, dbias_p, k, dk, L, n_chunks, N=n,
+                                        **flags, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps)
+        dBC = torch.cat([dB, dC], 2)
+        dA, dD, dbias = dA_p.sum(0), dD_p.sum(0), dbias_p.sum(0)
+    if B.dtype == C.dtype:
+        dBC = dBC.to(B.dtype)
+    if D is None:
+        dD = torch.zeros(k * dk, dtype=torch.float32, device=dev)
+    if delta_bias is None:
+        dbias = torch.zeros(k * dk, dtype=torch.float32, device=dev)
+    return du, ddelta, dA, dBC, dD, dbias
+
+
+def _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bool):
+    """`_scan_bwd_parts` as seven separate tensors (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs'
+    shapes and dtypes (dD / ddelta_bias (K*D,) fp32 zeros when D / delta_bias is None): a custom op's outputs
+    may not alias one another."""
+    du, ddelta, dA, dBC, dD, dbias = _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus)
+    n = B.shape[2]
+    return (du, ddelta, dA.clone(), dBC[:, :, :n].to(B.dtype).contiguous(), dBC[:, :, n:].to(C.dtype).contiguous(),
+            dD.clone(), dbias.clone())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,7 +631,9 @@ class _ScanFn(torch.autograd.Function):
     def backward(ctx, dy):
         u, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
         with direct_launch():
-            return _grads(ctx, _scan_bwd(dy, u, delta, A, B, C, D, delta_bias, hs, ctx.flags[0]))
+            du, ddelta, dA, dBC, dD, dbias = _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, ctx.flags[0])
+        n = B.shape[2]  # eager autograd takes views: no copies
+        return _grads(ctx, (du, ddelta, dA, dBC[:, :, :n].to(B.dtype), dBC[:, :, n:].to(C.dtype), dD, dbias))
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_fp32=True):

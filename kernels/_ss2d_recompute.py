@@ -19,7 +19,7 @@ import torch
 
 from ._backend import direct_launch
 from ._cross_scan_triton import cross_merge_launch, cross_scan_launch
-from ._selective_scan_triton import _scan_bwd, _scan_fwd
+from ._selective_scan_triton import _scan_bwd_parts, _scan_fwd
 
 __all__ = ["ss2d_scan_recompute"]
 
@@ -54,12 +54,11 @@ class _SS2DScan(torch.autograd.Function):
         with direct_launch():
             u, delta, Bs, Cs = _inputs(x, ps, wdt, r, n)  # recomputed, not saved
             dy = cross_scan_launch(gy.contiguous(), True).view(b, k * d, h * w)  # merge's adjoint
-            du, ddelta, dA, dB, dC, dD, dbias = _scan_bwd(dy, u, delta, A, Bs, Cs, Ds, bias, hs, True)
+            du, ddelta, dA, dBC, dD, dbias = _scan_bwd_parts(dy, u, delta, A, Bs, Cs, Ds, bias, hs, True)
             dx = cross_merge_launch(du.view(b, k, d, h * w), h, w, True)  # scan's adjoint
         ddelta = ddelta.view(b, k, d, h * w)
         dps = torch.matmul(wdt.transpose(1, 2), ddelta)  # (B, K, C, L)
-        dps[:, :, r:r + n] += dB.to(dps.dtype)
-        dps[:, :, r + n:] += dC.to(dps.dtype)
+        dps[:, :, r:] += dBC.to(dps.dtype)  # the B and C rows: (B, K, 2N, L), dB's rows then dC's
         dwdt = torch.matmul(ddelta, ps.transpose(2, 3)).sum(0, dtype=torch.float32)  # (K, D, C), batch summed in fp32
         return dx.to(x.dtype), dps, dwdt.to(wdt.dtype), dA, dD, dbias, None, None
 
