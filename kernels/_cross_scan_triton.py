@@ -74,7 +74,7 @@ def _cross_scan_kernel(
     x_ptr, xs_ptr,
     H, W, C, L,  # L = H * W passed on its own so Triton specialises L % 16 == 0 (aligned vector stores)
     sxb, sxh, sxw, sxc,  # x strides in elements for (b, h, w, c), whatever the memory layout
-    BC: tl.constexpr, BP: tl.constexpr,
+    BC: tl.constexpr, BP: tl.constexpr, DIAG: tl.constexpr,
 ):
     # One program = (image b, direction pair: rows k=0/2 or columns k=1/3, chunk of BP
     # consecutive sequence positions, BC channels). Every load is a [BP, BC] tile (C fastest:
@@ -84,6 +84,8 @@ def _cross_scan_kernel(
     # sequence, whose sources are the same BP map positions in reverse order (re-read from
     # L1/L2, not HBM). No store has descending addresses: Triton's axis analysis sees those as
     # non-contiguous -> scalar, uncoalesced stores (what made the first version 0.8x torch).
+    # DIAG: x has 4C channels and direction k takes only its own block k*C .. k*C+C-1 (the
+    # per-direction projections of SS2D), so k and k + 2 read different channels.
     pid = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     n_cb = (C + BC - 1) // BC
@@ -106,7 +108,13 @@ def _cross_scan_kernel(
     h = tl.where(pair == 0, a, r)
     w = tl.where(pair == 0, r, a)
     qmask = q < L
-    v = tl.load(src + h[:, None] * sxh + w[:, None] * sxw,
+    if DIAG:
+        src_k = src + pair * C * sxc
+        src_k2 = src + (pair + 2) * C * sxc
+    else:
+        src_k = src
+        src_k2 = src
+    v = tl.load(src_k + h[:, None] * sxh + w[:, None] * sxw,
                 mask=qmask[:, None] & cmask[None, :])  # [BP, BC], C fastest
     tl.store(dst + q[None, :], tl.trans(v), mask=cmask[:, None] & qmask[None, :])  # [BC, BP], L fastest
 
@@ -117,8 +125,8 @@ def _cross_scan_kernel(
     h = tl.where(pair == 0, a, r)
     w = tl.where(pair == 0, r, a)
     rmask = qr < L
-    vr = tl.load(src + h[:, None] * sxh + w[:, None] * sxw,
-                 mask=rmask[:, None] & cmask[None, :])  # same addresses as v, reversed: cache hits
+    vr = tl.load(src_k2 + h[:, None] * sxh + w[:, None] * sxw,
+                 mask=rmask[:, None] & cmask[None, :])  # v's addresses reversed (DIAG: other channels)
     lr = (L - q0 - BP) + j  # negative only where masked (last, partial chunk)
     tl.store(dst + 2 * C * L + lr[None, :], tl.trans(vr), mask=cmask[:, None] & rmask[None, :])
 
@@ -129,8 +137,10 @@ def _cross_merge_kernel(
     H, W, C,
     syb, syk, syc,  # ys strides for (b, k, c); the L stride is 1 (checked by the launcher)
     sob, soh, sow, soc,  # y strides for (b, h, w, c)
-    BC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, ACC_F64: tl.constexpr,
+    BC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, ACC_F64: tl.constexpr, DIAG: tl.constexpr,
 ):
+    # DIAG (the adjoint of the DIAG cross-scan): direction k is written to its own channel block k*C of a
+    # 4C-channel map instead of being summed with the others.
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -151,17 +161,26 @@ def _cross_merge_kernel(
         ACC: tl.constexpr = tl.float32
     src = ys_ptr + pid_b * syb + c3 * syc
     row = h3 * W + w3
-    acc = tl.load(src + row, mask=mask).to(ACC)  # k = 0
-    acc += tl.load(src + 2 * syk + (L - 1 - row), mask=mask).to(ACC)  # k = 2
     wt = w[None, :, None]
     ht = h[None, None, :]
     mask_t = (c3 < C) & (wt < W) & (ht < H)  # [BC, BW, BH]
     col = wt * H + ht
-    acc_t = tl.load(src + syk + col, mask=mask_t).to(ACC)  # k = 1
-    acc_t += tl.load(src + 3 * syk + (L - 1 - col), mask=mask_t).to(ACC)  # k = 3
-    acc += tl.permute(acc_t, (0, 2, 1))
     dst = y_ptr + pid_b * sob + c3 * soc + h3 * soh + w3 * sow
-    tl.store(dst, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    if DIAG:
+        out_ty = y_ptr.dtype.element_ty
+        tl.store(dst, tl.load(src + row, mask=mask).to(out_ty), mask=mask)  # k = 0
+        tl.store(dst + 2 * C * soc, tl.load(src + 2 * syk + (L - 1 - row), mask=mask).to(out_ty), mask=mask)
+        v1 = tl.load(src + syk + col, mask=mask_t)  # k = 1
+        tl.store(dst + C * soc, tl.permute(v1, (0, 2, 1)).to(out_ty), mask=mask)
+        v3 = tl.load(src + 3 * syk + (L - 1 - col), mask=mask_t)  # k = 3
+        tl.store(dst + 3 * C * soc, tl.permute(v3, (0, 2, 1)).to(out_ty), mask=mask)
+    else:
+        acc = tl.load(src + row, mask=mask).to(ACC)  # k = 0
+        acc += tl.load(src + 2 * syk + (L - 1 - row), mask=mask).to(ACC)  # k = 2
+        acc_t = tl.load(src + syk + col, mask=mask_t).to(ACC)  # k = 1
+        acc_t += tl.load(src + 3 * syk + (L - 1 - col), mask=mask_t).to(ACC)  # k = 3
+        acc += tl.permute(acc_t, (0, 2, 1))
+        tl.store(dst, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -204,21 +223,26 @@ def _map_dims(t: torch.Tensor, channels_last: bool):
     return b, h, w, c
 
 
-def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None) -> torch.Tensor:
+def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None, diag: bool = False) -> torch.Tensor:
     """Launch the cross-scan kernel (no autograd).
 
     Args:
         x: (B, H, W, C) if channels_last else (B, C, H, W); fp16 / bf16 / fp32 / fp64, any strides.
         tiles: optional (BC, BH, BW, num_warps) override (benchmark sweeps); BH * BW is the chunk of
             sequence positions per program.
+        diag: x holds 4 blocks of C / 4 channels and direction k takes only block k (`cross_scan_diag_ref`).
     Returns:
-        xs: (B, 4, C, H*W), x.dtype, contiguous.
+        xs: (B, 4, C, H*W) (diag: (B, 4, C / 4, H*W)), x.dtype, contiguous.
     """
     if x.dim() != 4:
         raise ValueError(f"expected a 4-d feature map, got shape {tuple(x.shape)}")
     if x.dtype not in _DTYPES:
         raise ValueError(f"cross_scan: unsupported dtype {x.dtype}")
     b, h, w, c = _map_dims(x, channels_last)
+    if diag:
+        if c % 4:
+            raise ValueError(f"cross_scan(diag=True): channels ({c}) must be 4 blocks, one per direction")
+        c //= 4
     L = h * w
     xs = new_buffer((b, 4, c, L), x.dtype, x.device)
     if xs.numel() == 0:
@@ -227,18 +251,23 @@ def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None) -
     BC, BP, nw = _scan_tiles(c, L, tiles)
     grid = (triton.cdiv(c, BC) * 2 * triton.cdiv(L, BP), b)
     _kernel_for(_cross_scan_kernel, x.device)[grid](
-        x, xs, h, w, c, L, *_map_strides(x, channels_last), BC=BC, BP=BP, num_warps=nw)
+        x, xs, h, w, c, L, *_map_strides(x, channels_last), BC=BC, BP=BP, DIAG=diag, num_warps=nw)
     return xs
 
 
-def cross_merge_launch(ys: torch.Tensor, H: int, W: int, channels_last: bool = True, tiles=None) -> torch.Tensor:
+def cross_merge_launch(ys: torch.Tensor, H: int, W: int, channels_last: bool = True, tiles=None,
+                       out_dtype: torch.dtype | None = None, diag: bool = False) -> torch.Tensor:
     """Launch the cross-merge kernel (no autograd).
 
     Args:
         ys: (B, 4, C, H*W); fp16 / bf16 / fp32 / fp64; the last dim must have stride 1.
         tiles: optional (BC, BH, BW, num_warps) override.
+        out_dtype: y's dtype (default ys.dtype); the sum is rounded to it once.
+        diag: the adjoint of `cross_scan_launch(diag=True)`: direction k goes to channel block k of a 4C-channel
+            map, nothing is summed.
     Returns:
-        y: (B, H, W, C) if channels_last else (B, C, H, W), ys.dtype, contiguous. Summed in fp32.
+        y: (B, H, W, C) if channels_last else (B, C, H, W) (diag: 4C channels), out_dtype, contiguous.
+        Summed in fp32 (fp64 for fp64).
     """
     if ys.dim() != 4 or ys.shape[1] != 4 or ys.shape[3] != H * W:
         raise ValueError(f"ys must be (B, 4, C, {H}*{W}); got {tuple(ys.shape)}")
@@ -247,8 +276,9 @@ def cross_merge_launch(ys: torch.Tensor, H: int, W: int, channels_last: bool = T
     if ys.stride(3) != 1:
         ys = ys.contiguous()
     b, _, c, L = ys.shape
-    shape = (b, H, W, c) if channels_last else (b, c, H, W)
-    y = new_buffer(shape, ys.dtype, ys.device)
+    cy = 4 * c if diag else c
+    shape = (b, H, W, cy) if channels_last else (b, cy, H, W)
+    y = new_buffer(shape, out_dtype or ys.dtype, ys.device)
     if y.numel() == 0:
         return y
     assert 4 * c * L < 2**31, "per-image offsets are int32"
@@ -256,7 +286,7 @@ def cross_merge_launch(ys: torch.Tensor, H: int, W: int, channels_last: bool = T
     grid = (triton.cdiv(H, BH) * triton.cdiv(W, BW), triton.cdiv(c, BC), b)
     _kernel_for(_cross_merge_kernel, ys.device)[grid](
         ys, y, H, W, c, ys.stride(0), ys.stride(1), ys.stride(2), *_map_strides(y, channels_last),
-        BC=BC, BH=BH, BW=BW, ACC_F64=ys.dtype == torch.float64, num_warps=nw)
+        BC=BC, BH=BH, BW=BW, ACC_F64=ys.dtype == torch.float64, DIAG=diag, num_warps=nw)
     return y
 
 

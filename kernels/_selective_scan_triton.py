@@ -3,7 +3,8 @@
 Shapes (VMamba layout; K directions, D channels per direction, N states, L positions):
     u, delta        (B, K*D, L)  fp32 / fp16 / bf16
     A               (K*D, N)     fp32
-    B, C            (B, K, N, L) fp32 / fp16 / bf16, shared by the D channels of direction k
+    B, C            (B, K, N, L) fp32 / fp16 / bf16, shared by the D channels of direction k (N = 1: any
+                    view whose (b, k) rows are evenly strided with contiguous positions, read in place)
     D, delta_bias   (K*D,)       fp32, optional
     y               (B, K*D, L)  fp32 if out_fp32 else u.dtype
     hs              (B, K*D, N, n_saved) fp32 — state entering each backward chunk (saved for backward)
@@ -221,7 +222,7 @@ def _scan_bwd_kernel(
 
 def _scan_fwd_n1_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr,
-    K, Dk, L, n_chunks, n_saved,
+    K, Dk, L, n_chunks, n_saved, sbc,  # sbc: stride between the (b, k) rows of B and C (L when contiguous)
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SAVE_EVERY: tl.constexpr,
 ):
@@ -244,7 +245,7 @@ def _scan_fwd_n1_kernel(
         bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
     rowid = (b * K * Dk + ch).to(tl.int64)  # [BLOCK_D]
     row = rowid * L
-    bc = bk.to(tl.int64) * L
+    bc = bk.to(tl.int64) * sbc
     lidx = tl.arange(0, BLOCK_L)
     h = tl.full([BLOCK_D], 0.0, tl.float32)
     hs_row = rowid * n_saved
@@ -283,7 +284,7 @@ def _scan_fwd_n1_kernel(
 def _scan_bwd_n1_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
     du_ptr, ddt_ptr, dBC_ptr, dP_ptr,
-    K, Dk, L, n_chunks,
+    K, Dk, L, n_chunks, sbc,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -307,7 +308,7 @@ def _scan_bwd_n1_kernel(
         bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
     rowid = (b * K * Dk + ch).to(tl.int64)
     row = rowid * L
-    bc = bk.to(tl.int64) * L
+    bc = bk.to(tl.int64) * sbc
     part_b = (bk.to(tl.int64) * 2 * n_dblk + dblk) * L  # this program's rows of the dB / dC partials
     part_c = part_b + n_dblk * L
     lidx = tl.arange(0, BLOCK_L)
@@ -489,8 +490,18 @@ def _prepare(u, delta, A, B, C, D, delta_bias):
     for t in (delta, A, B, C, D, delta_bias):
         if t is not None and t.device != u.device:
             raise ValueError(f"all scan inputs must be on {u.device}; found one on {t.device}")
-    ts = [t.contiguous() if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]
+    ts = [t.contiguous() if t is not None else None for t in (u, delta, A, D, delta_bias)]
+    if not (_use_n1(n) and _rows_ok(B, C, k)):
+        B, C = B.contiguous(), C.contiguous()
+    ts[3:3] = [B, C]
     return ts, (batch, k, dk, n, L)
+
+
+def _rows_ok(B, C, k: int) -> bool:
+    """Can the N = 1 kernels read B and C as they are? Their rows (b, k) must be evenly strided, with
+    contiguous positions: e.g. the B / C rows of SS2D's projections, (B, K, R + 2N, L)[:, :, R:R+1]."""
+    return (B.stride() == C.stride() and B.stride(3) == 1 and B.stride(0) == k * B.stride(1)
+            and B.stride(1) >= B.shape[3])
 
 
 def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: bool):
@@ -508,8 +519,8 @@ def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: 
             k, dk, L, n_chunks)
     flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
     if _use_n1(n):
-        _kernel(_scan_fwd_n1_kernel)[grid](*args, n_saved, **flags, BLOCK_D=bd, BLOCK_L=bl, SAVE_EVERY=save_every,
-                                           num_warps=warps)
+        _kernel(_scan_fwd_n1_kernel)[grid](*args, n_saved, B.stride(1), **flags, BLOCK_D=bd, BLOCK_L=bl,
+                                           SAVE_EVERY=save_every, num_warps=warps)
     else:
         assert n_saved == n_chunks
         _kernel(_scan_fwd_kernel)[grid](*args, N=n, **flags, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps)
@@ -542,7 +553,7 @@ def _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bo
     if _use_n1(n):
         dBC_p = _alloc((batch, k, 2, n_dblk, L), torch.float32, dev)  # per-channel-block partials
         dP = _alloc((batch, 3, k * dk), torch.float32, dev)  # per-batch dA, dD, ddelta_bias
-        _kernel(_scan_bwd_n1_kernel)[grid](*ins, du, ddelta, dBC_p, dP, k, dk, L, n_chunks, **flags,
+        _kernel(_scan_bwd_n1_kernel)[grid](*ins, du, ddelta, dBC_p, dP, k, dk, L, n_chunks, B.stride(1), **flags,
                                            BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
         dBC = dBC_p.sum(3)  # (B, K, 2, L) = (B, K, 2N, L)
         dA, dD, dbias = dP.sum(0).unbind(0)

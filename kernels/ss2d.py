@@ -69,14 +69,14 @@ def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, 
     b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
     L, c = h * w, r + 2 * n
     p = torch.matmul(x, x_proj_weight.reshape(k * c, d).t().to(x.dtype))  # (B, H, W, K*C)
-    ps = xscan(p).view(b, k, k, c, L)  # direction j's order of all K projections
-    ps = ps.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2).contiguous()  # (B, K, C, L): direction k's own
-    wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(ps.dtype)  # (K, D, C)
+    wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(p.dtype)  # (K, D, C)
     A, Ds, bias = -torch.exp(A_logs.float()), Ds.float(), dt_projs_bias.reshape(-1).float()
     if recompute:
         from ._ss2d_recompute import ss2d_scan_recompute
 
-        return ss2d_scan_recompute(x.contiguous(), ps, wdt, A, Ds, bias, r, n).to(x.dtype)  # (B, H, W, D)
+        return ss2d_scan_recompute(x.contiguous(), p, wdt, A, Ds, bias, r, n)  # (B, H, W, D), x.dtype
+    ps = xscan(p).view(b, k, k, c, L)  # direction j's order of all K projections
+    ps = ps.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2).contiguous()  # (B, K, C, L): direction k's own
     xs = xscan(x)  # (B, K, D, L)
     dts = torch.matmul(wdt, ps)  # (B, K, D, L)
     ys = scan(xs.reshape(b, k * d, L), dts.reshape(b, k * d, L), A, ps[:, :, r:r + n].contiguous(),

@@ -126,6 +126,47 @@ def test_adjoint_identity(triton_cpu):
     assert torch.allclose(lhs, rhs, rtol=1e-12, atol=0)
 
 
+@interp
+@pytest.mark.parametrize("shape", SHAPES[:3] + [(2, 17, 18, 10)])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_diag_scan_and_merge(triton_cpu, shape, channels_last, dtype):
+    """diag=True (SS2D's per-direction projections): direction k reads / writes channel block k only.
+    Both are copies, so both equal their twins bit for bit; the merge is the scan's adjoint."""
+    from vmbench.kernels import cross_merge_diag_ref, cross_scan_diag_ref, cross_scan_ref
+    from vmbench.kernels._cross_scan_triton import cross_merge_launch, cross_scan_launch
+
+    b, h, w, c = shape
+    x = make_map(b, h, w, 4 * c, channels_last, dtype)
+    xs = cross_scan_launch(x, channels_last, diag=True)
+    assert xs.shape == (b, 4, c, h * w) and xs.dtype == dtype and not xs.isnan().any()
+    want = cross_scan_diag_ref(x, channels_last)
+    assert torch.equal(xs, want)
+    full = cross_scan_ref(x, channels_last)  # the definition: block k of direction k
+    assert all(torch.equal(want[:, k], full[:, k, k * c:(k + 1) * c]) for k in range(4))
+    ys = torch.randn(b, 4, c, h * w).to(dtype)
+    y = cross_merge_launch(ys, h, w, channels_last, diag=True)
+    assert y.shape == ((b, h, w, 4 * c) if channels_last else (b, 4 * c, h, w)) and not y.isnan().any()
+    assert torch.equal(y, cross_merge_diag_ref(ys, h, w, channels_last))
+    x64, ys64 = x.double(), ys.double()
+    lhs = (cross_scan_diag_ref(x64, channels_last) * ys64).sum()
+    assert torch.allclose(lhs, (x64 * cross_merge_diag_ref(ys64, h, w, channels_last)).sum(), rtol=1e-12)
+    with pytest.raises(ValueError, match="4 blocks"):
+        cross_scan_launch(make_map(1, 2, 2, 6, channels_last, dtype), channels_last, diag=True)
+
+
+@interp
+def test_merge_out_dtype(triton_cpu):
+    """out_dtype: the fp32 sum is rounded once to the requested dtype (what .to() after an fp32 merge gives)."""
+    from vmbench.kernels import cross_merge_ref
+    from vmbench.kernels._cross_scan_triton import cross_merge_launch
+
+    ys = torch.randn(2, 4, 6, 35)
+    y = cross_merge_launch(ys, 5, 7, True, out_dtype=torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, cross_merge_launch(ys, 5, 7, True).to(torch.bfloat16))
+    assert rel(y, cross_merge_ref(ys.double(), 5, 7)) < 4e-3
+
+
 def test_shape_errors():
     from vmbench.kernels import cross_merge, cross_scan
 

@@ -274,6 +274,25 @@ def test_triton_dispatcher_op_matches_eager_path(interp):
     assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+def test_triton_n1_reads_strided_b_c_in_place(interp):
+    """N = 1: B and C may be row-strided views (SS2D passes the B / C rows of its projections): read in place,
+    with results bit-identical to contiguous copies."""
+    batch, k, d, L = 2, 2, 6, 2 * CHUNK + 5
+    u, delta, A, _, _, D, bias = make_inputs(batch, k, d, 1, L, torch.bfloat16)
+    ps = torch.randn(batch, k, 3, L).to(torch.bfloat16)  # rows: (dt, B, C) as in SS2D
+    B, C = ps[:, :, 1:2], ps[:, :, 2:3]
+    assert not B.is_contiguous() and T._rows_ok(B, C, k)
+    y1, hs1 = T._scan_fwd(u, delta, A, B, C, D, bias, True, True)
+    y2, hs2 = T._scan_fwd(u, delta, A, B.contiguous(), C.contiguous(), D, bias, True, True)
+    assert torch.equal(y1, y2) and torch.equal(hs1, hs2)
+    dy = torch.randn(y1.shape)
+    g1 = T._scan_bwd_parts(dy, u, delta, A, B, C, D, bias, hs1, True)
+    g2 = T._scan_bwd_parts(dy, u, delta, A, B.contiguous(), C.contiguous(), D, bias, hs2, True)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert g1[3].shape == (batch, k, 2, L)  # dB's rows then dC's
+    assert not T._rows_ok(B.contiguous(), C, k) and not T._rows_ok(ps[:, :, 1:2, ::2], ps[:, :, 2:3, ::2], k)
+
+
 def test_triton_is_one_traced_node(interp):
     kinds = _trace_kinds(_Scan("triton"), make_inputs(1, 2, 2, 1, 8))
     assert kinds == ["vmbench::selective_scan_triton", "aten::mul"]
