@@ -32,7 +32,7 @@ for what in "$@"; do
                --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:_scan_ python3 benchmarks/profile_scan.py ;;
     overhead) step overhead 240 python3 benchmarks/overhead.py ;;
     ddp)     step ddp_scaling 360 python3 benchmarks/ddp_scaling.py ${DDP_ARGS:-} ;;
-    where)   step where 150 python3 benchmarks/profile_model.py --model vmamba_t --host ;;
+    where)   step where 200 python3 benchmarks/profile_model.py --model vmamba_t --host --python ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     models)  step models 420 python3 benchmarks/models.py --sections infer,train,res ;;
     compile) step compile 540 python3 benchmarks/models.py --sections compile ;;

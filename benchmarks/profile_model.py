@@ -5,7 +5,10 @@
 AMP-bf16, channels-last input, random data. Prints, for inference (no grad) and for a training step
 (forward + cross-entropy + backward, no optimizer), the CUDA kernels sorted by total time with their
 share of the step, and the step's wall-clock time (a step slower than its GPU time is bound by the host);
---host adds the host-side self time per op. Writes the tables to $OUT/profile_<model>.md when $OUT is set.
+--host adds the host-side self time per op; --python adds cProfile's table of the Python functions that take
+the host's time in a training step (Triton's launcher, our wrappers, autograd) and the step's wall time in
+the setups that differ between this script and benchmarks/models.py (model in channels_last memory or not;
+inference under no_grad or inference_mode). Writes the tables to $OUT/profile_<model>.md when $OUT is set.
 """
 from __future__ import annotations
 
@@ -47,6 +50,79 @@ def _table(prof, steps: int, top: int, host: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _infer_step(model, x, grad_mode=torch.no_grad):
+    with grad_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(x)
+
+
+def _train_step(model, x, target):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x)
+    F.cross_entropy(out.float(), target).backward()
+
+
+def _python_profile(train, steps: int, top: int) -> str:
+    """cProfile over `steps` training steps: the Python functions with the most own (tottime) time per step."""
+    import cProfile
+    import pstats
+
+    torch.cuda.synchronize()
+    pr = cProfile.Profile()
+    # The backward runs on this thread (not autograd's device thread, which cProfile does not see).
+    with torch.autograd.set_multithreading_enabled(False):
+        pr.enable()
+        for _ in range(steps):
+            train()
+        torch.cuda.synchronize()
+        pr.disable()
+    st = pstats.Stats(pr)
+    rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    total = sum(v[2] for v in st.stats.values())
+    lines = [f"### training step, Python profile (cProfile): {total / steps * 1e3:.1f} ms of own time per step",
+             "", "| function | own ms per step | cumulative ms per step | calls per step |", "|---|---|---|---|"]
+    for (file, line, name), (_cc, ncalls, tt, ct, _callers) in rows:
+        where = f"{os.path.basename(os.path.dirname(file))}/{os.path.basename(file)}:{line}" if line else file
+        lines.append(f"| {name} ({where}) | {tt / steps * 1e3:.3f} | {ct / steps * 1e3:.3f} | {ncalls / steps:.0f} |")
+    return "\n".join(lines)
+
+
+def _setups(args, x, steps: int) -> str:
+    """Wall ms per step of fresh models in the setups this script and benchmarks/models.py differ in."""
+    from vmbench.models import create_model
+
+    def wall(fn):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps * 1e3
+
+    lines = ["### setups (wall ms per step, unprofiled)", "",
+             "| model memory | input | inference no_grad | inference inference_mode | training step |",
+             "|---|---|---|---|---|"]
+    target = torch.randint(1000, (args.batch,), device="cuda")
+    for cl in (True, False):
+        model = create_model(args.model, num_classes=1000).cuda()
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        xi = x if cl else x.contiguous()
+        model.eval()
+        res = []
+        for ctx in (torch.no_grad, torch.inference_mode):
+            res.append(wall(lambda: _infer_step(model, xi, ctx)))
+        model.train()
+        res.append(wall(lambda: _train_step(model, xi, target)))
+        lines.append(f"| {'channels_last' if cl else 'contiguous'} | {'channels_last' if cl else 'contiguous'} | "
+                     + " | ".join(f"{r:.2f}" for r in res) + " |")
+        model = None
+        torch.cuda.empty_cache()
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vmamba_t")
@@ -56,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ln-backend", choices=("auto", "torch", "triton"), default=None,
                     help="override the backend of vmbench LayerNorm modules (comparisons)")
     ap.add_argument("--host", action="store_true", help="also profile host (CPU) time per op: launch overhead")
+    ap.add_argument("--python", action="store_true",
+                    help="also cProfile a training step's Python, and time the setups models.py differs in")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/profile_model.py needs CUDA", file=sys.stderr)
@@ -76,14 +154,10 @@ def main(argv=None) -> int:
     target = torch.randint(1000, (args.batch,), device="cuda")
 
     def infer():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            model(x)
+        _infer_step(model, x)
 
     def train():
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(x)
-        F.cross_entropy(out.float(), target).backward()
+        _train_step(model, x, target)
 
     md = [f"# {args.model}, batch {args.batch}, {args.res}², AMP-bf16 — {torch.cuda.get_device_name()}"
           + (f" (LayerNorm backend {args.ln_backend})" if args.ln_backend else "")]
@@ -107,6 +181,9 @@ def main(argv=None) -> int:
         if args.host:
             md += ["", _table(prof, steps, args.top, host=True)]
         print("\n".join(md[-5:]), flush=True)
+    if args.python:
+        md += ["", _python_profile(train, steps, args.top), "", _setups(args, x, steps)]
+        print("\n".join(md[-3:]), flush=True)
     out = os.environ.get("OUT")
     if out:
         tag = f"_ln-{args.ln_backend}" if args.ln_backend else ""
