@@ -8,8 +8,9 @@
 #   bash benchmarks/gpu.sh ddp         # `vmbench run --gpus N` scaling, 1 -> 2 GPUs (benchmarks/ddp_scaling.py)
 #   bash benchmarks/gpu.sh where       # torch.profiler: where VMamba-T's inference and training time goes
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
+#   bash benchmarks/gpu.sh graph       # the same, eager and as CUDA-graph replays (host overhead removed)
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections
-#   bash benchmarks/gpu.sh compile     # the paper suite's torch.compile section
+#   bash benchmarks/gpu.sh compile     # the paper suite's torch.compile section (COMPILE_ARGS="--models a,b")
 # Runs from the repository root without installing vmbench (vmbench/kernels links to kernels/);
 # wheels the machine lacks (sqlalchemy, fvcore: shared/tools/gpu-wheels) are installed from .whl/ if present.
 set -u
@@ -34,8 +35,9 @@ for what in "$@"; do
     ddp)     step ddp_scaling 360 python3 benchmarks/ddp_scaling.py ${DDP_ARGS:-} ;;
     where)   step where 200 python3 benchmarks/profile_model.py --model vmamba_t --host --python ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
+    graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
     models)  step models 420 python3 benchmarks/models.py --sections infer,train,res ;;
-    compile) step compile 540 python3 benchmarks/models.py --sections compile ;;
+    compile) step compile ${COMPILE_LIMIT:-540} python3 benchmarks/models.py --sections compile --name compile ${COMPILE_ARGS:-} ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done

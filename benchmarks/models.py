@@ -3,8 +3,9 @@
     python benchmarks/models.py                         # all sections, all paper models
     python benchmarks/models.py --sections infer,train  # a subset
     python benchmarks/models.py --quick                 # vmamba_t / swin_t / convnext_t only, 3 repeats
+    python benchmarks/models.py --quick --sections infer,train,graph   # eager and CUDA-graph replays
 Same as `vmbench bench --suite paper`. Prints markdown; with $OUT set (the device machine) also writes
-$OUT/models.md and $OUT/models.json.
+$OUT/<name>.md and $OUT/<name>.json (--name, default models).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scan-backend", default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="vmamba_t, swin_t, convnext_t; 3 repeats")
+    ap.add_argument("--name", default="models", help="$OUT/<name>.md and <name>.json")
     args = ap.parse_args(argv)
     models = ["vmamba_t", "swin_t", "convnext_t"] if args.quick else args.models.split(",")
     repeats = 3 if args.quick else args.repeats
@@ -46,9 +48,9 @@ def main(argv=None) -> int:
     print(json.dumps(summary(rows), indent=1))
     out = os.environ.get("OUT")
     if out:
-        with open(os.path.join(out, "models.md"), "w") as f:
+        with open(os.path.join(out, f"{args.name}.md"), "w") as f:
             f.write(md)
-        with open(os.path.join(out, "models.json"), "w") as f:
+        with open(os.path.join(out, f"{args.name}.json"), "w") as f:
             json.dump({"card": card, "torch": torch.__version__, "rows": rows}, f, indent=1)
     return 0
 

@@ -27,6 +27,10 @@ def db(tmp_path):
     store.finish_run(rid, "failed", error="RuntimeError: boom")
     rid = store.create_run("bench", "vmamba_t", None, {"res": 224, "batch": 2, "precision": "fp32"}, device="cpu")
     store.finish_run(rid, "completed", {"img_s": 12.5, "params_m": 30.2, "gflops": 4.9, "res": 224})
+    for params, img_s in (({"section": "train", "kind": None}, 5.0), ({"section": "graph", "kind": "infer"}, 30.0)):
+        rid = store.create_run("bench", "vmamba_t", None, {"res": 224, "batch": 2, "precision": "fp32", **params},
+                               device="cpu", tags=["suite:paper"])
+        store.finish_run(rid, "completed", {"img_s": img_s, "res": 224})
     store.close()
     return path
 
@@ -38,7 +42,10 @@ def test_compare_json_rows(db):
     train = [row for row in rows if row["dataset"] == "shapes"]
     assert [(x["model"], x["top1"], x["runs"]) for x in train] == [("vmamba_t", 72.5, 2), ("convnext_t", 61.0, 1)]
     bench = [row for row in rows if row["kind"] == "bench"]
-    assert len(bench) == 1 and bench[0]["img_s"] == 12.5 and bench[0]["top1"] is None
+    # eager inference, a training step and a CUDA-graph replay are different measurements: never one row
+    assert sorted((row["img_s"], row["precision"]) for row in bench) == [
+        (5.0, "fp32 (train)"), (12.5, "fp32"), (30.0, "fp32 (graph)")]
+    assert all(row["top1"] is None for row in bench)
 
 
 @pytest.mark.parametrize("fmt", ["table", "markdown", "csv"])
@@ -82,7 +89,7 @@ def test_read_commands_user_errors(tmp_path, db, args):
 def test_db_from_environment(db, monkeypatch):
     monkeypatch.setenv("VMBENCH_DB", db)
     r = CliRunner().invoke(main, ["compare", "--format", "json"])
-    assert r.exit_code == 0 and len(json.loads(r.output)) == 3
+    assert r.exit_code == 0 and len(json.loads(r.output)) == 5  # 2 trained models, 3 benchmark modes
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["compare", "--format", "json"], ["runs"], ["models", "--json"]])

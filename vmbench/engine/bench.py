@@ -6,6 +6,8 @@ reported latency is the median per-batch time over the runs. On CUDA: cudnn.benc
 timing, peak memory from torch.cuda.max_memory_allocated (absolute, weights included). On the CPU:
 time.perf_counter, peak memory as the growth of the process's peak RSS over the measurement
 (VmHWM after resetting it, minus VmRSS before), or None where Linux does not offer that.
+With `cuda_graph`, the step is captured once into a CUDA graph and the replays are timed: the GPU's
+time for the step without the host's (Python, dispatch, kernel launches).
 """
 from __future__ import annotations
 
@@ -53,14 +55,35 @@ def resolve_scan_backend(requested: str, device: torch.device) -> str:
         raise SpecError(str(e)) from None
 
 
-def autocast_ctx(device: torch.device, precision: str):
-    """Autocast for "amp_bf16" / "amp_fp16" on `device`; a null context for "fp32"."""
+def autocast_ctx(device: torch.device, precision: str, cache: bool = True):
+    """Autocast for "amp_bf16" / "amp_fp16" on `device`; a null context for "fp32". `cache=False` turns off
+    autocast's cache of cast weights (required inside a CUDA graph capture)."""
     if precision not in _AMP_DTYPES:
         raise SpecError(f"precision must be one of {', '.join(_AMP_DTYPES)}; got {precision!r}")
     dtype = _AMP_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
+
+
+def _graphed(step: Callable[[], None], device: torch.device, before_capture: Callable[[], None] | None = None):
+    """`step` captured into a CUDA graph; returns the graph's replay. Warm-up calls run on a side stream first
+    (kernels compiled, cuDNN algorithms chosen, lazy state allocated), as capture requires. Replaying launches
+    the captured kernels with no Python or dispatcher work: the time of the GPU work alone."""
+    if device.type != "cuda":
+        raise SpecError("CUDA graphs need a CUDA device")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    if before_capture is not None:
+        before_capture()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def _proc_status_kb(key: str) -> int | None:
@@ -193,12 +216,14 @@ def _input(batch: int, res: int, device: torch.device, channels_last: bool, in_c
 def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: torch.device | str,
                        precision: str = "fp32", warmup: int = 3, repeats: int = 5, iters: int | None = None,
                        channels_last: bool = False, compiled: bool = False, in_chans: int = 3,
-                       progress: Progress | None = None, task: str = "bench") -> dict:
+                       progress: Progress | None = None, task: str = "bench", cuda_graph: bool = False) -> dict:
     """Inference speed of `model` (already on `device`) on random (batch, 3, res, res) input.
 
     `iters` calls per timed run (default 10 on CUDA, 1 on the CPU). The model is put in eval mode and its
-    previous mode restored. Returns {img_s, latency_ms (median per batch), latencies_ms (each run),
-    first_call_s, peak_mem_mb, peak_mem_source, batch, res, precision, iters, repeats, warmup}.
+    previous mode restored. `cuda_graph`: the forward is captured once into a CUDA graph and the graph is
+    timed (no host work per call; warm-up and capture come first, untimed; `first_call_s` is the first replay). Returns {img_s, latency_ms
+    (median per batch), latencies_ms (each run), first_call_s, peak_mem_mb, peak_mem_source, batch, res,
+    precision, iters, repeats, warmup}.
     """
     device = torch.device(device)
     iters = iters or (10 if device.type == "cuda" else 1)
@@ -208,12 +233,13 @@ def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: tor
     grad_ctx = torch.no_grad if compiled else torch.inference_mode
 
     def step():
-        with grad_ctx(), autocast_ctx(device, precision):
+        with grad_ctx(), autocast_ctx(device, precision, cache=not cuda_graph):
             model(x)
 
     try:
         with _cudnn_benchmark(device), PeakMemory(device, delta=device.type != "cuda") as pm:
-            first_call_s, ms = _timed_runs(step, device, warmup, repeats, iters, progress, task)
+            run = _graphed(step, device) if cuda_graph else step
+            first_call_s, ms = _timed_runs(run, device, warmup, repeats, iters, progress, task)
     finally:
         model.train(was_training)
     latency = statistics.median(ms)
@@ -225,9 +251,12 @@ def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: tor
 def train_step_throughput(model: torch.nn.Module, batch: int, res: int, device: torch.device | str,
                           precision: str = "amp_bf16", warmup: int = 3, repeats: int = 5,
                           iters: int | None = None, channels_last: bool = False, in_chans: int = 3,
-                          progress: Progress | None = None, task: str = "train step") -> dict:
+                          progress: Progress | None = None, task: str = "train step", cuda_graph: bool = False
+                          ) -> dict:
     """Training-step speed: forward + cross-entropy + backward under `precision`, no optimizer step
-    (the method of the "train img/s" columns in shared/ANCHORS.md). Gradients are dropped between calls.
+    (the method of the "train img/s" columns in shared/ANCHORS.md). Gradients are dropped between calls
+    (`cuda_graph`: the forward and backward are captured once, after the gradients were dropped, and each
+    replay writes them anew).
 
     Returns the keys of `measure_throughput`; peak memory covers activations and gradients.
     """
@@ -239,8 +268,9 @@ def train_step_throughput(model: torch.nn.Module, batch: int, res: int, device: 
     target: list[torch.Tensor] = []
 
     def step():
-        model.zero_grad(set_to_none=True)
-        with autocast_ctx(device, precision):
+        if not cuda_graph:
+            model.zero_grad(set_to_none=True)
+        with autocast_ctx(device, precision, cache=not cuda_graph):
             out = model(x)
         if not target:
             target.append(torch.randint(out.shape[-1], (batch,), device=device,
@@ -249,7 +279,8 @@ def train_step_throughput(model: torch.nn.Module, batch: int, res: int, device: 
 
     try:
         with _cudnn_benchmark(device), PeakMemory(device, delta=device.type != "cuda") as pm:
-            first_call_s, ms = _timed_runs(step, device, warmup, repeats, iters, progress, task)
+            run = _graphed(step, device, lambda: model.zero_grad(set_to_none=True)) if cuda_graph else step
+            first_call_s, ms = _timed_runs(run, device, warmup, repeats, iters, progress, task)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

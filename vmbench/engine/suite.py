@@ -4,6 +4,8 @@ Sections (the layout of shared/ANCHORS.md):
   infer    inference img/s at batch 128, 224², fp32 / AMP-bf16 / AMP-fp16
   train    training fwd+bwd img/s (AMP-bf16, no optimizer step) and peak memory, batch 128, 224²
   res      resolution scaling, AMP-fp16: 224² (batch 64), 512² (16), 1024² (4)
+  graph    inference and training step (AMP-bf16, batch 128, 224²) captured once into a CUDA graph and replayed:
+           the GPU's time alone, without the eager host overhead (Python, dispatch, launches)
   compile  torch.compile'd inference (AMP-bf16) and training, batch 128, 224²
 Every row also carries the ratio against the peer of the same size measured in the same run
 (VMamba-T vs Swin-T, …; ConvNeXt-T for the resolution rows), so a speed claim is always a ratio on one card.
@@ -19,12 +21,12 @@ import torch
 
 from .bench import measure_throughput, resolve_device, resolve_scan_backend, train_step_throughput
 
-SECTIONS = ("infer", "train", "res", "compile")
+SECTIONS = ("infer", "train", "res", "graph", "compile")
 PAPER_MODELS = ("vmamba_t", "vmamba_s", "vmamba_b", "swin_t", "swin_s", "swin_b", "convnext_t", "convnext_s",
                 "convnext_b", "res2net50")
 RES_MODELS = ("vmamba_t", "swin_t", "convnext_t")
 RES_POINTS = ((224, 64), (512, 16), (1024, 4))
-COMPILE_MODELS = ("vmamba_t", "swin_t", "convnext_t")
+COMPILE_MODELS = ("vmamba_t", "swin_t", "convnext_t")  # also the models of the graph section
 # The peer each model's speed is compared with, per section.
 PEER = {"vmamba_t": "swin_t", "vmamba_s": "swin_s", "vmamba_b": "swin_b"}
 RES_PEER = {"vmamba_t": "convnext_t"}
@@ -107,6 +109,21 @@ def run_suite(models: Iterable[str] = PAPER_MODELS, sections: Iterable[str] = SE
                 add({**base, **_pick(r)})
                 _free(dev)
 
+    if "graph" in sections:
+        for name in [m for m in COMPILE_MODELS if m in models]:
+            for kind in ("infer", "train"):
+                base = dict(section="graph", model=name, precision="amp_bf16", res=224, batch=batch, compiled=False,
+                            kind=kind)
+
+                def graphed():
+                    model = _build(name, dev, backend)
+                    fn = measure_throughput if kind == "infer" else train_step_throughput
+                    return fn(model, batch, 224, dev, "amp_bf16", task=f"{name} {kind} graph", cuda_graph=True,
+                              **common)
+
+                add({**base, **_pick(_measure(graphed))})
+                _free(dev)
+
     if "compile" in sections:
         for name in [m for m in COMPILE_MODELS if m in models]:
             for kind in ("infer", "train"):
@@ -157,7 +174,8 @@ def to_markdown(rows: list[dict], device_name: str = "") -> str:
     """One markdown table per section."""
     out = []
     titles = {"infer": "Inference, batch 128, 224²", "train": "Training fwd+bwd, AMP-bf16, no optimizer, batch 128",
-              "res": "Resolution scaling, AMP-fp16", "compile": "torch.compile, AMP-bf16, batch 128"}
+              "res": "Resolution scaling, AMP-fp16", "compile": "torch.compile, AMP-bf16, batch 128",
+              "graph": "CUDA graph (eager kernels, host overhead removed), AMP-bf16, batch 128"}
     for sec in SECTIONS:
         sec_rows = [r for r in rows if r["section"] == sec]
         if not sec_rows:

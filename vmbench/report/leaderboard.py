@@ -30,8 +30,24 @@ COLUMNS = [
 BENCH_GROUP = "(benchmark)"
 
 
+def bench_mode(params: dict) -> str:
+    """How a benchmark run was measured, beyond its precision: "" for eager inference, else e.g. "train",
+    "compiled", "train graph" (the paper suite's sections). Runs of different modes are never ranked together."""
+    parts = []
+    if params.get("kind") == "train" or params.get("section") == "train":
+        parts.append("train")
+    if params.get("compile") or params.get("compiled"):
+        parts.append("compiled")
+    if params.get("section") == "graph":
+        parts.append("graph")
+    return " ".join(parts)
+
+
 def _row(run: Run, n_runs: int) -> dict[str, Any]:
     res = results_dict(run)
+    precision = res.get("precision") or (run.params or {}).get("precision")
+    if run.kind == "bench" and bench_mode(run.params or {}):
+        precision = f"{precision} ({bench_mode(run.params or {})})"
     gpu = (run.env or {}).get("gpu")
     device = run.device if not gpu else f"{run.device} ({gpu})"
     return {
@@ -45,7 +61,7 @@ def _row(run: Run, n_runs: int) -> dict[str, Any]:
         "img_s": res.get("img_s"),
         "peak_mem_mb": res.get("peak_mem_mb"),
         "res": res.get("res") or res.get("img_size"),
-        "precision": res.get("precision") or (run.params or {}).get("precision"),
+        "precision": precision,
         "device": device,
         "scan_backend": run.scan_backend,
         "runs": n_runs,
@@ -66,7 +82,7 @@ def leaderboard(runs: Iterable[Run], dataset: str | None = None, include_bench: 
             if not include_bench or dataset:
                 continue
             p = run.params or {}
-            key = ("bench", run.model, p.get("res"), p.get("batch"), p.get("precision"), run.device,
+            key = ("bench", run.model, p.get("res"), p.get("batch"), p.get("precision"), bench_mode(p), run.device,
                    (run.env or {}).get("gpu"))
         else:
             if dataset and run.dataset != dataset:
@@ -144,7 +160,7 @@ def render_table(rows: list[dict], console) -> None:
             cols = [c for c in cols if c[0] not in ("top1", "top5")]
         else:
             cols = [c for c in cols if c[0] not in ("res", "precision")]
-        title = "benchmarks (inference)" if ds == BENCH_GROUP else f"dataset: {ds}"
+        title = "benchmarks (inference unless the precision says train)" if ds == BENCH_GROUP else f"dataset: {ds}"
         t = Table(title=title, title_justify="left", header_style="bold")
         for k, h, _ in cols:
             t.add_column(h, justify="left" if k in ("model", "device") else "right")
