@@ -68,6 +68,8 @@ def test_bench_json_contract(tmp_path):
     ["bench", "no_such_model", "--device", "cpu"],
     ["bench", "convnext_t", "--batch", "0"],
     ["bench"],
+    ["bench", "convnext_t", "--cuda-graph", "--device", "cpu"],
+    ["bench", "convnext_t", "--cuda-graph", "--compile"],
 ])
 def test_user_mistakes_exit_2_and_write_nothing(tmp_path, args, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

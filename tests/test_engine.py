@@ -222,6 +222,10 @@ def test_benchmark_rejects_bad_specs():
     if not torch.cuda.is_available():
         with pytest.raises(SpecError):
             benchmark(BenchSpec(model=TINY, device="cuda"))
+        with pytest.raises(SpecError, match="needs a CUDA device"):  # auto resolves to the CPU here
+            benchmark(BenchSpec(model=TINY, cuda_graph=True))
+        with pytest.raises(SpecError, match="needs a CUDA device"):
+            measure_throughput(torch.nn.Linear(4, 4), batch=2, res=4, device="cpu", cuda_graph=True)
 
 
 def test_throughput_helpers():

@@ -266,12 +266,15 @@ def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) 
 @click.option("--repeats", type=int, default=5, show_default=True, help="Timed repeats (median is reported).")
 @click.option("--channels-last", is_flag=True, help="Run the model in channels_last memory format.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first.")
+@click.option("--cuda-graph", is_flag=True,
+              help="Capture the forward once into a CUDA graph and time its replays: the GPU's time without the "
+                   "eager host overhead (CUDA only).")
 @click.option("--no-store", is_flag=True, help="Do not record the result in the database.")
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
 @db_option
 @json_option
 def bench(model, suite, res, batch, precision, device, scan_backend, warmup, repeats, channels_last, compile_,
-          no_store, tags, db, as_json):
+          cuda_graph, no_store, tags, db, as_json):
     """Params, GFLOPs, inference img/s and peak memory of MODEL (or a whole --suite)."""
     from .config import BenchSpec
     from .scheduler.local import execute_bench, execute_suite
@@ -291,7 +294,7 @@ def bench(model, suite, res, batch, precision, device, scan_backend, warmup, rep
     with _run_errors("bench run"):
         spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
                          scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
-                         compile=compile_, tags=list(tags))
+                         compile=compile_, cuda_graph=cuda_graph, tags=list(tags))
         run_id, results = execute_bench(spec, None if no_store else db, console=_console(stderr=True),
                                         show_progress=not as_json)
     if as_json:

@@ -177,12 +177,18 @@ class BenchSpec:
     repeats: int = 5
     channels_last: bool = False
     compile: bool = False
+    cuda_graph: bool = False  # time replays of the forward captured in a CUDA graph (no eager host overhead)
     num_classes: int = 1000
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("model must be given")
+        if self.cuda_graph and self.compile:
+            raise ValueError("--cuda-graph and --compile do not combine: torch.compile's mode='reduce-overhead' "
+                             "is its own CUDA graph; use one of them")
+        if self.cuda_graph and self.device == "cpu":
+            raise ValueError("--cuda-graph needs --device cuda (or auto on a machine with a GPU)")
         _positive("res", self.res)
         _positive("batch", self.batch)
         _positive("warmup", self.warmup, allow_zero=True)

@@ -71,7 +71,7 @@ def _graphed(step: Callable[[], None], device: torch.device, before_capture: Cal
     (kernels compiled, cuDNN algorithms chosen, lazy state allocated), as capture requires. Replaying launches
     the captured kernels with no Python or dispatcher work: the time of the GPU work alone."""
     if device.type != "cuda":
-        raise SpecError("CUDA graphs need a CUDA device")
+        raise SpecError(f"a CUDA graph needs a CUDA device; got {device.type}")
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
@@ -324,7 +324,7 @@ def benchmark(spec, progress: Progress | None = None) -> dict:
     Validates the model name, device and scan backend first (ValueError subclasses), then builds the model
     with random weights. Returns {model, params_m, gflops, flops_uncovered, flops_error, img_s, latency_ms,
     latencies_ms, first_call_s, peak_mem_mb, peak_mem_source, device, gpu_name, torch_threads, precision, res,
-    batch, num_classes, scan_backend (resolved), channels_last, compile, warmup, repeats, iters}.
+    batch, num_classes, scan_backend (resolved), channels_last, compile, cuda_graph, warmup, repeats, iters}.
     """
     from vmbench.models import create_model, resolve_model_name
 
@@ -332,6 +332,8 @@ def benchmark(spec, progress: Progress | None = None) -> dict:
     device = resolve_device(spec.device)
     backend = resolve_scan_backend(spec.scan_backend, device)
     autocast_ctx(device, spec.precision)  # validates the precision name
+    if getattr(spec, "cuda_graph", False) and device.type != "cuda":
+        raise SpecError(f"--cuda-graph needs a CUDA device; the benchmark would run on {device.type}")
 
     model = create_model(name, num_classes=spec.num_classes, scan_backend=backend, img_size=spec.res)
     cost = model_cost(name, spec.num_classes, spec.res, model=model if backend == "torch" else None)
@@ -341,7 +343,7 @@ def benchmark(spec, progress: Progress | None = None) -> dict:
     run_model = torch.compile(model) if spec.compile else model
     speed = measure_throughput(run_model, spec.batch, spec.res, device, spec.precision, warmup=spec.warmup,
                                repeats=spec.repeats, channels_last=spec.channels_last, compiled=spec.compile,
-                               progress=progress, task="bench")
+                               progress=progress, task="bench", cuda_graph=getattr(spec, "cuda_graph", False))
     return dict(
         model=name, **cost,
         img_s=speed["img_s"], latency_ms=speed["latency_ms"], latencies_ms=speed["latencies_ms"],
@@ -350,5 +352,6 @@ def benchmark(spec, progress: Progress | None = None) -> dict:
         gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         torch_threads=torch.get_num_threads(), precision=spec.precision, res=spec.res, batch=spec.batch,
         num_classes=spec.num_classes, scan_backend=backend, channels_last=spec.channels_last,
-        compile=spec.compile, warmup=spec.warmup, repeats=spec.repeats, iters=speed["iters"],
+        compile=spec.compile, cuda_graph=getattr(spec, "cuda_graph", False), warmup=spec.warmup,
+        repeats=spec.repeats, iters=speed["iters"],
     )

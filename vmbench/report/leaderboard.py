@@ -38,7 +38,7 @@ def bench_mode(params: dict) -> str:
         parts.append("train")
     if params.get("compile") or params.get("compiled"):
         parts.append("compiled")
-    if params.get("section") == "graph":
+    if params.get("section") == "graph" or params.get("cuda_graph"):
         parts.append("graph")
     return " ".join(parts)
 

@@ -418,6 +418,7 @@ def reopen_run(store: Store, run_id: int, epochs_done: int, history: list[dict])
 
 def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: bool = True) -> tuple[int | None, dict]:
     """Benchmark one model (params, FLOPs, img/s, peak memory); stored as a bench run unless db is None."""
+    from ..engine import SpecError
     from ..engine.bench import benchmark, resolve_device, resolve_scan_backend
     from ..models import resolve_model_name
 
@@ -425,6 +426,8 @@ def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: 
     name = resolve_model_name(spec.model)
     device = resolve_device(spec.device).type
     resolve_scan_backend(spec.scan_backend, resolve_device(spec.device))
+    if spec.cuda_graph and device != "cuda":
+        raise SpecError(f"--cuda-graph needs a CUDA device; the benchmark would run on {device}")
     store = Store(db) if db else None
     run_id = None
     if store:
