@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from _out import save  # benchmarks/, the script's own folder
+
 
 def run_point(args, gpus: int, db: str) -> dict:
     cmd = [sys.executable, "-m", "vmbench.cli", "run", args.model, f"fake:{args.images}", "--device", "cuda", "--amp",
@@ -76,10 +78,7 @@ def main(argv=None) -> int:
     lines += ["", "Command per point: `vmbench " + (points[-1]["cmd"] if points else "") + "`"]
     text = "\n".join(lines)
     print(text)
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "ddp_scaling.md"), "w") as f:
-            f.write(text + "\n")
+    save("ddp_scaling", text)
     return 0
 
 

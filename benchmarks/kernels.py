@@ -21,6 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
+from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+
 import torch
 
 
@@ -259,12 +261,7 @@ def main(argv=None):
     print(md)
     if args.json:
         print(json.dumps({"card": card, "rows": rows, "sweep": sw}, indent=1))
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "kernels.md"), "w") as f:
-            f.write(md + "\n")
-        with open(os.path.join(out, "kernels.json"), "w") as f:
-            json.dump({"card": card, "rows": rows, "sweep": sw, "kernels": stats}, f, indent=1, default=str)
+    save("kernels", md, {"card": card, "rows": rows, "sweep": sw, "kernels": stats})
     return 0
 
 

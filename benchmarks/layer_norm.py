@@ -27,6 +27,8 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
+from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+
 import torch
 import torch.nn.functional as F
 
@@ -201,11 +203,7 @@ def main(argv=None):
         lines += sweep_lines
     text = "\n".join(lines)
     print(text)
-    out = os.environ.get("OUT")
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "layer_norm.md"), "w") as f:
-            f.write(text + "\n")
+    save("layer_norm", text)
     return 0
 
 

@@ -17,6 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
+from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+
 from vmbench.engine.suite import PAPER_MODELS, SECTIONS, run_suite, summary, to_markdown
 
 
@@ -46,12 +48,7 @@ def main(argv=None) -> int:
     md = to_markdown(rows, card)
     print(md)
     print(json.dumps(summary(rows), indent=1))
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, f"{args.name}.md"), "w") as f:
-            f.write(md)
-        with open(os.path.join(out, f"{args.name}.json"), "w") as f:
-            json.dump({"card": card, "torch": torch.__version__, "rows": rows}, f, indent=1)
+    save(args.name, md, {"card": card, "torch": torch.__version__, "rows": rows})
     return 0
 
 

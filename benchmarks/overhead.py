@@ -26,6 +26,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
+from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+
 import torch
 import torch.nn.functional as F
 
@@ -171,10 +173,7 @@ def main(argv=None) -> int:
     lines += [f"| {name} | {rate:.0f} | {timed} | {rate / vm_s:.2f}× |" for name, rate, timed in rows]
     text = "\n".join(lines)
     print(text)
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "overhead.md"), "w") as f:
-            f.write(text + "\n")
+    save("overhead", text)
     return 0
 
 

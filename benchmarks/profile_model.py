@@ -19,6 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
+from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+
 import torch
 import torch.nn.functional as F
 
@@ -48,6 +50,18 @@ def _table(prof, steps: int, top: int, host: bool = False) -> str:
         lines.append(f"| {e.key[:90]} | {spent(e) / steps / 1e3:.3f} | {100 * spent(e) / total:.1f}% | "
                      f"{e.count / steps:.0f} |")
     return "\n".join(lines)
+
+
+def _wall_ms(fn, steps: int) -> float:
+    """Wall-clock ms per call of `fn` over `steps` calls, after 3 untimed ones (GPU synchronised around)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps * 1e3
 
 
 def _infer_step(model, x, grad_mode=torch.no_grad):
@@ -91,16 +105,6 @@ def _setups(args, x, steps: int) -> str:
     """Wall ms per step of fresh models in the setups this script and benchmarks/models.py differ in."""
     from vmbench.models import create_model
 
-    def wall(fn):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / steps * 1e3
-
     lines = ["### setups (wall ms per step, unprofiled)", "",
              "| model memory | input | inference no_grad | inference inference_mode | training step |",
              "|---|---|---|---|---|"]
@@ -113,9 +117,9 @@ def _setups(args, x, steps: int) -> str:
         model.eval()
         res = []
         for ctx in (torch.no_grad, torch.inference_mode):
-            res.append(wall(lambda: _infer_step(model, xi, ctx)))
+            res.append(_wall_ms(lambda: _infer_step(model, xi, ctx), steps))
         model.train()
-        res.append(wall(lambda: _train_step(model, xi, target)))
+        res.append(_wall_ms(lambda: _train_step(model, xi, target), steps))
         lines.append(f"| {'channels_last' if cl else 'contiguous'} | {'channels_last' if cl else 'contiguous'} | "
                      + " | ".join(f"{r:.2f}" for r in res) + " |")
         model = None
@@ -164,14 +168,7 @@ def main(argv=None) -> int:
     steps = 5
     for name, fn in (("inference", infer), ("training step", train)):
         model.train(name != "inference")
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / steps * 1e3
+        wall = _wall_ms(fn, steps)
         acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.host else [])
         with profile(activities=acts) as prof:
             for _ in range(steps):
@@ -184,11 +181,7 @@ def main(argv=None) -> int:
     if args.python:
         md += ["", _python_profile(train, steps, args.top), "", _setups(args, x, steps)]
         print("\n".join(md[-3:]), flush=True)
-    out = os.environ.get("OUT")
-    if out:
-        tag = f"_ln-{args.ln_backend}" if args.ln_backend else ""
-        with open(os.path.join(out, f"profile_{args.model}{tag}.md"), "w") as f:
-            f.write("\n".join(md) + "\n")
+    save(f"profile_{args.model}" + (f"_ln-{args.ln_backend}" if args.ln_backend else ""), "\n".join(md))
     return 0
 
 

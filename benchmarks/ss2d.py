@@ -19,6 +19,8 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
+from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+
 import torch
 
 STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
@@ -194,11 +196,7 @@ def main(argv=None):
         lines += sweep_lines
     text = "\n".join(lines)
     print(text)
-    out = os.environ.get("OUT")
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "ss2d.md"), "w") as f:
-            f.write(text + "\n")
+    save("ss2d", text)
     return 0
 
 
