@@ -14,7 +14,8 @@ import torch
 
 from ._backend import resolve_backend
 
-__all__ = ["cross_scan", "cross_scan_ref", "cross_merge", "cross_merge_ref", "cross_scan_diag_ref", "cross_merge_diag_ref"]
+__all__ = ["cross_scan", "cross_scan_ref", "cross_merge", "cross_merge_ref", "cross_scan_diag_ref",
+           "cross_merge_diag_ref"]
 
 
 def _to_bchw(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

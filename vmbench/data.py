@@ -648,10 +648,11 @@ def get_dataset_info(name: str, data_root: str | None = None) -> DatasetInfo:
     """Describe dataset `name` and check that it is there; cheap (lists folders, reads metadata text files,
     no image).
 
-    `name` is a registry name (shapes, fake — `fake:N` for N training images —, imagenet, cub200, stanford_cars/cars, fgvc_aircraft/aircraft,
-    flowers102, cifar10, cifar100), an alternative split `cub200:split-val<frac>-seed<seed>` (see `make_split`),
-    or a folder path in ImageFolder layout. Named datasets are looked up under `data_root` (--data-root /
-    $VMBENCH_DATA). Raises DataError with the path and the expected layout.
+    `name` is a registry name (shapes, fake — `fake:N` for N training images —, imagenet, cub200,
+    stanford_cars/cars, fgvc_aircraft/aircraft, flowers102, cifar10, cifar100), an alternative split
+    `cub200:split-val<frac>-seed<seed>` (see `make_split`), or a folder path in ImageFolder layout. Named
+    datasets are looked up under `data_root` (--data-root / $VMBENCH_DATA). Raises DataError with the path and
+    the expected layout.
     """
     if name == "shapes":
         return DatasetInfo("shapes", len(SHAPE_CLASSES), SHAPES_IMG_SIZE, "builtin", None,

@@ -221,9 +221,9 @@ def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: tor
 
     `iters` calls per timed run (default 10 on CUDA, 1 on the CPU). The model is put in eval mode and its
     previous mode restored. `cuda_graph`: the forward is captured once into a CUDA graph and the graph is
-    timed (no host work per call; warm-up and capture come first, untimed; `first_call_s` is the first replay). Returns {img_s, latency_ms
-    (median per batch), latencies_ms (each run), first_call_s, peak_mem_mb, peak_mem_source, batch, res,
-    precision, iters, repeats, warmup}.
+    timed (no host work per call; warm-up and capture come first, untimed; `first_call_s` is the first
+    replay). Returns {img_s, latency_ms (median per batch), latencies_ms (each run), first_call_s,
+    peak_mem_mb, peak_mem_source, batch, res, precision, iters, repeats, warmup}.
     """
     device = torch.device(device)
     iters = iters or (10 if device.type == "cuda" else 1)
