@@ -1,9 +1,12 @@
-"""Test helpers on database files: a fingerprint (to prove a command wrote nothing), and waiting for a run
-in another process to have logged its first epoch."""
+"""Test helpers on database files: a fingerprint (to prove a command wrote nothing), waiting for a run in
+another process to have logged its first epoch, and sending that process SIGTERM then."""
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import time
 
 
@@ -37,3 +40,17 @@ def wait_for_first_epoch(proc, db, run_id: int = 1, timeout: float = 120.0) -> N
             if run is not None and run.metrics:
                 return
         time.sleep(0.05)
+
+
+def sigterm_after_first_epoch(cli_args, db) -> tuple[int, str]:
+    """Run `vmbench *cli_args --db db` in a subprocess, send it SIGTERM once its first epoch is logged, and
+    return (exit code, stderr) when it has stopped (killed if anything fails on the way)."""
+    proc = subprocess.Popen([sys.executable, "-m", "vmbench.cli", *cli_args, "--db", str(db)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_first_epoch(proc, db)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    return proc.returncode, err

@@ -5,9 +5,6 @@ exactly once, user mistakes refused before anything is written, a SIGTERM that s
 step and a `vmbench resume` that ends with exactly the metrics of the uninterrupted run; and, in this process,
 the all-reduce helpers and the Trainer's DDP path on a 1-process gloo group."""
 import json
-import signal
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -21,7 +18,7 @@ from vmbench.data import FAKE_VAL_SIZE
 from vmbench.engine.train import Distributed, Trainer, eval_from_sums, eval_sums
 from vmbench.store import Store
 
-from dbfiles import db_digest, wait_for_first_epoch
+from dbfiles import db_digest, sigterm_after_first_epoch
 
 STEPS = 60  # optimizer steps per epoch: long enough that a SIGTERM sent after epoch 1 lands inside the run
 RUN = ["run", "test_resnet", "fake", "--epochs", "3", "--max-train-batches", str(STEPS), "--img-size", "32",
@@ -104,15 +101,8 @@ def test_in_memory_database_is_refused(tmp_path):
 
 def test_sigterm_stops_every_rank_at_one_step_and_resume_is_exact(tmp_path, ddp_run):
     db = tmp_path / "x.db"
-    proc = subprocess.Popen([sys.executable, "-m", "vmbench.cli", *RUN, "--db", str(db)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_first_epoch(proc, db)
-        proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=120)[1]
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    returncode, err = sigterm_after_first_epoch(RUN, db)
+    assert returncode == 130, err
     assert "SIGTERM: all 2 processes stop after the same optimizer step" in err
     assert "continue it with `vmbench resume 1`" in err
     run = _run(db)

@@ -16,7 +16,7 @@ from vmbench.engine.train import Trainer, TrainingStopped
 from vmbench.scheduler.local import StopRequest, _graceful_stop
 from vmbench.store import Store
 
-from dbfiles import wait_for_first_epoch
+from dbfiles import sigterm_after_first_epoch
 
 SAME = ("train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "lr")  # timings differ between runs
 
@@ -107,15 +107,8 @@ def _cli(args, **kw):
 
 def test_sigterm_stops_after_a_step_saves_and_resumes(tmp_path):
     db = tmp_path / "x.db"
-    proc = subprocess.Popen([sys.executable, "-m", "vmbench.cli", *RUN, "--db", str(db)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_first_epoch(proc, db)
-        proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=120)[1]
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    returncode, err = sigterm_after_first_epoch(RUN, db)
+    assert returncode == 130, err
     assert "SIGTERM: stopping after the current optimizer step" in err
     assert "continue it with `vmbench resume 1`" in err
     run = Store(str(db)).get_run(1)
