@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from _out import save  # benchmarks/, the script's own folder
+from _shared import save  # benchmarks/, the script's own folder
 
 
 def run_point(args, gpus: int, db: str) -> dict:

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
-from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+from _shared import save  # noqa: E402  (benchmarks/, the script's own folder)
 
 import torch
 

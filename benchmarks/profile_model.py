@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
-from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+from _shared import save  # noqa: E402  (benchmarks/, the script's own folder)
 
 import torch
 import torch.nn.functional as F

@@ -19,7 +19,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
-from _out import save  # noqa: E402  (benchmarks/, the script's own folder)
+from _shared import gpu_ms, once_ms, save  # noqa: E402  (benchmarks/, the script's own folder)
 
 import torch
 
@@ -28,13 +28,7 @@ BATCH = 128
 HBM_TBS = 3.0  # measured device-to-device copy on the H100 of this workplace (read + write)
 
 
-def _bench(fn, rep=60):
-    import triton.testing
-
-    from vmbench.kernels._backend import direct_launch
-
-    with direct_launch():  # launchers called directly launch without the traceable wrapper
-        return triton.testing.do_bench(fn, warmup=15, rep=rep, return_mode="median")
+_bench = gpu_ms  # --dry-run swaps in once_ms
 
 
 def rel(a, b):
@@ -62,14 +56,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     global BATCH, STAGES, _bench
     if args.dry_run:
-        import time
-
         BATCH, STAGES = 1, [(16, 5), (32, 3)]
-
-        def _bench(fn, rep=60):  # noqa: F811 - one untimed-quality call
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
+        _bench = once_ms
     elif not torch.cuda.is_available():
         print("benchmarks/ss2d.py needs CUDA", file=sys.stderr)
         return 2

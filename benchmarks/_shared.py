@@ -1,0 +1,39 @@
+"""What the GPU scripts share: where they leave their results (the folder $OUT, set on the device machine) and
+the kernel timers (CUDA events, or one plain call for a script's --dry-run on the CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+
+def gpu_ms(fn: Callable[[], Any], rep: int = 60) -> float:
+    """Median ms of `fn` by triton.testing.do_bench (CUDA events), our launchers launching directly."""
+    import triton.testing
+
+    from vmbench.kernels._backend import direct_launch
+
+    with direct_launch():  # launchers called directly launch without the traceable wrapper
+        return triton.testing.do_bench(fn, warmup=15, rep=rep, return_mode="median")
+
+
+def once_ms(fn: Callable[[], Any], rep: int = 60) -> float:
+    """One call's wall ms (a --dry-run checks a script on the CPU; its times mean nothing). `rep` is ignored."""
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def save(name: str, text: str | None = None, data: Any = None) -> None:
+    """Write `text` to $OUT/<name>.md and `data` to $OUT/<name>.json (either may be None); without $OUT, nothing."""
+    out = os.environ.get("OUT")
+    if not out:
+        return
+    os.makedirs(out, exist_ok=True)
+    if text is not None:
+        with open(os.path.join(out, f"{name}.md"), "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    if data is not None:
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(data, f, indent=1, default=str)
