@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session: correctness (GPU tests) then timings, everything logged under $OUT.
 #   bash benchmarks/gpu.sh tests       # the GPU kernel tests (pytest -m gpu)
-#   bash benchmarks/gpu.sh kernels     # selective scan: benchmarks/kernels.py (KERNEL_ARGS=--no-ref skips the twin)
+#   bash benchmarks/gpu.sh kernels     # selective scan: benchmarks/kernels.py (KERNEL_ARGS=--no-ref skips the twin;
+#                                      #   "--prev .prev" times the kernels exported by benchmarks/prev_kernels.py)
 #   bash benchmarks/gpu.sh ss2d ln     # cross-scan / SS2D core (benchmarks/ss2d.py), LayerNorm (benchmarks/layer_norm.py)
 #   bash benchmarks/gpu.sh profile     # Nsight Compute on the selective-scan kernels (benchmarks/profile_scan.py)
 #   bash benchmarks/gpu.sh overhead    # vmbench's training loop vs a bare loop; JPEG / fake loader speed
@@ -26,8 +27,8 @@ for what in "$@"; do
   case "$what" in
     tests)   step gpu_tests 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_selective_scan.py \
                tests/test_cross_scan.py tests/test_ss2d.py tests/test_layer_norm.py ;;
-    kernels) step kernels 150 python3 benchmarks/kernels.py ${SWEEP:-} ${KERNEL_ARGS:-} ;;
-    ss2d)    step ss2d 150 python3 benchmarks/ss2d.py ${SWEEP:-} ;;
+    kernels) step kernels ${KERNEL_LIMIT:-150} python3 benchmarks/kernels.py ${SWEEP:-} ${KERNEL_ARGS:-} ;;
+    ss2d)    step ss2d 150 python3 benchmarks/ss2d.py ${SWEEP:-} ${SS2D_ARGS:-} ;;
     ln)      step layer_norm 90 python3 benchmarks/layer_norm.py ;;
     profile) step ncu 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
                --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:_scan_ python3 benchmarks/profile_scan.py ;;

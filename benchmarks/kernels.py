@@ -1,14 +1,16 @@
 """Selective-scan benchmark on CUDA: our Triton kernels vs the torch twin, at VMamba-T stage shapes.
 
-    python benchmarks/kernels.py [--quick] [--json] [--sweep] [--no-ref]
+    python benchmarks/kernels.py [--quick] [--json] [--sweep] [--no-ref] [--prev DIR]
 
 For each stage shape (batch 128, K = 4, N = 1) and input dtype (fp16, bf16; fp32 out) it first
 checks the forward and every gradient against fp64 (derived tolerance, as in the tests), then times
 forward and backward with `triton.testing.do_bench` (median), reports the effective bandwidth over
 the minimal traffic (each input read once, each output written once), the torch twin
 (`selective_scan_ref`, autograd) measured in the same run, and the official CUDA kernel's times from
-shared/ANCHORS.md (H100, fp16 in / fp32 out) as constants for the ratio column. Writes the markdown
-table to $OUT/kernels.md when $OUT is set. Imports only torch, triton and vmbench.kernels.
+shared/ANCHORS.md (H100, fp16 in / fp32 out) as constants for the ratio column. The "previous" columns
+time another version on the same inputs in the same process: the kernels package of an earlier commit
+with --prev DIR (exported by benchmarks/prev_kernels.py), else the general 3-D kernels (v1). Writes the
+markdown table to $OUT/kernels.md when $OUT is set. Imports only torch, triton and vmbench.kernels.
 """
 from __future__ import annotations
 
@@ -116,7 +118,8 @@ def bench(fn, n_sets=1):
         return triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
 
 
-def time_stage(kd, L, dtype, with_ref=True):
+def time_stage(kd, L, dtype, with_ref=True, prev=None):
+    """Times of one stage shape; `prev` is the previous kernels package (None: v1 of this one)."""
     from vmbench.kernels import _selective_scan_triton as T
     from vmbench.kernels.selective_scan import selective_scan_ref
 
@@ -131,11 +134,13 @@ def time_stage(kd, L, dtype, with_ref=True):
     res = dict(kd=kd, L=L, dtype=str(dtype).split(".")[-1], fwd_ms=fwd_ms, bwd_ms=bwd_ms,
                fwd_tbs=fwd_bytes / fwd_ms / 1e9, bwd_tbs=bwd_bytes / bwd_ms / 1e9,
                fwd_floor_mb=fwd_bytes / 1e6, bwd_floor_mb=bwd_bytes / 1e6)
-    if N == 1:  # the previous version (general 3-D kernels, dB / dC atomics), same inputs, same run
-        with T.scan_config(n1=0):
-            hss = [T._scan_fwd(*x, True, True)[1] for x in sets]
-            res["v1_fwd_ms"] = bench(lambda i: T._scan_fwd(*sets[i], True, True), n_sets)
-            res["v1_bwd_ms"] = bench(lambda i: T._scan_bwd_parts(dys[i], *sets[i], hss[i], True), n_sets)
+    # the previous version on the same inputs, same run: an earlier commit's kernels, or v1 (the general
+    # 3-D kernels with dB / dC atomics)
+    P = prev._selective_scan_triton if prev is not None else T
+    with (P.scan_config() if prev is not None else T.scan_config(n1=0)), prev_launch(prev):
+        hss = [P._scan_fwd(*x, True, True)[1] for x in sets]
+        res["prev_fwd_ms"] = bench(lambda i: P._scan_fwd(*sets[i], True, True), n_sets)
+        res["prev_bwd_ms"] = bench(lambda i: P._scan_bwd_parts(dys[i], *sets[i], hss[i], True), n_sets)
     del sets, dys, hss
     if with_ref:
         x = [t.requires_grad_(True) if t.is_floating_point() else t for t in make_inputs(kd, L, dtype)]
@@ -152,17 +157,25 @@ def time_stage(kd, L, dtype, with_ref=True):
     return res
 
 
+def prev_launch(prev):
+    """The previous package's eager raw-launch context (its launches then cost what ours do)."""
+    import contextlib
+
+    return prev._backend.direct_launch() if prev is not None else contextlib.nullcontext()
+
+
 def sweep(stages):
     """Time a few chunk / tile / warp choices per stage (fp16); prints one line per config."""
     from vmbench.kernels import _selective_scan_triton as T
 
-    # N = 1 kernels (the benchmark's shapes); the forward chunk is never below the backward's
-    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w) for c, t, w in
-                [(256, 2048, 4), (128, 2048, 4), (512, 2048, 4), (256, 1024, 4), (256, 4096, 4), (256, 2048, 8),
-                 (128, 1024, 2)]]
-    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, bwd_warps=w) for c, t, w in
-                [(32, 512, 4), (32, 256, 4), (32, 512, 2), (16, 256, 4), (16, 512, 4), (32, 1024, 4),
-                 (64, 512, 4), (32, 256, 2)]]
+    # N = 1 kernels (the benchmark's shapes); the forward chunk is never below the backward's. The first
+    # entry of each list is the default; prefetch 0 and shift 1 are the previous kernels' loop and reverse scan.
+    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w, n1_prefetch=p) for c, t, w, p in
+                [(256, 2048, 4, 1), (256, 2048, 4, 0), (128, 2048, 4, 1), (256, 1024, 4, 1), (256, 4096, 4, 1),
+                 (64, 1024, 4, 1), (32, 512, 4, 1), (128, 1024, 2, 1)]]
+    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, bwd_warps=w, n1_prefetch=p, n1_shift=sh) for c, t, w, p, sh in
+                [(32, 512, 4, 1, 0), (32, 512, 4, 0, 0), (32, 512, 4, 1, 1), (32, 512, 4, 0, 1), (16, 256, 4, 1, 0),
+                 (32, 1024, 4, 1, 0), (64, 1024, 4, 1, 0), (32, 256, 2, 1, 0)]]
     out = []
     for kd, L in stages:
         x = make_inputs(kd, L, torch.float16)
@@ -204,16 +217,16 @@ def kernel_stats():
     return out
 
 
-def table(rows, card):
-    hdr = ("| stage (B, K·D, L) | in | fwd ms | fwd TB/s | bwd ms | bwd TB/s | v1 fwd / bwd ms | × v1 fwd / bwd "
+def table(rows, card, prev_name):
+    hdr = ("| stage (B, K·D, L) | in | fwd ms | fwd TB/s | bwd ms | bwd TB/s | prev fwd / bwd ms | × prev fwd / bwd "
            "| torch twin fwd / bwd ms | × twin fwd / bwd "
            "| official fwd / bwd ms (ANCHORS, H100, fp16) | × official fwd / bwd | max err / tol |")
     lines = [f"Selective scan, {card}, K=4, N=1, fp32 out; TB/s = minimal traffic / time; "
-             "× = other's time / ours (higher is better); v1 = the previous kernels, same run.", "", hdr,
+             f"× = other's time / ours (higher is better); prev = {prev_name}, same run.", "", hdr,
              "|" + "---|" * 13]
     for r in rows:
-        v1 = (f"{r['v1_fwd_ms']:.3f} / {r['v1_bwd_ms']:.3f}" if "v1_fwd_ms" in r else "—")
-        xv1 = (f"{r['v1_fwd_ms'] / r['fwd_ms']:.2f} / {r['v1_bwd_ms'] / r['bwd_ms']:.2f}" if "v1_fwd_ms" in r else "—")
+        pv = f"{r['prev_fwd_ms']:.3f} / {r['prev_bwd_ms']:.3f}"
+        xpv = f"{r['prev_fwd_ms'] / r['fwd_ms']:.2f} / {r['prev_bwd_ms'] / r['bwd_ms']:.2f}"
         ref = (f"{r['ref_fwd_ms']:.2f} / {r['ref_bwd_ms']:.2f}" if "ref_fwd_ms" in r else "—")
         xref = (f"{r['ref_fwd_ms'] / r['fwd_ms']:.1f} / {r['ref_bwd_ms'] / r['bwd_ms']:.1f}" if "ref_fwd_ms" in r else "—")
         off = (f"{r['official_fwd_ms']:.2f} / {r['official_bwd_ms']:.2f}" if "official_fwd_ms" in r else "—")
@@ -221,7 +234,7 @@ def table(rows, card):
                 if "official_fwd_ms" in r else "—")
         err = f"{r['err_ratio']:.2f}" if "err_ratio" in r else "—"
         lines.append(f"| (128, {r['kd']}, {r['L']}) | {r['dtype']} | {r['fwd_ms']:.3f} | {r['fwd_tbs']:.2f} | "
-                     f"{r['bwd_ms']:.3f} | {r['bwd_tbs']:.2f} | {v1} | {xv1} | {ref} | {xref} | {off} | {xoff} | {err} |")
+                     f"{r['bwd_ms']:.3f} | {r['bwd_tbs']:.2f} | {pv} | {xpv} | {ref} | {xref} | {off} | {xoff} | {err} |")
     return "\n".join(lines)
 
 
@@ -233,6 +246,8 @@ def main(argv=None):
     ap.add_argument("--sweep-stages", default="1", help="comma-separated stages (1-4) for --sweep")
     ap.add_argument("--no-ref", action="store_true", help="skip timing the torch twin")
     ap.add_argument("--no-check", action="store_true", help="skip the fp64 correctness check")
+    ap.add_argument("--prev", metavar="DIR", help="time the kernels exported by benchmarks/prev_kernels.py into DIR "
+                    "beside ours (default: the v1 kernels of this version)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -241,19 +256,25 @@ def main(argv=None):
 
     card = torch.cuda.get_device_name(0)
     print(f"card {card}; torch {torch.__version__}; triton {triton.__version__}", flush=True)
+    prev = None
+    if args.prev:
+        from prev_kernels import load
+
+        prev = load(args.prev)
+    prev_name = f"the kernels of commit {prev.REV}" if prev is not None else "v1 (general 3-D kernels)"
     stages = [STAGES[0], STAGES[3]] if args.quick else STAGES
     dtypes = ["fp16"] if args.quick else list(DTYPES)
     rows = []
     for name in dtypes:
         for kd, L in stages:
             err = None if args.no_check else check(kd, L, DTYPES[name])
-            r = time_stage(kd, L, DTYPES[name], with_ref=not args.no_ref)
+            r = time_stage(kd, L, DTYPES[name], with_ref=not args.no_ref, prev=prev)
             if err is not None:
                 r["err_ratio"] = err
             rows.append(r)
             print(json.dumps(r), flush=True)
     sw = sweep([STAGES[int(i) - 1] for i in args.sweep_stages.split(",")]) if args.sweep else []
-    md = table(rows, card)
+    md = table(rows, card, prev_name)
     stats = kernel_stats()
     md += "\n\nCompiled variants (registers / spills per thread):\n" + "\n".join(
         f"- {k['kernel']} {k['blocks']} warps={k['warps']}: regs {k['regs']}, spills {k['spills']}, "

@@ -1,12 +1,13 @@
 """Benchmark: cross-scan / cross-merge and the SS2D core at VMamba-T stage shapes (CUDA only).
 
-    python benchmarks/ss2d.py [--quick] [--sweep]
+    python benchmarks/ss2d.py [--quick] [--sweep] [--prev DIR]
 
 Shapes: batch 128, D = 96 * 2**i, H = W = 56 / 28 / 14 / 7, K = 4, N = 1, R = ceil(D / 16);
 fp16 and bf16. Every op is checked against the torch twin before it is timed. Timing:
 triton.testing.do_bench (CUDA events, median). Prints a markdown table; writes it to
 $OUT/ss2d.md when $OUT is set. --sweep also times tile configurations (used to choose the
-launchers' defaults; see benchmarks/NOTES-ss2d.md).
+launchers' defaults; see benchmarks/NOTES-ss2d.md). --prev DIR also times the SS2D core of the kernels
+package exported there by benchmarks/prev_kernels.py (an earlier commit) on the same inputs.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="stage 1 fp16 only")
     ap.add_argument("--sweep", action="store_true", help="time tile configs too")
     ap.add_argument("--no-train", action="store_true", help="skip fwd+bwd timings")
+    ap.add_argument("--prev", metavar="DIR", help="also time the SS2D core of benchmarks/prev_kernels.py's export")
     ap.add_argument("--dry-run", action="store_true",
                     help="check the script on the CPU: Triton interpreter (set TRITON_INTERPRET=1), tiny shapes")
     args = ap.parse_args(argv)
@@ -66,8 +68,15 @@ def main(argv=None):
     from vmbench.kernels import cross_merge_ref, cross_scan_ref, ss2d_core, ss2d_core_ref
     from vmbench.kernels import _cross_scan_triton as xst
     from vmbench.kernels import _ss2d_triton as sst
-    from vmbench.kernels.ss2d import _ss2d
-    from vmbench.kernels.selective_scan import selective_scan
+    prev, prev_core = None, None
+    if args.prev:
+        from prev_kernels import load
+
+        prev = load(args.prev)
+
+        def prev_core(*a):  # its Functions launch raw inside its own direct_launch, as ours do
+            with prev._backend.direct_launch():
+                return prev.ss2d_core(*a, backend="triton")
 
     dev = torch.device("cpu" if args.dry_run else "cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -119,10 +128,11 @@ def main(argv=None):
 
     # ---------------------------------------------------------------- SS2D core
     lines += ["", "## SS2D core (N = 1, R = ceil(D/16)); ms", "",
-              "comp. = the Triton composition (default: map-wise projections; v1: projections on the four "
-              "directional copies, the previous version); all columns from the same run.", "",
-              "| stage | dtype | fwd torch | fwd comp. v1 | fwd comp. | fwd fused | fused vs comp. | fused err (torch err) "
-              "| fwd+bwd torch | fwd+bwd comp. v1 | fwd+bwd comp. |",
+              "comp. = the Triton composition (ss2d_core(backend='triton')); prev = the same from "
+              + (f"commit {prev.REV}" if prev else "an earlier commit (not given: --prev)")
+              + "; all columns from the same run.", "",
+              "| stage | dtype | fwd torch | fwd comp. prev | fwd comp. | fwd fused | fused vs comp. | fused err (torch err) "
+              "| fwd+bwd torch | fwd+bwd comp. prev | fwd+bwd comp. |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     N = 1
     for si, (D, HW) in enumerate(stages):
@@ -138,11 +148,12 @@ def main(argv=None):
                     y_f = sst.ss2d_fused_forward(x, *ps)
                     e_f, e_r = rel(y_f, y32), rel(y_ref, y32)
                     t_ref = _bench(lambda: ss2d_core(x, *ps, backend="torch"), rep=40)
-                    comps = [lambda: _ss2d(x, *ps, lambda *a: selective_scan(*a, backend="triton"),
-                                           xst.cross_scan_triton, xst.cross_merge_triton),
-                             lambda: ss2d_core(x, *ps, backend="triton")]
+                    comps = [lambda: prev_core(x, *ps), lambda: ss2d_core(x, *ps, backend="triton")]
                     t_comps = []
                     for comp in comps:
+                        if comp is comps[0] and prev is None:
+                            row.append("—")
+                            continue
                         e_c = rel(comp(), y32)
                         t_comps.append(_bench(comp, rep=40))
                         row.append(f"{t_comps[-1]:.3f}" + ("" if e_c <= 2 * e_r + 1e-5 else f" FAIL {e_c:.1e}"))
@@ -166,10 +177,11 @@ def main(argv=None):
                         y = fn(xx, *pp)
                         y.backward(torch.ones_like(y))
 
-                    v1 = lambda *a: _ss2d(*a, lambda *s: selective_scan(*s, backend="triton"),  # noqa: E731
-                                          xst.cross_scan_triton, xst.cross_merge_triton)
-                    for fn in (lambda *a: ss2d_core(*a, backend="torch"), v1,
+                    for fn in (lambda *a: ss2d_core(*a, backend="torch"), prev_core,
                                lambda *a: ss2d_core(*a, backend="triton")):
+                        if fn is None:
+                            row.append("—")
+                            continue
                         train(fn)
                         row.append(f"{_bench(lambda: train(fn), rep=40):.3f}")
                 del x, y32, y_ref, y_f
