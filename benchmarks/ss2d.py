@@ -68,7 +68,7 @@ def main(argv=None):
     from vmbench.kernels import cross_merge_ref, cross_scan_ref, ss2d_core, ss2d_core_ref
     from vmbench.kernels import _cross_scan_triton as xst
     from vmbench.kernels import _ss2d_triton as sst
-    prev, prev_core = None, None
+    prev = prev_core = None
     if args.prev:
         from prev_kernels import load
 

@@ -231,30 +231,40 @@ def _combine3(f1, p1, g1, f2, p2, g2):
 _combine3 = JITFunction(_combine3)
 
 
-def _n1_inputs(u_ptr, dt_ptr, W_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, ch, mask_d, L,
-               R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    # One chunk's u, raw delta, B and C in fp32. R = 0: delta is read from (B, K*D, L). R > 0: delta is
-    # the low-rank product W (K*D, R) @ P, P's rows r = 0 .. R-1 at dt_ptr + bc + r * L (the dt rows of
-    # SS2D's projections, beside B and C), computed here: no (B, K*D, L) delta in HBM.
-    u = tl.load(u_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+def _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, R: tl.constexpr):
+    # One chunk's loads, as stored (u, B, C; delta too when R = 0: read from (B, K*D, L)). Converted to
+    # fp32 where used, so a prefetched chunk holds 16-bit values in registers.
+    u = tl.load(u_ptr + ptr, mask=m2, other=0.0)
     if R == 0:
-        dt = tl.load(dt_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + ptr, mask=m2, other=0.0)
     else:
-        dt = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
-        for r in tl.static_range(R):
-            w = tl.load(W_ptr + ch * R + r, mask=mask_d, other=0.0).to(tl.float32)
-            pr = tl.load(dt_ptr + bc + r * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-            dt += w[:, None] * pr[None, :]
-    Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        dt = u  # unused: `_n1_delta` forms the low-rank delta where it is needed
+    Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0)
+    Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0)
     return u, dt, Bv, Cv
 
 
-# `_n1_inputs` is called from inside the kernels, so, unlike the combine functions (which associative_scan
+def _n1_delta(dt, dt_ptr, W_ptr, bc, offs_l, mask_l, ch, mask_d, L, R: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_L: tl.constexpr):
+    # The chunk's raw delta in fp32. R = 0: `dt` as loaded. R > 0: the low-rank product W (K*D, R) @ P, P's
+    # rows r = 0 .. R-1 at dt_ptr + bc + r * L (the dt rows of SS2D's projections, beside B and C), formed
+    # here with R multiply-adds per element (no (B, K*D, L) delta in HBM). A loop, not unrolled: R reaches
+    # 48 (VMamba-T stage 4), and unrolled loads would all be hoisted into registers.
+    if R == 0:
+        return dt.to(tl.float32)
+    acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
+    for r in range(R):
+        w = tl.load(W_ptr + ch * R + r, mask=mask_d, other=0.0).to(tl.float32)
+        pr = tl.load(dt_ptr + bc + r * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        acc += w[:, None] * pr[None, :]
+    return acc
+
+
+# `_n1_inputs` and `_n1_delta` are called from inside the kernels, so, unlike the combine functions (which associative_scan
 # takes as arguments in either mode), it must be built for the mode the kernel runs in: `_kernel` binds the
 # module-level name to its compiled or interpreted form before each launch (the same object per mode, so a
 # compiled kernel always sees the global it was compiled with).
-_HELPERS = {"_n1_inputs": _n1_inputs}
+_HELPERS = {"_n1_inputs": _n1_inputs, "_n1_delta": _n1_delta}
 
 
 def _scan_fwd_n1_kernel(
@@ -291,9 +301,8 @@ def _scan_fwd_n1_kernel(
     save_l = (lidx + 1) % SAVE_EVERY == 0  # the state after t enters t + 1: saved where a backward chunk starts
     save_i = (lidx + 1) // SAVE_EVERY
     if PREFETCH:
-        m2 = mask_d[:, None] & (lidx < L)[None, :]
-        nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, W_ptr, B_ptr, C_ptr, row[:, None] + lidx[None, :], m2, bc,
-                                     lidx, lidx < L, ch, mask_d, L, R, BLOCK_D, BLOCK_L)
+        nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, row[:, None] + lidx[None, :],
+                                     mask_d[:, None] & (lidx < L)[None, :], bc, lidx, lidx < L, R)
     for c in range(n_chunks):
         offs_l = c * BLOCK_L + lidx
         mask_l = offs_l < L
@@ -302,12 +311,14 @@ def _scan_fwd_n1_kernel(
         if PREFETCH:
             u, dt, Bv, Cv = nu, ndt, nB, nC
             offs_n = offs_l + BLOCK_L
-            nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, W_ptr, B_ptr, C_ptr, ptr + BLOCK_L,
-                                         mask_d[:, None] & (offs_n < L)[None, :], bc, offs_n, offs_n < L,
-                                         ch, mask_d, L, R, BLOCK_D, BLOCK_L)
+            nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr + BLOCK_L,
+                                         mask_d[:, None] & (offs_n < L)[None, :], bc, offs_n, offs_n < L, R)
         else:
-            u, dt, Bv, Cv = _n1_inputs(u_ptr, dt_ptr, W_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, ch,
-                                       mask_d, L, R, BLOCK_D, BLOCK_L)
+            u, dt, Bv, Cv = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, R)
+        dt = _n1_delta(dt, dt_ptr, W_ptr, bc, offs_l, mask_l, ch, mask_d, L, R, BLOCK_D, BLOCK_L)
+        u = u.to(tl.float32)
+        Bv = Bv.to(tl.float32)
+        Cv = Cv.to(tl.float32)
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:  # max(x, 0) + log1p(exp(-|x|)), log1p(z) = log(w) z / (w - 1) with w = 1 + z
@@ -370,9 +381,8 @@ def _scan_bwd_n1_kernel(
         offs_n = (n_chunks - 1) * BLOCK_L + lidx
         m2 = mask_d[:, None] & (offs_n < L)[None, :]
         pn = row[:, None] + offs_n[None, :]
-        nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, W_ptr, B_ptr, C_ptr, pn, m2, bc, offs_n, offs_n < L, ch,
-                                     mask_d, L, R, BLOCK_D, BLOCK_L)
-        ndy = tl.load(dy_ptr + pn, mask=m2, other=0.0).to(tl.float32)
+        nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, pn, m2, bc, offs_n, offs_n < L, R)
+        ndy = tl.load(dy_ptr + pn, mask=m2, other=0.0)
         nh0 = tl.load(hs_ptr + rowid * n_chunks + n_chunks - 1, mask=mask_d, other=0.0)
     for ci in range(n_chunks):
         c = n_chunks - 1 - ci
@@ -384,15 +394,18 @@ def _scan_bwd_n1_kernel(
             u, dt_raw, Bv, Cv, dy, h0 = nu, ndt, nB, nC, ndy, nh0
             offs_n = offs_l - BLOCK_L
             mn = mask_d[:, None] & (offs_n >= 0)[None, :]
-            nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, W_ptr, B_ptr, C_ptr, ptr - BLOCK_L, mn, bc, offs_n,
-                                         offs_n >= 0, ch, mask_d, L, R, BLOCK_D, BLOCK_L)
-            ndy = tl.load(dy_ptr + ptr - BLOCK_L, mask=mn, other=0.0).to(tl.float32)
+            nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr - BLOCK_L, mn, bc, offs_n, offs_n >= 0, R)
+            ndy = tl.load(dy_ptr + ptr - BLOCK_L, mask=mn, other=0.0)
             nh0 = tl.load(hs_ptr + rowid * n_chunks + c - 1, mask=mask_d & (c > 0), other=0.0)
         else:
-            u, dt_raw, Bv, Cv = _n1_inputs(u_ptr, dt_ptr, W_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, ch,
-                                           mask_d, L, R, BLOCK_D, BLOCK_L)
-            dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+            u, dt_raw, Bv, Cv = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, R)
+            dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0)
             h0 = tl.load(hs_ptr + rowid * n_chunks + c, mask=mask_d, other=0.0)  # the state entering the chunk
+        dt_raw = _n1_delta(dt_raw, dt_ptr, W_ptr, bc, offs_l, mask_l, ch, mask_d, L, R, BLOCK_D, BLOCK_L)
+        u = u.to(tl.float32)
+        dy = dy.to(tl.float32)
+        Bv = Bv.to(tl.float32)
+        Cv = Cv.to(tl.float32)
         if HAS_BIAS:
             dt_raw = dt_raw + bias[:, None]
         dt = dt_raw
