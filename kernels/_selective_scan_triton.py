@@ -248,15 +248,18 @@ def _n1_delta(dt, dt_ptr, W_ptr, bc, offs_l, mask_l, ch, mask_d, L, R: tl.conste
               BLOCK_L: tl.constexpr):
     # The chunk's raw delta in fp32. R = 0: `dt` as loaded. R > 0: the low-rank product W (K*D, R) @ P, P's
     # rows r = 0 .. R-1 at dt_ptr + bc + r * L (the dt rows of SS2D's projections, beside B and C), formed
-    # here with R multiply-adds per element (no (B, K*D, L) delta in HBM). A loop, not unrolled: R reaches
-    # 48 (VMamba-T stage 4), and unrolled loads would all be hoisted into registers.
+    # here with R multiply-adds per element (no (B, K*D, L) delta in HBM). Rows go in groups of RB whose
+    # loads are issued together (one memory latency per group, not per row); groups are a loop, since R
+    # reaches 48 (VMamba-T stage 4) and all-unrolled loads would be hoisted into registers.
     if R == 0:
         return dt.to(tl.float32)
     acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
-    for r in range(R):
-        w = tl.load(W_ptr + ch * R + r, mask=mask_d, other=0.0).to(tl.float32)
-        pr = tl.load(dt_ptr + bc + r * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-        acc += w[:, None] * pr[None, :]
+    for r0 in range(0, R, 8):  # RB = 8
+        for j in tl.static_range(8):
+            r = r0 + j
+            w = tl.load(W_ptr + ch * R + r, mask=mask_d & (r < R), other=0.0).to(tl.float32)
+            pr = tl.load(dt_ptr + bc + r * L + offs_l, mask=mask_l & (r < R), other=0.0).to(tl.float32)
+            acc += w[:, None] * pr[None, :]
     return acc
 
 
