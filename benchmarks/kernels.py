@@ -327,7 +327,7 @@ def main(argv=None):
            "| y rel. diff |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
                f"| (128, {x['kd']}, {x['L']}) | {x['R']} | {x['dtype']} | {x['lr_fwd_ms']:.3f} | {x['gemm_fwd_ms']:.3f} | "
                f"{x['gemm_fwd_ms'] / x['lr_fwd_ms']:.2f} | {x['lr_bwd_ms']:.3f} | {x['gemm_bwd_ms']:.3f} | "
-               f"{x['gemm_bwd_ms'] / x['lr_bwd_ms']:.2f} | {x["rel_diff"]:.1e} |" for x in lows))
+               f"{x['gemm_bwd_ms'] / x['lr_bwd_ms']:.2f} | {x['rel_diff']:.1e} |" for x in lows))
     stats = kernel_stats()
     md += "\n\nCompiled variants (registers / spills per thread):\n" + "\n".join(
         f"- {k['kernel']} {k['blocks']} warps={k['warps']}: regs {k['regs']}, spills {k['spills']}, "
