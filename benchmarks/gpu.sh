@@ -10,7 +10,8 @@
 #   bash benchmarks/gpu.sh where       # torch.profiler: where VMamba-T's inference and training time goes
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh graph       # the same, eager and as CUDA-graph replays (host overhead removed)
-#   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections
+#   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections (MODELS_SECTIONS,
+#                                      #   MODELS_ARGS, MODELS_LIMIT change them)
 #   bash benchmarks/gpu.sh compile     # the paper suite's torch.compile section (COMPILE_ARGS="--models a,b")
 # Runs from the repository root without installing vmbench (vmbench/kernels links to kernels/);
 # wheels the machine lacks (sqlalchemy, fvcore: shared/tools/gpu-wheels) are installed from .whl/ if present.
@@ -37,7 +38,8 @@ for what in "$@"; do
     where)   step where 200 python3 benchmarks/profile_model.py --model vmamba_t --host --python ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
-    models)  step models 420 python3 benchmarks/models.py --sections infer,train,res ;;
+    models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \
+               ${MODELS_ARGS:-} ;;
     compile) step compile ${COMPILE_LIMIT:-540} python3 benchmarks/models.py --sections compile --name compile ${COMPILE_ARGS:-} ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac

@@ -162,42 +162,6 @@ def time_stage(kd, L, dtype, with_ref=True, prev=None):
     return res
 
 
-def time_low_rank(kd, L, dtype):
-    """SS2D's case: delta = W @ P with W (K*D, R), R = ceil(D / 16), P the dt rows of the projections
-    (B, K, R + 2, L) whose last two rows are B and C. Times the scan with delta formed in the kernels
-    against one GEMM writing delta (inner dimension padded to R + 2, as cuBLAS prefers) + the scan, forward
-    and backward (the backward recomputes delta the same way). Same inputs, same run."""
-    from vmbench.kernels import _selective_scan_triton as T
-
-    d = kd // K
-    r = math.ceil(d / 16)
-    g = torch.Generator(device="cuda").manual_seed(kd + L)
-    u = torch.randn(B_SZ, kd, L, device="cuda", generator=g).to(dtype)
-    ps = (torch.randn(B_SZ, K, r + 2, L, device="cuda", generator=g) * 0.5).to(dtype)
-    W = torch.randn(K, d, r, device="cuda", generator=g) / r**0.5
-    wpad = torch.nn.functional.pad(W, (0, 2)).to(dtype)
-    A = -(torch.rand(kd, 1, device="cuda", generator=g) * 2 + 0.2)
-    Dv, bias = torch.randn(kd, device="cuda", generator=g), torch.randn(kd, device="cuda", generator=g) * 0.5 - 1
-    Bs, Cs = ps[:, :, r:r + 1], ps[:, :, r + 1:]
-    dy = torch.randn(B_SZ, kd, L, device="cuda", generator=g)
-    lr = (W.view(kd, r), ps[:, :, :r])
-
-    def gemm():
-        return torch.matmul(wpad, ps).view(B_SZ, kd, L)
-
-    hs = T._scan_fwd(u, lr, A, Bs, Cs, Dv, bias, True, True)[1]
-    out = dict(kd=kd, L=L, R=r, dtype=str(dtype).split(".")[-1])
-    out["lr_fwd_ms"] = bench(lambda i: T._scan_fwd(u, lr, A, Bs, Cs, Dv, bias, True, True))
-    out["lr_bwd_ms"] = bench(lambda i: T._scan_bwd_parts(dy, u, lr, A, Bs, Cs, Dv, bias, hs, True))
-    out["gemm_fwd_ms"] = bench(lambda i: T._scan_fwd(u, gemm(), A, Bs, Cs, Dv, bias, True, True))
-    out["gemm_bwd_ms"] = bench(lambda i: T._scan_bwd_parts(dy, u, gemm(), A, Bs, Cs, Dv, bias, hs, True))
-    y1 = T._scan_fwd(u, lr, A, Bs, Cs, Dv, bias, True, True)[0]
-    y2 = T._scan_fwd(u, torch.matmul(W.double(), ps[:, :, :r].double()).view(B_SZ, kd, L).to(dtype), A, Bs, Cs, Dv, bias,
-                     True, True)[0]
-    out["rel_diff"] = rel(y1, y2)  # delta rounded to dtype (y2) vs kept in fp32 (y1)
-    return out
-
-
 def prev_launch(prev):
     """The previous package's eager raw-launch context (its launches then cost what ours do)."""
     import contextlib
@@ -209,14 +173,14 @@ def sweep(stages):
     """Time a few chunk / tile / warp choices per stage (fp16); prints one line per config."""
     from vmbench.kernels import _selective_scan_triton as T
 
-    # N = 1 kernels (the benchmark's shapes); the forward chunk is never below the backward's. The first
-    # entry of each list is the default; prefetch 0 and shift 1 are the previous kernels' loop and reverse scan.
-    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w, n1_prefetch=p) for c, t, w, p in
-                [(256, 2048, 4, 1), (256, 2048, 4, 0), (128, 2048, 4, 1), (256, 1024, 4, 1), (256, 4096, 4, 1),
-                 (64, 1024, 4, 1), (32, 512, 4, 1), (128, 1024, 2, 1)]]
-    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, bwd_warps=w, n1_prefetch=p, n1_shift=sh) for c, t, w, p, sh in
-                [(32, 512, 4, 1, 0), (32, 512, 4, 0, 0), (32, 512, 4, 1, 1), (32, 512, 4, 0, 1), (16, 256, 4, 1, 0),
-                 (32, 1024, 4, 1, 0), (64, 1024, 4, 1, 0), (32, 256, 2, 1, 0)]]
+    # N = 1 kernels (the benchmark's shapes); the first entry of each list is the default. Chunks are fitted
+    # to L (n1_max_pad) unless n1_max_pad = 1.
+    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w, n1_max_pad=p) for c, t, w, p in
+                [(64, 1024, 4, 0.125), (64, 1024, 4, 1.0), (128, 2048, 4, 0.125), (256, 2048, 4, 1.0),
+                 (64, 2048, 4, 0.125), (128, 1024, 2, 0.125)]]
+    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, n1_bwd_warps=w, n1_max_pad=p) for c, t, w, p in
+                [(32, 256, 2, 0.125), (32, 256, 2, 1.0), (32, 512, 4, 1.0), (32, 256, 4, 0.125), (16, 256, 4, 0.125),
+                 (32, 512, 2, 0.125)]]
     out = []
     for kd, L in stages:
         x = make_inputs(kd, L, torch.float16)
@@ -314,28 +278,16 @@ def main(argv=None):
                 r["err_ratio"] = err
             rows.append(r)
             print(json.dumps(r), flush=True)
-    lows = []
-    for name in dtypes:
-        for kd, L in stages:
-            lows.append(time_low_rank(kd, L, DTYPES[name]))
-            print(json.dumps(lows[-1]), flush=True)
     sw = sweep([STAGES[int(i) - 1] for i in args.sweep_stages.split(",")]) if args.sweep else []
     md = table(rows, card, prev_name)
-    md += ("\n\nLow-rank delta (SS2D's dt projection, delta = W @ P, R = ceil(D / 16)): formed in the scan "
-           "kernels vs one GEMM writing delta (inner dimension R + 2) + the scan; ms, same run.\n\n"
-           "| stage (B, K·D, L) | R | in | fwd in-kernel | fwd GEMM + scan | × | bwd in-kernel | bwd GEMM + scan | × "
-           "| y rel. diff |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
-               f"| (128, {x['kd']}, {x['L']}) | {x['R']} | {x['dtype']} | {x['lr_fwd_ms']:.3f} | {x['gemm_fwd_ms']:.3f} | "
-               f"{x['gemm_fwd_ms'] / x['lr_fwd_ms']:.2f} | {x['lr_bwd_ms']:.3f} | {x['gemm_bwd_ms']:.3f} | "
-               f"{x['gemm_bwd_ms'] / x['lr_bwd_ms']:.2f} | {x['rel_diff']:.1e} |" for x in lows))
     stats = kernel_stats()
     md += "\n\nCompiled variants (registers / spills per thread):\n" + "\n".join(
         f"- {k['kernel']} {k['blocks']} warps={k['warps']}: regs {k['regs']}, spills {k['spills']}, "
         f"shared {k['shared']} B" for k in stats)
     print(md)
     if args.json:
-        print(json.dumps({"card": card, "rows": rows, "low_rank": lows, "sweep": sw}, indent=1))
-    save("kernels", md, {"card": card, "rows": rows, "low_rank": lows, "sweep": sw, "kernels": stats})
+        print(json.dumps({"card": card, "rows": rows, "sweep": sw}, indent=1))
+    save("kernels", md, {"card": card, "rows": rows, "sweep": sw, "kernels": stats})
     return 0
 
 

@@ -231,56 +231,34 @@ def _combine3(f1, p1, g1, f2, p2, g2):
 _combine3 = JITFunction(_combine3)
 
 
-def _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, R: tl.constexpr):
-    # One chunk's loads, as stored (u, B, C; delta too when R = 0: read from (B, K*D, L)). Converted to
-    # fp32 where used, so a prefetched chunk holds 16-bit values in registers.
+def _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l):
+    # One chunk's u, delta, B and C as stored: converted to fp32 where used, so a prefetched chunk holds
+    # 16-bit values in registers.
     u = tl.load(u_ptr + ptr, mask=m2, other=0.0)
-    if R == 0:
-        dt = tl.load(dt_ptr + ptr, mask=m2, other=0.0)
-    else:
-        dt = u  # unused: `_n1_delta` forms the low-rank delta where it is needed
+    dt = tl.load(dt_ptr + ptr, mask=m2, other=0.0)
     Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0)
     Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0)
     return u, dt, Bv, Cv
 
 
-def _n1_delta(dt, dt_ptr, W_ptr, bc, offs_l, mask_l, ch, mask_d, L, R: tl.constexpr, BLOCK_D: tl.constexpr,
-              BLOCK_L: tl.constexpr):
-    # The chunk's raw delta in fp32. R = 0: `dt` as loaded. R > 0: the low-rank product W (K*D, R) @ P, P's
-    # rows r = 0 .. R-1 at dt_ptr + bc + r * L (the dt rows of SS2D's projections, beside B and C), formed
-    # here with R multiply-adds per element (no (B, K*D, L) delta in HBM). Rows go in groups of RB whose
-    # loads are issued together (one memory latency per group, not per row); groups are a loop, since R
-    # reaches 48 (VMamba-T stage 4) and all-unrolled loads would be hoisted into registers.
-    if R == 0:
-        return dt.to(tl.float32)
-    acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
-    for r0 in range(0, R, 8):  # RB = 8
-        for j in tl.static_range(8):
-            r = r0 + j
-            w = tl.load(W_ptr + ch * R + r, mask=mask_d & (r < R), other=0.0).to(tl.float32)
-            pr = tl.load(dt_ptr + bc + r * L + offs_l, mask=mask_l & (r < R), other=0.0).to(tl.float32)
-            acc += w[:, None] * pr[None, :]
-    return acc
-
-
-# `_n1_inputs` and `_n1_delta` are called from inside the kernels, so, unlike the combine functions (which associative_scan
+# `_n1_inputs` is called from inside the kernels, so, unlike the combine functions (which associative_scan
 # takes as arguments in either mode), it must be built for the mode the kernel runs in: `_kernel` binds the
 # module-level name to its compiled or interpreted form before each launch (the same object per mode, so a
 # compiled kernel always sees the global it was compiled with).
-_HELPERS = {"_n1_inputs": _n1_inputs, "_n1_delta": _n1_delta}
+_HELPERS = {"_n1_inputs": _n1_inputs}
 
 
 def _scan_fwd_n1_kernel(
-    u_ptr, dt_ptr, W_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr,
     K, Dk, L, n_chunks, n_saved, sbc,  # sbc: stride between the (b, k) rows of B and C (L when contiguous)
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, R: tl.constexpr,
-    PREFETCH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SAVE_EVERY: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SAVE_EVERY: tl.constexpr,
 ):
     # N = 1 (VMamba-T/S/B): a 2-D [BLOCK_D, BLOCK_L] tile. Same algorithm as `_scan_fwd_kernel`
     # without the size-1 state axis, whose 3-D tiles cost layout conversions at every chunk.
     # The states entering every SAVE_EVERY positions (the backward's chunk, a divisor of BLOCK_L)
-    # are saved: hs (B, K*D, n_saved). PREFETCH: the next chunk's loads are issued before this
-    # chunk's arithmetic (their latency overlaps it). R > 0: delta = W @ P computed per chunk.
+    # are saved: hs (B, K*D, n_saved). The next chunk's loads are issued before this chunk's
+    # arithmetic, so their latency overlaps it.
     pid = tl.program_id(0)
     n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
     dblk = pid % n_dblk
@@ -303,23 +281,19 @@ def _scan_fwd_n1_kernel(
     tl.store(hs_ptr + hs_row, h, mask=mask_d)  # the state entering position 0
     save_l = (lidx + 1) % SAVE_EVERY == 0  # the state after t enters t + 1: saved where a backward chunk starts
     save_i = (lidx + 1) // SAVE_EVERY
-    if PREFETCH:
-        nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, row[:, None] + lidx[None, :],
-                                     mask_d[:, None] & (lidx < L)[None, :], bc, lidx, lidx < L, R)
+    nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, row[:, None] + lidx[None, :],
+                                 mask_d[:, None] & (lidx < L)[None, :], bc, lidx, lidx < L)
     for c in range(n_chunks):
         offs_l = c * BLOCK_L + lidx
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
         ptr = row[:, None] + offs_l[None, :]
-        if PREFETCH:
-            u, dt, Bv, Cv = nu, ndt, nB, nC
-            offs_n = offs_l + BLOCK_L
-            nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr + BLOCK_L,
-                                         mask_d[:, None] & (offs_n < L)[None, :], bc, offs_n, offs_n < L, R)
-        else:
-            u, dt, Bv, Cv = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, R)
-        dt = _n1_delta(dt, dt_ptr, W_ptr, bc, offs_l, mask_l, ch, mask_d, L, R, BLOCK_D, BLOCK_L)
+        u, dt, Bv, Cv = nu, ndt, nB, nC
+        offs_n = offs_l + BLOCK_L  # the next chunk (all masked after the last)
+        nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr + BLOCK_L,
+                                     mask_d[:, None] & (offs_n < L)[None, :], bc, offs_n, offs_n < L)
         u = u.to(tl.float32)
+        dt = dt.to(tl.float32)
         Bv = Bv.to(tl.float32)
         Cv = Cv.to(tl.float32)
         if HAS_BIAS:
@@ -343,19 +317,18 @@ def _scan_fwd_n1_kernel(
 
 
 def _scan_bwd_n1_kernel(
-    u_ptr, dt_ptr, W_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
     du_ptr, ddt_ptr, dBC_ptr, dP_ptr,
     K, Dk, L, n_chunks, sbc,
-    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, R: tl.constexpr,
-    PREFETCH: tl.constexpr, SHIFT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # N = 1 backward on 2-D tiles. dB / dC: each program writes its channel block's partial sums into
     # dBC (B, K, 2, n_dblk, L) (dB then dC), summed by the launcher: no atomics, and the result is
     # deterministic. dA / dD / ddelta_bias per batch element go to dP (B, 3, K*D), also summed there:
     # one buffer and one reduction each, not five.
     # The reverse scan g_t = C_t dy_t + a_{t+1} g_{t+1} runs on (a_t, 1, C_t dy_t) with `_combine3`, so
-    # a_{t+1} is never formed; SHIFT (R = 0 only: the previous version, for comparisons) instead loads
-    # delta at t + 1 and scans (a_{t+1}, C_t dy_t). PREFETCH and R as in the forward.
+    # a_{t+1} is never formed (no second softplus and exp2 of delta at t + 1).
     pid = tl.program_id(0)
     n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
     dblk = pid % n_dblk
@@ -376,39 +349,23 @@ def _scan_bwd_n1_kernel(
     part_b = (bk.to(tl.int64) * 2 * n_dblk + dblk) * L  # this program's rows of the dB / dC partials
     part_c = part_b + n_dblk * L
     lidx = tl.arange(0, BLOCK_L)
-    carry = tl.full([BLOCK_D], 0.0, tl.float32)  # a_s g_s (SHIFT: g_s) at the next chunk's first position s
+    carry = tl.full([BLOCK_D], 0.0, tl.float32)  # a_s g_s at the next chunk's first position s
     dA_acc = tl.full([BLOCK_D], 0.0, tl.float32)
     dD_acc = tl.full([BLOCK_D], 0.0, tl.float32)
     dbias_acc = tl.full([BLOCK_D], 0.0, tl.float32)
-    if PREFETCH:
-        offs_n = (n_chunks - 1) * BLOCK_L + lidx
-        m2 = mask_d[:, None] & (offs_n < L)[None, :]
-        pn = row[:, None] + offs_n[None, :]
-        nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, pn, m2, bc, offs_n, offs_n < L, R)
-        ndy = tl.load(dy_ptr + pn, mask=m2, other=0.0)
-        nh0 = tl.load(hs_ptr + rowid * n_chunks + n_chunks - 1, mask=mask_d, other=0.0)
     for ci in range(n_chunks):
         c = n_chunks - 1 - ci
         offs_l = c * BLOCK_L + lidx
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
         ptr = row[:, None] + offs_l[None, :]
-        if PREFETCH:
-            u, dt_raw, Bv, Cv, dy, h0 = nu, ndt, nB, nC, ndy, nh0
-            offs_n = offs_l - BLOCK_L
-            mn = mask_d[:, None] & (offs_n >= 0)[None, :]
-            nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr - BLOCK_L, mn, bc, offs_n, offs_n >= 0, R)
-            ndy = tl.load(dy_ptr + ptr - BLOCK_L, mask=mn, other=0.0)
-            nh0 = tl.load(hs_ptr + rowid * n_chunks + c - 1, mask=mask_d & (c > 0), other=0.0)
-        else:
-            u, dt_raw, Bv, Cv = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l, R)
-            dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0)
-            h0 = tl.load(hs_ptr + rowid * n_chunks + c, mask=mask_d, other=0.0)  # the state entering the chunk
-        dt_raw = _n1_delta(dt_raw, dt_ptr, W_ptr, bc, offs_l, mask_l, ch, mask_d, L, R, BLOCK_D, BLOCK_L)
+        u, dt_raw, Bv, Cv = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l)
         u = u.to(tl.float32)
-        dy = dy.to(tl.float32)
+        dt_raw = dt_raw.to(tl.float32)
         Bv = Bv.to(tl.float32)
         Cv = Cv.to(tl.float32)
+        dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        h0 = tl.load(hs_ptr + rowid * n_chunks + c, mask=mask_d, other=0.0)  # the state entering the chunk
         if HAS_BIAS:
             dt_raw = dt_raw + bias[:, None]
         dt = dt_raw
@@ -423,25 +380,10 @@ def _scan_bwd_n1_kernel(
         x = dtu * Bv[None, :]
         sa, sx = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
         hh = sx + sa * h0[:, None]
-        cdy = Cv[None, :] * dy
-        if SHIFT:  # g_t = C_t dy_t + a_{t+1} g_{t+1} with a_{t+1} from delta at t + 1 (0 past L)
-            m2n = mask_d[:, None] & (offs_l + 1 < L)[None, :]
-            dtn = tl.load(dt_ptr + ptr + 1, mask=m2n, other=0.0).to(tl.float32)  # (a cache hit)
-            if HAS_BIAS:
-                dtn = dtn + bias[:, None]
-            if SOFTPLUS:
-                zn = tl.exp(-tl.abs(dtn))
-                wn = 1.0 + zn
-                dtn = tl.maximum(dtn, 0.0) + tl.where(wn == 1.0, zn, tl.log(wn) * tl.fdiv(zn, wn - 1.0))
-            an = tl.where(m2n, tl.exp2(dtn * A2[:, None]), 0.0)
-            ga, gg = tl.associative_scan((an, cdy), axis=1, combine_fn=_combine, reverse=True)
-            g = gg + ga * carry[:, None]
-            carry = tl.reduce(tl.where((lidx == 0)[None, :], g, 0.0), 1, _add)
-        else:
-            _, gp, gg = tl.associative_scan((a, tl.full([BLOCK_D, BLOCK_L], 1.0, tl.float32), cdy), axis=1,
-                                            combine_fn=_combine3, reverse=True)
-            g = gg + gp * carry[:, None]
-            carry = tl.reduce(tl.where((lidx == 0)[None, :], a * g, 0.0), 1, _add)
+        _, gp, gg = tl.associative_scan((a, tl.full([BLOCK_D, BLOCK_L], 1.0, tl.float32), Cv[None, :] * dy), axis=1,
+                                        combine_fn=_combine3, reverse=True)
+        g = gg + gp * carry[:, None]
+        carry = tl.reduce(tl.where((lidx == 0)[None, :], a * g, 0.0), 1, _add)
         gah = g * (hh - x)  # g_t * a_t * h_{t-1}
         tl.store(dBC_ptr + part_c + offs_l, tl.reduce(hh * dy, 0, _add), mask=mask_l)
         tl.store(dBC_ptr + part_b + offs_l, tl.reduce(g * dtu, 0, _add), mask=mask_l)
@@ -508,13 +450,17 @@ _DEFAULTS = dict(
     n1=1,             # N = 1 runs the 2-D kernels (1) or the general 3-D ones (0: the previous version)
     # N = 1 kernels (H100/H200 sweeps, RESULTS.md): the backward holds ~3x the live tiles of the
     # forward, so it runs short chunks on small tiles (more programs per SM, no spills) while the
-    # forward keeps long chunks and saves a state every n1_bwd_chunk positions for it.
-    n1_fwd_chunk=256,
-    n1_fwd_tile=2048,
+    # forward keeps longer chunks and saves a state every n1_bwd_chunk positions for it. The forward
+    # keeps n1_fwd_tile // n1_fwd_chunk = 16 rows whatever its chunk; the backward keeps its tile.
+    n1_fwd_chunk=64,
+    n1_fwd_tile=1024,
     n1_bwd_chunk=32,
-    n1_bwd_tile=512,
-    n1_prefetch=1,    # N = 1: load the next chunk before computing this one (0: load, then compute)
-    n1_shift=0,       # N = 1 backward: 1 = the previous reverse scan on delta at t + 1 (for comparisons)
+    n1_bwd_tile=256,
+    n1_bwd_warps=2,
+    # Chunks halve (the backward's down to 16, the forward's down to 32) while the last chunk would pad L
+    # by more than this fraction: stage 3's L = 196 runs 32-position forward chunks (224 slots) rather
+    # than 64 (256), and 16-position backward chunks (208 rather than 224).
+    n1_max_pad=0.125,
 )
 _OVERRIDE: dict[str, int] = {}
 _POISON = False  # tests: fill outputs with NaN before launch to prove every element is written
@@ -546,17 +492,25 @@ def _use_n1(n: int) -> bool:
 def _n1_chunk(L: int, backward: bool) -> int:
     """BLOCK_L of the N = 1 kernels; the forward's is a multiple of the backward's (both powers of 2)."""
     short = max(16, triton.next_power_of_2(L))  # short L (stage 4: 49): no 4x padding
-    bwd = min(_cfg("n1_bwd_chunk"), short)
-    return bwd if backward else max(bwd, min(_cfg("n1_fwd_chunk"), short))
+
+    def fit(chunk: int, floor: int) -> int:
+        while chunk > floor and (-L) % chunk > _cfg("n1_max_pad") * L:
+            chunk //= 2
+        return chunk
+
+    bwd = fit(min(_cfg("n1_bwd_chunk"), short), 16)
+    # forward chunks stop at 32: shorter ones lose more to the per-chunk carry than padding costs
+    return bwd if backward else fit(max(bwd, min(_cfg("n1_fwd_chunk"), short)), max(bwd, 32))
 
 
 def _blocks(L: int, N: int, Dk: int, backward: bool) -> tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps) for one direction's Dk channels, length L, N states."""
     block_n = triton.next_power_of_2(N)
     if _use_n1(N):
-        chunk, tile = _n1_chunk(L, backward), _cfg("n1_bwd_tile" if backward else "n1_fwd_tile")
-        block_d = max(1, min(tile // chunk, triton.next_power_of_2(Dk)))
-        return block_d, 1, chunk, _cfg("bwd_warps" if backward else "fwd_warps")
+        chunk = _n1_chunk(L, backward)
+        rows = _cfg("n1_bwd_tile") // chunk if backward else _cfg("n1_fwd_tile") // _cfg("n1_fwd_chunk")
+        block_d = max(1, min(rows, triton.next_power_of_2(Dk)))
+        return block_d, 1, chunk, _cfg("n1_bwd_warps" if backward else "fwd_warps")
     chunk = _cfg("chunk") if N <= 2 else _cfg("chunk_big_n")
     block_l = min(chunk, max(16, triton.next_power_of_2(L)))  # short L (stage 4: 49): no 4x padding
     tile = _cfg("bwd_tile" if backward else "fwd_tile")
@@ -574,15 +528,7 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _prepare(u, delta, A, B, C, D, delta_bias):
-    """Check shapes / dtypes / devices, make the tensors contiguous; return them with (batch, K, Dk, N, L).
-
-    `delta` may be a low-rank pair (W, P): delta[b, k*D + d, l] = sum_r W[k*D + d, r] P[b, k, r, l], with
-    W (K*D, R) and P (B, K, R, L) (SS2D's dt projection). With the N = 1 kernels P stays a pair and is read in
-    place (its rows strided like B's and C's); otherwise the product is formed here."""
-    lowrank = isinstance(delta, tuple)
-    if lowrank:
-        W, P = delta
-        delta = u  # stands in for the shape checks
+    """Check shapes / dtypes / devices, make the tensors contiguous; return them with (batch, K, Dk, N, L)."""
     batch, k, dk, n, L = _check_shapes(u, delta, A, B, C, D, delta_bias)
     if L < 1 or batch < 1 or dk < 1:
         raise ValueError(f"empty scan: u is {tuple(u.shape)}")
@@ -595,28 +541,11 @@ def _prepare(u, delta, A, B, C, D, delta_bias):
     for t in (delta, A, B, C, D, delta_bias):
         if t is not None and t.device != u.device:
             raise ValueError(f"all scan inputs must be on {u.device}; found one on {t.device}")
-    n1_rows = _use_n1(n) and _rows_ok(B, C, k)
-    if lowrank:
-        if P.dtype not in _FLOATS or W.dtype not in _FLOATS:
-            raise ValueError(f"triton scan: the low-rank delta must be fp32/fp16/bf16, got {W.dtype} @ {P.dtype}")
-        assert W.dim() == 2 and W.shape[0] == k * dk and P.shape == (batch, k, W.shape[1], L), (W.shape, P.shape)
-        if n1_rows and P.stride() == B.stride():
-            delta = (W.contiguous(), P)
-        else:
-            delta = torch.matmul(W.view(k, dk, -1).to(P.dtype), P).view(batch, k * dk, L)
-    ts = [t.contiguous() if t is not None and not isinstance(t, tuple) else t for t in (u, delta, A, D, delta_bias)]
-    if not n1_rows:
+    ts = [t.contiguous() if t is not None else None for t in (u, delta, A, D, delta_bias)]
+    if not (_use_n1(n) and _rows_ok(B, C, k)):
         B, C = B.contiguous(), C.contiguous()
     ts[3:3] = [B, C]
     return ts, (batch, k, dk, n, L)
-
-
-def _delta_args(delta, A):
-    """(delta or P pointer, W pointer, R) for the N = 1 kernels (see `_prepare`)."""
-    if isinstance(delta, tuple):
-        W, P = delta
-        return P, W, W.shape[1]
-    return delta, A, 0
 
 
 def _rows_ok(B, C, k: int) -> bool:
@@ -640,10 +569,8 @@ def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: 
     opt = (D if D is not None else A, delta_bias if delta_bias is not None else A)
     flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
     if _use_n1(n):
-        dt, W, r = _delta_args(delta, A)
-        _kernel(_scan_fwd_n1_kernel)[grid](u, dt, W, A, B, C, *opt, y, hs, k, dk, L, n_chunks, n_saved, B.stride(1),
-                                           **flags, R=r, PREFETCH=bool(_cfg("n1_prefetch")), BLOCK_D=bd,
-                                           BLOCK_L=bl, SAVE_EVERY=save_every, num_warps=warps)
+        _kernel(_scan_fwd_n1_kernel)[grid](u, delta, A, B, C, *opt, y, hs, k, dk, L, n_chunks, n_saved, B.stride(1),
+                                           **flags, BLOCK_D=bd, BLOCK_L=bl, SAVE_EVERY=save_every, num_warps=warps)
     else:
         assert n_saved == n_chunks
         _kernel(_scan_fwd_kernel)[grid](u, delta, A, B, C, *opt, y, hs, k, dk, L, n_chunks, N=n, **flags,
@@ -653,8 +580,7 @@ def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: 
 
 def _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bool):
     """Launch the backward kernel. Returns (du, ddelta, dA, dBC, dD, ddelta_bias):
-    du / ddelta in u's / delta's shape and dtype (a low-rank delta (W, P): ddelta (B, K*D, L) in P's dtype);
-    dA (K*D, N) fp32; dBC (B, K, 2N, L), dB's rows then dC's,
+    du / ddelta in u's / delta's shape and dtype; dA (K*D, N) fp32; dBC (B, K, 2N, L), dB's rows then dC's,
     in B's dtype (fp32 when B and C differ in dtype); dD / ddelta_bias (K*D,) fp32 (zeros when D / delta_bias
     is None). dA, dD and ddelta_bias may be views of one buffer: callers that need separate tensors use
     `_scan_bwd`."""
@@ -674,20 +600,16 @@ def _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bo
     grid = (batch * k * n_dblk,)
     flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
     opt = (D if D is not None else A, delta_bias if delta_bias is not None else A)
+    ddelta = _alloc(delta.shape, delta.dtype, dev)
     if _use_n1(n):
-        dt, W, r = _delta_args(delta, A)
-        ddelta = _alloc(u.shape, dt.dtype, dev)
         dBC_p = _alloc((batch, k, 2, n_dblk, L), torch.float32, dev)  # per-channel-block partials
         dP = _alloc((batch, 3, k * dk), torch.float32, dev)  # per-batch dA, dD, ddelta_bias
-        _kernel(_scan_bwd_n1_kernel)[grid](u, dt, W, A, B, C, *opt, dy, hs, du, ddelta, dBC_p, dP, k, dk, L,
-                                           n_chunks, B.stride(1), **flags, R=r,
-                                           PREFETCH=bool(_cfg("n1_prefetch")), SHIFT=r == 0 and bool(_cfg("n1_shift")),
-                                           BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+        _kernel(_scan_bwd_n1_kernel)[grid](u, delta, A, B, C, *opt, dy, hs, du, ddelta, dBC_p, dP, k, dk, L,
+                                           n_chunks, B.stride(1), **flags, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
         dBC = dBC_p.sum(3)  # (B, K, 2, L) = (B, K, 2N, L)
         dA, dD, dbias = dP.sum(0).unbind(0)
         dA = dA.view(k * dk, 1)
     else:  # atomics accumulate dB / dC into zeros; dA / dD / ddelta_bias per batch element
-        ddelta = _alloc(delta.shape, delta.dtype, dev)
         ins = (u, delta, A, B, C, *opt, dy, hs)
         dB = torch.zeros(B.shape, dtype=torch.float32, device=dev)
         dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)

@@ -63,18 +63,18 @@ def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, 
     FLOP count of the model (fvcore, torch path) is unchanged.
 
     `recompute=True` (eager Triton): cross-scan, dt_proj, scan and cross-merge run as one autograd.Function
-    that recomputes the (B, K, D, L) scan input in the backward instead of saving it and, for N = 1, forms
-    dt_proj inside the scan kernels (kernels/_ss2d_recompute.py).
+    that recomputes the (B, K, D, L) scan inputs in the backward instead of saving them
+    (kernels/_ss2d_recompute.py).
     """
     b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
     L, c = h * w, r + 2 * n
     p = torch.matmul(x, x_proj_weight.reshape(k * c, d).t().to(x.dtype))  # (B, H, W, K*C)
+    wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(p.dtype)  # (K, D, C)
     A, Ds, bias = -torch.exp(A_logs.float()), Ds.float(), dt_projs_bias.reshape(-1).float()
     if recompute:
         from ._ss2d_recompute import ss2d_scan_recompute
 
-        return ss2d_scan_recompute(x.contiguous(), p, dt_projs_weight, A, Ds, bias, r, n)  # (B, H, W, D), x.dtype
-    wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(p.dtype)  # (K, D, C)
+        return ss2d_scan_recompute(x.contiguous(), p, wdt, A, Ds, bias, r, n)  # (B, H, W, D), x.dtype
     ps = xscan(p).view(b, k, k, c, L)  # direction j's order of all K projections
     ps = ps.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2).contiguous()  # (B, K, C, L): direction k's own
     xs = xscan(x)  # (B, K, D, L)

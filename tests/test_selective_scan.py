@@ -188,8 +188,9 @@ T = pytest.importorskip("vmbench.kernels._selective_scan_triton")
 # (the dB / dC partials or atomics); CHUNK positions per chunk.
 CHUNK = 16
 SMALL = dict(chunk=CHUNK, chunk_big_n=CHUNK, fwd_tile=64, bwd_tile=64,
-             # N = 1: forward chunks twice the backward's, so states are saved inside a forward chunk
-             n1_fwd_chunk=2 * CHUNK, n1_bwd_chunk=CHUNK, n1_fwd_tile=64, n1_bwd_tile=64)
+             # N = 1: forward chunks twice the backward's, so states are saved inside a forward chunk;
+             # chunks kept whatever the padding
+             n1_fwd_chunk=2 * CHUNK, n1_bwd_chunk=CHUNK, n1_fwd_tile=64, n1_bwd_tile=64, n1_max_pad=1.0)
 
 
 @pytest.fixture
@@ -220,47 +221,18 @@ def test_triton_n1(interp, dtype, L, out_fp32):
     check_interp(_triton, x, out_fp32=out_fp32, label=f"N=1 {dtype} L={L}")
 
 
-@pytest.mark.parametrize("variant", [dict(n1_prefetch=0), dict(n1_shift=1), dict(n1_prefetch=0, n1_shift=1)])
-def test_triton_n1_variants(interp, variant):
-    """The N = 1 kernels without the next chunk's prefetch, and the backward's previous reverse scan (delta
-    loaded at t + 1), kept for same-run comparisons."""
-    with T.scan_config(**variant):
-        x = make_inputs(2, 2, 6, 1, 2 * CHUNK + 13, torch.bfloat16)
-        check_interp(_triton, x, out_fp32=False, label=str(variant))
-
-
-def _low_rank_case(batch, k, d, r, L, dtype):
-    """u, (W, P), A, B, C, D, bias with B / C / P rows of one projection tensor ps (B, K, R + 2, L), as SS2D
-    passes them; and delta = W @ P in fp64."""
-    u, _, A, _, _, D, bias = make_inputs(batch, k, d, 1, L, dtype)
-    ps = (torch.randn(batch, k, r + 2, L) * 0.5).to(dtype)
-    W = torch.randn(k * d, r) / r**0.5
-    delta64 = torch.matmul(W.double().view(k, d, r), ps[:, :, :r].double()).view(batch, k * d, L)
-    bias = bias - 1.0  # softplus(delta + bias) ~ 0.05 .. 1 as in make_inputs
-    return u, (W, ps[:, :, :r]), A, ps[:, :, r:r + 1], ps[:, :, r + 1:], D, bias, delta64
-
-
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("L", [7, 2 * CHUNK + 13])
-def test_triton_n1_low_rank_delta(interp, dtype, L):
-    """delta given as the pair (W, P) is formed inside the N = 1 kernels (fp32, never rounded to P's dtype):
-    y and every gradient (ddelta = the gradient w.r.t. W @ P) within the derived tolerance of the fp64 twin."""
-    u, (W, P), A, B, C, D, bias, delta64 = _low_rank_case(2, 2, 6, 3, L, DTYPES[dtype])
-    assert T._rows_ok(B, C, 2) and P.stride() == B.stride()
-    ins = [u, delta64.to(u.dtype), A, B, C, D, bias]  # the twin sees delta rounded to the inputs' dtype
-    x64 = [t.double() for t in ins]
-    x64[1] = delta64
-    dy = torch.randn(u.shape, dtype=torch.float64)
-    y64, g64 = run_with_grads(selective_scan_ref, x64, dy)
-    yr, gr = run_with_grads(selective_scan_ref, [t.float() for t in ins], dy.float())
-    y, hs = T._scan_fwd(u, (W, P), A, B, C, D, bias, True, True)
-    du, ddelta, dA, dBC, dD, dbias = T._scan_bwd_parts(dy.float(), u, (W, P), A, B, C, D, bias, hs, True)
-    assert ddelta.dtype == P.dtype and ddelta.shape == u.shape
-    got = [y, du, ddelta, dA, dBC[:, :, :1], dBC[:, :, 1:], dD, dbias]
-    for name, k_, r_, t64 in zip(["y", *NAMES], got, [yr, *gr], [y64, *g64]):
-        r_ = _round_like(r_, k_.dtype, True)
-        assert torch.isfinite(k_).all(), name
-        assert rel(k_, t64) <= 2 * rel(r_, t64) + FLOOR, (name, rel(k_, t64), rel(r_, t64))
+def test_triton_n1_chunks_fit_the_length(interp):
+    """N = 1 chunks halve while they would pad L by more than n1_max_pad (the forward's down to 32, the
+    backward's down to 16); results stay within the derived tolerance."""
+    with T.scan_config(n1_fwd_chunk=64, n1_bwd_chunk=32, n1_max_pad=0.125):
+        assert (T._n1_chunk(3136, False), T._n1_chunk(3136, True)) == (64, 32)  # stage 1: no padding
+        assert (T._n1_chunk(196, False), T._n1_chunk(196, True)) == (32, 16)  # stage 3: 224 / 208 slots
+        assert (T._n1_chunk(49, False), T._n1_chunk(49, True)) == (32, 16)
+        assert T._blocks(196, 1, 384, backward=False)[0] == T._cfg("n1_fwd_tile") // 64  # rows kept
+    with T.scan_config(n1_fwd_chunk=64, n1_bwd_chunk=32, n1_fwd_tile=128, n1_bwd_tile=64, n1_max_pad=0.125):
+        L = 3 * CHUNK + 2  # 50: chunks of 64, 32 and 16 all pad it by 14 (28 %): forward 32, backward 16
+        x = make_inputs(1, 2, 6, 1, L, torch.bfloat16)
+        check_interp(_triton, x, out_fp32=False, label="fitted chunks")
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -294,9 +266,11 @@ def test_triton_no_d_no_bias_no_softplus(interp, dtype):
 def test_triton_default_config_one_long_chunk(interp):
     with T.scan_config(chunk=T._DEFAULTS["chunk"], fwd_tile=256, bwd_tile=256,
                        n1_fwd_chunk=T._DEFAULTS["n1_fwd_chunk"], n1_bwd_chunk=T._DEFAULTS["n1_bwd_chunk"],
-                       n1_fwd_tile=256, n1_bwd_tile=256):
-        x = make_inputs(1, 1, 2, 1, 150, torch.float32)  # one 256-position chunk, 106 padded slots
-        check_interp(_triton, x, label="default chunk")
+                       n1_max_pad=T._DEFAULTS["n1_max_pad"]):
+        x = make_inputs(1, 1, 2, 1, 150, torch.float32)  # N = 1 at the default chunks (fitted to 150: 32 / 32)
+        check_interp(_triton, x, label="default chunks")
+        with T.scan_config(n1=0):  # the general kernels: one 256-position chunk, 106 padded slots
+            check_interp(_triton, x, label="default chunk, general kernels")
 
 
 def test_triton_noncontiguous_and_mixed_dtypes(interp):
