@@ -16,9 +16,11 @@ reverse: it recomputes a chunk's states from the saved state entering it, runs t
 for dL/dh, writes du / ddelta, and keeps dA / dD / ddelta_bias per program (summed over the batch
 afterwards: no races).
 
-N = 1 (VMamba-T/S/B) runs dedicated 2-D kernels on [BLOCK_D, BLOCK_L] tiles: long forward chunks,
-short backward chunks on small tiles (the forward saves the state entering every backward chunk),
-dB / dC written as per-channel-block partial sums and reduced afterwards (deterministic). Other N
+N = 1 (VMamba-T/S/B) runs dedicated 2-D kernels on [BLOCK_D, BLOCK_L] tiles: longer forward chunks
+whose next chunk is prefetched, short backward chunks on small tiles (the forward saves the state
+entering every backward chunk), chunk lengths fitted to L, a backward reverse scan that never forms
+a(t+1) (`_combine3`), dB / dC written as per-channel-block partial sums and reduced afterwards
+(deterministic). Other N
 run the general kernels on [BLOCK_D, BLOCK_N, BLOCK_L] tiles with one chunk size for both
 directions and dB / dC accumulated with atomics; `scan_config(n1=0)` sends N = 1 there too (the
 previous version, kept for same-run comparisons).
@@ -231,23 +233,6 @@ def _combine3(f1, p1, g1, f2, p2, g2):
 _combine3 = JITFunction(_combine3)
 
 
-def _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l):
-    # One chunk's u, delta, B and C as stored: converted to fp32 where used, so a prefetched chunk holds
-    # 16-bit values in registers.
-    u = tl.load(u_ptr + ptr, mask=m2, other=0.0)
-    dt = tl.load(dt_ptr + ptr, mask=m2, other=0.0)
-    Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0)
-    Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0)
-    return u, dt, Bv, Cv
-
-
-# `_n1_inputs` is called from inside the kernels, so, unlike the combine functions (which associative_scan
-# takes as arguments in either mode), it must be built for the mode the kernel runs in: `_kernel` binds the
-# module-level name to its compiled or interpreted form before each launch (the same object per mode, so a
-# compiled kernel always sees the global it was compiled with).
-_HELPERS = {"_n1_inputs": _n1_inputs}
-
-
 def _scan_fwd_n1_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr,
     K, Dk, L, n_chunks, n_saved, sbc,  # sbc: stride between the (b, k) rows of B and C (L when contiguous)
@@ -281,21 +266,23 @@ def _scan_fwd_n1_kernel(
     tl.store(hs_ptr + hs_row, h, mask=mask_d)  # the state entering position 0
     save_l = (lidx + 1) % SAVE_EVERY == 0  # the state after t enters t + 1: saved where a backward chunk starts
     save_i = (lidx + 1) // SAVE_EVERY
-    nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, row[:, None] + lidx[None, :],
-                                 mask_d[:, None] & (lidx < L)[None, :], bc, lidx, lidx < L)
+    # chunk c + 1's loads (in their stored dtype: a prefetched chunk holds 16-bit values in registers)
+    m2 = mask_d[:, None] & (lidx < L)[None, :]
+    nu = tl.load(u_ptr + row[:, None] + lidx[None, :], mask=m2, other=0.0)
+    ndt = tl.load(dt_ptr + row[:, None] + lidx[None, :], mask=m2, other=0.0)
+    nB = tl.load(B_ptr + bc + lidx, mask=lidx < L, other=0.0)
+    nC = tl.load(C_ptr + bc + lidx, mask=lidx < L, other=0.0)
     for c in range(n_chunks):
         offs_l = c * BLOCK_L + lidx
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
         ptr = row[:, None] + offs_l[None, :]
-        u, dt, Bv, Cv = nu, ndt, nB, nC
-        offs_n = offs_l + BLOCK_L  # the next chunk (all masked after the last)
-        nu, ndt, nB, nC = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr + BLOCK_L,
-                                     mask_d[:, None] & (offs_n < L)[None, :], bc, offs_n, offs_n < L)
-        u = u.to(tl.float32)
-        dt = dt.to(tl.float32)
-        Bv = Bv.to(tl.float32)
-        Cv = Cv.to(tl.float32)
+        u, dt, Bv, Cv = nu.to(tl.float32), ndt.to(tl.float32), nB.to(tl.float32), nC.to(tl.float32)
+        mask_n = offs_l + BLOCK_L < L  # the next chunk (all masked after the last)
+        nu = tl.load(u_ptr + ptr + BLOCK_L, mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+        ndt = tl.load(dt_ptr + ptr + BLOCK_L, mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+        nB = tl.load(B_ptr + bc + offs_l + BLOCK_L, mask=mask_n, other=0.0)
+        nC = tl.load(C_ptr + bc + offs_l + BLOCK_L, mask=mask_n, other=0.0)
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:  # max(x, 0) + log1p(exp(-|x|)), log1p(z) = log(w) z / (w - 1) with w = 1 + z
@@ -359,12 +346,11 @@ def _scan_bwd_n1_kernel(
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
         ptr = row[:, None] + offs_l[None, :]
-        u, dt_raw, Bv, Cv = _n1_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, ptr, m2, bc, offs_l, mask_l)
-        u = u.to(tl.float32)
-        dt_raw = dt_raw.to(tl.float32)
-        Bv = Bv.to(tl.float32)
-        Cv = Cv.to(tl.float32)
+        u = tl.load(u_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+        Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
         h0 = tl.load(hs_ptr + rowid * n_chunks + c, mask=mask_d, other=0.0)  # the state entering the chunk
         if HAS_BIAS:
             dt_raw = dt_raw + bias[:, None]
@@ -414,7 +400,8 @@ def _scan_bwd_n1_kernel(
 _KERNELS: dict[tuple[str, bool], object] = {}
 
 
-def _built(fn, interp: bool):
+def _kernel(fn):
+    interp = triton_interpret()
     key = (fn.__name__, interp)
     if key not in _KERNELS:
         if interp:
@@ -423,14 +410,7 @@ def _built(fn, interp: bool):
             _KERNELS[key] = InterpretedFunction(fn)
         else:
             _KERNELS[key] = JITFunction(fn)
-    return _KERNELS[key]
-
-
-def _kernel(fn):
-    interp = triton_interpret()
-    for name, helper in _HELPERS.items():
-        globals()[name] = _built(helper, interp)
-    kern = _built(fn, interp)
+    kern = _KERNELS[key]
     # wrap_triton makes the launch visible to torch.compile (see _backend.traceable); interpreted kernels
     # launch directly.
     return traceable(kern) if isinstance(kern, JITFunction) else kern
@@ -566,15 +546,15 @@ def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: 
     y = _alloc(u.shape, torch.float32 if out_fp32 else u.dtype, u.device)
     hs = _alloc((batch, k * dk, n, n_saved), torch.float32, u.device)
     grid = (batch * k * triton.cdiv(dk, bd),)
-    opt = (D if D is not None else A, delta_bias if delta_bias is not None else A)
+    args = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, y, hs,
+            k, dk, L, n_chunks)
     flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
     if _use_n1(n):
-        _kernel(_scan_fwd_n1_kernel)[grid](u, delta, A, B, C, *opt, y, hs, k, dk, L, n_chunks, n_saved, B.stride(1),
-                                           **flags, BLOCK_D=bd, BLOCK_L=bl, SAVE_EVERY=save_every, num_warps=warps)
+        _kernel(_scan_fwd_n1_kernel)[grid](*args, n_saved, B.stride(1), **flags, BLOCK_D=bd, BLOCK_L=bl,
+                                           SAVE_EVERY=save_every, num_warps=warps)
     else:
         assert n_saved == n_chunks
-        _kernel(_scan_fwd_kernel)[grid](u, delta, A, B, C, *opt, y, hs, k, dk, L, n_chunks, N=n, **flags,
-                                        BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps)
+        _kernel(_scan_fwd_kernel)[grid](*args, N=n, **flags, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps)
     return y, hs
 
 
@@ -596,21 +576,20 @@ def _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bo
                          "forward and backward ran under different scan_config")
     dev = u.device
     du = _alloc(u.shape, u.dtype, dev)
+    ddelta = _alloc(delta.shape, delta.dtype, dev)
     n_dblk = triton.cdiv(dk, bd)
     grid = (batch * k * n_dblk,)
     flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
-    opt = (D if D is not None else A, delta_bias if delta_bias is not None else A)
-    ddelta = _alloc(delta.shape, delta.dtype, dev)
+    ins = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, dy, hs)
     if _use_n1(n):
         dBC_p = _alloc((batch, k, 2, n_dblk, L), torch.float32, dev)  # per-channel-block partials
         dP = _alloc((batch, 3, k * dk), torch.float32, dev)  # per-batch dA, dD, ddelta_bias
-        _kernel(_scan_bwd_n1_kernel)[grid](u, delta, A, B, C, *opt, dy, hs, du, ddelta, dBC_p, dP, k, dk, L,
-                                           n_chunks, B.stride(1), **flags, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+        _kernel(_scan_bwd_n1_kernel)[grid](*ins, du, ddelta, dBC_p, dP, k, dk, L, n_chunks, B.stride(1), **flags,
+                                           BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
         dBC = dBC_p.sum(3)  # (B, K, 2, L) = (B, K, 2N, L)
         dA, dD, dbias = dP.sum(0).unbind(0)
         dA = dA.view(k * dk, 1)
     else:  # atomics accumulate dB / dC into zeros; dA / dD / ddelta_bias per batch element
-        ins = (u, delta, A, B, C, *opt, dy, hs)
         dB = torch.zeros(B.shape, dtype=torch.float32, device=dev)
         dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
         dA_p = _alloc((batch, k * dk, n), torch.float32, dev)
