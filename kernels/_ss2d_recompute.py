@@ -8,7 +8,8 @@ delta = wdt @ ps: two (B, 4, D, L) tensors, 16 bytes per element of x in bf16, a
 block's saved activations. This Function saves x (kept alive anyway by x_proj's GEMM), the small ps
 (B, 4, R + 2N, L) and the scan's chunk states, and recomputes u (one cross-scan) and delta (one GEMM
 with an inner dimension of R + 2N) in the backward: a few percent more GPU work for ~30 % less
-activation memory. Eager Triton path only; under graph capture the registered ops run instead.
+activation memory. Eager calls run it as an autograd.Function; under graph capture (torch.compile, jit.trace)
+it runs as the registered ops `vmbench::ss2d_scan` / `vmbench::ss2d_scan_bwd`, the same launchers.
 
 It also keeps the small per-direction projections in one piece: p (B, H, W, K*C) from x_proj's GEMM on the
 map goes in, each direction's block is cross-scanned on its own (no copy of all K blocks in all K orders),
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import direct_launch
+from typing import Tuple
+
+from ._backend import direct_launch, graph_capture
 from ._cross_scan_triton import cross_merge_launch, cross_scan_launch
 from ._selective_scan_triton import _scan_bwd_parts, _scan_fwd
 
@@ -39,39 +42,79 @@ def _inputs(x, ps, wdt, r: int, n: int):
     return u, delta, ps[:, :, r:r + n], ps[:, :, r + n:]  # B / C: views, read in place for N = 1
 
 
+def _forward(x, p, wdt, A, Ds, bias, r: int, n: int):
+    """(out, ps, hs): the result and what the backward needs besides the inputs."""
+    b, h, w, d = x.shape
+    ps = cross_scan_launch(p, True, diag=True)  # (B, K, C, L)
+    u, delta, Bs, Cs = _inputs(x, ps, wdt, r, n)
+    y, hs = _scan_fwd(u, delta, A, Bs, Cs, Ds, bias, True, True)
+    return cross_merge_launch(y.view(b, -1, d, h * w), h, w, True, out_dtype=x.dtype), ps, hs
+
+
+def _backward(gy, x, ps, wdt, A, Ds, bias, hs, r: int, n: int):
+    """(dx, dp, dwdt, dA, dD, dbias); dA, dD and dbias may be views of one buffer."""
+    b, h, w, d = x.shape
+    k = ps.shape[1]
+    u, delta, Bs, Cs = _inputs(x, ps, wdt, r, n)  # recomputed, not saved
+    dy = cross_scan_launch(gy.contiguous(), True).view(b, k * d, h * w)  # merge's adjoint
+    du, ddelta, dA, dBC, dD, dbias = _scan_bwd_parts(dy, u, delta, A, Bs, Cs, Ds, bias, hs, True)
+    dx = cross_merge_launch(du.view(b, k, d, h * w), h, w, True)  # scan's adjoint
+    ddelta = ddelta.view(b, k, d, h * w)
+    dps = torch.matmul(wdt.transpose(1, 2), ddelta)  # (B, K, C, L)
+    dps[:, :, r:] += dBC.to(dps.dtype)  # the B and C rows: (B, K, 2N, L), dB's rows then dC's
+    dwdt = torch.matmul(ddelta, ps.transpose(2, 3)).sum(0, dtype=torch.float32)  # (K, D, C), batch summed in fp32
+    dp = cross_merge_launch(dps, h, w, True, diag=True)  # (B, H, W, K*C): the diagonal scan's adjoint
+    return dx.to(x.dtype), dp, dwdt.to(wdt.dtype), dA, dD, dbias
+
+
 class _SS2DScan(torch.autograd.Function):
+    """Eager path: the launchers called directly (see _backend.direct_launch)."""
+
     @staticmethod
     def forward(ctx, x, p, wdt, A, Ds, bias, r: int, n: int):
-        b, h, w, d = x.shape
         with direct_launch():
-            ps = cross_scan_launch(p, True, diag=True)  # (B, K, C, L)
-            u, delta, Bs, Cs = _inputs(x, ps, wdt, r, n)
-            y, hs = _scan_fwd(u, delta, A, Bs, Cs, Ds, bias, True, True)
-            out = cross_merge_launch(y.view(b, -1, d, h * w), h, w, True, out_dtype=x.dtype)
+            out, ps, hs = _forward(x, p, wdt, A, Ds, bias, r, n)
         ctx.save_for_backward(x, ps, wdt, A, Ds, bias, hs)
         ctx.rn = (r, n)
         return out
 
     @staticmethod
     def backward(ctx, gy):
-        x, ps, wdt, A, Ds, bias, hs = ctx.saved_tensors
-        r, n = ctx.rn
-        b, h, w, d = x.shape
-        k = ps.shape[1]
         with direct_launch():
-            u, delta, Bs, Cs = _inputs(x, ps, wdt, r, n)  # recomputed, not saved
-            dy = cross_scan_launch(gy.contiguous(), True).view(b, k * d, h * w)  # merge's adjoint
-            du, ddelta, dA, dBC, dD, dbias = _scan_bwd_parts(dy, u, delta, A, Bs, Cs, Ds, bias, hs, True)
-            dx = cross_merge_launch(du.view(b, k, d, h * w), h, w, True)  # scan's adjoint
-        ddelta = ddelta.view(b, k, d, h * w)
-        dps = torch.matmul(wdt.transpose(1, 2), ddelta)  # (B, K, C, L)
-        dps[:, :, r:] += dBC.to(dps.dtype)  # the B and C rows: (B, K, 2N, L), dB's rows then dC's
-        dwdt = torch.matmul(ddelta, ps.transpose(2, 3)).sum(0, dtype=torch.float32)  # (K, D, C), batch summed in fp32
-        with direct_launch():
-            dp = cross_merge_launch(dps, h, w, True, diag=True)  # (B, H, W, K*C): the diagonal scan's adjoint
-        return dx.to(x.dtype), dp, dwdt.to(wdt.dtype), dA, dD, dbias, None, None
+            return (*_backward(gy, *ctx.saved_tensors, *ctx.rn), None, None)
+
+
+# Graph capture (torch.compile, torch.export, jit.trace): the same computation as two registered ops, so a
+# compiled model also saves x, ps and the chunk states instead of the directional copies.
+@torch.library.triton_op("vmbench::ss2d_scan", mutates_args=())
+def _ss2d_scan_op(x: torch.Tensor, p: torch.Tensor, wdt: torch.Tensor, A: torch.Tensor, Ds: torch.Tensor,
+                  bias: torch.Tensor, r: int, n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(x, p, wdt, A, Ds, bias, r, n)
+
+
+@torch.library.triton_op("vmbench::ss2d_scan_bwd", mutates_args=())
+def _ss2d_scan_bwd_op(gy: torch.Tensor, x: torch.Tensor, ps: torch.Tensor, wdt: torch.Tensor, A: torch.Tensor,
+                      Ds: torch.Tensor, bias: torch.Tensor, hs: torch.Tensor, r: int, n: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dp, dwdt, dA, dD, dbias = _backward(gy, x, ps, wdt, A, Ds, bias, hs, r, n)
+    return dx, dp, dwdt, dA.clone(), dD.clone(), dbias.clone()  # an op's outputs may not alias one another
+
+
+def _setup_context(ctx, inputs, output):
+    x, p, wdt, A, Ds, bias, r, n = inputs
+    ctx.save_for_backward(x, output[1], wdt, A, Ds, bias, output[2])
+    ctx.rn = (r, n)
+
+
+def _op_backward(ctx, gy, _dps, _dhs):
+    return (*torch.ops.vmbench.ss2d_scan_bwd(gy, *ctx.saved_tensors, *ctx.rn), None, None)
+
+
+_ss2d_scan_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def ss2d_scan_recompute(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     """See the module docstring. Differentiable in x, p, wdt, A, Ds and bias."""
+    if graph_capture():
+        return torch.ops.vmbench.ss2d_scan(x, p, wdt, A, Ds, bias, r, n)[0]
     return _SS2DScan.apply(x, p, wdt, A, Ds, bias, r, n)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import graph_capture, resolve_backend
+from ._backend import resolve_backend
 from .cross_scan import cross_merge, cross_merge_ref, cross_scan, cross_scan_ref
 from .selective_scan import selective_scan, selective_scan_ref
 
@@ -51,37 +51,28 @@ def _ss2d(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xs
     return xmerge(ys.view(b, k, d, L), h, w).to(x.dtype)  # (B, H, W, D)
 
 
-def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xscan, xmerge,
-                  recompute: bool = False):
-    """`_ss2d` with the projections applied where they are cheapest (the Triton path).
+def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    """`_ss2d` on the Triton kernels, with the projections applied where they are cheapest.
 
     x_proj is position-wise, so it runs as one (B·L, D) @ (D, K·C) GEMM on the channels-last map;
     the small result is cross-scanned and each direction keeps its own C = R + 2N rows. dt_proj
     runs on those rows with the weight padded from R to C columns (zeros against the B / C rows):
-    the GEMM's inner dimension becomes a multiple of 8, which keeps cuBLAS on aligned kernels for
-    the forward and for the weight gradient (R = 6 for VMamba-T). Same function as `_ss2d`; the
-    FLOP count of the model (fvcore, torch path) is unchanged.
+    the GEMM's inner dimension becomes a multiple of 8 at stage 1, which keeps cuBLAS on aligned
+    kernels for the forward and for the weight gradient (R = 6 for VMamba-T). Same function as
+    `_ss2d`; the FLOP count of the model (fvcore, torch path) is unchanged.
 
-    `recompute=True` (eager Triton): cross-scan, dt_proj, scan and cross-merge run as one autograd.Function
-    that recomputes the (B, K, D, L) scan inputs in the backward instead of saving them
-    (kernels/_ss2d_recompute.py).
+    Cross-scan, dt_proj, scan and cross-merge run as one autograd.Function (eager) or registered op
+    (graph capture) that recomputes the (B, K, D, L) scan inputs in the backward instead of saving
+    them (kernels/_ss2d_recompute.py).
     """
+    from ._ss2d_recompute import ss2d_scan_recompute
+
     b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
-    L, c = h * w, r + 2 * n
+    c = r + 2 * n
     p = torch.matmul(x, x_proj_weight.reshape(k * c, d).t().to(x.dtype))  # (B, H, W, K*C)
     wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(p.dtype)  # (K, D, C)
     A, Ds, bias = -torch.exp(A_logs.float()), Ds.float(), dt_projs_bias.reshape(-1).float()
-    if recompute:
-        from ._ss2d_recompute import ss2d_scan_recompute
-
-        return ss2d_scan_recompute(x.contiguous(), p, wdt, A, Ds, bias, r, n)  # (B, H, W, D), x.dtype
-    ps = xscan(p).view(b, k, k, c, L)  # direction j's order of all K projections
-    ps = ps.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2).contiguous()  # (B, K, C, L): direction k's own
-    xs = xscan(x)  # (B, K, D, L)
-    dts = torch.matmul(wdt, ps)  # (B, K, D, L)
-    ys = scan(xs.reshape(b, k * d, L), dts.reshape(b, k * d, L), A, ps[:, :, r:r + n].contiguous(),
-              ps[:, :, r + n:].contiguous(), Ds, bias, True, True)  # (B, K*D, L) fp32
-    return xmerge(ys.view(b, k, d, L), h, w).to(x.dtype)  # (B, H, W, D)
+    return ss2d_scan_recompute(x.contiguous(), p, wdt, A, Ds, bias, r, n)  # (B, H, W, D), x.dtype
 
 
 def ss2d_core_ref(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
@@ -121,13 +112,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, back
             _, _, _, _, k, _, _ = _check(x, x_proj_weight, dt_projs_weight, A_logs)
             if not needs_grad and k == 4 and fused_supported(x):
                 return ss2d_fused_forward(*params)
-        return _ss2d_mapwise(
-            *params,
-            lambda *a: selective_scan(*a, backend=be),
-            lambda t: cross_scan(t, True, backend=be),
-            lambda t, H, W: cross_merge(t, H, W, True, backend=be),
-            recompute=not graph_capture(),
-        )
+        return _ss2d_mapwise(*params)
     return _ss2d(
         x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
         lambda *a: selective_scan(*a, backend=be),
