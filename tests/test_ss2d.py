@@ -208,7 +208,7 @@ def test_training_path_saves_no_directional_copy(triton_cpu, case):
 
 @interp
 @pytest.mark.parametrize("case", [(2, 3, 5, 16, 1, 2), (1, 4, 3, 12, 2, 3)])
-def test_registered_op_matches_eager_function(triton_cpu, case):
+def test_registered_op_matches_eager_function(triton_cpu, monkeypatch, case):
     """Under graph capture the training path runs as the registered ops vmbench::ss2d_scan / ss2d_scan_bwd
     (torch.compile saves x, ps and the chunk states there too); eagerly, as an autograd.Function on the same
     launchers. Output and all six gradients bit-identical."""
@@ -218,12 +218,8 @@ def test_registered_op_matches_eager_function(triton_cpu, case):
     inputs = make_inputs(*case, dtype=torch.bfloat16)
     gy = torch.randn(inputs[0].shape)
     y1, g1 = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
-    orig = R.graph_capture
-    R.graph_capture = lambda: True  # what torch.compile / jit.trace would see
-    try:
-        y2, g2 = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
-    finally:
-        R.graph_capture = orig
+    monkeypatch.setattr(R, "graph_capture", lambda: True)  # what torch.compile / jit.trace would see
+    y2, g2 = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
     assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
