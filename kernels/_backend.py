@@ -26,11 +26,28 @@ def triton_importable() -> bool:
     return True
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of ints. Launchers use these two instead of triton.cdiv / triton.next_power_of_2, which are
+    constexpr-function wrappers costing microseconds per host call (benchmarks/host_path.py)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of 2 >= n (1 for n <= 1)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 def graph_capture() -> bool:
     """True while torch.compile / torch.export or torch.jit.trace is capturing a graph: the Triton ops must
     then go through their registered dispatcher ops (one node each). Plain eager calls skip the dispatcher
     and call the launchers through a torch.autograd.Function: the same kernels, less host time per call."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def needs_grad(*tensors) -> bool:
+    """Will autograd differentiate through an op on these tensors (None entries ignored)? When not, the eager
+    paths launch without an autograd node and skip what only a backward reads."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 _direct = threading.local()

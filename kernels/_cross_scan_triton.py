@@ -23,8 +23,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
 
-from ._backend import direct_launch, graph_capture, traceable
+from ._backend import cdiv, direct_launch, graph_capture, next_pow2, traceable
 
 __all__ = ["cross_scan_triton", "cross_merge_triton", "cross_scan_launch", "cross_merge_launch"]
 
@@ -51,8 +52,6 @@ def _kernel_for(kernel, device: torch.device):
     `triton` is first imported: Triton decides at decoration time, for its own library
     functions too, so setting it later cannot work).
     """
-    from triton.runtime.jit import JITFunction
-
     if device.type == "cpu":
         if isinstance(kernel, JITFunction):
             raise RuntimeError(
@@ -190,9 +189,9 @@ def _cross_merge_kernel(
 def _default_tiles(C: int, H: int, W: int, elem_bytes: int):
     """(BC, BH, BW, num_warps). Tiles of ~8K elements: enough bytes in flight per SM and a
     16-wide position tile gives 32-byte (one sector) runs on the sequence side at 2 bytes."""
-    BC = min(32, triton.next_power_of_2(C))
-    BH = min(16, triton.next_power_of_2(H))
-    BW = min(16, triton.next_power_of_2(W))
+    BC = min(32, next_pow2(C))
+    BH = min(16, next_pow2(H))
+    BW = min(16, next_pow2(W))
     return BC, BH, BW, 4
 
 
@@ -201,8 +200,8 @@ def _scan_tiles(C: int, L: int, tiles=None):
     if tiles is not None:
         BC, BH, BW, nw = tiles
         return BC, BH * BW, nw
-    BC = min(32, triton.next_power_of_2(C))  # 32 ch = 64 B per position in fp16; C = 96 splits into 3 full blocks
-    BP = max(16, min(8192 // BC, triton.next_power_of_2(L)))  # 8 K elements: 16 KB loaded, 32 KB stored per program (fp16)
+    BC = min(32, next_pow2(C))  # 32 ch = 64 B per position in fp16; C = 96 splits into 3 full blocks
+    BP = max(16, min(8192 // BC, next_pow2(L)))  # 8 K elements: 16 KB loaded, 32 KB stored per program (fp16)
     return BC, BP, 8  # 8 warps: 32 elements per thread per tile = 4 16-byte vectors in flight per access
 
 
@@ -249,7 +248,7 @@ def cross_scan_launch(x: torch.Tensor, channels_last: bool = True, tiles=None, d
         return xs
     assert 4 * c * L < 2**31, "per-image offsets are int32"
     BC, BP, nw = _scan_tiles(c, L, tiles)
-    grid = (triton.cdiv(c, BC) * 2 * triton.cdiv(L, BP), b)
+    grid = (cdiv(c, BC) * 2 * cdiv(L, BP), b)
     _kernel_for(_cross_scan_kernel, x.device)[grid](
         x, xs, h, w, c, L, *_map_strides(x, channels_last), BC=BC, BP=BP, DIAG=diag, num_warps=nw)
     return xs
@@ -283,7 +282,7 @@ def cross_merge_launch(ys: torch.Tensor, H: int, W: int, channels_last: bool = T
         return y
     assert 4 * c * L < 2**31, "per-image offsets are int32"
     BC, BH, BW, nw = tiles or _default_tiles(c, H, W, ys.element_size())
-    grid = (triton.cdiv(H, BH) * triton.cdiv(W, BW), triton.cdiv(c, BC), b)
+    grid = (cdiv(H, BH) * cdiv(W, BW), cdiv(c, BC), b)
     _kernel_for(_cross_merge_kernel, ys.device)[grid](
         ys, y, H, W, c, ys.stride(0), ys.stride(1), ys.stride(2), *_map_strides(y, channels_last),
         BC=BC, BH=BH, BW=BW, ACC_F64=ys.dtype == torch.float64, DIAG=diag, num_warps=nw)

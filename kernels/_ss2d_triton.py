@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._backend import cdiv, next_pow2
 from ._cross_scan_triton import _kernel_for, new_buffer
 
 __all__ = ["ss2d_fused_forward", "ss2d_fwd_launch", "fused_supported"]
@@ -169,7 +170,7 @@ def _ss2d_fwd_kernel(
 
 
 def _pow2(v: int, lo: int) -> int:
-    return max(lo, triton.next_power_of_2(v))
+    return max(lo, next_pow2(v))
 
 
 def fused_supported(x: torch.Tensor) -> bool:
@@ -208,7 +209,7 @@ def ss2d_fwd_launch(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds
     if out.numel() == 0:
         return out
     BR = _pow2(R, 16)  # tl.dot needs K >= 16
-    BN = triton.next_power_of_2(N)
+    BN = next_pow2(N)
     if config is None and x.device.type == "cpu":
         config = (16, 16, 1)  # interpreter: smallest tiles tl.dot takes (its cost grows with tile size)
     if config is None:
@@ -221,8 +222,8 @@ def ss2d_fwd_launch(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds
     # fp32 operands: exact fp32 products for fp32 x; on the CPU interpreter also for bf16, whose
     # tl.dot it gets wrong (bf16 -> fp32 is exact, so the numerics match the GPU's bf16 dot)
     fp32_dot = dt == torch.float32 or (x.device.type == "cpu" and dt == torch.bfloat16)
-    nchunk = triton.cdiv(L, BT)
-    n_dblk = triton.cdiv(D, BD)
+    nchunk = cdiv(L, BT)
+    n_dblk = cdiv(D, BD)
     acc = out if dt == torch.float32 else new_buffer((b, L, D), torch.float32, x.device)
     states = new_buffer((b, n_dblk, 2, nchunk, BN, BD), torch.float32, x.device)
     _kernel_for(_ss2d_fwd_kernel, x.device)[(n_dblk, b)](
