@@ -22,13 +22,14 @@ Public entry points (autograd + torch.compile through `torch.library.triton_op`)
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._backend import direct_launch, graph_capture
+from ._backend import cdiv, direct_launch, graph_capture, needs_grad, next_pow2
 from ._cross_scan_triton import _kernel_for, new_buffer
 from .layer_norm import TRITON_DTYPES, TRITON_MAX_C
 
@@ -50,6 +51,7 @@ def _ln_fwd_kernel(
     R, C, sxr,  # sxr: x's row stride in elements (column stride is 1); y is contiguous (row stride C)
     eps,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    SAVE_STATS: tl.constexpr,  # write mean / rstd (for a backward)
 ):
     pid = tl.program_id(0)
     rows = (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)  # int64: R * C may pass 2**31
@@ -70,8 +72,9 @@ def _ln_fwd_kernel(
         b = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
         y = y + b[None, :]
     tl.store(y_ptr + rows[:, None] * C + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + rows, mean, mask=rmask)
-    tl.store(rstd_ptr + rows, rstd, mask=rmask)
+    if SAVE_STATS:
+        tl.store(mean_ptr + rows, mean, mask=rmask)
+        tl.store(rstd_ptr + rows, rstd, mask=rmask)
 
 
 @triton.jit
@@ -120,18 +123,23 @@ def _warps(elems: int, per_thread: int) -> int:
 
 def fwd_config(R: int, C: int) -> Tuple[int, int]:
     """(BLOCK_R, num_warps) of the forward: ~FWD_ELEMS elements per program, <= 32 per thread."""
-    block_c = triton.next_power_of_2(C)
-    block_r = max(1, min(FWD_ELEMS // block_c, triton.next_power_of_2(R)))
+    block_c = next_pow2(C)
+    block_r = max(1, min(FWD_ELEMS // block_c, next_pow2(R)))
     return block_r, _warps(block_r * block_c, 32)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def bwd_config(R: int, C: int, device: torch.device) -> Tuple[int, int, int]:
     """(BLOCK_R, num_warps, programs) of the backward: ~BWD_ELEMS per tile, <= 16 per thread, a fixed grid."""
-    block_c = triton.next_power_of_2(C)
-    block_r = max(1, min(BWD_ELEMS // block_c, triton.next_power_of_2(R)))
+    block_c = next_pow2(C)
+    block_r = max(1, min(BWD_ELEMS // block_c, next_pow2(R)))
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        programs = min(BWD_WAVES * sms, triton.cdiv(R, BWD_MIN_ROWS))
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        programs = min(BWD_WAVES * sms, cdiv(R, BWD_MIN_ROWS))
     else:
         programs = CPU_PROGRAMS
     return block_r, _warps(block_r * block_c, 16), programs
@@ -168,8 +176,8 @@ def _check_x(x: torch.Tensor, what: str = "x") -> int:
 
 
 def layer_norm_fwd_launch(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                          eps: float = 1e-5, out_dtype: Optional[torch.dtype] = None, config=None
-                          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          eps: float = 1e-5, out_dtype: Optional[torch.dtype] = None, config=None,
+                          stats: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Launch the forward kernel (no autograd).
 
     Args:
@@ -177,9 +185,10 @@ def layer_norm_fwd_launch(x: torch.Tensor, weight: Optional[torch.Tensor], bias:
         weight, bias: (C,) float (fp32 in VMamba) or None.
         out_dtype: y's dtype (fp32 / bf16 / fp16), default x.dtype.
         config: optional (BLOCK_R, num_warps) override (benchmark sweeps).
+        stats: also return mean and rstd (what the backward needs); False returns None for both.
     Returns:
         y: (..., C) out_dtype, contiguous.
-        mean, rstd: (...) fp32, contiguous: per-row mean and 1 / sqrt(var + eps).
+        mean, rstd: (...) fp32, contiguous: per-row mean and 1 / sqrt(var + eps); None unless `stats`.
     """
     c = _check_x(x)
     out_dtype = out_dtype or x.dtype
@@ -189,16 +198,16 @@ def layer_norm_fwd_launch(x: torch.Tensor, weight: Optional[torch.Tensor], bias:
     x2 = _rows(x)  # (R, C)
     R = x2.shape[0]
     y = new_buffer(x.shape, out_dtype, x.device)
-    mean = new_buffer(x.shape[:-1], torch.float32, x.device)
-    rstd = new_buffer(x.shape[:-1], torch.float32, x.device)
+    mean = new_buffer(x.shape[:-1], torch.float32, x.device) if stats else None
+    rstd = new_buffer(x.shape[:-1], torch.float32, x.device) if stats else None
     if R == 0:
         return y, mean, rstd
     block_r, nw = config or fwd_config(R, c)
-    grid = (triton.cdiv(R, block_r),)
+    grid = (cdiv(R, block_r),)
     _kernel_for(_ln_fwd_kernel, x.device)[grid](
-        x2, w if w is not None else x2, b if b is not None else x2, y, mean, rstd,
+        x2, w if w is not None else x2, b if b is not None else x2, y, mean if stats else y, rstd if stats else y,
         R, c, x2.stride(0), float(eps),
-        HAS_W=w is not None, HAS_B=b is not None, BLOCK_R=block_r, BLOCK_C=triton.next_power_of_2(c),
+        HAS_W=w is not None, HAS_B=b is not None, BLOCK_R=block_r, BLOCK_C=next_pow2(c), SAVE_STATS=stats,
         num_warps=nw)
     return y, mean, rstd
 
@@ -233,13 +242,13 @@ def layer_norm_bwd_launch(dy: torch.Tensor, x: torch.Tensor, weight: Optional[to
         zero = torch.zeros(c, dtype=torch.float32, device=x.device)
         return dx, zero, zero.clone()
     block_r, nw, programs = config or bwd_config(R, c, x.device)
-    n_tiles = triton.cdiv(R, block_r)
+    n_tiles = cdiv(R, block_r)
     programs = max(1, min(programs, n_tiles))
     part = new_buffer((2, programs, c), torch.float32, x.device)  # per-program partial sums of dweight, dbias
     _kernel_for(_ln_bwd_kernel, x.device)[(programs,)](
         dy2, x2, w if w is not None else x2, mean, rstd, dx, part[0], part[1],
         R, c, dy2.stride(0), x2.stride(0), n_tiles,
-        HAS_W=w is not None, BLOCK_R=block_r, BLOCK_C=triton.next_power_of_2(c), num_warps=nw)
+        HAS_W=w is not None, BLOCK_R=block_r, BLOCK_C=next_pow2(c), num_warps=nw)
     dw, db = part.sum(1).unbind(0)  # one reduction; two views of one (2, C) buffer
     return dx, dw, db
 
@@ -316,4 +325,7 @@ def layer_norm_triton(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bi
     _check_x(x)
     if graph_capture():
         return torch.ops.vmbench.layer_norm_fwd(x, weight, bias, float(eps), out_dtype or x.dtype)[0]
+    if not needs_grad(x, weight, bias):  # inference: no autograd node, no mean / rstd
+        with direct_launch():
+            return layer_norm_fwd_launch(x, weight, bias, eps, out_dtype, stats=False)[0]
     return _LayerNormFn.apply(x, weight, bias, float(eps), out_dtype or x.dtype)

@@ -117,7 +117,9 @@ class LayerNorm(nn.LayerNorm):
             if out_dtype is None or not self.autocast_out:
                 return super().forward(x)  # nn.LayerNorm, autocast policy included
             return layer_norm_ref(x, self.weight, self.bias, self.eps, out_dtype)
-        return layer_norm(x, self.weight, self.bias, self.eps, out_dtype, backend="triton")
+        from ._layer_norm_triton import layer_norm_triton
+
+        return layer_norm_triton(x, self.weight, self.bias, self.eps, out_dtype)  # `layer_norm`, checks done
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, autocast_out={self.autocast_out}, backend={self.backend!r}"

@@ -167,6 +167,21 @@ def test_stats_and_launch_configs(small_tiles):
 
 
 @interp
+def test_inference_path_writes_no_stats(small_tiles):
+    """Without gradients LayerNorm launches without an autograd node and without mean / rstd; y is
+    bit-identical to the training forward's."""
+    lt = small_tiles
+    x = torch.randn(5, 7, 40)
+    w, b = torch.randn(40), torch.randn(40)
+    y, mean, rstd = lt.layer_norm_fwd_launch(x, w, b, 1e-5)
+    y2, none1, none2 = lt.layer_norm_fwd_launch(x, w, b, 1e-5, stats=False)
+    assert none1 is None and none2 is None and mean is not None and torch.equal(y2, y)
+    with torch.no_grad():
+        assert torch.equal(lt.layer_norm_triton(x, w, b, 1e-5), y)
+    assert lt.layer_norm_triton(x.requires_grad_(True), w, b, 1e-5).grad_fn is not None
+
+
+@interp
 @pytest.mark.parametrize("affine", ["wb", "none"])
 def test_dispatcher_op_matches_eager_path(small_tiles, affine):
     """Graph capture uses the registered op; eager calls an autograd.Function on the same launchers."""
