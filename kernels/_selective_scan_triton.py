@@ -36,11 +36,10 @@ import contextlib
 from typing import Optional, Tuple
 
 import torch
-import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from ._backend import direct_launch, graph_capture, traceable, triton_interpret
+from ._backend import cdiv, direct_launch, graph_capture, needs_grad, next_pow2, traceable, triton_interpret
 from .selective_scan import _check_shapes
 
 __all__ = ["selective_scan_triton", "scan_config"]
@@ -71,6 +70,7 @@ def _scan_fwd_kernel(
     K, Dk, L, n_chunks,
     N: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    SAVE_STATES: tl.constexpr,  # write hs (for a backward)
 ):
     pid = tl.program_id(0)
     n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
@@ -96,7 +96,8 @@ def _scan_fwd_kernel(
     lidx = tl.arange(0, BLOCK_L)
     h = tl.full([BLOCK_D, BLOCK_N], 0.0, tl.float32)
     for c in range(n_chunks):
-        tl.store(hs_ptr + hs_row + c, h, mask=mask_dn)
+        if SAVE_STATES:
+            tl.store(hs_ptr + hs_row + c, h, mask=mask_dn)
         offs_l = c * BLOCK_L + lidx
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
@@ -238,6 +239,7 @@ def _scan_fwd_n1_kernel(
     K, Dk, L, n_chunks, n_saved, sbc,  # sbc: stride between the (b, k) rows of B and C (L when contiguous)
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SAVE_EVERY: tl.constexpr,
+    SAVE_STATES: tl.constexpr,  # write hs (for a backward)
 ):
     # N = 1 (VMamba-T/S/B): a 2-D [BLOCK_D, BLOCK_L] tile. Same algorithm as `_scan_fwd_kernel`
     # without the size-1 state axis, whose 3-D tiles cost layout conversions at every chunk.
@@ -263,7 +265,8 @@ def _scan_fwd_n1_kernel(
     lidx = tl.arange(0, BLOCK_L)
     h = tl.full([BLOCK_D], 0.0, tl.float32)
     hs_row = rowid * n_saved
-    tl.store(hs_ptr + hs_row, h, mask=mask_d)  # the state entering position 0
+    if SAVE_STATES:
+        tl.store(hs_ptr + hs_row, h, mask=mask_d)  # the state entering position 0
     save_l = (lidx + 1) % SAVE_EVERY == 0  # the state after t enters t + 1: saved where a backward chunk starts
     save_i = (lidx + 1) // SAVE_EVERY
     # chunk c + 1's loads (in their stored dtype: a prefetched chunk holds 16-bit values in registers)
@@ -298,8 +301,9 @@ def _scan_fwd_n1_kernel(
         if HAS_D:
             y = y + Dv[:, None] * u
         tl.store(y_ptr + ptr, y.to(y_ptr.dtype.element_ty), mask=m2)
-        save = mask_d[:, None] & (save_l & (offs_l + 1 < L))[None, :]
-        tl.store(hs_ptr + hs_row[:, None] + (c * (BLOCK_L // SAVE_EVERY) + save_i)[None, :], hh, mask=save)
+        if SAVE_STATES:
+            save = mask_d[:, None] & (save_l & (offs_l + 1 < L))[None, :]
+            tl.store(hs_ptr + hs_row[:, None] + (c * (BLOCK_L // SAVE_EVERY) + save_i)[None, :], hh, mask=save)
         h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, :], hh, 0.0), 1, _add)
 
 
@@ -471,7 +475,7 @@ def _use_n1(n: int) -> bool:
 
 def _n1_chunk(L: int, backward: bool) -> int:
     """BLOCK_L of the N = 1 kernels; the forward's is a multiple of the backward's (both powers of 2)."""
-    short = max(16, triton.next_power_of_2(L))  # short L (stage 4: 49): no 4x padding
+    short = max(16, next_pow2(L))  # short L (stage 4: 49): no 4x padding
 
     def fit(chunk: int, floor: int) -> int:
         while chunk > floor and (-L) % chunk > _cfg("n1_max_pad") * L:
@@ -485,16 +489,16 @@ def _n1_chunk(L: int, backward: bool) -> int:
 
 def _blocks(L: int, N: int, Dk: int, backward: bool) -> tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps) for one direction's Dk channels, length L, N states."""
-    block_n = triton.next_power_of_2(N)
+    block_n = next_pow2(N)
     if _use_n1(N):
         chunk = _n1_chunk(L, backward)
         rows = _cfg("n1_bwd_tile") // chunk if backward else _cfg("n1_fwd_tile") // _cfg("n1_fwd_chunk")
-        block_d = max(1, min(rows, triton.next_power_of_2(Dk)))
+        block_d = max(1, min(rows, next_pow2(Dk)))
         return block_d, 1, chunk, _cfg("n1_bwd_warps" if backward else "fwd_warps")
     chunk = _cfg("chunk") if N <= 2 else _cfg("chunk_big_n")
-    block_l = min(chunk, max(16, triton.next_power_of_2(L)))  # short L (stage 4: 49): no 4x padding
+    block_l = min(chunk, max(16, next_pow2(L)))  # short L (stage 4: 49): no 4x padding
     tile = _cfg("bwd_tile" if backward else "fwd_tile")
-    block_d = max(1, min(tile // (block_n * block_l), triton.next_power_of_2(Dk)))
+    block_d = max(1, min(tile // (block_n * block_l), next_pow2(Dk)))
     return block_d, block_n, block_l, _cfg("bwd_warps" if backward else "fwd_warps")
 
 
@@ -535,20 +539,21 @@ def _rows_ok(B, C, k: int) -> bool:
             and B.stride(1) >= B.shape[3])
 
 
-def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: bool):
+def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: bool, states: bool = True):
     """Launch the forward kernel. Returns y (B, K*D, L) (fp32 or u.dtype) and hs (B, K*D, N, n_saved) fp32,
-    the states entering each of the backward's chunks."""
+    the states entering each of the backward's chunks (None when not `states`: nothing to differentiate)."""
     (u, delta, A, B, C, D, delta_bias), (batch, k, dk, n, L) = _prepare(u, delta, A, B, C, D, delta_bias)
     bd, bn, bl, warps = _blocks(L, n, dk, backward=False)
-    n_chunks = triton.cdiv(L, bl)
+    n_chunks = cdiv(L, bl)
     save_every = _blocks(L, n, dk, backward=True)[2]  # the backward's chunk: it reads these states
-    n_saved = triton.cdiv(L, save_every)
+    n_saved = cdiv(L, save_every)
     y = _alloc(u.shape, torch.float32 if out_fp32 else u.dtype, u.device)
-    hs = _alloc((batch, k * dk, n, n_saved), torch.float32, u.device)
-    grid = (batch * k * triton.cdiv(dk, bd),)
-    args = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, y, hs,
-            k, dk, L, n_chunks)
-    flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
+    hs = _alloc((batch, k * dk, n, n_saved), torch.float32, u.device) if states else None
+    grid = (batch * k * cdiv(dk, bd),)
+    args = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, y,
+            hs if states else y, k, dk, L, n_chunks)
+    flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                 SAVE_STATES=states)
     if _use_n1(n):
         _kernel(_scan_fwd_n1_kernel)[grid](*args, n_saved, B.stride(1), **flags, BLOCK_D=bd, BLOCK_L=bl,
                                            SAVE_EVERY=save_every, num_warps=warps)
@@ -570,14 +575,14 @@ def _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bo
     dy = dy.contiguous()
     hs = hs.contiguous()
     bd, bn, bl, warps = _blocks(L, n, dk, backward=True)
-    n_chunks = triton.cdiv(L, bl)
+    n_chunks = cdiv(L, bl)
     if hs.shape != (batch, k * dk, n, n_chunks):
         raise ValueError(f"saved states {tuple(hs.shape)} do not match the chunking (..., {n_chunks}): "
                          "forward and backward ran under different scan_config")
     dev = u.device
     du = _alloc(u.shape, u.dtype, dev)
     ddelta = _alloc(delta.shape, delta.dtype, dev)
-    n_dblk = triton.cdiv(dk, bd)
+    n_dblk = cdiv(dk, bd)
     grid = (batch * k * n_dblk,)
     flags = dict(HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
     ins = (u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, dy, hs)
@@ -692,4 +697,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
     if graph_capture():
         return torch.ops.vmbench.selective_scan_triton(u, delta, A, B, C, D, delta_bias,
                                                        bool(delta_softplus), bool(out_fp32))[0]
+    if not needs_grad(u, delta, A, B, C, D, delta_bias):  # inference: no autograd node, no saved states
+        with direct_launch():
+            return _scan_fwd(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), bool(out_fp32), states=False)[0]
     return _ScanFn.apply(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), bool(out_fp32))

@@ -291,6 +291,20 @@ def test_triton_dispatcher_op_matches_eager_path(interp):
     assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_triton_inference_path_skips_the_states(interp, n):
+    """Without gradients the scan launches without an autograd node and writes no chunk states: the output is
+    bit-identical to the training forward's."""
+    x = make_inputs(2, 2, 6, n, 2 * CHUNK + 5, torch.bfloat16)
+    y_train, hs = T._scan_fwd(*x, True, True)
+    y_inf, none = T._scan_fwd(*x, True, True, states=False)
+    assert none is None and hs is not None and torch.equal(y_inf, y_train)
+    with torch.no_grad():
+        assert torch.equal(_triton(*x), y_train)
+    xs = [t.requires_grad_(True) for t in x]
+    assert _triton(*xs).grad_fn is not None  # with gradients: the autograd Function
+
+
 def test_triton_n1_reads_strided_b_c_in_place(interp):
     """N = 1: B and C may be row-strided views (SS2D passes the B / C rows of its projections): read in place,
     with results bit-identical to contiguous copies."""
