@@ -15,11 +15,22 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import resolve_backend
+from ._backend import graph_capture, needs_grad, resolve_backend
 from .cross_scan import cross_merge, cross_merge_ref, cross_scan, cross_scan_ref
 from .selective_scan import selective_scan, selective_scan_ref
 
-__all__ = ["ss2d_core", "ss2d_core_ref"]
+__all__ = ["ss2d_core", "ss2d_core_ref", "ParamCache"]
+
+
+class ParamCache(dict):
+    """Where `ss2d_core(cache=...)` keeps derived parameter tensors between inference calls. Derived state:
+    deepcopy (EMA copies of a model) and pickling give an empty cache."""
+
+    def __deepcopy__(self, memo):
+        return type(self)()
+
+    def __reduce__(self):
+        return type(self), ()
 
 
 def _check(x, x_proj_weight, dt_projs_weight, A_logs):
@@ -51,7 +62,16 @@ def _ss2d(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xs
     return xmerge(ys.view(b, k, d, L), h, w).to(x.dtype)  # (B, H, W, D)
 
 
-def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+def _kernel_params(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, k: int, c: int, n: int):
+    """The parameters as `_ss2d_mapwise`'s kernels take them: x_proj's weight (D, K*C) and dt_proj's weight
+    padded to (K, D, C), both in x's dtype; A = -exp(A_logs), Ds and the bias (K*D,) in fp32."""
+    d = x.shape[-1]
+    xw = x_proj_weight.reshape(k * c, d).t().to(x.dtype)
+    wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(x.dtype)
+    return xw, wdt, -torch.exp(A_logs.float()), Ds.float(), dt_projs_bias.reshape(-1).float()
+
+
+def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cache: dict | None = None):
     """`_ss2d` on the Triton kernels, with the projections applied where they are cheapest.
 
     x_proj is position-wise, so it runs as one (B·L, D) @ (D, K·C) GEMM on the channels-last map;
@@ -64,14 +84,27 @@ def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     Cross-scan, dt_proj, scan and cross-merge run as one autograd.Function (eager) or registered op
     (graph capture) that recomputes the (B, K, D, L) scan inputs in the backward instead of saving
     them (kernels/_ss2d_recompute.py).
+
+    `cache` (a dict the caller keeps, e.g. per module): when nothing needs a gradient, the derived
+    parameters (`_kernel_params`: five small ops) are kept there and reused while the parameters are the
+    same tensors at the same version (an optimizer step or load_state_dict bumps it) and x's dtype is the same.
     """
     from ._ss2d_recompute import ss2d_scan_recompute
 
     b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
     c = r + 2 * n
-    p = torch.matmul(x, x_proj_weight.reshape(k * c, d).t().to(x.dtype))  # (B, H, W, K*C)
-    wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(p.dtype)  # (K, D, C)
-    A, Ds, bias = -torch.exp(A_logs.float()), Ds.float(), dt_projs_bias.reshape(-1).float()
+    params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    if cache is None or needs_grad(*params) or graph_capture():
+        kp = _kernel_params(x, *params, k, c, n)
+    else:
+        key = (x.dtype, x.device, *((id(t), t.data_ptr(), t._version) for t in params))
+        if cache.get("key") != key:
+            cache.clear()  # the old tensors go before the new ones are made
+            cache["params"] = _kernel_params(x, *params, k, c, n)
+            cache["key"] = key
+        kp = cache["params"]
+    xw, wdt, A, Ds, bias = kp
+    p = torch.matmul(x, xw)  # (B, H, W, K*C)
     return ss2d_scan_recompute(x.contiguous(), p, wdt, A, Ds, bias, r, n)  # (B, H, W, D), x.dtype
 
 
@@ -93,13 +126,15 @@ def ss2d_core_ref(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
 
 
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, backend: str = "auto",
-              fused: bool = False):
+              fused: bool = False, cache: dict | None = None):
     """`ss2d_core_ref` with a chosen backend ("auto" | "torch" | "triton").
 
     "torch": the plain-torch composition. "triton": the Triton composition (cross-scan,
     map-wise projections, Triton selective scan, cross-merge), differentiable; with `fused=True`
     and no input needing a gradient, the fused forward of kernels/_ss2d_triton.py (directions
     never materialised; slower than the composition on H100/H200, see benchmarks/NOTES-ss2d.md).
+    `cache`: a dict kept by the caller across calls (the SS2D module keeps one), where the Triton path keeps
+    the parameters in the form its kernels take while no gradient is needed (see `_ss2d_mapwise`).
     All compute `ss2d_core_ref`'s function.
     """
     be = resolve_backend(backend, x.device)
@@ -108,11 +143,10 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, back
         if fused:
             from ._ss2d_triton import fused_supported, ss2d_fused_forward
 
-            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in params)
             _, _, _, _, k, _, _ = _check(x, x_proj_weight, dt_projs_weight, A_logs)
-            if not needs_grad and k == 4 and fused_supported(x):
+            if not needs_grad(*params) and k == 4 and fused_supported(x):
                 return ss2d_fused_forward(*params)
-        return _ss2d_mapwise(*params)
+        return _ss2d_mapwise(*params, cache=cache)
     return _ss2d(
         x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
         lambda *a: selective_scan(*a, backend=be),

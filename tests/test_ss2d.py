@@ -223,6 +223,62 @@ def test_registered_op_matches_eager_function(triton_cpu, monkeypatch, case):
     assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+@interp
+def test_inference_path_matches_training_forward(triton_cpu):
+    """Without gradients the training path runs its launchers without an autograd node and without the scan's
+    saved states: the output is bit-identical to the forward with gradients."""
+    from vmbench.kernels import ss2d_core
+
+    inputs = make_inputs(2, 3, 5, 16, 1, 2, dtype=torch.bfloat16)
+    y1, _ = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, torch.randn(inputs[0].shape))
+    with torch.no_grad():
+        y0 = ss2d_core(*inputs, backend="triton")
+    assert torch.equal(y0, y1)
+
+
+@interp
+def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
+    """The SS2D module keeps its parameters in kernel form (ParamCache) between inference calls: reused while
+    they are unchanged, rebuilt after an in-place update (an optimizer step) or for another dtype, never used
+    with gradients, empty after deepcopy / pickling, absent from the state_dict; outputs equal the uncached
+    path's bit for bit."""
+    import copy
+    import pickle
+
+    from vmbench.kernels import ParamCache, ss2d_core
+    from vmbench.models.vmamba import SS2D
+
+    torch.manual_seed(0)
+    m = SS2D(16, scan_backend="triton")
+    x = torch.randn(2, 3, 5, 16)
+
+    def uncached():
+        cache, m._kernel_params = m._kernel_params, None
+        try:
+            return m(x)
+        finally:
+            m._kernel_params = cache
+
+    with torch.no_grad():
+        y0 = m(x)
+        kept = m._kernel_params["params"]
+        assert torch.equal(y0, uncached()) and torch.equal(m(x), y0) and m._kernel_params["params"] is kept
+        m.A_logs.add_(0.25)  # in place, as an optimizer step: the version moves
+        y1 = m(x)
+        assert m._kernel_params["params"] is not kept and torch.equal(y1, uncached()) and not torch.equal(y1, y0)
+        params = (m.x_proj_weight, m.dt_projs_weight, m.dt_projs_bias, m.A_logs, m.Ds)
+        xb = torch.randn(2, 3, 5, 16).to(torch.bfloat16)  # what the core sees under autocast: rebuilt in bf16
+        yb = ss2d_core(xb, *params, backend="triton", cache=m._kernel_params)
+        assert m._kernel_params["params"][0].dtype == torch.bfloat16
+        assert torch.equal(yb, ss2d_core(xb, *params, backend="triton"))
+        assert torch.equal(m(x), y1)
+    y2 = m(x)  # with gradients: the parameters themselves, the cache untouched
+    assert y2.grad_fn is not None and torch.equal(y2.detach(), y1)
+    assert isinstance(copy.deepcopy(m)._kernel_params, ParamCache) and copy.deepcopy(m)._kernel_params == {}
+    assert pickle.loads(pickle.dumps(m._kernel_params)) == {}
+    assert not any("kernel_params" in k for k in m.state_dict())
+
+
 def test_torch_backend_is_the_reference():
     from vmbench.kernels import ss2d_core, ss2d_core_ref
 

@@ -30,7 +30,7 @@ from timm.layers import DropPath, trunc_normal_
 
 from vmbench.kernels import LayerNorm
 
-from vmbench.kernels import ss2d_core
+from vmbench.kernels import ParamCache, ss2d_core
 
 from .registry import SCAN_BACKENDS, register_model
 
@@ -236,6 +236,7 @@ class SS2D(nn.Module):
         self.out_norm = LayerNorm(d_inner, autocast_out=True, backend=scan_backend)  # feeds out_proj
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._kernel_params = ParamCache()  # inference: the scan parameters as the kernels take them
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -263,7 +264,7 @@ class SS2D(nn.Module):
         x = self.conv2d(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # depthwise conv on a (B, D, H, W) view
         x = self.act(x)
         y = ss2d_core(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
-                      backend=self.scan_backend)  # (B, H, W, D), x's dtype
+                      backend=self.scan_backend, cache=self._kernel_params)  # (B, H, W, D), x's dtype
         y = self.out_norm(y)
         if self.z_branch:
             y = y * self.act(z)
