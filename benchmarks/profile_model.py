@@ -5,9 +5,9 @@
 AMP-bf16, channels-last input, random data. Prints, for inference (no grad) and for a training step
 (forward + cross-entropy + backward, no optimizer), the CUDA kernels sorted by total time with their
 share of the step, and the step's wall-clock time (a step slower than its GPU time is bound by the host);
---host adds the host-side self time per op; --python adds cProfile's table of the Python functions that take
-the host's time in a training step (Triton's launcher, our wrappers, autograd) and the step's wall time in
-the setups that differ between this script and benchmarks/models.py (model in channels_last memory or not;
+--host adds the host-side self time per op; --python adds cProfile's tables of the Python functions that
+take the host's time in an inference and a training step (Triton's launcher, our wrappers, autograd) and the
+step's wall time in the setups that differ between this script and benchmarks/models.py (model in channels_last memory or not;
 inference under no_grad or inference_mode). Writes the tables to $OUT/profile_<model>.md when $OUT is set.
 """
 from __future__ import annotations
@@ -76,8 +76,8 @@ def _train_step(model, x, target):
     F.cross_entropy(out.float(), target).backward()
 
 
-def _python_profile(train, steps: int, top: int) -> str:
-    """cProfile over `steps` training steps: the Python functions with the most own (tottime) time per step."""
+def _python_profile(fn, label: str, steps: int, top: int) -> str:
+    """cProfile over `steps` calls of `fn`: the Python functions with the most own (tottime) time per step."""
     import cProfile
     import pstats
 
@@ -87,13 +87,13 @@ def _python_profile(train, steps: int, top: int) -> str:
     with torch.autograd.set_multithreading_enabled(False):
         pr.enable()
         for _ in range(steps):
-            train()
+            fn()
         torch.cuda.synchronize()
         pr.disable()
     st = pstats.Stats(pr)
     rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
     total = sum(v[2] for v in st.stats.values())
-    lines = [f"### training step, Python profile (cProfile): {total / steps * 1e3:.1f} ms of own time per step",
+    lines = [f"### {label}, Python profile (cProfile): {total / steps * 1e3:.1f} ms of own time per step",
              "", "| function | own ms per step | cumulative ms per step | calls per step |", "|---|---|---|---|"]
     for (file, line, name), (_cc, ncalls, tt, ct, _callers) in rows:
         where = f"{os.path.basename(os.path.dirname(file))}/{os.path.basename(file)}:{line}" if line else file
@@ -137,7 +137,8 @@ def main(argv=None) -> int:
                     help="override the backend of vmbench LayerNorm modules (comparisons)")
     ap.add_argument("--host", action="store_true", help="also profile host (CPU) time per op: launch overhead")
     ap.add_argument("--python", action="store_true",
-                    help="also cProfile a training step's Python, and time the setups models.py differs in")
+                    help="also cProfile the Python of an inference and a training step, and time the setups "
+                         "models.py differs in")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/profile_model.py needs CUDA", file=sys.stderr)
@@ -179,8 +180,12 @@ def main(argv=None) -> int:
             md += ["", _table(prof, steps, args.top, host=True)]
         print("\n".join(md[-5:]), flush=True)
     if args.python:
-        md += ["", _python_profile(train, steps, args.top), "", _setups(args, x, steps)]
-        print("\n".join(md[-3:]), flush=True)
+        model.eval()
+        md += ["", _python_profile(lambda: _infer_step(model, x, torch.inference_mode), "inference (inference_mode)",
+                                   steps, args.top)]
+        model.train()
+        md += ["", _python_profile(train, "training step", steps, args.top), "", _setups(args, x, steps)]
+        print("\n".join(md[-5:]), flush=True)
     save(f"profile_{args.model}" + (f"_ln-{args.ln_backend}" if args.ln_backend else ""), "\n".join(md))
     return 0
 
