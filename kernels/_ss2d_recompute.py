@@ -6,8 +6,8 @@
 The composition of separate ops saves, for its backward, the scan's inputs u = cross_scan(x) and
 delta = wdt @ ps: two (B, 4, D, L) tensors, 16 bytes per element of x in bf16, about 30 % of a VMamba
 block's saved activations. This Function saves x (kept alive anyway by x_proj's GEMM), the small ps
-(B, 4, R + 2N, L) and the scan's chunk states, and recomputes u (one cross-scan) and delta (one GEMM
-with an inner dimension of R + 2N) in the backward: a few percent more GPU work for ~30 % less
+(B, 4, C, L) and the scan's chunk states, and recomputes u (one cross-scan) and delta (one GEMM
+with an inner dimension of C) in the backward: a few percent more GPU work for ~30 % less
 activation memory. Eager calls run it as an autograd.Function; under graph capture (torch.compile, jit.trace)
 it runs as the registered ops `vmbench::ss2d_scan` / `vmbench::ss2d_scan_bwd`, the same launchers.
 
@@ -16,8 +16,9 @@ map goes in, each direction's block is cross-scanned on its own (no copy of all 
 B and C are read by the scan in place from ps, and y leaves the merge in x's dtype (so its gradient comes
 back in that dtype too).
 
-Shapes: x (B, H, W, D) channels-last; p (B, H, W, K*C) with C = R + 2N (per direction: dt_r, B, C);
-wdt (K, D, C) dt_proj weight with zero columns against the B / C rows; A (K*D, N) fp32 (= -exp(A_logs));
+Shapes: x (B, H, W, D) channels-last; p (B, H, W, K*C) with C >= R + 2N rows per direction (dt_r, B, C, then
+zero rows: `_ss2d_mapwise` pads C to a multiple of 8);
+wdt (K, D, C) dt_proj weight with zero columns against the B / C / zero rows; A (K*D, N) fp32 (= -exp(A_logs));
 Ds, bias (K*D,) fp32. Returns y (B, H, W, D) in x's dtype (the four directions summed in fp32).
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _inputs(x, ps, wdt, r: int, n: int):
     k = ps.shape[1]
     u = cross_scan_launch(x, True).view(b, k * d, h * w)
     delta = torch.matmul(wdt, ps).view(b, k * d, h * w)
-    return u, delta, ps[:, :, r:r + n], ps[:, :, r + n:]  # B / C: views, read in place for N = 1
+    return u, delta, ps[:, :, r:r + n], ps[:, :, r + n:r + 2 * n]  # B / C: views, read in place for N = 1
 
 
 def _forward(x, p, wdt, A, Ds, bias, r: int, n: int, states: bool = True):
@@ -61,7 +62,7 @@ def _backward(gy, x, ps, wdt, A, Ds, bias, hs, r: int, n: int):
     dx = cross_merge_launch(du.view(b, k, d, h * w), h, w, True)  # scan's adjoint
     ddelta = ddelta.view(b, k, d, h * w)
     dps = torch.matmul(wdt.transpose(1, 2), ddelta)  # (B, K, C, L)
-    dps[:, :, r:] += dBC.to(dps.dtype)  # the B and C rows: (B, K, 2N, L), dB's rows then dC's
+    dps[:, :, r:r + 2 * n] += dBC.to(dps.dtype)  # the B and C rows: (B, K, 2N, L), dB's rows then dC's
     dwdt = torch.matmul(ddelta, ps.transpose(2, 3)).sum(0, dtype=torch.float32)  # (K, D, C), batch summed in fp32
     dp = cross_merge_launch(dps, h, w, True, diag=True)  # (B, H, W, K*C): the diagonal scan's adjoint
     return dx.to(x.dtype), dp, dwdt.to(wdt.dtype), dA, dD, dbias

@@ -62,24 +62,34 @@ def _ss2d(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, xs
     return xmerge(ys.view(b, k, d, L), h, w).to(x.dtype)  # (B, H, W, D)
 
 
-def _kernel_params(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, k: int, c: int, n: int):
-    """The parameters as `_ss2d_mapwise`'s kernels take them: x_proj's weight (D, K*C) and dt_proj's weight
-    padded to (K, D, C), both in x's dtype; A = -exp(A_logs), Ds and the bias (K*D,) in fp32."""
+def _kernel_params(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, k: int, r: int, n: int):
+    """The parameters as `_ss2d_mapwise`'s kernels take them, in x's dtype: x_proj's weight (D, K*C) with each
+    direction's R + 2N rows padded with zero rows to C, the next multiple of 8, and dt_proj's weight padded with
+    zero columns to (K, D, C); in fp32: A = -exp(A_logs), Ds and the bias (K*D,)."""
     d = x.shape[-1]
+    c = _rows8(r, n)
+    if c > r + 2 * n:
+        x_proj_weight = torch.nn.functional.pad(x_proj_weight, (0, 0, 0, c - r - 2 * n))
     xw = x_proj_weight.reshape(k * c, d).t().to(x.dtype)
-    wdt = torch.nn.functional.pad(dt_projs_weight, (0, 2 * n)).to(x.dtype)
+    wdt = torch.nn.functional.pad(dt_projs_weight, (0, c - r)).to(x.dtype)
     return xw, wdt, -torch.exp(A_logs.float()), Ds.float(), dt_projs_bias.reshape(-1).float()
+
+
+def _rows8(r: int, n: int) -> int:
+    """Rows per direction of the projections on the Triton path: R + 2N rounded up to a multiple of 8."""
+    return -(-(r + 2 * n) // 8) * 8
 
 
 def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cache: dict | None = None):
     """`_ss2d` on the Triton kernels, with the projections applied where they are cheapest.
 
     x_proj is position-wise, so it runs as one (B·L, D) @ (D, K·C) GEMM on the channels-last map;
-    the small result is cross-scanned and each direction keeps its own C = R + 2N rows. dt_proj
-    runs on those rows with the weight padded from R to C columns (zeros against the B / C rows):
-    the GEMM's inner dimension becomes a multiple of 8 at stage 1, which keeps cuBLAS on aligned
-    kernels for the forward and for the weight gradient (R = 6 for VMamba-T). Same function as
-    `_ss2d`; the FLOP count of the model (fvcore, torch path) is unchanged.
+    the small result is cross-scanned and each direction keeps its own C rows: dt_r, B, C (R + 2N)
+    and zero rows up to C, the next multiple of 8. dt_proj runs on those rows with the weight
+    padded from R to C columns (zeros against the B / C / padding rows): the GEMM's inner dimension
+    is a multiple of 8 at every stage (R + 2N = 8, 14, 26, 50 in VMamba-T), which keeps cuBLAS on
+    aligned kernels for the forward and for the weight gradient. Same function as `_ss2d`; the
+    FLOP count of the model (fvcore, torch path) is unchanged.
 
     Cross-scan, dt_proj, scan and cross-merge run as one autograd.Function (eager) or registered op
     (graph capture) that recomputes the (B, K, D, L) scan inputs in the backward instead of saving
@@ -92,15 +102,14 @@ def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, 
     from ._ss2d_recompute import ss2d_scan_recompute
 
     b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
-    c = r + 2 * n
     params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
     if cache is None or needs_grad(*params) or graph_capture():
-        kp = _kernel_params(x, *params, k, c, n)
+        kp = _kernel_params(x, *params, k, r, n)
     else:
         key = (x.dtype, x.device, *((id(t), t.data_ptr(), t._version) for t in params))
         if cache.get("key") != key:
             cache.clear()  # the old tensors go before the new ones are made
-            cache["params"] = _kernel_params(x, *params, k, c, n)
+            cache["params"] = _kernel_params(x, *params, k, r, n)
             cache["key"] = key
         kp = cache["params"]
     xw, wdt, A, Ds, bias = kp

@@ -184,25 +184,29 @@ def test_triton_backend_training_path_gradients(triton_cpu, dtype):
 
 
 @interp
-@pytest.mark.parametrize("case", [(2, 3, 5, 16, 1, 2), (1, 4, 3, 12, 2, 3)])
+@pytest.mark.parametrize("case", [(2, 3, 5, 16, 1, 2), (1, 4, 3, 12, 2, 3), (1, 3, 4, 16, 1, 6)])
 def test_training_path_saves_no_directional_copy(triton_cpu, case):
     """The eager Triton training path recomputes the (B, 4, D, L) scan inputs in the backward instead of
     saving them (the largest saved activations of a VMamba block), and still gives every gradient within
-    the derived tolerance (also for N > 1 and x strided)."""
+    the derived tolerance (also for N > 1 and x strided). The per-direction projections it keeps have
+    R + 2N rows padded to a multiple of 8 (aligned GEMMs); the last case needs no padding."""
     from vmbench.kernels import ss2d_core
 
-    b, h, w, d = case[:4]
-    big = []
+    b, h, w, d, n, r = case
+    big, small = [], []
 
     def pack(t):
         if t.numel() == 4 * b * h * w * d:  # the size of the four directional copies (u or delta)
             big.append(tuple(t.shape))
+        if t.dim() == 4 and t.shape[:2] == (b, 4) and t.shape[3] == h * w and tuple(t.shape) != (b, h, w, d):
+            small.append(t.shape[2])  # ps (B, 4, C, L)
         return t
 
     inputs = [t.requires_grad_(True) for t in make_inputs(*case, dtype=torch.bfloat16)]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         ss2d_core(*inputs, backend="triton").float().sum().backward()
     assert big == [], f"saved for backward: {big}"
+    assert small == [-(-(r + 2 * n) // 8) * 8], small
     _check_grads(lambda *a: ss2d_core(*a, backend="triton"), case, torch.bfloat16)
 
 
