@@ -1,0 +1,40 @@
+"""benchmarks/host_path.py runs on the CPU and counts the Triton launches of each eager wrapper call.
+
+The counts are the contract of the eager paths: one LayerNorm kernel per forward and one more for its backward;
+the SS2D module's core launches two cross-scans, the scan and the merge, plus its out_norm LayerNorm (5), and its
+backward six more (recomputed cross-scan, the gradient's cross-scan, scan backward, two merges, out_norm's
+backward). A wrapper that starts launching more per call shows up here before it shows up in a GPU profile.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytest.importorskip("triton")
+
+
+def test_host_path_runs_and_counts_launches():
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("TRITON_INTERPRET", None)  # the script sets it itself, before importing triton
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_path.py"), "--repeats", "40"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"\| (.+?) \| ([\d.]+) \| (\d+) \| (\d+) \|$", line)
+        if m:
+            rows[m.group(1)] = (float(m.group(2)), int(m.group(4)))
+    assert len(rows) == 6, out.stdout
+    assert all(us > 0 for us, _ in rows.values())
+    launches = {name: n for name, (_, n) in rows.items()}
+    assert launches["torch.add (one dispatched op)"] == 0
+    assert launches["LayerNorm forward (inference_mode)"] == 1
+    assert launches["LayerNorm forward + backward"] == 2
+    assert launches["SS2D module forward (inference_mode)"] == 5
+    assert launches["SS2D module forward + backward"] == 11
