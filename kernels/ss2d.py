@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import graph_capture, needs_grad, resolve_backend
+from ._backend import cdiv, graph_capture, needs_grad, resolve_backend
 from .cross_scan import cross_merge, cross_merge_ref, cross_scan, cross_scan_ref
 from .selective_scan import selective_scan, selective_scan_ref
 
@@ -77,7 +77,7 @@ def _kernel_params(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
 
 def _rows8(r: int, n: int) -> int:
     """Rows per direction of the projections on the Triton path: R + 2N rounded up to a multiple of 8."""
-    return -(-(r + 2 * n) // 8) * 8
+    return cdiv(r + 2 * n, 8) * 8
 
 
 def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cache: dict | None = None):
