@@ -24,7 +24,9 @@ __all__ = ["ss2d_core", "ss2d_core_ref", "ParamCache"]
 
 class ParamCache(dict):
     """Where `ss2d_core(cache=...)` keeps derived parameter tensors between inference calls. Derived state:
-    deepcopy (EMA copies of a model) and pickling give an empty cache."""
+    deepcopy (EMA copies of a model) and pickling give an empty cache. It notices every change made through
+    the parameters themselves or their detached views (optimizer steps, load_state_dict, timm's EMA updates):
+    those bump the version counter. An in-place change through `.data` does not; after one, `.clear()` it."""
 
     def __deepcopy__(self, memo):
         return type(self)()

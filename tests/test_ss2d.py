@@ -243,11 +243,13 @@ def test_inference_path_matches_training_forward(triton_cpu):
 @interp
 def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
     """The SS2D module keeps its parameters in kernel form (ParamCache) between inference calls: reused while
-    they are unchanged, rebuilt after an in-place update (an optimizer step) or for another dtype, never used
-    with gradients, empty after deepcopy / pickling, absent from the state_dict; outputs equal the uncached
-    path's bit for bit."""
+    they are unchanged, rebuilt after an in-place update (an optimizer step, an EMA update) or for another
+    dtype, never used with gradients, empty after deepcopy / pickling, absent from the state_dict; outputs
+    equal the uncached path's bit for bit."""
     import copy
     import pickle
+
+    from timm.utils import ModelEmaV3
 
     from vmbench.kernels import ParamCache, ss2d_core
     from vmbench.models.vmamba import SS2D
@@ -278,6 +280,17 @@ def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
         assert torch.equal(m(x), y1)
     y2 = m(x)  # with gradients: the parameters themselves, the cache untouched
     assert y2.grad_fn is not None and torch.equal(y2.detach(), y1)
+
+    ema = ModelEmaV3(m, decay=0.5)  # vmbench's EMA: it updates through detached views, which bump versions
+    with torch.no_grad():
+        ye = ema.module(x)
+        m.A_logs.add_(0.25)
+        ema.update(m, step=10)
+        y_cached = ema.module(x)
+        cache, ema.module._kernel_params = ema.module._kernel_params, None
+        y_fresh = ema.module(x)
+        ema.module._kernel_params = cache
+    assert not torch.equal(y_cached, ye) and torch.equal(y_cached, y_fresh)
     assert isinstance(copy.deepcopy(m)._kernel_params, ParamCache) and copy.deepcopy(m)._kernel_params == {}
     assert pickle.loads(pickle.dumps(m._kernel_params)) == {}
     assert not any("kernel_params" in k for k in m.state_dict())

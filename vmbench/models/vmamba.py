@@ -236,7 +236,9 @@ class SS2D(nn.Module):
         self.out_norm = LayerNorm(d_inner, autocast_out=True, backend=scan_backend)  # feeds out_proj
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self._kernel_params = ParamCache()  # inference: the scan parameters as the kernels take them
+        # inference: the scan parameters as the kernels take them (kernels/ss2d.py ParamCache; clear it after
+        # changing a parameter in place through `.data`)
+        self._kernel_params = ParamCache()
         self.reset_ssm_parameters()
 
     @torch.no_grad()
