@@ -7,7 +7,8 @@ LayerNorm and SS2D Functions), so the Python between a module call and its kerne
 script times that Python on tiny CPU tensors with every Triton launch replaced by a no-op (Triton's
 interpreter is loaded and its `run` stubbed), so what it measures is our wrappers plus the torch ops they
 issue (allocations, views, the small GEMMs of SS2D on tiny shapes), not Triton's own launcher (about
-20-40 µs per launch on the GPU hosts, counted separately as launches per call). A plain `torch.add` of two
+20-40 µs per launch on the GPU hosts, counted separately as launches per call). The inference rows run inside
+`vmbench.kernels.frozen_parameters()`, as vmbench's evaluation pass and benchmarks do. A plain `torch.add` of two
 tiny tensors and `nn.LayerNorm` are timed as the unit of one dispatched op. Numbers are this machine's; compare
 versions in one run (`git worktree add DIR REV`, then run DIR/benchmarks/host_path.py beside this one).
 """
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     InterpretedFunction.run = _no_launch
     torch.set_num_threads(1)
 
-    from vmbench.kernels import LayerNorm
+    from vmbench.kernels import LayerNorm, frozen_parameters
     from vmbench.models.vmamba import SS2D
 
     a, b = torch.randn(8), torch.randn(8)
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         ss2d(xg).sum().backward()
 
     rows = []
-    with torch.inference_mode():
+    with torch.inference_mode(), frozen_parameters():  # as in an evaluation pass or a benchmark's timed loop
         rows += [("torch.add (one dispatched op)", *_us(lambda: torch.add(a, b), args.repeats)),
                  ("nn.LayerNorm forward", *_us(lambda: ref_ln(x), args.repeats)),
                  ("LayerNorm forward (inference_mode)", *_us(lambda: ln(x), args.repeats)),

@@ -191,4 +191,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vmbench.kernels import frozen_parameters
+
+    # No step here changes a parameter (no optimizer): inference keeps SS2D's kernel-form parameters between
+    # steps, as in models.py's timed loops and in an evaluation pass.
+    with frozen_parameters():
+        sys.exit(main())

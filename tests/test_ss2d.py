@@ -242,57 +242,74 @@ def test_inference_path_matches_training_forward(triton_cpu):
 
 @interp
 def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
-    """The SS2D module keeps its parameters in kernel form (ParamCache) between inference calls: reused while
-    they are unchanged, rebuilt after an in-place update (an optimizer step, an EMA update) or for another
-    dtype, never used with gradients, empty after deepcopy / pickling, absent from the state_dict; outputs
-    equal the uncached path's bit for bit."""
+    """Inside `frozen_parameters()` the SS2D module keeps its parameters in kernel form (ParamCache) between
+    inference calls: reused while they are unchanged, rebuilt after an in-place update that moves a version
+    (load_state_dict, an EMA update) or for another dtype, never used with gradients, emptied when the block
+    ends, so an update that moves no version (a fused optimizer step) between two blocks is not missed. Outside
+    a block nothing is kept. Empty after deepcopy / pickling, absent from the state_dict; outputs equal the
+    uncached path's bit for bit."""
     import copy
     import pickle
 
     from timm.utils import ModelEmaV3
 
-    from vmbench.kernels import ParamCache, ss2d_core
+    from vmbench.kernels import ParamCache, frozen_parameters, ss2d_core
     from vmbench.models.vmamba import SS2D
 
     torch.manual_seed(0)
     m = SS2D(16, scan_backend="triton")
     x = torch.randn(2, 3, 5, 16)
 
-    def uncached():
-        cache, m._kernel_params = m._kernel_params, None
+    def uncached(module=m):
+        cache, module._kernel_params = module._kernel_params, None
         try:
-            return m(x)
+            return module(x)
         finally:
-            m._kernel_params = cache
+            module._kernel_params = cache
 
     with torch.no_grad():
         y0 = m(x)
-        kept = m._kernel_params["params"]
-        assert torch.equal(y0, uncached()) and torch.equal(m(x), y0) and m._kernel_params["params"] is kept
-        m.A_logs.add_(0.25)  # in place, as an optimizer step: the version moves
-        y1 = m(x)
-        assert m._kernel_params["params"] is not kept and torch.equal(y1, uncached()) and not torch.equal(y1, y0)
-        params = (m.x_proj_weight, m.dt_projs_weight, m.dt_projs_bias, m.A_logs, m.Ds)
-        xb = torch.randn(2, 3, 5, 16).to(torch.bfloat16)  # what the core sees under autocast: rebuilt in bf16
-        yb = ss2d_core(xb, *params, backend="triton", cache=m._kernel_params)
-        assert m._kernel_params["params"][0].dtype == torch.bfloat16
-        assert torch.equal(yb, ss2d_core(xb, *params, backend="triton"))
-        assert torch.equal(m(x), y1)
-    y2 = m(x)  # with gradients: the parameters themselves, the cache untouched
-    assert y2.grad_fn is not None and torch.equal(y2.detach(), y1)
+        assert m._kernel_params == {}  # outside a frozen block: derived on every call
+        with frozen_parameters():
+            assert torch.equal(m(x), y0)
+            kept = m._kernel_params["params"]
+            with frozen_parameters():  # nested: the outer block owns the cache
+                assert torch.equal(m(x), y0) and m._kernel_params["params"] is kept
+            assert m._kernel_params["params"] is kept
+            m.A_logs.add_(0.25)  # in place through the parameter: the version moves
+            y1 = m(x)
+            assert m._kernel_params["params"] is not kept and torch.equal(y1, uncached())
+            assert not torch.equal(y1, y0)
+            params = (m.x_proj_weight, m.dt_projs_weight, m.dt_projs_bias, m.A_logs, m.Ds)
+            xb = torch.randn(2, 3, 5, 16).to(torch.bfloat16)  # what the core sees under autocast: rebuilt in bf16
+            yb = ss2d_core(xb, *params, backend="triton", cache=m._kernel_params)
+            assert m._kernel_params["params"][0].dtype == torch.bfloat16
+            assert torch.equal(yb, ss2d_core(xb, *params, backend="triton"))
+            assert torch.equal(m(x), y1)
+        assert m._kernel_params == {}  # emptied with the block
+    with frozen_parameters():
+        y2 = m(x)  # with gradients: the parameters themselves, nothing kept
+        assert y2.grad_fn is not None and torch.equal(y2.detach(), y1) and m._kernel_params == {}
 
-    ema = ModelEmaV3(m, decay=0.5)  # vmbench's EMA: it updates through detached views, which bump versions
-    with torch.no_grad():
+    # a fused optimizer step moves no version counter: harmless between blocks
+    opt = torch.optim.AdamW(m.parameters(), lr=0.1, fused=True)
+    with torch.no_grad(), frozen_parameters():
+        m(x)
+    m(x).square().mean().backward()
+    opt.step()
+    with torch.no_grad(), frozen_parameters():
+        assert torch.equal(m(x), uncached()) and not torch.equal(m(x), y1)
+
+    ema = ModelEmaV3(m, decay=0.5)  # vmbench's EMA: it updates through detached views, which move versions
+    m(x).square().mean().backward()
+    opt.step()  # the model moves away from its EMA copy
+    with torch.no_grad(), frozen_parameters():
         ye = ema.module(x)
-        m.A_logs.add_(0.25)
-        ema.update(m, step=10)
+        ema.update(m, step=10)  # even inside a block, a version change rebuilds the kept parameters
         y_cached = ema.module(x)
-        cache, ema.module._kernel_params = ema.module._kernel_params, None
-        y_fresh = ema.module(x)
-        ema.module._kernel_params = cache
-    assert not torch.equal(y_cached, ye) and torch.equal(y_cached, y_fresh)
+        assert not torch.equal(y_cached, ye) and torch.equal(y_cached, uncached(ema.module))
     assert isinstance(copy.deepcopy(m)._kernel_params, ParamCache) and copy.deepcopy(m)._kernel_params == {}
-    assert pickle.loads(pickle.dumps(m._kernel_params)) == {}
+    assert pickle.loads(pickle.dumps(ParamCache(a=1))) == {}
     assert not any("kernel_params" in k for k in m.state_dict())
 
 

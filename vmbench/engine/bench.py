@@ -220,7 +220,8 @@ def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: tor
     """Inference speed of `model` (already on `device`) on random (batch, 3, res, res) input.
 
     `iters` calls per timed run (default 10 on CUDA, 1 on the CPU). The model is put in eval mode and its
-    previous mode restored. `cuda_graph`: the forward is captured once into a CUDA graph and the graph is
+    previous mode restored; its parameters are frozen for the measurement (`vmbench.kernels.frozen_parameters`,
+    as in an evaluation pass). `cuda_graph`: the forward is captured once into a CUDA graph and the graph is
     timed (no host work per call; warm-up and capture come first, untimed; `first_call_s` is the first
     replay). Returns {img_s, latency_ms (median per batch), latencies_ms (each run), first_call_s,
     peak_mem_mb, peak_mem_source, batch, res, precision, iters, repeats, warmup}.
@@ -236,8 +237,10 @@ def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: tor
         with grad_ctx(), autocast_ctx(device, precision, cache=not cuda_graph):
             model(x)
 
+    from vmbench.kernels import frozen_parameters
+
     try:
-        with _cudnn_benchmark(device), PeakMemory(device, delta=device.type != "cuda") as pm:
+        with _cudnn_benchmark(device), PeakMemory(device, delta=device.type != "cuda") as pm, frozen_parameters():
             run = _graphed(step, device) if cuda_graph else step
             first_call_s, ms = _timed_runs(run, device, warmup, repeats, iters, progress, task)
     finally:

@@ -25,7 +25,8 @@ def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device | st
              channels_last: bool = False) -> dict:
     """Evaluate `model` on (images, labels) batches from `loader`.
 
-    Eval mode and inference_mode; bf16 autocast when `amp` and `device` is CUDA; input batches in channels_last
+    Eval mode and inference_mode, parameters frozen for the pass (`vmbench.kernels.frozen_parameters`); bf16
+    autocast when `amp` and `device` is CUDA; input batches in channels_last
     memory format when `channels_last`. At most `max_batches` batches. Top-k is over min(k, num_classes) classes,
     so top-5 is 100 % with fewer than 6 classes.
     Returns {top1, top5 (percent), loss (mean unsmoothed cross-entropy per image), images}; an empty loader
@@ -47,8 +48,10 @@ def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device | st
     # A torch.compile'd module (it has `_orig_mod`) runs under no_grad: inference-mode tensors would make it
     # recompile, and cannot meet its training graph afterwards.
     grad_ctx = torch.no_grad if hasattr(model, "_orig_mod") else torch.inference_mode
+    from vmbench.kernels import frozen_parameters
+
     try:
-        with grad_ctx():
+        with grad_ctx(), frozen_parameters():  # no parameter changes during a pass
             for i, (images, labels) in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break

@@ -236,8 +236,7 @@ class SS2D(nn.Module):
         self.out_norm = LayerNorm(d_inner, autocast_out=True, backend=scan_backend)  # feeds out_proj
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        # inference: the scan parameters as the kernels take them (kernels/ss2d.py ParamCache; clear it after
-        # changing a parameter in place through `.data`)
+        # inside vmbench.kernels.frozen_parameters(): the scan parameters as the kernels take them
         self._kernel_params = ParamCache()
         self.reset_ssm_parameters()
 
