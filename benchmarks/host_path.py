@@ -6,11 +6,12 @@ Eager VMamba at batch 128 on a fast GPU is bound by its host (benchmarks/RESULTS
 LayerNorm and SS2D Functions), so the Python between a module call and its kernel launches matters. This
 script times that Python on tiny CPU tensors with every Triton launch replaced by a no-op (Triton's
 interpreter is loaded and its `run` stubbed), so what it measures is our wrappers plus the torch ops they
-issue (allocations, views, the small GEMMs of SS2D on tiny shapes), not Triton's own launcher (about
-20-40 µs per launch on the GPU hosts, counted separately as launches per call). The inference rows run inside
-`vmbench.kernels.frozen_parameters()`, as vmbench's evaluation pass and benchmarks do. A plain `torch.add` of two
-tiny tensors and `nn.LayerNorm` are timed as the unit of one dispatched op. Numbers are this machine's; compare
-versions in one run (`git worktree add DIR REV`, then run DIR/benchmarks/host_path.py beside this one).
+issue (allocations, views, the small GEMMs of SS2D on tiny shapes), not Triton's own launcher (counted
+separately, as launches per call; its cost per launch shows in `profile_model.py --python` on a GPU). The
+inference rows run inside `vmbench.kernels.frozen_parameters()`, as vmbench's evaluation pass and benchmarks
+do. A plain `torch.add` of two tiny tensors and `nn.LayerNorm` are timed as the unit of one dispatched op.
+Numbers are this machine's; compare versions in one run (`git worktree add DIR REV`, then run
+DIR/benchmarks/host_path.py beside this one).
 """
 from __future__ import annotations
 

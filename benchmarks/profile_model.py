@@ -7,8 +7,9 @@ AMP-bf16, channels-last input, random data. Prints, for inference (no grad) and 
 share of the step, and the step's wall-clock time (a step slower than its GPU time is bound by the host);
 --host adds the host-side self time per op; --python adds cProfile's tables of the Python functions that
 take the host's time in an inference and a training step (Triton's launcher, our wrappers, autograd) and the
-step's wall time in the setups that differ between this script and benchmarks/models.py (model in channels_last memory or not;
-inference under no_grad or inference_mode). Writes the tables to $OUT/profile_<model>.md when $OUT is set.
+step's wall time in the setups that differ between this script and benchmarks/models.py (model in
+channels_last memory or not; inference under no_grad or inference_mode). Writes the tables to
+$OUT/profile_<model>.md when $OUT is set.
 """
 from __future__ import annotations
 
