@@ -20,8 +20,9 @@ N = 1 (VMamba-T/S/B) runs dedicated 2-D kernels on [BLOCK_D, BLOCK_L] tiles: lon
 whose next chunk is prefetched, short backward chunks on small tiles (the forward saves the state
 entering every backward chunk), chunk lengths fitted to L, a backward reverse scan that never forms
 a(t+1) (`_combine3`), dB / dC written as per-channel-block partial sums and reduced afterwards
-(deterministic). Other N
-run the general kernels on [BLOCK_D, BLOCK_N, BLOCK_L] tiles with one chunk size for both
+(deterministic), a softplus without a log (`_softplus`), and alignment / contiguity hints so that 16-bit
+rows of any length divisible by 4 are read 4 elements per instruction (`_n1_hints`). Other N run the
+general kernels on [BLOCK_D, BLOCK_N, BLOCK_L] tiles with one chunk size for both
 directions and dB / dC accumulated with atomics; `scan_config(n1=0)` sends N = 1 there too (the
 previous version, kept for same-run comparisons).
 
@@ -37,6 +38,7 @@ from typing import Optional, Tuple
 
 import torch
 import triton.language as tl
+from triton.language.extra import libdevice
 from triton.runtime.jit import JITFunction
 
 from ._backend import cdiv, direct_launch, graph_capture, needs_grad, next_pow2, traceable, triton_interpret
@@ -63,6 +65,46 @@ def _add(a, b):
 
 
 _add = JITFunction(_add)
+
+
+class _Helper(JITFunction):
+    """A jit helper that kernels call directly: compiled kernels inline it like any @triton.jit function;
+    interpreted ones (TRITON_INTERPRET=1, possibly switched on after import) run its Python body."""
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def _div(a, b, FAST: tl.constexpr):
+    # a / b. FAST (compiled kernels): div.approx.ftz, one reciprocal and a multiply, 2 ulp for |b| in
+    # [2^-126, 2^126]; the interpreter has no such instruction and divides exactly.
+    if FAST:
+        return libdevice.fast_dividef(a, b)
+    else:
+        return a / b
+
+
+_div = _Helper(_div)
+
+
+def _softplus(x, FAST: tl.constexpr):
+    # (softplus(x), z) with z = exp(-|x|) in (0, 1]: softplus(x) = max(x, 0) + log1p(z), and
+    # log1p(z) = 2 atanh(s) = 2 s (1 + t/3 + t^2/5 + ... + t^6/13) with s = z / (2 + z) <= 1/3, t = s^2 (the
+    # series' remainder is below 9^-7 / 15 ≈ 1.4e-8 relative). One exp2 and one reciprocal; a log costs
+    # ~30 instructions per element (the forward kernel was bound by instruction issue).
+    z = tl.exp2(-tl.abs(x) * 1.4426950408889634)
+    s = _div(z, 2.0 + z, FAST)
+    t = s * s
+    p = t * 0.07692307692307693 + 0.09090909090909091
+    p = p * t + 0.1111111111111111
+    p = p * t + 0.14285714285714285
+    p = p * t + 0.2
+    p = p * t + 0.3333333333333333
+    p = p * t + 1.0
+    return tl.maximum(x, 0.0) + (s + s) * p, z
+
+
+_softplus = _Helper(_softplus)
 
 
 def _scan_fwd_kernel(
@@ -240,6 +282,8 @@ def _scan_fwd_n1_kernel(
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, SAVE_EVERY: tl.constexpr,
     SAVE_STATES: tl.constexpr,  # write hs (for a backward)
+    ALIGN: tl.constexpr, VEC: tl.constexpr,  # see `_n1_hints`
+    FAST: tl.constexpr,  # approximate division (compiled kernels): `_div`
 ):
     # N = 1 (VMamba-T/S/B): a 2-D [BLOCK_D, BLOCK_L] tile. Same algorithm as `_scan_fwd_kernel`
     # without the size-1 state axis, whose 3-D tiles cost layout conversions at every chunk.
@@ -259,16 +303,16 @@ def _scan_fwd_n1_kernel(
         Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    L = (L // ALIGN) * ALIGN  # the same value, now known to be a multiple of ALIGN: aligned rows and masks
+    sbc = (sbc // ALIGN) * ALIGN
     rowid = (b * K * Dk + ch).to(tl.int64)  # [BLOCK_D]
     row = rowid * L
     bc = bk.to(tl.int64) * sbc
-    lidx = tl.arange(0, BLOCK_L)
+    lidx = tl.max_contiguous(tl.arange(0, BLOCK_L), VEC)
     h = tl.full([BLOCK_D], 0.0, tl.float32)
     hs_row = rowid * n_saved
     if SAVE_STATES:
         tl.store(hs_ptr + hs_row, h, mask=mask_d)  # the state entering position 0
-    save_l = (lidx + 1) % SAVE_EVERY == 0  # the state after t enters t + 1: saved where a backward chunk starts
-    save_i = (lidx + 1) // SAVE_EVERY
     # chunk c + 1's loads (in their stored dtype: a prefetched chunk holds 16-bit values in registers)
     m2 = mask_d[:, None] & (lidx < L)[None, :]
     nu = tl.load(u_ptr + row[:, None] + lidx[None, :], mask=m2, other=0.0)
@@ -288,10 +332,8 @@ def _scan_fwd_n1_kernel(
         nC = tl.load(C_ptr + bc + offs_l + BLOCK_L, mask=mask_n, other=0.0)
         if HAS_BIAS:
             dt = dt + bias[:, None]
-        if SOFTPLUS:  # max(x, 0) + log1p(exp(-|x|)), log1p(z) = log(w) z / (w - 1) with w = 1 + z
-            z = tl.exp(-tl.abs(dt))
-            w = 1.0 + z
-            dt = tl.maximum(dt, 0.0) + tl.where(w == 1.0, z, tl.log(w) * tl.fdiv(z, w - 1.0))
+        if SOFTPLUS:
+            dt, _ = _softplus(dt, FAST)
         dt = tl.where(m2, dt, 0.0)  # padding: a = 1, x = 0, so the state passes through
         a = tl.exp2(dt * A2[:, None])
         x = dt * u * Bv[None, :]
@@ -301,10 +343,16 @@ def _scan_fwd_n1_kernel(
         if HAS_D:
             y = y + Dv[:, None] * u
         tl.store(y_ptr + ptr, y.to(y_ptr.dtype.element_ty), mask=m2)
+        # The state after position t enters t + 1: saved where a backward chunk starts, picked out of the
+        # tile by a row reduction (a masked store of the whole tile would convert its layout first).
+        per: tl.constexpr = BLOCK_L // SAVE_EVERY
         if SAVE_STATES:
-            save = mask_d[:, None] & (save_l & (offs_l + 1 < L))[None, :]
-            tl.store(hs_ptr + hs_row[:, None] + (c * (BLOCK_L // SAVE_EVERY) + save_i)[None, :], hh, mask=save)
+            for j in tl.static_range(1, per):
+                hj = tl.reduce(tl.where((lidx == j * SAVE_EVERY - 1)[None, :], hh, 0.0), 1, _add)
+                tl.store(hs_ptr + hs_row + c * per + j, hj, mask=mask_d & (c * BLOCK_L + j * SAVE_EVERY < L))
         h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, :], hh, 0.0), 1, _add)
+        if SAVE_STATES:
+            tl.store(hs_ptr + hs_row + (c + 1) * per, h, mask=mask_d & ((c + 1) * BLOCK_L < L))
 
 
 def _scan_bwd_n1_kernel(
@@ -313,6 +361,8 @@ def _scan_bwd_n1_kernel(
     K, Dk, L, n_chunks, sbc,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr, VEC: tl.constexpr,  # see `_n1_hints`
+    FAST: tl.constexpr,  # approximate division (compiled kernels): `_div`
 ):
     # N = 1 backward on 2-D tiles. dB / dC: each program writes its channel block's partial sums into
     # dBC (B, K, 2, n_dblk, L) (dB then dC), summed by the launcher: no atomics, and the result is
@@ -334,12 +384,14 @@ def _scan_bwd_n1_kernel(
         Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    L = (L // ALIGN) * ALIGN  # as in the forward: rows and masks known to be aligned
+    sbc = (sbc // ALIGN) * ALIGN
     rowid = (b * K * Dk + ch).to(tl.int64)
     row = rowid * L
     bc = bk.to(tl.int64) * sbc
     part_b = (bk.to(tl.int64) * 2 * n_dblk + dblk) * L  # this program's rows of the dB / dC partials
     part_c = part_b + n_dblk * L
-    lidx = tl.arange(0, BLOCK_L)
+    lidx = tl.max_contiguous(tl.arange(0, BLOCK_L), VEC)
     carry = tl.full([BLOCK_D], 0.0, tl.float32)  # a_s g_s at the next chunk's first position s
     dA_acc = tl.full([BLOCK_D], 0.0, tl.float32)
     dD_acc = tl.full([BLOCK_D], 0.0, tl.float32)
@@ -360,9 +412,7 @@ def _scan_bwd_n1_kernel(
             dt_raw = dt_raw + bias[:, None]
         dt = dt_raw
         if SOFTPLUS:
-            z = tl.exp(-tl.abs(dt_raw))
-            w = 1.0 + z
-            dt = tl.maximum(dt_raw, 0.0) + tl.where(w == 1.0, z, tl.log(w) * tl.fdiv(z, w - 1.0))
+            dt, z = _softplus(dt_raw, FAST)
         dt = tl.where(m2, dt, 0.0)
         # recompute the states of this chunk from its entry state
         a = tl.exp2(dt * A2[:, None])
@@ -385,7 +435,7 @@ def _scan_bwd_n1_kernel(
             du = du + Dv[:, None] * dy
             dD_acc += tl.reduce(dy * u, 1, _add)
         if SOFTPLUS:  # d softplus / dx = sigmoid(x) = 1 / (1 + z) for x >= 0, z / (1 + z) below
-            ddt = ddt * tl.fdiv(tl.where(dt_raw >= 0.0, 1.0, z), w)
+            ddt = ddt * _div(tl.where(dt_raw >= 0.0, 1.0, z), 1.0 + z, FAST)
         ddt = tl.where(m2, ddt, 0.0)
         dbias_acc += tl.reduce(ddt, 1, _add)
         tl.store(du_ptr + ptr, du.to(du_ptr.dtype.element_ty), mask=m2)
@@ -434,13 +484,19 @@ _DEFAULTS = dict(
     n1=1,             # N = 1 runs the 2-D kernels (1) or the general 3-D ones (0: the previous version)
     # N = 1 kernels (H100/H200 sweeps, RESULTS.md): the backward holds ~3x the live tiles of the
     # forward, so it runs short chunks on small tiles (more programs per SM, no spills) while the
-    # forward keeps longer chunks and saves a state every n1_bwd_chunk positions for it. The forward
-    # keeps n1_fwd_tile // n1_fwd_chunk = 16 rows whatever its chunk; the backward keeps its tile.
-    n1_fwd_chunk=64,
+    # forward keeps longer chunks and saves a state every n1_bwd_chunk positions for it. Each keeps its rows
+    # (tile // chunk: 8 forward, 16 backward) whatever the chunk fitted to L, and the forward doubles them for
+    # rows of at most n1_short positions (a program's few chunks then cover twice the channels). The sixth
+    # pass's H100 sweeps (RESULTS.md) chose them: fewer rows per forward program, more per backward one (half
+    # the dB / dC partials).
+    n1_fwd_chunk=128,
     n1_fwd_tile=1024,
+    n1_short=64,
     n1_bwd_chunk=32,
-    n1_bwd_tile=256,
+    n1_bwd_tile=512,
     n1_bwd_warps=2,
+    n1_bwd_warps_short=4,  # backward chunks of 16 (fitted to stage 3's L = 196 and stage 4's 49): 4 warps
+    n1_vec=4,  # contiguous positions a thread loads / stores at once (0: Triton's choice): `_n1_hints`
     # Chunks halve (the backward's down to 16, the forward's down to 32) while the last chunk would pad L
     # by more than this fraction: stage 3's L = 196 runs 32-position forward chunks (224 slots) rather
     # than 64 (256), and 16-position backward chunks (208 rather than 224).
@@ -492,14 +548,33 @@ def _blocks(L: int, N: int, Dk: int, backward: bool) -> tuple[int, int, int, int
     block_n = next_pow2(N)
     if _use_n1(N):
         chunk = _n1_chunk(L, backward)
-        rows = _cfg("n1_bwd_tile") // chunk if backward else _cfg("n1_fwd_tile") // _cfg("n1_fwd_chunk")
+        if backward:
+            rows = _cfg("n1_bwd_tile") // _cfg("n1_bwd_chunk")
+        else:
+            rows = _cfg("n1_fwd_tile") // _cfg("n1_fwd_chunk") * (2 if L <= _cfg("n1_short") else 1)
         block_d = max(1, min(rows, next_pow2(Dk)))
-        return block_d, 1, chunk, _cfg("n1_bwd_warps" if backward else "fwd_warps")
+        warps = _cfg("n1_bwd_warps" if chunk > 16 else "n1_bwd_warps_short") if backward else _cfg("fwd_warps")
+        return block_d, 1, chunk, warps
     chunk = _cfg("chunk") if N <= 2 else _cfg("chunk_big_n")
     block_l = min(chunk, max(16, next_pow2(L)))  # short L (stage 4: 49): no 4x padding
     tile = _cfg("bwd_tile" if backward else "fwd_tile")
     block_d = max(1, min(tile // (block_n * block_l), next_pow2(Dk)))
     return block_d, block_n, block_l, _cfg("bwd_warps" if backward else "fwd_warps")
+
+
+def _n1_hints(L: int, sbc: int, block_l: int) -> dict:
+    """ALIGN / VEC / FAST of the N = 1 kernels.
+
+    ALIGN: the largest power of 2 (<= 16) dividing L and B / C's row stride, declared on the row offsets;
+    Triton infers divisibility of integer arguments only by 16, so rows of L = 196 would otherwise be read
+    one element per instruction. VEC: the contiguity declared for a chunk's positions, which caps the
+    elements a thread loads at once (`n1_vec`; 0: the whole chunk). With 16-bit inputs and fp32 outputs, a
+    cap of 4 gives the loads and the store one register layout, so the tile is not moved through shared
+    memory before it is stored. FAST: approximate division (`_div`), except under the interpreter."""
+    align = 16
+    while align > 1 and (L % align or sbc % align):
+        align //= 2
+    return dict(ALIGN=align, VEC=_cfg("n1_vec") or block_l, FAST=not triton_interpret())
 
 
 def _alloc(shape, dtype, device):
@@ -556,7 +631,8 @@ def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: 
                  SAVE_STATES=states)
     if _use_n1(n):
         _kernel(_scan_fwd_n1_kernel)[grid](*args, n_saved, B.stride(1), **flags, BLOCK_D=bd, BLOCK_L=bl,
-                                           SAVE_EVERY=save_every, num_warps=warps)
+                                           SAVE_EVERY=save_every, **_n1_hints(L, B.stride(1), bl),
+                                           num_warps=warps)
     else:
         assert n_saved == n_chunks
         _kernel(_scan_fwd_kernel)[grid](*args, N=n, **flags, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=warps)
@@ -590,7 +666,8 @@ def _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bo
         dBC_p = _alloc((batch, k, 2, n_dblk, L), torch.float32, dev)  # per-channel-block partials
         dP = _alloc((batch, 3, k * dk), torch.float32, dev)  # per-batch dA, dD, ddelta_bias
         _kernel(_scan_bwd_n1_kernel)[grid](*ins, du, ddelta, dBC_p, dP, k, dk, L, n_chunks, B.stride(1), **flags,
-                                           BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+                                           BLOCK_D=bd, BLOCK_L=bl, **_n1_hints(L, B.stride(1), bl),
+                                           num_warps=warps)
         dBC = dBC_p.sum(3)  # (B, K, 2, L) = (B, K, 2N, L)
         dA, dD, dbias = dP.sum(0).unbind(0)
         dA = dA.view(k * dk, 1)

@@ -229,10 +229,37 @@ def test_triton_n1_chunks_fit_the_length(interp):
         assert (T._n1_chunk(196, False), T._n1_chunk(196, True)) == (32, 16)  # stage 3: 224 / 208 slots
         assert (T._n1_chunk(49, False), T._n1_chunk(49, True)) == (32, 16)
         assert T._blocks(196, 1, 384, backward=False)[0] == T._cfg("n1_fwd_tile") // 64  # rows kept
+    with T.scan_config(**T._DEFAULTS):
+        # the defaults at VMamba-T's stage lengths: (forward, backward) chunk and rows
+        fwd = {L: (T._n1_chunk(L, False), T._blocks(L, 1, 768, backward=False)[0]) for L in (3136, 784, 196, 49)}
+        assert fwd == {3136: (128, 8), 784: (64, 8), 196: (32, 8), 49: (32, 16)}  # short rows: twice the rows
+        bwd = {L: T._blocks(L, 1, 768, backward=True) for L in (3136, 784, 196, 49)}
+        assert bwd == {3136: (16, 1, 32, 2), 784: (16, 1, 32, 2), 196: (16, 1, 16, 4), 49: (16, 1, 16, 4)}
     with T.scan_config(n1_fwd_chunk=64, n1_bwd_chunk=32, n1_fwd_tile=128, n1_bwd_tile=64, n1_max_pad=0.125):
         L = 3 * CHUNK + 2  # 50: chunks of 64, 32 and 16 all pad it by 14 (28 %): forward 32, backward 16
         x = make_inputs(1, 2, 6, 1, L, torch.bfloat16)
         check_interp(_triton, x, out_fp32=False, label="fitted chunks")
+
+
+def test_triton_n1_hints():
+    """ALIGN divides both L and B / C's row stride (the kernels rebuild L as (L // ALIGN) * ALIGN, which is L
+    only then); VEC is n1_vec, or the whole chunk when n1_vec is 0."""
+    for L, sbc, align in ((3136, 3136, 16), (3136, 4 * 3136, 16), (196, 196, 4), (196, 200, 4), (196, 198, 2),
+                          (49, 49, 1), (150, 150, 2), (64, 48, 16), (1, 1, 1)):
+        hints = T._n1_hints(L, sbc, 32)
+        assert hints["ALIGN"] == align and L % align == 0 and sbc % align == 0, (L, sbc, hints)
+    with T.scan_config(n1_vec=4):
+        assert T._n1_hints(196, 196, 32)["VEC"] == 4
+    with T.scan_config(n1_vec=0):
+        assert T._n1_hints(196, 196, 32)["VEC"] == 32
+
+
+@pytest.mark.parametrize("L", [2 * CHUNK + 13, 4 * CHUNK])
+def test_triton_n1_states_saved_inside_a_chunk(interp, L):
+    """A forward chunk four backward chunks long saves three states inside it (the last masked past L at 45)."""
+    with T.scan_config(n1_fwd_chunk=4 * CHUNK, n1_fwd_tile=4 * 4 * CHUNK):
+        assert T._n1_chunk(L, False) == 4 * T._n1_chunk(L, True)
+        check_interp(_triton, make_inputs(2, 2, 6, 1, L, torch.float32), label=f"4 states per chunk, L={L}")
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
