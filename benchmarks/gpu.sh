@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu.sh kernels     # selective scan: benchmarks/kernels.py (KERNEL_ARGS=--no-ref skips the twin;
 #                                      #   "--prev .prev" times the kernels exported by benchmarks/prev_kernels.py)
 #   bash benchmarks/gpu.sh ss2d ln     # cross-scan / SS2D core (benchmarks/ss2d.py), LayerNorm (benchmarks/layer_norm.py)
-#   bash benchmarks/gpu.sh profile     # Nsight Compute on the selective-scan kernels (benchmarks/profile_scan.py)
+#   bash benchmarks/gpu.sh profile     # Nsight Compute on the selective-scan kernels (benchmarks/profile_scan.py;
+#                                      #   PROFILE_ARGS="--stages 1,3")
 #   bash benchmarks/gpu.sh overhead    # vmbench's training loop vs a bare loop; JPEG / fake loader speed
 #   bash benchmarks/gpu.sh ddp         # `vmbench run --gpus N` scaling, 1 -> 2 GPUs (benchmarks/ddp_scaling.py)
 #   bash benchmarks/gpu.sh where       # torch.profiler: where VMamba-T's inference and training time goes
@@ -31,8 +32,9 @@ for what in "$@"; do
     kernels) step kernels ${KERNEL_LIMIT:-150} python3 benchmarks/kernels.py ${SWEEP:-} ${KERNEL_ARGS:-} ;;
     ss2d)    step ss2d 150 python3 benchmarks/ss2d.py ${SWEEP:-} ${SS2D_ARGS:-} ;;
     ln)      step layer_norm 90 python3 benchmarks/layer_norm.py ;;
-    profile) step ncu 90 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
-               --section WarpStateStats --section MemoryWorkloadAnalysis -k regex:_scan_ python3 benchmarks/profile_scan.py ;;
+    profile) step ncu 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+               --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats \
+               -k regex:_scan_ python3 benchmarks/profile_scan.py ${PROFILE_ARGS:-} ;;
     overhead) step overhead 240 python3 benchmarks/overhead.py ;;
     ddp)     step ddp_scaling 360 python3 benchmarks/ddp_scaling.py ${DDP_ARGS:-} ;;
     where)   step where 200 python3 benchmarks/profile_model.py --model vmamba_t --host --python ;;

@@ -174,13 +174,13 @@ def sweep(stages):
     from vmbench.kernels import _selective_scan_triton as T
 
     # N = 1 kernels (the benchmark's shapes); the first entry of each list is the default. Chunks are fitted
-    # to L (n1_max_pad) unless n1_max_pad = 1.
-    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w, n1_max_pad=p) for c, t, w, p in
-                [(64, 1024, 4, 0.125), (64, 1024, 4, 1.0), (128, 2048, 4, 0.125), (256, 2048, 4, 1.0),
-                 (64, 2048, 4, 0.125), (128, 1024, 2, 0.125)]]
-    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, n1_bwd_warps=w, n1_max_pad=p) for c, t, w, p in
-                [(32, 256, 2, 0.125), (32, 256, 2, 1.0), (32, 512, 4, 1.0), (32, 256, 4, 0.125), (16, 256, 4, 0.125),
-                 (32, 512, 2, 0.125)]]
+    # to L (n1_max_pad); rows per program are tile // chunk.
+    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w, n1_vec=v) for c, t, w, v in
+                [(128, 1024, 4, 4), (128, 1024, 4, 0), (64, 512, 4, 4), (64, 1024, 4, 4), (128, 2048, 4, 4),
+                 (128, 1024, 2, 4), (256, 2048, 4, 4)]]
+    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, n1_bwd_warps=w, n1_vec=v) for c, t, w, v in
+                [(32, 512, 2, 4), (32, 512, 2, 0), (32, 256, 2, 4), (32, 1024, 4, 4), (32, 512, 4, 4), (32, 1024, 2, 4),
+                 (16, 256, 2, 4), (64, 1024, 4, 4)]]
     out = []
     for kd, L in stages:
         x = make_inputs(kd, L, torch.float16)
