@@ -106,14 +106,14 @@ def scan_kernels(T, dk: int, L: int, dtype: str = "fp16") -> dict:
     """Compiled stats of the N = 1 forward and backward of the kernels module T (this package's, or an exported
     earlier one) at its default configuration for one direction's dk channels and length L."""
     flags = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
-    hints = T._n1_hints(L, L, T._n1_chunk(L, False)) if hasattr(T, "_n1_hints") else {}
     out = {}
     for kind, fn in (("fwd", T._scan_fwd_n1_kernel), ("bwd", T._scan_bwd_n1_kernel)):
         bd, _, bl, warps = T._blocks(L, 1, dk, backward=kind == "bwd")
         save = T._blocks(L, 1, dk, backward=True)[2]
         ints = dict(K=K, Dk=dk, L=L, n_chunks=-(-L // bl), n_saved=-(-L // save), sbc=L)
-        consts = dict(flags, BLOCK_D=bd, BLOCK_L=bl, SAVE_EVERY=save, SAVE_STATES=True,
-                      **(dict(hints, VEC=T._n1_hints(L, L, bl)["VEC"], FAST=True) if hints else {}))
+        # as launched on a GPU (FAST); kernels older than the hints take none
+        hints = dict(T._n1_hints(L, L, bl), FAST=True) if hasattr(T, "_n1_hints") else {}
+        consts = dict(flags, BLOCK_D=bd, BLOCK_L=bl, SAVE_EVERY=save, SAVE_STATES=True, **hints)
         st = stats(_compile(fn, ints, consts, warps, dtype))
         st.update(tile=f"{bd} × {bl}", warps=warps, per_thread=bd * bl // (32 * warps))
         out[kind] = st
