@@ -174,7 +174,8 @@ def sweep(stages):
     from vmbench.kernels import _selective_scan_triton as T
 
     # N = 1 kernels (the benchmark's shapes); the first entry of each list is the default. Chunks are fitted
-    # to L (n1_max_pad); rows per program are tile // chunk.
+    # to L (n1_max_pad); rows per program are tile // chunk. 16-position backward chunks (stages 3, 4) run
+    # n1_bwd_warps_short warps whatever n1_bwd_warps says.
     fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w, n1_vec=v) for c, t, w, v in
                 [(128, 1024, 4, 4), (128, 1024, 4, 0), (64, 512, 4, 4), (64, 1024, 4, 4), (128, 2048, 4, 4),
                  (128, 1024, 2, 4), (256, 2048, 4, 4)]]
