@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
+from triton_interp import run_fresh
 
 pytest.importorskip("triton")
 
@@ -35,12 +34,8 @@ def test_stage3_rows_vectorised_and_tiles_kept_in_registers(monkeypatch):
     # process, without TRITON_INTERPRET.
     if os.environ.get(CHILD) != "1":
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env[CHILD] = "1"
-        r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-rs",
-                            "-p", "no:cacheprovider"],
-                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-        if "1 passed" not in r.stdout:
+        r = run_fresh(__file__, dict(env, **{CHILD: "1"}))
+        if "SKIPPED" in r.stdout:
             pytest.skip(r.stdout.strip().splitlines()[-1])
         return
     from vmbench.kernels import _selective_scan_triton as T

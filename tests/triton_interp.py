@@ -53,12 +53,17 @@ def interpreter_ready(module: str, kernel: str) -> bool:
     return not isinstance(std.cdiv, JITFunction) and not isinstance(getattr(mod, kernel), JITFunction)
 
 
-def rerun_in_interpreter(test_file: str) -> None:
-    """Run `test_file`'s CPU tests in a fresh process with TRITON_INTERPRET=1 from the start."""
-    env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"})
-    r = subprocess.run([sys.executable, "-m", "pytest", test_file, "-q", "-x", "-p", "no:cacheprovider",
+def run_fresh(test_file: str, env: dict) -> subprocess.CompletedProcess:
+    """Run `test_file`'s CPU tests in a fresh process with environment `env`; skips are listed ("SKIPPED")."""
+    r = subprocess.run([sys.executable, "-m", "pytest", test_file, "-q", "-x", "-rs", "-p", "no:cacheprovider",
                         "-m", "not gpu"], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    return r
+
+
+def rerun_in_interpreter(test_file: str) -> None:
+    """Run `test_file`'s CPU tests in a fresh process with TRITON_INTERPRET=1 from the start."""
+    run_fresh(test_file, dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"}))
 
 
 def patch_interpreter_bf16(monkeypatch) -> None:
