@@ -1,0 +1,172 @@
+"""Commands that execute work in this process: `run`, `resume`, `eval`, `bench`."""
+from __future__ import annotations
+
+import click
+
+from ._common import (DEVICES, PRECISIONS, SCAN_BACKENDS, _console, _json_out, _run_errors, _user_error, db_option,
+                      default_data_root, json_option, main)
+from .options import build_spec, run_options
+
+
+@main.command()
+@click.argument("model")
+@click.argument("dataset")
+@run_options
+@db_option
+@json_option
+def run(model, dataset, db, as_json, **opts):
+    """Train MODEL on DATASET with a recipe, evaluate it, benchmark it; record everything.
+
+    The first Ctrl-C or SIGTERM stops after the current optimizer step, saves a checkpoint (when the run keeps
+    them) and records the run as interrupted, to go on with `vmbench resume RUN_ID`; a second one stops at once.
+    With --gpus N all N processes stop after the same step.
+    """
+    from ..scheduler.local import execute_run
+
+    with _run_errors("run"):
+        spec, resolved = build_spec(model, dataset, **opts)
+        run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True, recipe=resolved)
+    if as_json:
+        _json_out({"id": run_id, "status": "completed", **results})
+    else:
+        _print_summary(run_id, spec.model, spec.dataset, results)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@db_option
+@json_option
+def resume(run_id, db, as_json):
+    """Continue a failed or interrupted train run from its last good checkpoint, into the same run."""
+    from ..scheduler.local import execute_resume
+
+    with _run_errors("run"):
+        run_id, results = execute_resume(run_id, db, console=_console(stderr=True), show_progress=True)
+    if as_json:
+        _json_out({"id": run_id, "status": "completed", **results})
+    else:
+        _print_summary(run_id, results.get("model"), results.get("dataset"), results)
+
+
+@main.command("eval")
+@click.argument("model")
+@click.argument("dataset")
+@click.option("--weights", type=click.Path(dir_okay=False), required=True,
+              help="The weights: a vmbench checkpoint (best.pt, last.pt), an official VMamba release, a timm/HF "
+                   ".pth/.bin state dict or a .safetensors file. Loaded strictly.")
+@click.option("--ema", is_flag=True, help="Evaluate the file's EMA weights instead of the model's.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Read the file with torch.load(weights_only=False): only for files you trust (they can run code).")
+@click.option("--img-size", type=int, default=None,
+              help="Input resolution (default: a vmbench checkpoint's own, else the dataset's).")
+@click.option("--val-resize", type=int, default=None,
+              help="Resize the shorter side to this, then center-crop --img-size (image datasets; default: a vmbench "
+                   "checkpoint's own, else the model's crop_pct).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True)
+@click.option("--channels-last", is_flag=True, help="Model and inputs in channels_last memory format.")
+@click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
+              help="Where named datasets (imagenet, …) are looked up.")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave unreadable images out (counted as bad_images) instead of stopping at the first.")
+@click.option("--max-val-batches", type=int, default=None, help="Cap validation batches.")
+@click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
+@db_option
+@json_option
+def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, batch_size, device, amp, scan_backend,
+          channels_last, data_root, workers, skip_bad_images, max_val_batches, tags, db, as_json):
+    """Evaluate a weights file on DATASET's validation split (top-1, top-5, loss); recorded as an eval run."""
+    from ..config import EvalSpec
+    from ..scheduler.local import execute_eval
+
+    with _run_errors("eval run"):
+        spec = EvalSpec(model=model, dataset=dataset, weights=weights, ema=ema, trust_checkpoint=trust_checkpoint,
+                        img_size=img_size, val_resize=val_resize, batch_size=batch_size, device=device, amp=amp,
+                        scan_backend=scan_backend, channels_last=channels_last, data_root=data_root,
+                        num_workers=workers, skip_bad_images=skip_bad_images, max_val_batches=max_val_batches,
+                        tags=list(tags))
+        run_id, results = execute_eval(spec, db, console=_console(stderr=True), show_progress=not as_json)
+    if as_json:
+        _json_out({"id": run_id, "status": "completed", **results})
+    else:
+        _print_summary(run_id, results["model"], results["dataset"], results)
+
+
+def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) -> None:
+    from rich.table import Table
+
+    title = f"run {run_id}: {model} on {dataset}" if run_id else f"{model}: {dataset}"
+    t = Table(title=title, title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    fmt = {"top1": "{:.2f} %", "top5": "{:.2f} %", "params_m": "{:.2f} M", "gflops": "{:.3f}", "img_s": "{:.1f}",
+           "peak_mem_mb": "{:.0f} MB", "train_time_s": "{:.1f} s", "latency_ms": "{:.2f} ms",
+           "first_call_s": "{:.2f} s"}
+    for key, value in results.items():
+        if isinstance(value, list) and key.startswith("init_"):  # keys a fine-tuning load left out
+            t.add_row(key, f"{len(value)}: {', '.join(map(str, value[:8]))}{' …' if len(value) > 8 else ''}"
+                      if value else "none")
+            continue
+        if value is None or isinstance(value, (dict, list)) or key == "latencies_ms":
+            continue
+        if isinstance(value, float):
+            shown = fmt.get(key, "{:.4g}").format(value)
+        else:
+            shown = fmt.get(key, "{}").format(value) if not isinstance(value, bool) else str(value)
+        t.add_row(key, shown)
+    _console().print(t)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--suite", type=click.Choice(["paper"]), default=None,
+              help="Instead of one MODEL: the paper suite (VMamba vs Swin/ConvNeXt/Res2Net, see benchmarks/models.py).")
+@click.option("--res", type=int, default=224, show_default=True, help="Input resolution.")
+@click.option("--batch", type=int, default=128, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed warm-up iterations.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repeats (median is reported).")
+@click.option("--channels-last", is_flag=True, help="Run the model in channels_last memory format.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first.")
+@click.option("--cuda-graph", is_flag=True,
+              help="Capture the forward once into a CUDA graph and time its replays: the GPU's time without the "
+                   "eager host overhead (CUDA only).")
+@click.option("--no-store", is_flag=True, help="Do not record the result in the database.")
+@click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
+@db_option
+@json_option
+def bench(model, suite, res, batch, precision, device, scan_backend, warmup, repeats, channels_last, compile_,
+          cuda_graph, no_store, tags, db, as_json):
+    """Params, GFLOPs, inference img/s and peak memory of MODEL (or a whole --suite)."""
+    from ..config import BenchSpec
+    from ..scheduler.local import execute_bench, execute_suite
+
+    if (model is None) == (suite is None):
+        _user_error("give either a MODEL or --suite paper")
+    if suite:
+        with _run_errors("suite"):
+            rows, markdown = execute_suite(None if no_store else db, device=device, scan_backend=scan_backend,
+                                           batch=batch, warmup=warmup, repeats=repeats, tags=list(tags),
+                                           console=_console(stderr=True), show_progress=not as_json)
+        if as_json:
+            _json_out(rows)
+        else:
+            click.echo(markdown)
+        return
+    with _run_errors("bench run"):
+        spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
+                         scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
+                         compile=compile_, cuda_graph=cuda_graph, tags=list(tags))
+        run_id, results = execute_bench(spec, None if no_store else db, console=_console(stderr=True),
+                                        show_progress=not as_json)
+    if as_json:
+        _json_out({"id": run_id, **results})
+    else:
+        _print_summary(run_id, model, f"{res}² × {batch}, {precision}", results)
+
+
