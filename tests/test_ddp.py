@@ -61,9 +61,10 @@ def test_two_processes_one_writer_full_validation(ddp_run):
     assert set(counts.values()) == {1} and {e for e, _ in counts} == {1, 2, 3}  # each epoch logged once
     assert all(m.value == FAKE_VAL_SIZE for m in run.metrics if m.key == "val_images")  # each image once
     # One checkpoint folder, written by rank 0, holding both ranks' RNG states.
-    assert [p.name for p in (db.parent / "runs").iterdir()] == [str(run.id)]
-    assert sorted(p.name for p in (db.parent / "runs" / str(run.id)).iterdir()) == sorted([ck.BEST, ck.LAST, ck.PREV])
-    state = ck.load_checkpoint(db.parent / "runs" / str(run.id) / ck.LAST)
+    assert [p.name for p in (db.parent / "runs").iterdir()] == [run.run_uuid]
+    assert sorted(p.name for p in (db.parent / "runs" / run.run_uuid).iterdir()) == sorted(
+        [ck.BEST, ck.LAST, ck.PREV, "run.log"])
+    state = ck.load_checkpoint(db.parent / "runs" / run.run_uuid / ck.LAST)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2 and state["epochs_done"] == 3
     assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
     assert not any(k.startswith("module.") for k in state["model"])  # the plain module's weights
@@ -192,4 +193,4 @@ def test_two_gpus_nccl(tmp_path):
     assert len(run.gpus.split(",")) == 2
     assert set(Counter((m.epoch, m.key) for m in run.metrics).values()) == {1}
     assert all(m.value == FAKE_VAL_SIZE for m in run.metrics if m.key == "val_images")
-    assert ck.load_checkpoint(db.parent / "runs" / str(run.id) / ck.LAST)["world_size"] == 2
+    assert ck.load_checkpoint(db.parent / "runs" / run.run_uuid / ck.LAST)["world_size"] == 2

@@ -80,8 +80,8 @@ def test_resume_refusals_exit_2_and_write_nothing(tmp_path):
     run_id = json.loads(r.stdout)["id"]
     with Store(str(db)) as store:
         run = store.get_run(run_id)
-    assert run.checkpoint_dir == str(tmp_path / "runs" / str(run_id))
-    assert {p.name for p in Path(run.checkpoint_dir).iterdir()} == {ck.LAST, ck.BEST}
+    assert run.checkpoint_dir == str(tmp_path / "runs" / run.run_uuid) and len(run.run_uuid) == 32
+    assert {p.name for p in Path(run.checkpoint_dir).iterdir()} == {ck.LAST, ck.BEST, "run.log"}
     before = db_digest(db)
     for args, msg in ([str(run_id)], "is completed"), (["999"], "no run 999"):
         r = CliRunner().invoke(main, ["resume", *args, "--db", str(db)])
@@ -111,11 +111,10 @@ def _killed_run(tmp_path, attempt):
     """Start the run in a subprocess, SIGKILL it at a random point after the epoch-1 checkpoint exists."""
     db = tmp_path / f"killed{attempt}" / "x.db"
     db.parent.mkdir()
-    last = db.parent / "runs" / "1" / ck.LAST
     proc = subprocess.Popen([sys.executable, "-m", "vmbench.cli", *RUN, "--db", str(db), "--json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not last.exists():
+    while not list((db.parent / "runs").glob(f"*/{ck.LAST}")):
         assert proc.poll() is None, "run ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint after 120 s"
         time.sleep(0.005)

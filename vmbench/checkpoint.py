@@ -1,8 +1,14 @@
 """Crash-safe training checkpoints.
 
     save_checkpoint(path, state)      # temp file in the same folder, fsync, os.replace: never half-written
-    state = load_checkpoint(path)     # CheckpointError (a ValueError) when the file is missing or unreadable
+    state = load_checkpoint(path)     # CheckpointError (a ValueError) when the file is missing, unreadable or
+                                      # its checksum does not match
     path = latest_good(run_dir)       # newest loadable of last.pt / last.prev.pt, or None
+
+Each file carries a SHA-256 of its contents ("sha256": every tensor's dtype, shape and bytes, every other value's
+repr, in a fixed order), checked on load: a truncated or bit-flipped file is refused and latest_good falls back to
+the previous one. A write that fails (disk full: CheckpointWriteError, an OSError naming the cause) leaves the
+previous file as it was.
 
 The Trainer writes `last.pt` after every epoch (the previous one is kept as `last.prev.pt`) and `best.pt` when
 the validation top-1 improves; a graceful stop (first SIGINT/SIGTERM) writes `last.pt` after the optimizer step it
@@ -16,14 +22,16 @@ that needs more than that is refused as not ours.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_good", "rng_state", "set_rng_state",
+__all__ = ["CheckpointError", "CheckpointWriteError", "save_checkpoint", "checksum", "load_checkpoint", "latest_good", "rng_state", "set_rng_state",
            "LAST", "PREV", "BEST", "FORMAT"]
 
 LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
@@ -32,6 +40,53 @@ FORMAT = "vmbench-checkpoint-1"
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt or not a vmbench checkpoint."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. no space left on device); the previous file is intact."""
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.uint8 else t.numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"D%d" % len(obj))
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L%d" % len(obj))
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(repr(obj).encode())
+
+
+def checksum(state: dict) -> str:
+    """SHA-256 of a checkpoint's contents (its "sha256" entry left out)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "sha256"})
+    return h.hexdigest()
+
+
+class _Recording:
+    """A file wrapper that remembers the OSError of a failed write (torch.save reports only its own message)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        return self.f.flush()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -54,11 +109,22 @@ def save_checkpoint(path, state: dict, keep_prev: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = {"format": FORMAT, **state}
+    payload["sha256"] = checksum(payload)
     try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        rec = None
+        try:
+            with open(tmp, "wb") as f:
+                rec = _Recording(f)
+                torch.save(payload, rec)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            cause = (rec.error if rec is not None and rec.error is not None else e)
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause).splitlines()[0]
+            err = CheckpointWriteError(f"cannot write checkpoint {path}: {reason}")
+            err.errno = getattr(cause, "errno", None)
+            raise err from e
         if keep_prev and path.exists():
             prev = path.with_name(path.stem + ".prev" + path.suffix)
             prev_tmp = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
@@ -87,6 +153,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {msg}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vmbench checkpoint")
+    if "sha256" in state and checksum(state) != state["sha256"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match its checksum")
     return state
 
 

@@ -71,6 +71,9 @@ class RunSpec:
     deterministic: bool = False  # seed everything and use deterministic algorithms (bit-exact resume)
     checkpoint_dir: str | None = None  # where the trainer keeps last.pt / best.pt (set by the caller)
     checkpoints: bool = True  # keep last.pt / best.pt each epoch so the run can be resumed
+    checkpoint_root: str | None = None  # --checkpoint-dir: where run folders go (default: beside a SQLite file)
+    run_uuid: str | None = None  # the recorded run's UUID (set by the scheduler; checkpoints carry it)
+    run_folder: str | None = None  # the run's own folder: checkpoints, run.log (set by the scheduler)
     compile: bool = False  # torch.compile the model for training, evaluation and the final benchmark
     channels_last: bool = False  # model and input batches in channels_last memory format
     tensorboard: str | None = None  # folder for TensorBoard event files (one subfolder per run)

@@ -31,32 +31,73 @@ def _json_out(obj) -> None:
 
 
 @contextlib.contextmanager
-def _run_errors(what: str):
+def _run_errors(what: str, as_json: bool = False):
     """How `run` and `bench` end when something goes wrong: a recorded run that failed (exit 1, or 2 when a
     user mistake surfaced mid-run), Ctrl-C (130, recorded as interrupted), or a user mistake found before
-    anything was written (one line, exit 2)."""
-    from ..scheduler.local import RunFailed, RunInterrupted
+    anything was written (one line, exit 2). With `as_json`, a recorded run that ended so is also printed as
+    {"id", "status", "error"} on stdout, so that a script learns its id."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..scheduler.common import RunFailed, RunInterrupted
 
     try:
         yield
     except RunFailed as e:
+        if as_json:
+            _json_out({"id": e.run_id, "status": _failed_status(e), "error": str(e)})
         click.echo(f"error: {what} {e.run_id} failed: {e}", err=True)
         sys.exit(EXIT_USER_ERROR if e.user_error else 1)
     except KeyboardInterrupt as e:
+        if as_json and isinstance(e, RunInterrupted):
+            _json_out({"id": e.run_id, "status": "interrupted", "error": str(e)})
         detail = f": {e}" if isinstance(e, RunInterrupted) else ""
         click.echo(f"interrupted; the {what} is recorded as interrupted{detail}", err=True)
         sys.exit(130)
     except ValueError as e:
         _user_error(str(e))
+    except SQLAlchemyError as e:  # the database failed under a run with nowhere to keep its result
+        click.echo(f"error: the database failed: {str(getattr(e, 'orig', None) or e).splitlines()[0]}", err=True)
+        sys.exit(1)
+
+
+def _failed_status(e) -> str:
+    from ..engine.train import DivergedError
+
+    return "diverged" if isinstance(e.__cause__, DivergedError) else "failed"
+
+
+def _apply_pending(db: str) -> None:
+    """Final results a run kept beside its checkpoints because the database did not take them (store.pending):
+    written now, when there are any and the database is writable; otherwise left for later."""
+    import os
+
+    from ..store.pending import apply_pending, pending_files
+
+    try:
+        from ..scheduler.common import checkpoint_root
+
+        root = checkpoint_root(db)
+    except ValueError:
+        return
+    if not pending_files(root):
+        return
+    from ..store import Store
+
+    with contextlib.suppress(Exception):
+        if "://" in db or os.access(db, os.W_OK):
+            with Store(db, create=False) as store:
+                apply_pending(store, root)
 
 
 @contextlib.contextmanager
 def _reading(db: str):
-    """The store opened read-only (never created); a missing or unusable database is a user error."""
+    """The store opened read-only (never created, SQLite opened with mode=ro: works on a read-only file or
+    filesystem); a missing or unusable database is a user error."""
     from ..store import Store
 
+    _apply_pending(db)
     try:
-        store = Store(db, create=False)
+        store = Store(db, create=False, readonly=True)
     except ValueError as e:
         _user_error(str(e))
     try:

@@ -23,7 +23,7 @@ def run(model, dataset, db, as_json, **opts):
     """
     from ..scheduler.local import execute_run
 
-    with _run_errors("run"):
+    with _run_errors("run", as_json):
         spec, resolved = build_spec(model, dataset, **opts)
         run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True, recipe=resolved)
     if as_json:
@@ -34,14 +34,20 @@ def run(model, dataset, db, as_json, **opts):
 
 @main.command()
 @click.argument("run_id", type=int)
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="The checkpoint root the run's folder (named by its uuid) is in now, when it moved "
+                   "(default: the folder recorded on the run).")
 @db_option
 @json_option
-def resume(run_id, db, as_json):
-    """Continue a failed or interrupted train run from its last good checkpoint, into the same run."""
+def resume(run_id, checkpoint_dir, db, as_json):
+    """Continue a failed or interrupted train run from its last good checkpoint, into the same run.
+
+    The run is claimed atomically: a second `resume` of the same run is refused while the first runs."""
     from ..scheduler.local import execute_resume
 
-    with _run_errors("run"):
-        run_id, results = execute_resume(run_id, db, console=_console(stderr=True), show_progress=True)
+    with _run_errors("run", as_json):
+        run_id, results = execute_resume(run_id, db, console=_console(stderr=True), show_progress=True,
+                                         checkpoint_dir=checkpoint_dir)
     if as_json:
         _json_out({"id": run_id, "status": "completed", **results})
     else:

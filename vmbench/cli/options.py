@@ -54,6 +54,10 @@ RUN_OPTIONS = [
     click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable)."),
     click.option("--deterministic", is_flag=True,
                  help="Deterministic algorithms only (slower); a resumed run then matches an uninterrupted one."),
+    click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None, envvar="VMBENCH_CHECKPOINTS",
+                 show_envvar=True, metavar="DIR",
+                 help="Checkpoint root: each train run keeps its checkpoints and run.log in DIR/<run uuid>/ "
+                      "(default: runs/ beside a SQLite database file; required for a server database)."),
     click.option("--gpus", type=int, default=1, show_default=True, metavar="N",
                  help="Data-parallel processes launched through torchrun (DDP), one per GPU; --batch-size is per "
                       "process and lr_base_batch scaling uses the total batch. With --device cpu: N gloo processes "
@@ -70,7 +74,7 @@ def run_options(f):
 
 def build_spec(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend,
                data_root, workers, weights, init, pretrained, trust_checkpoint, compile_, channels_last, tensorboard,
-               skip_bad_images, max_train_batches, max_val_batches, tags, deterministic, gpus):
+               skip_bad_images, max_train_batches, max_val_batches, tags, deterministic, gpus, checkpoint_dir=None):
     """(RunSpec, resolved recipe) from the values of `run_options`; ValueError names a bad value."""
     from ..config import build_run_spec, parse_set
 
@@ -81,4 +85,4 @@ def build_spec(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, d
         data_root=data_root, num_workers=workers, weights=weights, init=init, pretrained=pretrained,
         trust_checkpoint=trust_checkpoint, tensorboard=tensorboard, skip_bad_images=skip_bad_images,
         max_train_batches=max_train_batches, max_val_batches=max_val_batches, tags=list(tags),
-        deterministic=deterministic, world_size=gpus)
+        deterministic=deterministic, world_size=gpus, checkpoint_root=checkpoint_dir)

@@ -190,11 +190,16 @@ def eval_from_sums(sums) -> dict:
     return dict(top1=100.0 * c1 / n, top5=100.0 * c5 / n, loss=loss_sum / n, images=n)
 
 
-def check_resume_state(state: dict, path, model_name: str, epochs: int, world_size: int) -> None:
-    """CheckpointError (one line) when a checkpoint written by save_checkpoint cannot continue this run: another
-    model, more epochs done than the run has, or another number of data-parallel processes."""
+def check_resume_state(state: dict, path, model_name: str, epochs: int, world_size: int,
+                       run_uuid: str | None = None) -> None:
+    """CheckpointError (one line) when a checkpoint written by save_checkpoint cannot continue this run: written
+    by another run (its run_uuid differs from `run_uuid`), another model, more epochs done than the run has, or
+    another number of data-parallel processes. Checkpoints from before run UUIDs carry none and are not checked."""
     from vmbench.checkpoint import CheckpointError
 
+    written_for = state.get("run_uuid")
+    if run_uuid is not None and written_for is not None and written_for != run_uuid:
+        raise CheckpointError(f"checkpoint {path} belongs to another run (uuid {written_for}, not {run_uuid})")
     if state.get("model_name") != model_name:
         raise CheckpointError(f"checkpoint {path} is for model {state.get('model_name')!r}, not {model_name!r}")
     if not 0 <= int(state["epochs_done"]) + (state.get("partial_epoch") is not None) <= epochs:
@@ -737,6 +742,7 @@ class Trainer:
             model_name=self.model_name, dataset=self.dataset.name, num_classes=self.dataset.num_classes,
             img_size=self.img_size, val_resize=getattr(self.spec, "val_resize", None),
             partial_epoch=mine["partial_epoch"], rng=mine["rng"], world_size=self.world_size, ranks=ranks,
+            run_uuid=getattr(self.spec, "run_uuid", None),
             init={**(self.init_info or {}), **(self.init_report or {})} or None)
 
     def save_checkpoint(self, folder, best: bool = False, partial: dict | None = None) -> None:
@@ -760,7 +766,8 @@ class Trainer:
 
         self.setup()
         state = load_checkpoint(path)
-        check_resume_state(state, path, self.model_name, self.spec.epochs, self.world_size)
+        check_resume_state(state, path, self.model_name, self.spec.epochs, self.world_size,
+                           run_uuid=getattr(self.spec, "run_uuid", None))
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -44,9 +44,9 @@ from typing import Any
 
 from ..config import Recipe, RunSpec
 from ..store import Store
-from .local import (RunFailed, RunInterrupted, StopRequest, _check_tensorboard, _fail_status, _graceful_stop,
-                    _interrupted_message, _progress_with_heartbeat, _train, _with_traceback, create_train_run,
-                    reopen_run, signals_to)
+from .common import (RESUMABLE, Progress, RunFailed, RunInterrupted, RunLog, StopRequest, check_tensorboard, checkpoint_root,
+                     create_train_run, fail_status, finish, graceful_stop, interrupted_message, reopen_run,
+                     signals_to, train_loop, with_traceback)
 
 JOB, STOP, RESULT = "job.json", "stop", "result.json"
 _LINUX = sys.platform.startswith("linux")
@@ -99,11 +99,12 @@ def execute_distributed_run(spec: RunSpec, db: str, console=None, show_progress:
     assert spec.world_size > 1, spec.world_size
     # User mistakes (model, dataset, device, backend, starting weights, GPUs, TensorBoard, database) raise here,
     # before anything is written. The workers read the starting weights again.
+    checkpoint_root(db, spec.checkpoint_root)
     trainer = Trainer(spec)
     init_info = trainer.read_init_weights()
     gpus = check_world(spec, trainer.device)
     worker_db = _worker_db(db)
-    _check_tensorboard(spec.tensorboard)
+    check_tensorboard(spec.tensorboard)
     store = Store(db)
     run_id, tb = create_train_run(store, spec, db, trainer, init_info, recipe, gpus=gpus)
     del trainer  # and the weights it read
@@ -119,11 +120,13 @@ def execute_distributed_resume(run, spec: RunSpec, path: Path, store: Store, db:
 
     trainer = Trainer(spec)
     state = load_checkpoint(path)
-    check_resume_state(state, path, trainer.model_name, spec.epochs, spec.world_size)
+    check_resume_state(state, path, trainer.model_name, spec.epochs, spec.world_size, run_uuid=spec.run_uuid)
     gpus = check_world(spec, trainer.device)
     worker_db = _worker_db(db)
     tb = (run.params or {}).get("tensorboard_dir")
-    _check_tensorboard(str(Path(tb).parent) if tb else None)
+    check_tensorboard(str(Path(tb).parent) if tb else None)
+    store.claim_run(run.id, RESUMABLE)  # ValueError when another process took it first
+    RunLog(spec.run_folder).write(f"run {run.id} resumed from {path} with {spec.world_size} processes")
     reopen_run(store, run.id, int(state["epochs_done"]), list(state["history"]))
     if gpus is not None:
         store.update_run(run.id, gpus=gpus)
@@ -238,7 +241,7 @@ def _outcome(store: Store, run_id: int, control: Path, rc: int, stop: _ParentSto
         else:
             status, error = "failed", (f"the {run.params.get('world_size')} worker processes ended (torchrun exit "
                                        f"code {rc}) without a result; see the messages above")
-        store.finish_run(run_id, status, error=error)
+        finish(store, run_id, status, error=error, folder=spec_folder(run), run_uuid=run.run_uuid)
     missing = [str(r) for r in range(int(run.params.get("world_size") or 0)) if r not in by_rank]
     if missing and status in ("failed", "diverged"):  # e.g. killed: its peers then fail in a collective
         head, nl, rest = error.partition("\n")
@@ -246,9 +249,14 @@ def _outcome(store: Store, run_id: int, control: Path, rc: int, stop: _ParentSto
         store.update_run(run_id, error=error)
     if status == "interrupted":
         message = by_rank.get(0, {}).get("message") if run.status == "interrupted" else None
-        raise RunInterrupted(run_id, message or _interrupted_message(run_id, KeyboardInterrupt(error),
+        raise RunInterrupted(run_id, message or interrupted_message(run_id, KeyboardInterrupt(error),
                                                                      checkpoint_dir))
     raise RunFailed(run_id, error.splitlines()[0] if error else status, user_error)
+
+
+def spec_folder(run) -> str | None:
+    """The run's own folder (run.log, pending results)."""
+    return (run.params or {}).get("run_folder") or run.checkpoint_dir
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -331,7 +339,7 @@ def _work(control: Path, job: dict, rank: int, world_size: int, local_rank: int)
 
     if rank != 0:
         trainer = Trainer(spec, dist=ctx)
-        with _graceful_stop() as local:
+        with graceful_stop() as local:
             trainer.should_stop = shared(local)
             if job["resume_from"]:
                 trainer.resume_from(job["resume_from"])
@@ -344,7 +352,7 @@ def _work(control: Path, job: dict, rank: int, world_size: int, local_rank: int)
 
     run_id = job["run_id"]
     store = Store(job["db"], create=False)
-    progress, hook = _progress_with_heartbeat([run_id], [store])
+    progress = Progress()
     console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
     trainer = Trainer(spec, progress=progress, dist=ctx)
     try:
@@ -355,13 +363,14 @@ def _work(control: Path, job: dict, rank: int, world_size: int, local_rank: int)
         raise
     tb = Path(job["tensorboard"]) if job["tensorboard"] else None
     try:
-        results = _train(trainer, store, run_id, console, job["show_progress"], hook, tb, shared_stop=shared)
+        results = train_loop(trainer, store, run_id, console, job["show_progress"], progress, tb,
+                             shared_stop=shared)
     except RunInterrupted as exc:
         return dict(status="interrupted", message=str(exc))
     except RunFailed as exc:
         cause = exc.__cause__ or exc
-        status, message = _fail_status(cause)
-        return dict(status=status, message=str(exc), error=_with_traceback(message, cause, status),
+        status, message = fail_status(cause)
+        return dict(status=status, message=str(exc), error=with_traceback(message, cause, status),
                     user_error=exc.user_error)
     _write_atomic(control / RESULT, json.dumps(results, default=str))
     return dict(status="completed")
@@ -382,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         job = json.loads((control / JOB).read_text())
         report.update(_work(control, job, rank, world_size, local_rank))
     except BaseException as exc:
-        status, message = _fail_status(exc)
-        report.update(status=status, message=message.splitlines()[0], error=_with_traceback(message, exc, status),
+        status, message = fail_status(exc)
+        report.update(status=status, message=message.splitlines()[0], error=with_traceback(message, exc, status),
                       user_error=isinstance(exc, ValueError))
     report["time"] = time.time()
     _write_atomic(control / f"rank{rank}.json", json.dumps(report))

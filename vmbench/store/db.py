@@ -1,4 +1,9 @@
-"""Opening the results database: SQLite (WAL + busy_timeout) or any SQLAlchemy URL (PostgreSQL on clusters)."""
+"""Opening the results database: SQLite (WAL + busy_timeout) or any SQLAlchemy URL (PostgreSQL on clusters).
+
+`make_engine(target, create, readonly)` is the entry point. Write transactions ask for `BEGIN IMMEDIATE` through
+the execution option `vmbench_begin_immediate=True` (store.api does for every write); `readonly` opens a SQLite
+file with `mode=ro` (and `immutable=1` where even the WAL's shared memory cannot be made: a read-only folder).
+"""
 from __future__ import annotations
 
 import os
@@ -20,16 +25,17 @@ def is_url(target: str) -> bool:
     return "://" in target
 
 
-def _sqlite_hooks(engine: sa.Engine) -> None:
+def _sqlite_hooks(engine: sa.Engine, readonly: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin
-        # (so that migrations can ask for BEGIN IMMEDIATE).
+        # (so that writes can ask for BEGIN IMMEDIATE).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: a crash loses no committed transaction's integrity
+        if not readonly:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: a crash loses no committed transaction
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
@@ -59,27 +65,79 @@ def _check_sqlite_path(path: Path, create: bool) -> None:
         raise StoreError(f"cannot create database {path}: directory {parent} is not writable")
 
 
-def make_engine(target: str, create: bool = True) -> sa.Engine:
-    """Engine for a file path or SQLAlchemy URL; migrates the schema when `create` is true.
+def _server_engine(target: str) -> sa.Engine:
+    """Engine for a SQLAlchemy URL; a URL whose driver is not installed (or not known) is a one-line StoreError."""
+    try:
+        url = sa.engine.make_url(target)
+    except sa.exc.ArgumentError:
+        raise StoreError(f"{target!r} is not a database URL (expected e.g. postgresql://user@host/db)") from None
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as e:
+        raise StoreError(f"the {url.get_backend_name()} database driver is not installed ({e.name}): "
+                         "pip install 'vmbench[postgres]'") from None
+    except sa.exc.NoSuchModuleError:
+        raise StoreError(f"unknown database kind {url.drivername!r} in {target!r}: use a SQLite file path or a "
+                         "postgresql:// URL (pip install 'vmbench[postgres]')") from None
+
+
+def _readonly_url(path: Path) -> str:
+    """A read-only SQLite URI for `path`: `immutable=1` when its folder cannot hold the WAL index (read-only
+    filesystem or folder), so that reading needs no write anywhere."""
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    shm = Path(str(path) + "-shm")
+    if not os.access(path.parent if str(path.parent) else ".", os.W_OK) and not shm.exists():
+        uri += "&immutable=1"
+    return f"sqlite:///{uri}&uri=true"
+
+
+def check_schema(conn, target: str) -> list[str]:
+    """The migrations still to apply to this database; StoreError when it was written by a newer vmbench."""
+    from .migrations import MIGRATIONS, applied_migrations
+
+    known = [n for n, _ in MIGRATIONS]
+    applied = applied_migrations(conn)
+    newer = sorted(set(applied) - set(known))
+    if newer:
+        raise StoreError(f"{target} was written by a newer vmbench (schema {newer[-1]}); upgrade vmbench to use it")
+    return [n for n in known if n not in applied]
+
+
+def make_engine(target: str, create: bool = True, readonly: bool = False) -> sa.Engine:
+    """Engine for a file path or SQLAlchemy URL; migrates the schema unless `readonly` (`create`: a missing
+    SQLite file may be created). `readonly` opens a SQLite file read-only; a database that still needs
+    migrating is then refused (a writing command upgrades it).
 
     Raises StoreError (a ValueError) with a one-line message for user-facing problems.
     """
+    assert not (create and readonly)
     if is_url(target):
-        engine = sa.create_engine(target, pool_pre_ping=True)
+        engine = _server_engine(target)
         if engine.dialect.name == "sqlite":
             _sqlite_hooks(engine)
     else:
         path = Path(target).expanduser()
         _check_sqlite_path(path, create)
-        engine = sa.create_engine(f"sqlite:///{path}")
-        _sqlite_hooks(engine)
+        engine = sa.create_engine(_readonly_url(path) if readonly else f"sqlite:///{path}")
+        _sqlite_hooks(engine, readonly=readonly)
     try:
-        if create:
+        with engine.connect() as conn:
+            has_runs = sa.inspect(conn).has_table("runs")
+            if not has_runs and (readonly or not create):
+                raise StoreError(f"{target} holds no vmbench runs table")
+            pending = check_schema(conn, target) if has_runs else None
+        if not readonly:
             migrate(engine)
-        else:
-            with engine.connect() as conn:
-                if not sa.inspect(conn).has_table("runs"):
-                    raise StoreError(f"{target} holds no vmbench runs table")
+        elif pending:
+            if not is_url(target) and not os.access(Path(target).expanduser(), os.W_OK):
+                raise StoreError(f"{target} has an older schema and cannot be written: open it once with a "
+                                 "writing vmbench command where it is writable, to upgrade it")
+            make_engine(target, create=False).dispose()  # upgrade it once, then read
+    except StoreError:
+        engine.dispose()
+        raise
     except sa.exc.DatabaseError as e:
         engine.dispose()
         if "not a database" in str(e.orig):

@@ -67,8 +67,22 @@ def _m0001_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0002_run_uuid_and_liveness(conn: Connection) -> None:
+    """runs.run_uuid: a key that never repeats (checkpoint folders, pending results); runs.pid_started: the
+    process's start time, so that a reused pid is not taken for the run's process."""
+    import uuid
+
+    conn.execute(sa.text("ALTER TABLE runs ADD COLUMN run_uuid VARCHAR(32)"))
+    conn.execute(sa.text("ALTER TABLE runs ADD COLUMN pid_started FLOAT"))
+    runs = sa.table("runs", sa.column("id", sa.Integer), sa.column("run_uuid", sa.String))
+    for (run_id,) in conn.execute(sa.select(runs.c.id)).all():
+        conn.execute(sa.update(runs).where(runs.c.id == run_id).values(run_uuid=uuid.uuid4().hex))
+    conn.execute(sa.text("CREATE UNIQUE INDEX ix_runs_run_uuid ON runs (run_uuid)"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
+    ("0002_run_uuid_and_liveness", _m0002_run_uuid_and_liveness),
 ]
 
 _ledger = sa.Table(

@@ -52,6 +52,8 @@ class Run(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     checkpoint_dir: Mapped[str | None] = mapped_column(String(1024))
+    run_uuid: Mapped[str | None] = mapped_column(String(32), unique=True)  # never repeats: names the run's folder
+    pid_started: Mapped[float | None] = mapped_column(Float)  # the process's start time (epoch s): pid reuse
 
     metrics: Mapped[list["Metric"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                    order_by="Metric.id")
