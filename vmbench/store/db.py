@@ -14,7 +14,8 @@ from sqlalchemy import event
 
 from .migrations import migrate
 
-BUSY_TIMEOUT_MS = 10_000
+# How long a statement waits for another writer's lock; `$VMBENCH_BUSY_TIMEOUT_MS` overrides.
+BUSY_TIMEOUT_MS = int(os.environ.get("VMBENCH_BUSY_TIMEOUT_MS") or 10_000)
 
 
 class StoreError(ValueError):
