@@ -1,5 +1,6 @@
 """Results store: migrations, WAL, crash-safe writes, status reality, user-facing errors."""
 import datetime as dt
+import json
 import os
 import socket
 import sqlite3
@@ -141,3 +142,182 @@ def test_uncreatable_file_is_a_user_error():
     # /proc accepts no new files even for root: the SQLite open itself fails.
     with pytest.raises(StoreError, match="cannot use database"):
         Store("/proc/vmbench-test.db")
+
+
+# ---- writes that cannot lose, liveness, schema versions, read-only opens, drivers ---------------------------
+def test_finish_run_upserts_results(tmp_path):
+    store = Store(str(tmp_path / "x.db"))
+    rid = store.create_run("train", "m", "d", {})
+    store.finish_run(rid, "failed", {"top1": 1.0, "note": "a"}, error="boom")
+    store.finish_run(rid, "completed", {"top1": 2.0, "note": ["b"]})  # same keys: updated, not duplicated
+    run = store.get_run(rid)
+    assert run.status == "completed" and run.error is None
+    assert {r.key: (r.value, r.text) for r in run.results} == {"top1": (2.0, None), "note": (None, '["b"]')}
+    assert store.finish_run(rid, "failed", only_if_running=True) is False  # an ended run is left alone
+    assert store.get_run(rid).status == "completed"
+
+
+def test_writes_begin_immediate(tmp_path):
+    """Every write transaction takes the write lock when it begins: under WAL a deferred transaction that reads
+    and then writes is refused at once with "database is locked" when another writer committed meanwhile."""
+    store = Store(str(tmp_path / "x.db"))
+    seen = []
+    sa.event.listen(store.engine, "before_cursor_execute",
+                    lambda conn, cur, stmt, *a: seen.append(stmt) if stmt.startswith("BEGIN") else None)
+    rid = store.create_run("train", "m", "d", {})
+    store.log_metrics(rid, {"loss": 1.0}, epoch=1)
+    store.finish_run(rid, "completed", {"top1": 1.0})
+    assert seen and set(seen) == {"BEGIN IMMEDIATE"}, seen
+
+
+def test_pid_reuse_is_not_running(tmp_path):
+    store = Store(str(tmp_path / "x.db"))
+    rid = store.create_run("train", "m", "d", {})
+    run = store.get_run(rid)
+    assert run.pid == os.getpid() and run.pid_started is not None and effective_status(run) == "running"
+    store.update_run(rid, pid_started=run.pid_started - 3600)  # our pid, but another process's start time
+    assert effective_status(store.get_run(rid)) == "interrupted"
+
+
+def test_stale_threshold_from_environment(monkeypatch):
+    now = dt.datetime(2026, 1, 1, 12, 0)
+    run = Run(status="running", host="elsewhere", pid=1, started_at=now, heartbeat_at=now - dt.timedelta(seconds=90))
+    assert effective_status(run, now=now) == "running"
+    monkeypatch.setenv("VMBENCH_STALE_AFTER", "60")
+    assert effective_status(run, now=now) == "interrupted"
+
+
+def test_claim_is_a_compare_and_swap(tmp_path):
+    store = Store(str(tmp_path / "x.db"))
+    rid = store.create_run("train", "m", "d", {})
+    store.finish_run(rid, "interrupted", error="x")
+    store.claim_run(rid, ("failed", "interrupted"))
+    run = store.get_run(rid)
+    assert run.status == "running" and run.pid == os.getpid() and run.error is None and run.ended_at is None
+    with pytest.raises(ValueError, match="is running"):
+        store.claim_run(rid, ("failed", "interrupted"))
+    with pytest.raises(ValueError, match="no run 99"):
+        store.claim_run(99, ("failed",))
+
+
+def test_list_runs_filters_in_sql_and_corrects_liveness(tmp_path):
+    store = Store(str(tmp_path / "x.db"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ids = {}
+    for name in ("done", "alive", "dead", "stopped"):
+        ids[name] = store.create_run("train", name, "d", {})
+    store.finish_run(ids["done"], "completed")
+    store.update_run(ids["dead"], pid=dead.pid)
+    store.finish_run(ids["stopped"], "interrupted")
+    names = lambda **kw: [r.model for r in store.list_runs(**kw)]  # noqa: E731
+    assert names() == ["stopped", "dead", "alive", "done"]
+    assert names(limit=2) == ["stopped", "dead"]
+    assert names(status="running") == ["alive"]
+    assert names(status="interrupted") == ["stopped", "dead"]
+    assert names(status="interrupted", limit=1) == ["stopped"]
+    assert names(status="completed") == ["done"]
+    assert names(model="dead", status="interrupted") == ["dead"]
+
+
+def test_pending_results_are_applied_on_next_open(tmp_path):
+    from vmbench.scheduler.common import finish
+    from vmbench.store.pending import PENDING, apply_pending
+
+    db = str(tmp_path / "x.db")
+    store = Store(db)
+    rid = store.create_run("train", "m", "d", {}, run_uuid="ab" * 16)
+    folder = tmp_path / "runs" / ("ab" * 16)
+    store.close()
+    os.chmod(db, 0o444)  # the database refuses the last write (as root too: the engine opens it read-only)
+    ro = Store(db, create=False, readonly=True)
+    path = finish(ro, rid, "completed", {"top1": 9.5}, folder=folder, run_uuid="ab" * 16)
+    ro.close()
+    os.chmod(db, 0o644)
+    assert path == folder / PENDING and json.loads(path.read_text())["results"] == {"top1": 9.5}
+    other = Store(str(tmp_path / "other.db"))  # another database sharing the root: not its run
+    assert apply_pending(other, tmp_path / "runs") == [] and path.exists()
+    store = Store(db)
+    assert apply_pending(store, tmp_path / "runs") == [rid] and not path.exists()
+    run = store.get_run(rid)
+    assert run.status == "completed" and {r.key: r.value for r in run.results} == {"top1": 9.5}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = tmp_path / "x.db"
+    Store(str(db)).close()
+    con = sqlite3.connect(db)
+    con.execute("insert into schema_migrations values ('9999_from_the_future', '2030-01-01')")
+    con.commit()
+    con.close()
+    for kw in ({}, {"create": False}, {"readonly": True}):
+        with pytest.raises(StoreError, match="newer vmbench"):
+            Store(str(db), **kw)
+    from click.testing import CliRunner
+
+    from vmbench.cli import main
+
+    r = CliRunner().invoke(main, ["runs", "--db", str(db)])
+    assert r.exit_code == 2 and "newer vmbench" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_old_schema_is_upgraded_with_uuids(tmp_path):
+    from vmbench.store.migrations import _m0001_initial, _ledger
+
+    db = tmp_path / "old.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        _m0001_initial(conn)
+        _ledger.create(conn)
+        conn.execute(_ledger.insert().values(name="0001_initial", applied_at=dt.datetime(2026, 1, 1)))
+        conn.execute(sa.text("insert into runs (kind, model, params, status, started_at, env, tags) values "
+                             "('train', 'm', '{}', 'completed', '2026-01-01 00:00:00', '{}', '[]')"))
+    engine.dispose()
+    with Store(str(db), readonly=True) as store:  # a reading open of a writable file upgrades it once
+        (run,) = store.list_runs()
+    assert len(run.run_uuid) == 32
+
+
+def test_read_only_file_and_filesystem(tmp_path):
+    db = tmp_path / "src" / "x.db"
+    db.parent.mkdir()
+    with Store(str(db)) as store:
+        store.create_run("train", "m", "d", {})
+    from click.testing import CliRunner
+
+    from vmbench.cli import main
+
+    os.chmod(db, 0o444)
+    try:
+        r = CliRunner().invoke(main, ["runs", "--db", str(db), "--json"])
+        assert r.exit_code == 0 and len(json.loads(r.stdout)) == 1, r.output
+    finally:
+        os.chmod(db, 0o644)
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(db.parent), str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount read-only here (not root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], check=True)
+        with pytest.raises(OSError):
+            (mnt / "probe").write_text("x")
+        for args in (["runs", "--json"], ["compare", "--format", "json"], ["show", "1", "--json"]):
+            r = CliRunner().invoke(main, [*args, "--db", str(mnt / "x.db")])
+            assert r.exit_code == 0, (args, r.output)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("url", ["postgresql+pg8000://127.0.0.1:1/x", "foo://bar"])
+def test_server_url_without_driver_is_one_line(url):
+    import importlib.util
+
+    if "pg8000" in url and importlib.util.find_spec("pg8000"):
+        pytest.skip("pg8000 is installed")
+    from click.testing import CliRunner
+
+    from vmbench.cli import main
+
+    r = CliRunner().invoke(main, ["runs", "--db", url])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "pip install 'vmbench[postgres]'" in r.stderr

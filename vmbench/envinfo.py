@@ -18,9 +18,26 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _own_checkout() -> bool:
+    """Whether vmbench runs from a git checkout of vmbench itself (an editable install or PYTHONPATH): the
+    package's parent folder is the top of a work tree whose pyproject.toml names vmbench. An installed copy
+    (site-packages, perhaps inside the user's own repository) is not: its sha would be the user's project's."""
+    try:
+        text = (_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    if not any(line.replace(" ", "") == 'name="vmbench"' for line in text.splitlines()):
+        return False
+    top = _git("rev-parse", "--show-toplevel")
+    return top is not None and Path(top).resolve() == _ROOT
+
+
 @lru_cache(maxsize=None)
 def git_state() -> tuple[str | None, bool | None]:
-    """(sha, dirty) of the vmbench checkout, or (None, None) outside a git checkout."""
+    """(sha, dirty) of the vmbench checkout vmbench runs from, or (None, None) when it is not one (an installed
+    package)."""
+    if not _own_checkout():
+        return None, None
     sha = _git("rev-parse", "HEAD")
     if sha is None:
         return None, None

@@ -120,7 +120,7 @@ def trial(folder: Path, epochs: int, ref: dict, rng: random.Random) -> dict:
         return dict(attempt=attempt, killed_at_s=round(killed_at, 3), shown=shown,
                     checkpoint=used.name, epochs_done=int(state["epochs_done"]),
                     phase="training" if int(state["epochs_done"]) < epochs else "final measurement",
-                    work_lost_s=round(killed_at - written, 3), interval_s=round(interval, 3), resume_rc=r.returncode, final=after.status,
+                    work_lost_s=round(killed_at - written, 3), interval_s=round(interval, 3) if interval else None, resume_rc=r.returncode, final=after.status,
                     lost_rows=int(lost_rows))
     return dict(attempt=5, shown="never killed")
 
@@ -143,7 +143,7 @@ def main() -> int:
                    interrupted=sum(r["shown"] == "interrupted" for r in rows),
                    resumed_completed=sum(r.get("final") == "completed" and r.get("resume_rc") == 0 for r in rows),
                    max_work_lost_in_training_s=max((r["work_lost_s"] for r in training), default=None),
-                   max_lost_over_interval=max((round(r["work_lost_s"] / r["interval_s"], 2) for r in training),
+                   max_lost_over_interval=max((round(r["work_lost_s"] / r["interval_s"], 2) for r in training if r["interval_s"]),
                                               default=None),
                    lost_rows=sum(r.get("lost_rows", 0) for r in rows),
                    resumed_from_prev=sum(r.get("checkpoint") == "last.prev.pt" for r in rows))

@@ -376,6 +376,19 @@ def _tensorboard_epoch(writer, metrics: dict) -> None:
     writer.flush()
 
 
+def dataset_key(info, typed: str) -> str:
+    """What a run records as its dataset: a folder given as a path is recorded resolved (so that `digits`,
+    `../digits` and `/abs/digits/` are one dataset, and a resume from another folder finds it); a registry name
+    (shapes, imagenet, …) as it is."""
+    path = getattr(info, "path", None)
+    if getattr(info, "kind", None) != "imagefolder" or not path:
+        return typed
+    given = Path(typed).expanduser()
+    if not given.exists() or given.resolve() != Path(path).resolve():
+        return typed  # a named dataset found under the data root
+    return str(given.resolve())
+
+
 def create_train_run(store: Store, spec: RunSpec, db: str, trainer, init_info: dict | None,
                      recipe: Recipe | None, gpus: str | None = None) -> tuple[int, Path | None]:
     """Record a new train run of `spec` (validated by `trainer`, which has not built anything) and make its
@@ -391,7 +404,9 @@ def create_train_run(store: Store, spec: RunSpec, db: str, trainer, init_info: d
     folder = root / run_uuid
     spec.checkpoint_root, spec.run_uuid, spec.run_folder = str(root), run_uuid, str(folder)
     spec.checkpoint_dir = str(folder) if spec.checkpoints else None
-    params = {**spec.to_dict(), "total_batch": spec.total_batch, **(init_info or {})}
+    typed = spec.dataset
+    spec.dataset = dataset_key(trainer.dataset, spec.dataset)
+    params = {**spec.to_dict(), "total_batch": spec.total_batch, "dataset_arg": typed, **(init_info or {})}
     if recipe is not None:
         params.update(recipe=dict(recipe.values), recipe_source=recipe.source)
     run_id = store.create_run(
