@@ -118,7 +118,7 @@ def trial(folder: Path, epochs: int, ref: dict, rng: random.Random) -> dict:
         interval = max(gaps) if gaps else ref["interval_s"]
         lost_rows = (epochs_logged != list(range(1, epochs + 1))) + ("top1" not in results)
         return dict(attempt=attempt, killed_at_s=round(killed_at, 3), shown=shown,
-                    checkpoint=used.name, epochs_done=int(state["epochs_done"]),
+                    checkpoint=used.name, epochs_done=int(state["epochs_done"]), checkpoints_seen=len(writes),
                     phase="training" if int(state["epochs_done"]) < epochs else "final measurement",
                     work_lost_s=round(killed_at - written, 3), interval_s=round(interval, 3) if interval else None, resume_rc=r.returncode, final=after.status,
                     lost_rows=int(lost_rows))

@@ -5,7 +5,8 @@ finishing them (with results) for T seconds, as many `vmbench run`s sharing a da
 
 Each writer reports the runs it finished and every exception it met; afterwards the database is read back:
 `lock_errors` counts exceptions (any "database is locked" included), `lost_rows` counts runs a writer finished
-that are not `completed` with their results and metrics in the database. Both must be 0.
+that are not `completed` with their results and metrics in the database, `runs_left_running` runs whose
+finish never landed (they would show `running` forever). All must be 0.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _writer(db: str, seconds: float, out: str, start_at: float) -> None:
             store.finish_run(rid, "completed", {"top1": 30.0, "scan_backend": "torch"})
             done.append(rid)
         except Exception as e:  # counted: the figure is the number of these
-            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            errors.append(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
     store.close()
     Path(out).write_text(json.dumps({"done": done, "errors": errors}))
 
@@ -45,6 +46,7 @@ def _writer(db: str, seconds: float, out: str, start_at: float) -> None:
 def measure(db: str, procs: int, seconds: float) -> dict:
     """Run the writers; the figures as a dict."""
     import sqlalchemy as sa
+    from sqlalchemy.orm import Session
 
     from vmbench.store import Store
     from vmbench.store.schema import Metric, Result, Run
@@ -61,15 +63,19 @@ def measure(db: str, procs: int, seconds: float) -> dict:
     reports = [json.loads(Path(f"{tmp}/{i}.json").read_text()) for i in range(procs)]
     done = [rid for r in reports for rid in r["done"]]
     errors = [e for r in reports for e in r["errors"]]
-    with Store(db, readonly=True) as store, store.session() as s:
+    engine = sa.create_engine(f"sqlite:///{db}")  # read back without the store's API (works for any vmbench)
+    with Session(engine) as s:
         completed = set(s.scalars(sa.select(Run.id).where(Run.status == "completed")))
         with_results = set(s.scalars(sa.select(Result.run_id).where(Result.key == "top1")))
         metric_rows = dict(s.execute(sa.select(Metric.run_id, sa.func.count()).group_by(Metric.run_id)).all())
         total = s.scalar(sa.select(sa.func.count(Run.id)))
+        left_running = s.scalar(sa.select(sa.func.count(Run.id)).where(Run.status == "running"))
+    engine.dispose()
     lost = [rid for rid in done if rid not in completed or rid not in with_results or metric_rows.get(rid) != 6]
     return dict(procs=procs, seconds=seconds, runs_finished=len(done), runs_in_db=total,
                 finishes_per_s=round(len(done) / seconds, 1), lock_errors=sum("locked" in e for e in errors),
                 other_errors=sum("locked" not in e for e in errors), lost_rows=len(lost),
+                runs_left_running=left_running,
                 exit_codes=sorted({p.exitcode for p in ps}), first_errors=errors[:3])
 
 
@@ -83,7 +89,7 @@ def main() -> int:
     db = a.db or str(Path(tempfile.mkdtemp(prefix="vmbench-writers-db-")) / "x.db")
     out = measure(db, a.procs, a.seconds)
     print(json.dumps(out) if a.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
-    return 0 if out["lock_errors"] == out["other_errors"] == out["lost_rows"] == 0 else 1
+    return 0 if out["lock_errors"] == out["other_errors"] == out["lost_rows"] == out["runs_left_running"] == 0 else 1
 
 
 if __name__ == "__main__":
