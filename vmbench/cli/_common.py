@@ -20,6 +20,13 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
 
 
+def _text(value) -> "Text":
+    """`value` (from data: a name, path, description, error) as rich Text, never parsed as markup."""
+    from rich.text import Text
+
+    return Text("" if value is None else str(value))
+
+
 def _user_error(message: str) -> None:
     """One line on stderr, exit code 2."""
     click.echo(f"error: {str(message).splitlines()[0] if str(message) else 'invalid input'}", err=True)
