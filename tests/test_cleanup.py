@@ -170,7 +170,9 @@ def test_gc_older_than(tmp_path, db):
 def test_confirmation_prompt(tmp_path, db, monkeypatch):
     with Store(str(db)) as s:
         rid, folder = _run(s, tmp_path)
-    monkeypatch.setattr(sys.stdin.__class__, "isatty", lambda self: True, raising=False)
+    from vmbench.cli import maintenance
+
+    monkeypatch.setattr(maintenance, "_interactive", lambda: True)  # as if typed at a terminal
     r = _cli(["rm", str(rid)], db, input="n\n")
     assert r.exit_code == 1 and "nothing deleted" in r.stderr and folder.exists()
     r = _cli(["rm", str(rid)], db, input="y\n")

@@ -10,6 +10,11 @@ import click
 from ._common import _console, _json_out, _reading, _text, _user_error, db_option, json_option, main
 
 
+def _interactive() -> bool:
+    """Whether a person can answer the confirmation (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
 def _show_plan(plan, verb: str) -> None:
     from rich.table import Table
 
@@ -33,7 +38,7 @@ def _carry_out(db: str, plan, verb: str, dry_run: bool, yes: bool, as_json: bool
     if as_json and (dry_run or not plan.items):
         _json_out({"dry_run": dry_run, **plan.to_dict()})
         return
-    if plan.items and not (dry_run or yes or sys.stdin.isatty()):
+    if plan.items and not (dry_run or yes or _interactive()):
         _user_error("nothing deleted: confirm with --yes (or look first with --dry-run)")
     if not as_json:
         _show_plan(plan, "would delete" if dry_run else verb)
