@@ -5,6 +5,7 @@ Nothing here imports torch, so the CLI can build and validate specs cheaply.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ def default_data_root() -> str | None:
 def _positive(name: str, value, allow_zero: bool = False):
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     if (value < 0) if allow_zero else (value <= 0):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 

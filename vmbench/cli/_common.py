@@ -77,7 +77,29 @@ db_option = click.option("--db", default=default_db_path, show_default="$VMBENCH
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageError(click.UsageError):
+    """A bad command line (unknown option, bad choice, missing argument) told in one line, like every other
+    user mistake: `error: …`, exit code 2."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(error.format_message(), error.ctx)
+
+    def show(self, file=None) -> None:
+        hint = f" (see `{self.ctx.command_path} --help`)" if self.ctx is not None else ""
+        click.echo(f"error: {self.format_message()}{hint}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if isinstance(e, _OneLineUsageError):
+                raise
+            raise _OneLineUsageError(e) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vmbench")
 def main() -> None:
     """Train, evaluate and benchmark vision backbones (VMamba, Swin, ConvNeXt, Res2Net, …); results in SQL."""
