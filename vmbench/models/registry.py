@@ -15,6 +15,7 @@ This module must stay importable without torch or timm (the CLI lists models and
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any, Callable
 
 from ._meta import ModelEntry, UnknownModelError
@@ -170,6 +171,7 @@ def timm_defined_names() -> set[str]:
     return {n for text in _timm_sources() for n in pattern.findall(text)}
 
 
+@functools.lru_cache(maxsize=256)
 def _timm_maybe(name: str) -> bool:
     """False only when timm clearly has no model `name`: its architecture (the part before a `.tag`) appears
     nowhere in timm's model sources. Cheap: no torch or timm import."""
