@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from typing import Any, Callable
 
 from ._meta import ModelEntry, UnknownModelError
@@ -165,8 +166,6 @@ def _timm_sources() -> list[str]:
 
 def timm_defined_names() -> set[str]:
     """Architectures timm's sources register (`@register_model def NAME(`), found without importing timm."""
-    import re
-
     pattern = re.compile(r"@register_model\s*\ndef\s+(\w+)\s*\(")
     return {n for text in _timm_sources() for n in pattern.findall(text)}
 
@@ -175,8 +174,6 @@ def timm_defined_names() -> set[str]:
 def _timm_maybe(name: str) -> bool:
     """False only when timm clearly has no model `name`: its architecture (the part before a `.tag`) appears
     nowhere in timm's model sources. Cheap: no torch or timm import."""
-    import re
-
     sources = _timm_sources()
     if not sources:
         return True  # cannot tell without importing timm
@@ -197,6 +194,11 @@ def _timm_has(name: str) -> bool:
     return bool(timm.is_model(name))
 
 
+# What a model name may look like: a timm architecture, optionally `.pretrained_tag` (e.g. resnet50.a1_in1k).
+# Names end up in paths (TensorBoard folders) and tables: nothing else (`/`, `..`, spaces) is a model name.
+_NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_]+)?")
+
+
 def check_model_name(name: str) -> None:
     """Raise UnknownModelError when `name` is clearly not a model: neither registered here nor mentioned in
     timm's model sources. Never imports torch or timm, so a command refuses a typo at once; a name timm may
@@ -204,7 +206,8 @@ def check_model_name(name: str) -> None:
     if not isinstance(name, str) or not name.strip():
         raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
     key = _norm(name)
-    if key in _ENTRIES or key in _ALIASES or any(_timm_maybe(c) for c in dict.fromkeys((name.strip(), key))):
+    if _NAME.fullmatch(name.strip()) and (key in _ENTRIES or key in _ALIASES or
+                                          any(_timm_maybe(c) for c in dict.fromkeys((name.strip(), key)))):
         return
     raise _unknown(name)
 
@@ -240,6 +243,8 @@ def resolve_model_name(name: str) -> str:
     """
     if not isinstance(name, str) or not name.strip():
         raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
+    if not _NAME.fullmatch(name.strip()):
+        raise _unknown(name)
     key = _norm(name)
     if key in _ENTRIES:
         return key

@@ -7,8 +7,8 @@ Safety rules:
   (SQLite `BEGIN IMMEDIATE`; PostgreSQL `SELECT … FOR UPDATE` on its row) that also covers deleting its files, so
   a `resume` that claims the run in between waits for the transaction or is seen as running and skipped.
 * Only the folder stored on the run (`runs.checkpoint_dir`) is looked at, and in it only vmbench's own files
-  (`*.pt`, their sidecars `*.pt.*`, temp files `.*.tmp`, and `*.log` when the whole run goes); never a recursive
-  delete: the folder itself is removed only once empty.
+  (last.pt, last.prev.pt, best.pt, their sidecars and temp files, and `*.log` when the whole run goes), never
+  through a symlink; never a recursive delete: the folder itself is removed only once empty.
 * Database rows go in the same transaction (metrics and results cascade; runs that resumed from a deleted run
   keep their rows, their parent link cleared).
 """
@@ -26,7 +26,11 @@ from ..store.schema import utcnow
 
 __all__ = ["Item", "Plan", "plan_rm", "plan_gc", "apply", "parse_age", "human_bytes", "GC_STATUSES"]
 
-CHECKPOINT_PATTERNS = ("*.pt", "*.pt.*", ".*.tmp")  # what the trainer writes in a run's checkpoint folder
+# What the trainer writes in a run's checkpoint folder (vmbench.checkpoint: LAST, PREV, BEST, their sidecars and
+# the temp files of an interrupted write), by name: a folder recorded on a run is never emptied of other files.
+_CHECKPOINT_NAMES = ("last.pt", "last.prev.pt", "best.pt")
+CHECKPOINT_PATTERNS = (*_CHECKPOINT_NAMES, *(f"{n}.*" for n in _CHECKPOINT_NAMES),
+                       *(f".{n}.*.tmp" for n in _CHECKPOINT_NAMES))
 RUN_FILE_PATTERNS = CHECKPOINT_PATTERNS + ("*.log",)  # everything of a run that `rm` removes with it
 KEEP_BEST = ("best.pt", "best.pt.*")
 # gc's default: runs that are over. Interrupted runs are meant to be resumed; they go only when asked for.
