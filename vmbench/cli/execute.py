@@ -1,6 +1,8 @@
 """Commands that execute work in this process: `run`, `resume`, `eval`, `bench`."""
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from ._common import (DEVICES, PRECISIONS, SCAN_BACKENDS, _console, _json_out, _run_errors, _text, _user_error,
@@ -21,11 +23,12 @@ def run(model, dataset, db, as_json, **opts):
     them) and records the run as interrupted, to go on with `vmbench resume RUN_ID`; a second one stops at once.
     With --gpus N all N processes stop after the same step.
     """
+    with _cheap_checks():
+        spec, resolved = build_spec(model, dataset, **opts)  # the model name is checked here, without torch
+        _check_dataset(spec.dataset, spec.data_root)
     from ..scheduler.local import execute_run
 
     with _run_errors("run"):
-        spec, resolved = build_spec(model, dataset, **opts)  # the model name is checked here, without torch
-        _check_dataset(spec.dataset, spec.data_root)
         run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True, recipe=resolved)
     if as_json:
         _json_out({"id": run_id, "status": "completed", **results})
@@ -80,11 +83,12 @@ def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, 
           channels_last, data_root, workers, skip_bad_images, max_val_batches, tags, db, as_json):
     """Evaluate a weights file on DATASET's validation split (top-1, top-5, loss); recorded as an eval run."""
     from ..config import EvalSpec
+    with _cheap_checks():
+        _check_model(model)
+        _check_dataset(dataset, data_root)
     from ..scheduler.local import execute_eval
 
     with _run_errors("eval run"):
-        _check_model(model)
-        _check_dataset(dataset, data_root)
         spec = EvalSpec(model=model, dataset=dataset, weights=weights, ema=ema, trust_checkpoint=trust_checkpoint,
                         img_size=img_size, val_resize=val_resize, batch_size=batch_size, device=device, amp=amp,
                         scan_backend=scan_backend, channels_last=channels_last, data_root=data_root,
@@ -95,6 +99,16 @@ def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, 
         _json_out({"id": run_id, "status": "completed", **results})
     else:
         _print_summary(run_id, results["model"], results["dataset"], results)
+
+
+@contextlib.contextmanager
+def _cheap_checks():
+    """Validation that needs neither torch nor the database (not even SQLAlchemy): a ValueError is one line,
+    exit 2, at once."""
+    try:
+        yield
+    except ValueError as e:
+        _user_error(str(e))
 
 
 def _check_model(model: str) -> None:
@@ -175,12 +189,13 @@ def bench(model, suite, img_size, batch_size, precision, device, scan_backend, w
         _bench_suite(img_size, batch_size, precision, device, scan_backend, warmup, repeats, channels_last,
                      compile_, cuda_graph, no_store, tags, db, as_json)
         return
-    from ..scheduler.local import execute_bench
-
     res = 224 if img_size is None else img_size
     batch = 128 if batch_size is None else batch_size
-    with _run_errors("bench run"):
+    with _cheap_checks():
         _check_model(model)
+    from ..scheduler.local import execute_bench
+
+    with _run_errors("bench run"):
         spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
                          scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
                          compile=compile_, cuda_graph=cuda_graph, tags=list(tags))
