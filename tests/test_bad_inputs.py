@@ -161,6 +161,9 @@ def test_messages_name_the_culprit(data, db):
     assert data["negvalue"] in err("run", "convnext_t", "shapes", "--recipe", data["negvalue"])
     assert "[bold]data[/bold]" in err("run", "convnext_t", data["markup"])  # shown as typed, not as markup
     assert "did you mean convnext_t" in err("run", "convnext_tny", "shapes")
+    assert err("bench", "convnext_t", "--batch", "0") == "error: --batch-size must be > 0, got 0\n"
+    assert err("eval", "convnext_t", "shapes", "--weights", data["weights"], "--res", "-3") == \
+        "error: --img-size must be > 0, got -3\n"
 
 
 def test_refused_before_torch_is_imported(data, tmp_path):

@@ -192,10 +192,11 @@ class BenchSpec:
                              "is its own CUDA graph; use one of them")
         if self.cuda_graph and self.device == "cpu":
             raise ValueError("--cuda-graph needs --device cuda (or auto on a machine with a GPU)")
-        _positive("res", self.res)
-        _positive("batch", self.batch)
-        _positive("warmup", self.warmup, allow_zero=True)
-        _positive("repeats", self.repeats)
+        # Named as `vmbench bench` spells them: every field here is one of its flags.
+        _positive("--img-size", self.res)
+        _positive("--batch-size", self.batch)
+        _positive("--warmup", self.warmup, allow_zero=True)
+        _positive("--repeats", self.repeats)
         _positive("num_classes", self.num_classes)
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
@@ -236,11 +237,12 @@ class EvalSpec:
             raise ValueError("--weights must be given")
         if not Path(self.weights).is_file():
             raise ValueError(f"weights file not found: {self.weights}")
-        _positive("img_size", self.img_size)
-        _positive("val_resize", self.val_resize)
-        _positive("batch_size", self.batch_size)
-        _positive("num_workers", self.num_workers, allow_zero=True)
-        _positive("max_val_batches", self.max_val_batches)
+        # Named as `vmbench eval` spells them: every field here is one of its flags.
+        _positive("--img-size", self.img_size)
+        _positive("--val-resize", self.val_resize)
+        _positive("--batch-size", self.batch_size)
+        _positive("--workers", self.num_workers, allow_zero=True)
+        _positive("--max-val-batches", self.max_val_batches)
         _choice("device", self.device, DEVICES)
         _choice("scan_backend", self.scan_backend, SCAN_BACKENDS)
 
