@@ -160,7 +160,8 @@ def test_loads_in_source_pass_weights_only():
     offenders = []
     for path, tree in _sources():
         for name, call in _calls(tree):
-            if name == "load" and isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "torch":
+            on_torch = isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", "") == "torch"
+            if name == "load" and on_torch:
                 kw = {k.arg: k.value for k in call.keywords}
                 if "weights_only" not in kw:
                     offenders.append(f"{path.name}:{call.lineno}")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 from ..config import DEVICES, PRECISIONS, SCAN_BACKENDS, default_data_root, default_db_path  # noqa: F401
 
