@@ -98,7 +98,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
-            if isinstance(e, _OneLineUsageError):
+            if isinstance(e, _OneLineUsageError) or type(e).__name__ == "NoArgsIsHelpError":  # that one is help
                 raise
             raise _OneLineUsageError(e) from None
 
