@@ -5,6 +5,7 @@ Nothing here imports torch, so the CLI can build and validate specs cheaply.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ def default_data_root() -> str | None:
 def _positive(name: str, value, allow_zero: bool = False):
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     if (value < 0) if allow_zero else (value <= 0):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -192,10 +195,11 @@ class BenchSpec:
                              "is its own CUDA graph; use one of them")
         if self.cuda_graph and self.device == "cpu":
             raise ValueError("--cuda-graph needs --device cuda (or auto on a machine with a GPU)")
-        _positive("res", self.res)
-        _positive("batch", self.batch)
-        _positive("warmup", self.warmup, allow_zero=True)
-        _positive("repeats", self.repeats)
+        # Named as `vmbench bench` spells them: every field here is one of its flags.
+        _positive("--img-size", self.res)
+        _positive("--batch-size", self.batch)
+        _positive("--warmup", self.warmup, allow_zero=True)
+        _positive("--repeats", self.repeats)
         _positive("num_classes", self.num_classes)
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
@@ -236,11 +240,12 @@ class EvalSpec:
             raise ValueError("--weights must be given")
         if not Path(self.weights).is_file():
             raise ValueError(f"weights file not found: {self.weights}")
-        _positive("img_size", self.img_size)
-        _positive("val_resize", self.val_resize)
-        _positive("batch_size", self.batch_size)
-        _positive("num_workers", self.num_workers, allow_zero=True)
-        _positive("max_val_batches", self.max_val_batches)
+        # Named as `vmbench eval` spells them: every field here is one of its flags.
+        _positive("--img-size", self.img_size)
+        _positive("--val-resize", self.val_resize)
+        _positive("--batch-size", self.batch_size)
+        _positive("--workers", self.num_workers, allow_zero=True)
+        _positive("--max-val-batches", self.max_val_batches)
         _choice("device", self.device, DEVICES)
         _choice("scan_backend", self.scan_backend, SCAN_BACKENDS)
 
@@ -388,13 +393,11 @@ def resolve_recipe(name_or_path: str, model: str, dataset: str, sets: dict | Non
         if key not in RECIPE_TABLES:
             merged[key] = _check_value(key, value, source)
     by_model = {k.lower(): v for k, v in data.get("drop_path_by_model", {}).items()}
-    names = [model.lower()]
-    try:
-        from vmbench.models import resolve_model_name
+    from vmbench.models import list_models
 
-        names.append(resolve_model_name(model).lower())
-    except ValueError:
-        pass  # an unknown model is reported by the trainer
+    key = model.strip().lower().replace("-", "_")
+    names = [model.lower(), key]
+    names += [e.name for e in list_models() if key in {e.name, *e.aliases, e.timm_name}]
     for n in names:
         if n in by_model:
             merged["drop_path_rate"] = float(by_model[n])
@@ -417,12 +420,36 @@ def build_run_spec(model: str, dataset: str, recipe: str = DEFAULT_RECIPE, sets:
                    flags: dict | None = None, **run_settings) -> tuple[RunSpec, Recipe]:
     """RunSpec from a recipe (see resolve_recipe) plus run settings (device, seed, …). A bad value raises
     ValueError naming the field and the recipe file."""
+    from vmbench.models import check_model_name
+
+    check_model_name(model)  # a clear typo fails here, before anything imports torch
     r = resolve_recipe(recipe, model, dataset, sets, flags)
     try:
         spec = RunSpec(model=model, dataset=dataset, **r.values, **run_settings)
     except ValueError as e:
-        raise ValueError(f"{e} (recipe {r.source})") from None
+        raise ValueError(_blame(str(e), r.source, sets or {}, flags or {}, run_settings)) from None
     return spec, r
+
+
+# The command-line flag of each RunSpec field that has one (`vmbench run`), for messages that blame a flag.
+FLAG_OF = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "img_size": "--img-size",
+           "amp": "--amp", "compile": "--compile", "channels_last": "--channels-last", "device": "--device",
+           "seed": "--seed", "scan_backend": "--scan-backend", "data_root": "--data-root", "num_workers": "--workers",
+           "weights": "--weights", "init": "--init", "tensorboard": "--tensorboard",
+           "max_train_batches": "--max-train-batches", "max_val_batches": "--max-val-batches", "world_size": "--gpus"}
+
+
+def _blame(message: str, source: str, sets: dict, flags: dict, run_settings: dict) -> str:
+    """A RunSpec error (`<field> must be …`) told as the user wrote it: a flag's bad value names the flag
+    (`--epochs must be > 0, got -1`), a --set value says so, and only a value from the recipe names the file."""
+    field_name, _, rest = message.partition(" ")
+    if flags.get(field_name) is not None or field_name in run_settings:
+        return f"{FLAG_OF.get(field_name, '--' + field_name.replace('_', '-'))} {rest}"
+    if field_name in sets:
+        return f"--set {field_name}: {message}"
+    if field_name in RECIPE_KEYS:
+        return f"{message} (recipe {source})"
+    return message
 
 
 def smoke_defaults(dataset: str) -> dict:

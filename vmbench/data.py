@@ -410,7 +410,27 @@ def _inspect_folder(root: Path, layout: str) -> tuple[str, tuple[str, ...]]:
     if missing:
         raise DataError(f"{root / val_split} has classes not in {train}: {', '.join(missing[:5])}"
                         f"{' …' if len(missing) > 5 else ''} (expected the same class folders in both)")
+    for split_dir, names in ((train, classes), (root / val_split, val_classes)):
+        empty = [c for c in names if not _has_image(split_dir / c)]
+        if empty:
+            raise DataError(f"class folder {split_dir / empty[0]} holds no image ({', '.join(IMG_EXTENSIONS)})"
+                            f"{f'; {len(empty) - 1} more like it' if len(empty) > 1 else ''}")
     return val_split, tuple(classes)
+
+
+def _has_image(folder: Path) -> bool:
+    """Whether `folder` or a folder below it holds a file with an image extension (stops at the first one)."""
+    try:
+        with os.scandir(folder) as it:
+            subdirs = []
+            for e in it:
+                if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS):
+                    return True
+                if e.is_dir():
+                    subdirs.append(e.path)
+    except OSError:
+        return False
+    return any(_has_image(Path(d)) for d in subdirs)
 
 
 def _resolve_root(data_root: str | None) -> Path | None:
@@ -768,10 +788,16 @@ def _load_image(path: str | os.PathLike):
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                # 16-bit grey: PIL's convert("RGB") clips at 255 (an all-white image); scale to 8 bits first.
+                import numpy as np
+
+                img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         detail = str(e).splitlines()[0] if str(e) else ""
-        raise BadImageError(f"cannot read image {path}: {type(e).__name__}: {detail}", path=str(path)) from None
+        raise BadImageError(f"cannot read image {path}: {type(e).__name__}: {detail} (--skip-bad-images skips "
+                            "such files)", path=str(path)) from None
 
 
 class _ImageList:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 from ..config import DEVICES, PRECISIONS, SCAN_BACKENDS, default_data_root, default_db_path  # noqa: F401
 
@@ -18,6 +22,13 @@ def _console(stderr: bool = False):
     stream = sys.stderr if stderr else sys.stdout
     # Not a terminal (pipes, tests): wide enough that leaderboard columns are never cut.
     return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
+
+
+def _text(value) -> "Text":
+    """`value` (from data: a name, path, description, error) as rich Text, never parsed as markup."""
+    from rich.text import Text
+
+    return Text("" if value is None else str(value))
 
 
 def _user_error(message: str) -> None:
@@ -111,7 +122,29 @@ db_option = click.option("--db", default=default_db_path, show_default="$VMBENCH
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageError(click.UsageError):
+    """A bad command line (unknown option, bad choice, missing argument) told in one line, like every other
+    user mistake: `error: …`, exit code 2."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(error.format_message(), error.ctx)
+
+    def show(self, file=None) -> None:
+        hint = f" (see `{self.ctx.command_path} --help`)" if self.ctx is not None else ""
+        click.echo(f"error: {self.format_message()}{hint}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if isinstance(e, _OneLineUsageError) or type(e).__name__ == "NoArgsIsHelpError":  # that one is help
+                raise
+            raise _OneLineUsageError(e) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vmbench")
 def main() -> None:
     """Train, evaluate and benchmark vision backbones (VMamba, Swin, ConvNeXt, Res2Net, …); results in SQL."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import _console, _json_out, _user_error, default_data_root, json_option, main
+from ._common import _console, _json_out, _text, _user_error, default_data_root, json_option, main
 
 
 @main.command()
@@ -23,9 +23,9 @@ def models(as_json):
         t.add_column(col)
     for e in entries:
         d = e.to_dict()
-        t.add_row(d["name"], d.get("family") or "", d.get("source") or "",
-                  f"{d['paper_params_m']:.1f}" if d.get("paper_params_m") else "",
-                  f"{d['paper_gflops']:.1f}" if d.get("paper_gflops") else "", d.get("description") or "")
+        t.add_row(*map(_text, (d["name"], d.get("family"), d.get("source"),
+                               f"{d['paper_params_m']:.1f}" if d.get("paper_params_m") else "",
+                               f"{d['paper_gflops']:.1f}" if d.get("paper_gflops") else "", d.get("description"))))
     _console().print(t)
 
 
@@ -52,9 +52,10 @@ def datasets(data_root, as_json):
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r.get("aliases") else "")
         # Absent folder: show what belongs there; present but unusable (a missing file, no scipy): say why.
         present = r["path"] is not None and os.path.exists(r["path"])
-        t.add_row(name, str(r["num_classes"]), str(r["img_size"]), "yes" if r["found"] else "no", r["protocol"],
-                  r["path"] or ("(built in)" if r["kind"] in ("builtin", "synthetic") else "(no data root)"),
-                  r["error"] if r["error"] and (present or r["path"] is None) else r["layout"])
+        t.add_row(*map(_text, (
+            name, r["num_classes"], r["img_size"], "yes" if r["found"] else "no", r["protocol"],
+            r["path"] or ("(built in)" if r["kind"] in ("builtin", "synthetic") else "(no data root)"),
+            r["error"] if r["error"] and (present or r["path"] is None) else r["layout"])))
     _console().print(t)
 
 

@@ -1,11 +1,13 @@
 """Commands that execute work in this process: `run`, `resume`, `eval`, `bench`."""
 from __future__ import annotations
 
+import contextlib
+
 import click
 
-from ._common import (DEVICES, PRECISIONS, SCAN_BACKENDS, _console, _json_out, _run_errors, _user_error, db_option,
-                      default_data_root, json_option, main)
-from .options import build_spec, run_options
+from ._common import (DEVICES, PRECISIONS, SCAN_BACKENDS, _console, _json_out, _run_errors, _text, _user_error,
+                      db_option, default_data_root, json_option, main)
+from .options import batch_size_option, build_spec, img_size_option, run_options
 
 
 @main.command()
@@ -21,10 +23,12 @@ def run(model, dataset, db, as_json, **opts):
     them) and records the run as interrupted, to go on with `vmbench resume RUN_ID`; a second one stops at once.
     With --gpus N all N processes stop after the same step.
     """
+    with _cheap_checks():
+        spec, resolved = build_spec(model, dataset, **opts)  # the model name is checked here, without torch
+        _check_dataset(spec.dataset, spec.data_root)
     from ..scheduler.local import execute_run
 
     with _run_errors("run", as_json):
-        spec, resolved = build_spec(model, dataset, **opts)
         run_id, results = execute_run(spec, db, console=_console(stderr=True), show_progress=True, recipe=resolved)
     if as_json:
         _json_out({"id": run_id, "status": "completed", **results})
@@ -63,12 +67,11 @@ def resume(run_id, checkpoint_dir, db, as_json):
 @click.option("--ema", is_flag=True, help="Evaluate the file's EMA weights instead of the model's.")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Read the file with torch.load(weights_only=False): only for files you trust (they can run code).")
-@click.option("--img-size", type=int, default=None,
-              help="Input resolution (default: a vmbench checkpoint's own, else the dataset's).")
+@img_size_option(help="Input resolution (default: a vmbench checkpoint's own, else the dataset's).")
 @click.option("--val-resize", type=int, default=None,
               help="Resize the shorter side to this, then center-crop --img-size (image datasets; default: a vmbench "
                    "checkpoint's own, else the model's crop_pct).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@batch_size_option(default=64)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True)
@@ -86,6 +89,9 @@ def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, 
           channels_last, data_root, workers, skip_bad_images, max_val_batches, tags, db, as_json):
     """Evaluate a weights file on DATASET's validation split (top-1, top-5, loss); recorded as an eval run."""
     from ..config import EvalSpec
+    with _cheap_checks():
+        _check_model(model)
+        _check_dataset(dataset, data_root)
     from ..scheduler.local import execute_eval
 
     with _run_errors("eval run"):
@@ -101,11 +107,36 @@ def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, 
         _print_summary(run_id, results["model"], results["dataset"], results)
 
 
+@contextlib.contextmanager
+def _cheap_checks():
+    """Validation that needs neither torch nor the database (not even SQLAlchemy): a ValueError is one line,
+    exit 2, at once."""
+    try:
+        yield
+    except ValueError as e:
+        _user_error(str(e))
+
+
+def _check_model(model: str) -> None:
+    """A clearly unknown model name fails here (ValueError), before anything imports torch."""
+    from ..models import check_model_name
+
+    check_model_name(model)
+
+
+def _check_dataset(dataset: str, data_root: str | None) -> None:
+    """A missing or malformed dataset fails here (ValueError), before anything imports torch: folders and
+    metadata files only, no image is read."""
+    from ..data import get_dataset_info
+
+    get_dataset_info(dataset, data_root)
+
+
 def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) -> None:
     from rich.table import Table
 
     title = f"run {run_id}: {model} on {dataset}" if run_id else f"{model}: {dataset}"
-    t = Table(title=title, title_justify="left", show_header=False)
+    t = Table(title=_text(title), title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
     fmt = {"top1": "{:.2f} %", "top5": "{:.2f} %", "params_m": "{:.2f} M", "gflops": "{:.3f}", "img_s": "{:.1f}",
@@ -113,25 +144,28 @@ def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) 
            "first_call_s": "{:.2f} s"}
     for key, value in results.items():
         if isinstance(value, list) and key.startswith("init_"):  # keys a fine-tuning load left out
-            t.add_row(key, f"{len(value)}: {', '.join(map(str, value[:8]))}{' …' if len(value) > 8 else ''}"
-                      if value else "none")
+            t.add_row(_text(key), _text(f"{len(value)}: {', '.join(map(str, value[:8]))}"
+                                        f"{' …' if len(value) > 8 else ''}" if value else "none"))
             continue
-        if value is None or isinstance(value, (dict, list)) or key == "latencies_ms":
+        if value is None or isinstance(value, (dict, list)) or key in ("latencies_ms", "load_warning"):
             continue
         if isinstance(value, float):
             shown = fmt.get(key, "{:.4g}").format(value)
         else:
             shown = fmt.get(key, "{}").format(value) if not isinstance(value, bool) else str(value)
-        t.add_row(key, shown)
+        t.add_row(_text(key), _text(shown))
     _console().print(t)
 
 
 @main.command()
 @click.argument("model", required=False)
 @click.option("--suite", type=click.Choice(["paper"]), default=None,
-              help="Instead of one MODEL: the paper suite (VMamba vs Swin/ConvNeXt/Res2Net, see benchmarks/models.py).")
-@click.option("--res", type=int, default=224, show_default=True, help="Input resolution.")
-@click.option("--batch", type=int, default=128, show_default=True)
+              help="Instead of one MODEL: the paper suite (VMamba vs Swin/ConvNeXt/Res2Net, see benchmarks/models.py); "
+                   "--batch-size, --img-size (leaves the resolution sweep out), --precision (instead of each "
+                   "section's own) and --channels-last apply to every section; --compile / --cuda-graph run only "
+                   "the compile / CUDA-graph section.")
+@img_size_option(help="Input resolution.  [default: 224]")
+@batch_size_option(help="Batch size.  [default: 128]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True)
@@ -146,33 +180,72 @@ def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) 
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
 @db_option
 @json_option
-def bench(model, suite, res, batch, precision, device, scan_backend, warmup, repeats, channels_last, compile_,
-          cuda_graph, no_store, tags, db, as_json):
-    """Params, GFLOPs, inference img/s and peak memory of MODEL (or a whole --suite)."""
+def bench(model, suite, img_size, batch_size, precision, device, scan_backend, warmup, repeats, channels_last,
+          compile_, cuda_graph, no_store, tags, db, as_json):
+    """Params, GFLOPs, inference img/s and peak memory of MODEL (or a whole --suite).
+
+    A measurement taken while other work loads the machine (1-minute load average above half a process per
+    CPU) is flagged with a warning; the load average is recorded on the run either way.
+    """
     from ..config import BenchSpec
-    from ..scheduler.local import execute_bench, execute_suite
 
     if (model is None) == (suite is None):
         _user_error("give either a MODEL or --suite paper")
     if suite:
-        with _run_errors("suite"):
-            rows, markdown = execute_suite(None if no_store else db, device=device, scan_backend=scan_backend,
-                                           batch=batch, warmup=warmup, repeats=repeats, tags=list(tags),
-                                           console=_console(stderr=True), show_progress=not as_json)
-        if as_json:
-            _json_out(rows)
-        else:
-            click.echo(markdown)
+        _bench_suite(img_size, batch_size, precision, device, scan_backend, warmup, repeats, channels_last,
+                     compile_, cuda_graph, no_store, tags, db, as_json)
         return
+    res = 224 if img_size is None else img_size
+    batch = 128 if batch_size is None else batch_size
+    with _cheap_checks():
+        _check_model(model)
+    from ..scheduler.local import execute_bench
+
     with _run_errors("bench run"):
         spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
                          scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
                          compile=compile_, cuda_graph=cuda_graph, tags=list(tags))
         run_id, results = execute_bench(spec, None if no_store else db, console=_console(stderr=True),
                                         show_progress=not as_json)
+    if results.get("load_warning"):
+        click.echo(f"warning: {results['load_warning']}", err=True)
     if as_json:
         _json_out({"id": run_id, **results})
     else:
         _print_summary(run_id, model, f"{res}² × {batch}, {precision}", results)
 
 
+def _bench_suite(img_size, batch_size, precision, device, scan_backend, warmup, repeats, channels_last, compile_,
+                 cuda_graph, no_store, tags, db, as_json) -> None:
+    """`bench --suite paper`: the flags the user gave shape every section (or are refused, exit 2)."""
+    from ..engine.suite import SECTIONS
+
+    source = click.get_current_context().get_parameter_source("precision")
+    precision_given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    if compile_ and cuda_graph:
+        _user_error("--compile and --cuda-graph do not combine: give one (the compile or the CUDA-graph section)")
+    if cuda_graph and device == "cpu":
+        _user_error("--cuda-graph needs --device cuda (or auto on a machine with a GPU)")
+    for name, value in (("--batch-size", batch_size), ("--img-size", img_size), ("--repeats", repeats)):
+        if value is not None and value <= 0:
+            _user_error(f"{name} must be > 0, got {value}")
+    if warmup < 0:
+        _user_error(f"--warmup must be >= 0, got {warmup}")
+    sections = ("compile",) if compile_ else ("graph",) if cuda_graph else SECTIONS
+    from ..scheduler.local import execute_suite
+
+    with _run_errors("suite"):
+        rows, markdown = execute_suite(
+            None if no_store else db, device=device, scan_backend=scan_backend,
+            batch=128 if batch_size is None else batch_size,
+            warmup=warmup, repeats=repeats, tags=list(tags), console=_console(stderr=True),
+            show_progress=not as_json, sections=sections, res=img_size,
+            precision=precision if precision_given else None, channels_last=channels_last)
+    busy = [r for r in rows if r.get("load_warning")]
+    if busy:  # the busiest measurement speaks for the others
+        worst = max(busy, key=lambda r: r.get("load_avg_1m") or 0.0)
+        click.echo(f"warning: {len(busy)} of {len(rows)} measurements: {worst['load_warning']}", err=True)
+    if as_json:
+        _json_out(rows)
+    else:
+        click.echo(markdown)

@@ -1,10 +1,23 @@
 """The options of `vmbench run`, shared by every command that describes a training run (`run`, and the
-commands that plan runs for later). `run_options` applies them all; `build_spec` turns their values into a RunSpec."""
+commands that plan runs for later). `run_options` applies them all; `build_spec` turns their values into a RunSpec.
+
+One vocabulary across commands: `--batch-size` (alias `--batch`), `--img-size` (alias `--res`), `--json`; the
+other spelling of each is accepted everywhere (BATCH_SIZE / IMG_SIZE below are what `eval` and `bench` use)."""
 from __future__ import annotations
 
 import click
 
 from ..config import DEVICES, SCAN_BACKENDS, default_data_root
+
+def batch_size_option(default=None, help="Batch size."):
+    return click.option("--batch-size", "--batch", "batch_size", type=int, default=default,
+                        show_default=default is not None, help=help)
+
+
+def img_size_option(default=None, help="Input resolution."):
+    return click.option("--img-size", "--res", "img_size", type=int, default=default,
+                        show_default=default is not None, help=help)
+
 
 RUN_OPTIONS = [
     click.option("--recipe", default="smoke", show_default=True,
@@ -13,11 +26,12 @@ RUN_OPTIONS = [
                  help="Override one recipe key (repeatable); VALUE is a TOML literal, e.g. --set optimizer='sgd' "
                       "--set ema=true. Explicit flags override --set."),
     click.option("--epochs", type=int, default=None, help="Training epochs (default: the recipe's)."),
-    click.option("--batch-size", type=int, default=None,
+    click.option("--batch-size", "--batch", "batch_size", type=int, default=None,
                  help="Batch size per step, per process with --gpus (default: the recipe's)."),
     click.option("--lr", type=float, default=None,
                  help="Peak learning rate (default: the recipe's; scaled by the batch when it sets lr_base_batch)."),
-    click.option("--img-size", type=int, default=None, help="Input resolution (default: the recipe's, else the dataset's)."),
+    click.option("--img-size", "--res", "img_size", type=int, default=None,
+                 help="Input resolution (default: the recipe's, else the dataset's)."),
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
     click.option("--amp/--no-amp", default=None, help="Autocast on CUDA (bf16; fp16 with --set amp_dtype='fp16'); "
                  "default: the recipe's."),

@@ -47,6 +47,7 @@ def runs(status, model, limit, db, as_json):
 @main.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
               show_default=True)
+@click.option("--json", "fmt", flag_value="json", help="Print JSON (the same as --format json).")
 @click.option("--dataset", default=None, help="Only this dataset.")
 @click.option("--no-bench", is_flag=True, help="Leave out benchmark-only runs.")
 @db_option

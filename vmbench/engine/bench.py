@@ -8,10 +8,13 @@ time.perf_counter, peak memory as the growth of the process's peak RSS over the 
 (VmHWM after resetting it, minus VmRSS before), or None where Linux does not offer that.
 With `cuda_graph`, the step is captured once into a CUDA graph and the replays are timed: the GPU's
 time for the step without the host's (Python, dispatch, kernel launches).
+Every measurement records the machine's 1-minute load average before (and after) it; above
+LOADED_PER_CPU per CPU the result carries a `load_warning`: other work shared the machine, img/s may be low.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import statistics
 import time
@@ -24,10 +27,14 @@ from . import SpecError
 
 __all__ = [
     "benchmark", "measure_throughput", "train_step_throughput", "resolve_device", "resolve_scan_backend",
+    "recorded_scan_backend", "load_average", "load_warning",
     "autocast_ctx", "PeakMemory",
 ]
 
 Progress = Callable[[str, int, int], None]
+# A machine whose 1-minute load average exceeds this many runnable processes per CPU is busy with other work:
+# a speed measured then is flagged (the same bench measured 0.75 to 3.08 img/s on a shared 2-core machine).
+LOADED_PER_CPU = 0.5
 _AMP_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 
@@ -53,6 +60,14 @@ def resolve_scan_backend(requested: str, device: torch.device) -> str:
         return resolve_backend(requested, device)
     except (RuntimeError, ValueError) as e:
         raise SpecError(str(e)) from None
+
+
+def recorded_scan_backend(model_name: str, backend: str) -> str | None:
+    """The scan backend to record on a run of `model_name`: the resolved one for models that have a selective
+    scan (VMamba), None for the others (ConvNeXt, ResNet, … never run one)."""
+    from vmbench.models import uses_scan
+
+    return backend if uses_scan(model_name) else None
 
 
 def autocast_ctx(device: torch.device, precision: str, cache: bool = True):
@@ -150,6 +165,33 @@ class PeakMemory:
         return False
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (os.getloadavg), None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def load_warning(load: float | None, cpus: int | None = None) -> str | None:
+    """A one-line warning when `load` (1-minute load average) says other work shared the machine; else None."""
+    cpus = cpus or os.cpu_count() or 1
+    if load is None or load <= LOADED_PER_CPU * cpus:
+        return None
+    return (f"the machine was busy while measuring (load average {load:.2f} on {cpus} CPUs): other processes "
+            "shared it, so img/s may be low; measure again on an idle machine to compare")
+
+
+def _load_fields(load_before: float | None) -> dict:
+    """{load_avg_1m, load_avg_1m_after, cpu_count, load_warning?} of a measurement that started at
+    `load_before`. The warning looks at the load before measuring: afterwards it includes the benchmark's own
+    threads."""
+    cpus = os.cpu_count() or 1
+    warning = load_warning(load_before, cpus)
+    return dict(load_avg_1m=load_before, load_avg_1m_after=load_average(), cpu_count=cpus,
+                **({"load_warning": warning} if warning else {}))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -224,10 +266,12 @@ def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: tor
     as in an evaluation pass). `cuda_graph`: the forward is captured once into a CUDA graph and the graph is
     timed (no host work per call; warm-up and capture come first, untimed; `first_call_s` is the first
     replay). Returns {img_s, latency_ms (median per batch), latencies_ms (each run), first_call_s,
-    peak_mem_mb, peak_mem_source, batch, res, precision, iters, repeats, warmup}.
+    peak_mem_mb, peak_mem_source, batch, res, precision, iters, repeats, warmup, load_avg_1m (before),
+    load_avg_1m_after, cpu_count, load_warning (only when the machine was busy)}.
     """
     device = torch.device(device)
     iters = iters or (10 if device.type == "cuda" else 1)
+    load_before = load_average()
     was_training = model.training
     model.eval()
     x = _input(batch, res, device, channels_last, in_chans)
@@ -248,7 +292,7 @@ def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: tor
     latency = statistics.median(ms)
     return dict(img_s=batch * 1e3 / latency, latency_ms=latency, latencies_ms=ms, first_call_s=first_call_s,
                 peak_mem_mb=pm.mb, peak_mem_source=pm.source, batch=batch, res=res, precision=precision,
-                iters=iters, repeats=repeats, warmup=warmup)
+                iters=iters, repeats=repeats, warmup=warmup, **_load_fields(load_before))
 
 
 def train_step_throughput(model: torch.nn.Module, batch: int, res: int, device: torch.device | str,
@@ -265,6 +309,7 @@ def train_step_throughput(model: torch.nn.Module, batch: int, res: int, device: 
     """
     device = torch.device(device)
     iters = iters or (10 if device.type == "cuda" else 1)
+    load_before = load_average()
     was_training = model.training
     model.train()
     x = _input(batch, res, device, channels_last, in_chans)
@@ -290,7 +335,7 @@ def train_step_throughput(model: torch.nn.Module, batch: int, res: int, device: 
     latency = statistics.median(ms)
     return dict(img_s=batch * 1e3 / latency, latency_ms=latency, latencies_ms=ms, first_call_s=first_call_s,
                 peak_mem_mb=pm.mb, peak_mem_source=pm.source, batch=batch, res=res, precision=precision,
-                iters=iters, repeats=repeats, warmup=warmup)
+                iters=iters, repeats=repeats, warmup=warmup, **_load_fields(load_before))
 
 
 def model_cost(model_name: str, num_classes: int, res: int, model: torch.nn.Module | None = None,
@@ -327,7 +372,8 @@ def benchmark(spec, progress: Progress | None = None) -> dict:
     Validates the model name, device and scan backend first (ValueError subclasses), then builds the model
     with random weights. Returns {model, params_m, gflops, flops_uncovered, flops_error, img_s, latency_ms,
     latencies_ms, first_call_s, peak_mem_mb, peak_mem_source, device, gpu_name, torch_threads, precision, res,
-    batch, num_classes, scan_backend (resolved), channels_last, compile, cuda_graph, warmup, repeats, iters}.
+    batch, num_classes, scan_backend (resolved; None for a model without a scan), channels_last, compile,
+    cuda_graph, warmup, repeats, iters, load_avg_1m, cpu_count, load_warning (a busy machine only)}.
     """
     from vmbench.models import create_model, resolve_model_name
 
@@ -354,7 +400,9 @@ def benchmark(spec, progress: Progress | None = None) -> dict:
         peak_mem_source=speed["peak_mem_source"], device=device.type,
         gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         torch_threads=torch.get_num_threads(), precision=spec.precision, res=spec.res, batch=spec.batch,
-        num_classes=spec.num_classes, scan_backend=backend, channels_last=spec.channels_last,
+        num_classes=spec.num_classes, scan_backend=recorded_scan_backend(name, backend),
+        channels_last=spec.channels_last,
         compile=spec.compile, cuda_graph=getattr(spec, "cuda_graph", False), warmup=spec.warmup,
         repeats=spec.repeats, iters=speed["iters"],
+        **{k: speed[k] for k in ("load_avg_1m", "load_avg_1m_after", "cpu_count", "load_warning") if k in speed},
     )

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import SpecError
+from .bench import recorded_scan_backend
 
 __all__ = ["evaluate", "WeightsEval"]
 
@@ -166,5 +167,6 @@ class WeightsEval:
         return dict(top1=ev["top1"], top5=ev["top5"], val_loss=ev["loss"], images=ev["images"], eval_time_s=dt,
                     params_m=params_m, model=self.model_name, dataset=self.dataset.name,
                     num_classes=self.dataset.num_classes, img_size=self.img_size, device=self.device.type,
-                    scan_backend=self.scan_backend, amp=self.amp, channels_last=bool(self.spec.channels_last),
+                    scan_backend=recorded_scan_backend(self.model_name, self.scan_backend), amp=self.amp,
+                    channels_last=bool(self.spec.channels_last),
                     **skipped, **{k: v for k, v in self.info.items() if k.startswith("weights_")})

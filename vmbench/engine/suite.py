@@ -7,6 +7,9 @@ Sections (the layout of shared/ANCHORS.md):
   graph    inference and training step (AMP-bf16, batch 128, 224²) captured once into a CUDA graph and replayed:
            the GPU's time alone, without the eager host overhead (Python, dispatch, launches)
   compile  torch.compile'd inference (AMP-bf16) and training, batch 128, 224²
+`run_suite`'s `res`, `precision` and `channels_last` replace the defaults above in every section they apply to
+(`res` leaves the resolution sweep out; `precision` replaces each section's precisions); `vmbench bench --suite
+paper --compile` / `--cuda-graph` run only the compile / graph section. Table titles say what was measured.
 Every row also carries the ratio against the peer of the same size measured in the same run
 (VMamba-T vs Swin-T, …; ConvNeXt-T for the resolution rows), so a speed claim is always a ratio on one card.
 """
@@ -59,34 +62,43 @@ def _measure(fn: Callable[[], dict]) -> dict:
 def run_suite(models: Iterable[str] = PAPER_MODELS, sections: Iterable[str] = SECTIONS, device: str = "auto",
               scan_backend: str = "auto", batch: int = 128, warmup: int = 3, repeats: int = 5,
               progress: Callable[[str, int, int], None] | None = None,
-              log: Callable[[dict], None] | None = None) -> list[dict]:
+              log: Callable[[dict], None] | None = None, res: int | None = None, precision: str | None = None,
+              channels_last: bool = False) -> list[dict]:
     """Measure `models` in the given `sections`; returns one dict per measurement (see module doc).
 
-    Each row: {section, model, precision, res, batch, compiled, img_s, latency_ms, peak_mem_mb, first_call_s,
-    error?, peer?, ratio?}. `log(row)` is called as each row is measured.
+    `res` (default 224) and `precision` (default: each section's own) apply to every section; a given `res`
+    leaves the resolution sweep out. `channels_last` puts every model and input in channels_last.
+    Each row: {section, model, precision, res, batch, compiled, channels_last, img_s, latency_ms, peak_mem_mb,
+    first_call_s, error?, peer?, ratio?}. `log(row)` is called as each row is measured.
     """
+    from vmbench.models import uses_scan
+
     dev = resolve_device(device)
     backend = resolve_scan_backend(scan_backend, dev)
     models = list(models)
-    sections = [s for s in SECTIONS if s in set(sections)]
+    sections = [s for s in SECTIONS if s in set(sections) and not (s == "res" and res is not None)]
+    size = res or 224
+    infer_precisions = (precision,) if precision else ("fp32", "amp_bf16", "amp_fp16")
     rows: list[dict] = []
-    common = dict(warmup=warmup, repeats=repeats, progress=progress)
+    cl = channels_last
+    common = dict(warmup=warmup, repeats=repeats, progress=progress, channels_last=cl)
 
     def add(row: dict) -> None:
-        row.setdefault("scan_backend", backend if row["model"].startswith(("vmamba", "vanilla_vmamba")) else None)
+        row.setdefault("scan_backend", backend if uses_scan(row["model"]) else None)
+        row["channels_last"] = cl
         rows.append(row)
         if log:
             log(row)
 
     if "infer" in sections:
         for name in models:
-            model = _measure(lambda: _build(name, dev, backend))
-            for prec in ("fp32", "amp_bf16", "amp_fp16"):
-                base = dict(section="infer", model=name, precision=prec, res=224, batch=batch, compiled=False)
+            model = _measure(lambda: _build(name, dev, backend, size, cl))
+            for prec in infer_precisions:
+                base = dict(section="infer", model=name, precision=prec, res=size, batch=batch, compiled=False)
                 if isinstance(model, dict):
                     add({**base, **model})
                     continue
-                r = _measure(lambda: measure_throughput(model, batch, 224, dev, prec, task=f"{name} {prec}",
+                r = _measure(lambda: measure_throughput(model, batch, size, dev, prec, task=f"{name} {prec}",
                                                         **common))
                 add({**base, **_pick(r)})
             del model
@@ -94,31 +106,34 @@ def run_suite(models: Iterable[str] = PAPER_MODELS, sections: Iterable[str] = SE
 
     if "train" in sections:
         for name in models:
-            base = dict(section="train", model=name, precision="amp_bf16", res=224, batch=batch, compiled=False)
-            r = _measure(lambda: train_step_throughput(_build(name, dev, backend), batch, 224, dev, "amp_bf16",
+            prec = precision or "amp_bf16"
+            base = dict(section="train", model=name, precision=prec, res=size, batch=batch, compiled=False)
+            r = _measure(lambda: train_step_throughput(_build(name, dev, backend, size, cl), batch, size, dev, prec,
                                                        task=f"{name} train", **common))
             add({**base, **_pick(r)})
             _free(dev)
 
     if "res" in sections:
         for name in [m for m in RES_MODELS if m in models]:
-            for res, b in RES_POINTS:
-                base = dict(section="res", model=name, precision="amp_fp16", res=res, batch=b, compiled=False)
-                r = _measure(lambda: measure_throughput(_build(name, dev, backend, res=res), b, res, dev,
-                                                        "amp_fp16", task=f"{name} {res}²", **common))
+            for r_res, b in RES_POINTS:
+                prec = precision or "amp_fp16"
+                base = dict(section="res", model=name, precision=prec, res=r_res, batch=b, compiled=False)
+                r = _measure(lambda: measure_throughput(_build(name, dev, backend, r_res, cl), b, r_res, dev,
+                                                        prec, task=f"{name} {r_res}²", **common))
                 add({**base, **_pick(r)})
                 _free(dev)
 
     if "graph" in sections:
         for name in [m for m in COMPILE_MODELS if m in models]:
             for kind in ("infer", "train"):
-                base = dict(section="graph", model=name, precision="amp_bf16", res=224, batch=batch, compiled=False,
+                prec = precision or "amp_bf16"
+                base = dict(section="graph", model=name, precision=prec, res=size, batch=batch, compiled=False,
                             kind=kind)
 
                 def graphed():
-                    model = _build(name, dev, backend)
+                    model = _build(name, dev, backend, size, cl)
                     fn = measure_throughput if kind == "infer" else train_step_throughput
-                    return fn(model, batch, 224, dev, "amp_bf16", task=f"{name} {kind} graph", cuda_graph=True,
+                    return fn(model, batch, size, dev, prec, task=f"{name} {kind} graph", cuda_graph=True,
                               **common)
 
                 add({**base, **_pick(_measure(graphed))})
@@ -127,19 +142,20 @@ def run_suite(models: Iterable[str] = PAPER_MODELS, sections: Iterable[str] = SE
     if "compile" in sections:
         for name in [m for m in COMPILE_MODELS if m in models]:
             for kind in ("infer", "train"):
-                base = dict(section="compile", model=name, precision="amp_bf16", res=224, batch=batch,
+                prec = precision or "amp_bf16"
+                base = dict(section="compile", model=name, precision=prec, res=size, batch=batch,
                             compiled=True, kind=kind)
 
                 def go():
                     torch._dynamo.reset()
-                    model = _build(name, dev, backend)
+                    model = _build(name, dev, backend, size, cl)
                     t0 = time.perf_counter()
                     cm = torch.compile(model)
                     if kind == "infer":
-                        r = measure_throughput(cm, batch, 224, dev, "amp_bf16", compiled=True,
+                        r = measure_throughput(cm, batch, size, dev, prec, compiled=True,
                                                task=f"{name} compiled", **common)
                     else:
-                        r = train_step_throughput(cm, batch, 224, dev, "amp_bf16", task=f"{name} compiled train",
+                        r = train_step_throughput(cm, batch, size, dev, prec, task=f"{name} compiled train",
                                                   **common)
                     r["compile_wall_s"] = time.perf_counter() - t0
                     return r
@@ -152,7 +168,8 @@ def run_suite(models: Iterable[str] = PAPER_MODELS, sections: Iterable[str] = SE
 
 
 def _pick(r: dict) -> dict:
-    keys = ("img_s", "latency_ms", "peak_mem_mb", "first_call_s", "compile_wall_s", "error")
+    keys = ("img_s", "latency_ms", "peak_mem_mb", "first_call_s", "compile_wall_s", "load_avg_1m", "load_warning",
+            "error")
     return {k: r[k] for k in keys if k in r}
 
 
@@ -170,17 +187,33 @@ def _add_ratios(rows: list[dict]) -> None:
             r["ratio"] = r["img_s"] / other["img_s"]
 
 
+_TITLES = {"infer": "Inference", "train": "Training fwd+bwd, no optimizer", "res": "Resolution scaling",
+           "compile": "torch.compile", "graph": "CUDA graph (eager kernels, host overhead removed)"}
+_PRECISION_NAMES = {"fp32": "fp32", "amp_bf16": "AMP-bf16", "amp_fp16": "AMP-fp16"}
+
+
+def _joined(values) -> str:
+    return " / ".join(str(v) for v in dict.fromkeys(values))
+
+
+def section_title(section: str, rows: list[dict]) -> str:
+    """A section's title from what its rows measured (precision, batch, resolution, memory format)."""
+    parts = [_TITLES[section], _joined(_PRECISION_NAMES.get(r["precision"], r["precision"]) for r in rows)]
+    if section != "res":
+        parts += [f"batch {_joined(r['batch'] for r in rows)}", f"{_joined(r['res'] for r in rows)}²"]
+    if any(r.get("channels_last") for r in rows):
+        parts.append("channels-last")
+    return ", ".join(parts)
+
+
 def to_markdown(rows: list[dict], device_name: str = "") -> str:
-    """One markdown table per section."""
+    """One markdown table per section, titled with what was measured."""
     out = []
-    titles = {"infer": "Inference, batch 128, 224²", "train": "Training fwd+bwd, AMP-bf16, no optimizer, batch 128",
-              "res": "Resolution scaling, AMP-fp16", "compile": "torch.compile, AMP-bf16, batch 128",
-              "graph": "CUDA graph (eager kernels, host overhead removed), AMP-bf16, batch 128"}
     for sec in SECTIONS:
         sec_rows = [r for r in rows if r["section"] == sec]
         if not sec_rows:
             continue
-        out.append(f"### {titles[sec]}{' — ' + device_name if device_name else ''}\n")
+        out.append(f"### {section_title(sec, sec_rows)}{' — ' + device_name if device_name else ''}\n")
         out.append("| model | precision | res | batch | kind | img/s | peak MB | vs peer | first call s | note |")
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in sec_rows:

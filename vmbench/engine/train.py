@@ -62,7 +62,8 @@ import torch
 import torch.nn.functional as F
 
 from . import SpecError
-from .bench import PeakMemory, measure_throughput, model_cost, resolve_device, resolve_scan_backend
+from .bench import (PeakMemory, measure_throughput, model_cost, recorded_scan_backend, resolve_device,
+                    resolve_scan_backend)
 from .evaluate import evaluate
 
 __all__ = ["Trainer", "Distributed", "DivergedError", "TrainingStopped", "param_groups", "train_one_epoch",
@@ -843,7 +844,7 @@ class Trainer:
             params_m=cost["params_m"], gflops=cost["gflops"], flops_uncovered=cost["flops_uncovered"],
             flops_error=cost["flops_error"], img_s=speed["img_s"], latency_ms=speed["latency_ms"],
             bench_batch=self.bench_batch, peak_mem_mb=peak_mb, peak_mem_source=peak_src,
-            scan_backend=self.scan_backend, device=self.device.type,
+            scan_backend=recorded_scan_backend(self.model_name, self.scan_backend), device=self.device.type,
             gpu_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             amp=self.amp, img_size=self.img_size, num_classes=self.dataset.num_classes,
             epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name, lr_peak=self.lr,

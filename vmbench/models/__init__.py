@@ -5,14 +5,16 @@ Importing this package does not import torch or timm; `create_model` does.
 from .registry import (
     ModelEntry,
     UnknownModelError,
+    check_model_name,
     create_model,
     list_models,
     model_entry,
     register_model,
     resolve_model_name,
+    uses_scan,
 )
 
 __all__ = [
     "ModelEntry", "UnknownModelError", "create_model", "list_models", "model_entry",
-    "register_model", "resolve_model_name",
+    "register_model", "resolve_model_name", "check_model_name", "uses_scan",
 ]

@@ -15,6 +15,8 @@ This module must stay importable without torch or timm (the CLI lists models and
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 from typing import Any, Callable
 
 from ._meta import ModelEntry, UnknownModelError
@@ -22,7 +24,7 @@ from .zoo import PEERS  # plain data, no torch
 
 __all__ = [
     "ModelEntry", "UnknownModelError", "create_model", "list_models", "model_entry",
-    "resolve_model_name", "register_model", "SCAN_BACKENDS",
+    "resolve_model_name", "register_model", "SCAN_BACKENDS", "check_model_name", "uses_scan", "timm_defined_names",
 ]
 
 SCAN_BACKENDS = ("auto", "torch", "triton")
@@ -145,7 +147,46 @@ def list_models(family: str | None = None, source: str | None = None) -> list[Mo
     return out
 
 
+_TIMM_SOURCES: list[str] | None = None
+
+
+def _timm_sources() -> list[str]:
+    """The text of timm's model definition files (timm/models/*.py), read without importing timm (which imports
+    torch: seconds); [] where timm is not installed as plain files."""
+    global _TIMM_SOURCES
+    if _TIMM_SOURCES is None:
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("timm")
+        folders = [Path(p) / "models" for p in (spec.submodule_search_locations or [])] if spec else []
+        _TIMM_SOURCES = [f.read_text(errors="replace") for d in folders if d.is_dir() for f in sorted(d.glob("*.py"))]
+    return _TIMM_SOURCES
+
+
+def timm_defined_names() -> set[str]:
+    """Architectures timm's sources register (`@register_model def NAME(`), found without importing timm."""
+    pattern = re.compile(r"@register_model\s*\ndef\s+(\w+)\s*\(")
+    return {n for text in _timm_sources() for n in pattern.findall(text)}
+
+
+@functools.lru_cache(maxsize=256)
+def _timm_maybe(name: str) -> bool:
+    """False only when timm clearly has no model `name`: its architecture (the part before a `.tag`) appears
+    nowhere in timm's model sources. Cheap: no torch or timm import."""
+    sources = _timm_sources()
+    if not sources:
+        return True  # cannot tell without importing timm
+    arch = name.split(".", 1)[0]
+    if not re.fullmatch(r"\w+", arch):
+        return False
+    word = re.compile(rf"\b{re.escape(arch)}\b")
+    return any(word.search(text) for text in sources)
+
+
 def _timm_has(name: str) -> bool:
+    if not _timm_maybe(name):
+        return False
     try:
         import timm
     except ImportError:  # pragma: no cover - timm is a hard dependency
@@ -153,16 +194,36 @@ def _timm_has(name: str) -> bool:
     return bool(timm.is_model(name))
 
 
+# What a model name may look like: a timm architecture, optionally `.pretrained_tag` (e.g. resnet50.a1_in1k).
+# Names end up in paths (TensorBoard folders) and tables: nothing else (`/`, `..`, spaces) is a model name.
+_NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_]+)?")
+
+
+def check_model_name(name: str) -> None:
+    """Raise UnknownModelError when `name` is clearly not a model: neither registered here nor mentioned in
+    timm's model sources. Never imports torch or timm, so a command refuses a typo at once; a name timm may
+    know is checked for real when the model is built."""
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
+    key = _norm(name)
+    if _NAME.fullmatch(name.strip()) and (key in _ENTRIES or key in _ALIASES or
+                                          any(_timm_maybe(c) for c in dict.fromkeys((name.strip(), key)))):
+        return
+    raise _unknown(name)
+
+
+def uses_scan(name: str) -> bool:
+    """Whether model `name` runs the selective scan (VMamba families), so that a scan backend means something
+    on its runs. Cheap: registry metadata only."""
+    entry = _ENTRIES.get(_ALIASES.get(_norm(name), _norm(name))) if isinstance(name, str) else None
+    return entry is not None and entry.family in ("vmamba", "vanilla_vmamba")
+
+
 def _unknown(name: str) -> UnknownModelError:
     pool = list(_ENTRIES) + list(_ALIASES)
     close = difflib.get_close_matches(_norm(name), pool, n=4, cutoff=0.5)
     if not close:
-        try:
-            import timm
-
-            close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
-        except ImportError:  # pragma: no cover
-            close = []
+        close = difflib.get_close_matches(name, sorted(timm_defined_names()), n=4, cutoff=0.6)
     # Map aliases to canonical names, keep order, drop duplicates.
     seen: list[str] = []
     for c in close:
@@ -182,6 +243,8 @@ def resolve_model_name(name: str) -> str:
     """
     if not isinstance(name, str) or not name.strip():
         raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
+    if not _NAME.fullmatch(name.strip()):
+        raise _unknown(name)
     key = _norm(name)
     if key in _ENTRIES:
         return key

@@ -397,6 +397,8 @@ def create_train_run(store: Store, spec: RunSpec, db: str, trainer, init_info: d
     its TensorBoard folder or None). A folder that cannot be made ends the run as failed (RunFailed)."""
     import uuid
 
+    from ..engine.bench import recorded_scan_backend
+
     root = checkpoint_root(db, spec.checkpoint_root)  # ValueError before anything is written
     device = str(trainer.device)
     info = record_env(device)
@@ -411,7 +413,8 @@ def create_train_run(store: Store, spec: RunSpec, db: str, trainer, init_info: d
         params.update(recipe=dict(recipe.values), recipe_source=recipe.source)
     run_id = store.create_run(
         "train", trainer.model_name, spec.dataset, params, recipe=recipe.name if recipe else None, seed=spec.seed,
-        tags=spec.tags, device=device, scan_backend=trainer.scan_backend, gpus=gpus, run_uuid=run_uuid,
+        tags=spec.tags, device=device, scan_backend=recorded_scan_backend(trainer.model_name, trainer.scan_backend),
+        gpus=gpus, run_uuid=run_uuid,
         checkpoint_dir=str(folder), **info)
     tb = None
     if spec.tensorboard:

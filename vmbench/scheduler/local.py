@@ -223,6 +223,7 @@ def execute_eval(spec: EvalSpec, db: str | None, console=None, show_progress: bo
     Raises ValueError (nothing written) when the model, dataset or file is wrong or the weights do not fit;
     RunFailed / KeyboardInterrupt as execute_bench.
     """
+    from ..engine.bench import recorded_scan_backend
     from ..engine.evaluate import WeightsEval
 
     job = WeightsEval(spec)
@@ -232,7 +233,8 @@ def execute_eval(spec: EvalSpec, db: str | None, console=None, show_progress: bo
     if store:
         params = {**spec.to_dict(), **info}
         run_id, folder, run_uuid = _create(store, db, "eval", job.model_name, spec.dataset, params, tags=spec.tags,
-                                           device=job.device.type, scan_backend=job.scan_backend,
+                                           device=job.device.type,
+                                           scan_backend=recorded_scan_backend(job.model_name, job.scan_backend),
                                            **record_env(job.device.type))
     with progress_bar(console, show_progress) as hook:
         try:
@@ -255,8 +257,9 @@ def execute_eval(spec: EvalSpec, db: str | None, console=None, show_progress: bo
 
 def execute_suite(db: str | None, *, device: str = "auto", scan_backend: str = "auto", batch: int = 128,
                   warmup: int = 3, repeats: int = 5, tags: list[str] | None = None, console=None,
-                  show_progress: bool = True) -> tuple[list[dict], str]:
-    """The paper suite (vmbench.engine.suite); each measured row is stored as a completed bench run."""
+                  show_progress: bool = True, sections=None, **options) -> tuple[list[dict], str]:
+    """The paper suite (vmbench.engine.suite); each measured row is stored as a completed bench run.
+    `sections` (default: all) and `options` (res, precision, channels_last) go to run_suite."""
     from ..engine.bench import resolve_device
     from ..engine.suite import PAPER_MODELS, SECTIONS, run_suite, to_markdown
 
@@ -267,14 +270,16 @@ def execute_suite(db: str | None, *, device: str = "auto", scan_backend: str = "
     def log(row: dict) -> None:
         if not store or row.get("error"):
             return
-        params = {k: row.get(k) for k in ("section", "precision", "res", "batch", "compiled", "kind")}
+        params = {k: row.get(k) for k in ("section", "precision", "res", "batch", "compiled", "kind",
+                                          "channels_last")}
         rid = store.create_run("bench", row["model"], None, params, tags=[*(tags or []), "suite:paper"],
                                device=dev, scan_backend=row.get("scan_backend"), **info)
         store.finish_run(rid, "completed", {k: row.get(k) for k in ("img_s", "latency_ms", "peak_mem_mb", "res",
-                                                                   "precision", "first_call_s")})
+                                                                   "precision", "first_call_s", "load_avg_1m",
+                                                                   "load_warning")})
 
     with progress_bar(console, show_progress) as hook:
-        rows = run_suite(PAPER_MODELS, SECTIONS, device=device, scan_backend=scan_backend, batch=batch,
-                         warmup=warmup, repeats=repeats, progress=hook, log=log)
+        rows = run_suite(PAPER_MODELS, sections or SECTIONS, device=device, scan_backend=scan_backend, batch=batch,
+                         warmup=warmup, repeats=repeats, progress=hook, log=log, **options)
     card = (info.get("env") or {}).get("gpu") or dev
     return rows, to_markdown(rows, card)

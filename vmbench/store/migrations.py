@@ -103,7 +103,11 @@ def migrate(engine: sa.Engine) -> list[str]:
     names = [n for n, _ in MIGRATIONS]
     assert len(set(names)) == len(names), "duplicate migration names"
     with engine.connect() as conn:
-        if set(names) <= set(applied_migrations(conn)):
+        done = set(applied_migrations(conn))
+        if done - set(names):  # written by a newer vmbench: never write into a schema this version does not know
+            raise ValueError(f"the database's schema is newer than this vmbench (migration "
+                             f"{sorted(done - set(names))[-1]} unknown): upgrade vmbench to use it")
+        if set(names) <= done:
             return []  # fast path: nothing to do, no write lock taken
     with engine.connect() as conn:
         # On SQLite the "begin" hook in store.db turns this into BEGIN IMMEDIATE:
