@@ -5,6 +5,7 @@
 `show` and `runs` start fast and never import torch.
 """
 from . import catalog, execute, report  # noqa: F401  (each registers its commands on `main`)
+from . import queue  # noqa: F401,E402  (sweep, queue, worker)
 from ._common import EXIT_USER_ERROR, main
 
 __all__ = ["main", "EXIT_USER_ERROR"]

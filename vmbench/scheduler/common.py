@@ -1,0 +1,36 @@
+"""Small pieces the scheduler's modules share (rather than importing each other's private names): how a child
+`vmbench` process is started so that it dies with its parent, and how a worker names itself."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def cli_argv(*args: str) -> list[str]:
+    """The command line of a `vmbench` child process run by this interpreter."""
+    return [sys.executable, "-m", "vmbench.cli", *args]
+
+
+def die_with_parent(sig: int = signal.SIGTERM):
+    """A `preexec_fn` for subprocess.Popen: the child gets `sig` when the process that started it dies, even by
+    SIGKILL (Linux; elsewhere nothing is set). A vmbench run stops at a step boundary on SIGTERM."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(sig))
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def worker_name() -> str:
+    """`host:pid`, how a worker is recorded on the claims and attempts it makes."""
+    return f"{socket.gethostname()}:{os.getpid()}"
