@@ -285,7 +285,8 @@ def worker(executor, gpus, device, slots, min_free_mb, max_attempts, backoff, le
 
             ex = SlurmExecutor(logs, db, partition=partition, time_limit=time_limit, gpus_per_run=gpus_per_run,
                                cpus_per_run=cpus_per_run, mem=mem, account=account, qos=qos,
-                               sbatch_extra=list(sbatch_extra), max_jobs=max_jobs, signal_delay_s=signal_delay)
+                               sbatch_extra=list(sbatch_extra), max_jobs=max_jobs, signal_delay_s=signal_delay,
+                               lease_s=lease)
             w = Worker(db, ex, log_dir=logs, **common)
         else:
             w = local_worker(db, device=device, gpus=gpus, slots=slots, min_free_mb=min_free_mb, log_dir=logs,

@@ -66,6 +66,7 @@ class LocalExecutor:
     """Slots on this machine: GPU ids (children see only theirs) or CPU slots (children see no GPU)."""
 
     kinds = ("train", "noop")
+    records_gpus = True
 
     def __init__(self, slots: list[str], cpu: bool, log_dir: Path, min_free_mb: int = 0):
         self.slots, self.cpu, self.log_dir, self.min_free_mb = list(slots), cpu, log_dir, min_free_mb

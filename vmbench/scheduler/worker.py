@@ -138,7 +138,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 (an attempt that cannot start is an infrastructure failure)
             self._end(Running(claim, None, "run", slots, None), "retry", None, f"cannot start: {e}")
             return
-        gpu_ids = ",".join(slots)
+        gpu_ids = ",".join(slots) if getattr(self.ex, "records_gpus", True) else None
         if action == "done":
             self.queue.finish(claim.item_id, claim.token, "done", run_id=run_id)
             self.say(f"item {claim.item_id}: run {run_id} had completed; marked done")
@@ -154,7 +154,12 @@ class Worker:
         argv = attempt_argv(self.db, claim, action, run_id)
         log_path = self.log_dir / f"item{claim.item_id}-attempt{claim.attempt}.log"
         self.queue.started(claim.item_id, claim.token, action, gpu_ids=gpu_ids, log_path=str(log_path))
-        handle = self.ex.start(argv, slots, log_path, claim=claim)
+        try:
+            handle = self.ex.start(argv, slots, log_path, claim=claim)
+        except Exception as e:  # noqa: BLE001 (a submission that fails: retried after a back-off)
+            self._end(Running(claim, None, action, [], run_id), "retry", None,
+                      f"cannot start: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
+            return
         job_id = getattr(handle, "job_id", None)
         if job_id:
             self.queue.started(claim.item_id, claim.token, action, slurm_job_id=str(job_id),

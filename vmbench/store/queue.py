@@ -209,7 +209,8 @@ class Queue:
                 if k in fields:
                     setattr(item, k, fields[k])
             s.execute(sa.update(QueueAttempt).where(QueueAttempt.item_id == item_id,
-                                                    QueueAttempt.claim_token == token)
+                                                    QueueAttempt.claim_token == token,
+                                                    QueueAttempt.ended_at.is_(None))
                       .values(action=action, **{k: v for k, v in fields.items() if k in ("slurm_job_id", "gpu_ids")}))
             return True
 
