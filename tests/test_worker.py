@@ -86,8 +86,8 @@ def test_worker_runs_a_sweep_and_refuses_to_retry_user_errors(tmp_path):
 
 def test_killed_run_resumes_and_a_stopped_worker_hands_over(tmp_path):
     db = str(tmp_path / "q.db")
-    out = _cli("queue", "add", "test_resnet", "shapes", "--epochs", "4", "--max-train-batches", "12",
-               "--set", "checkpoints=true", "--deterministic", *TINY, "--db", db)
+    out = _cli("queue", "add", "test_resnet", "shapes", "--epochs", "3", "--max-train-batches", "4",
+               "--set", "checkpoints=true", *TINY, "--db", db)
     assert out.returncode == 0, out.stderr
     w1 = _worker(db, "--backoff", "0.5", "--lease", "20")
     try:
@@ -115,14 +115,14 @@ def test_killed_run_resumes_and_a_stopped_worker_hands_over(tmp_path):
         assert "SIGKILL" in q.attempts(1)[0].error
         assert q.attempts(1)[2].worker.endswith(f":{w2.pid}")
     run = _run(db, 1)
-    assert run.status == "completed" and sorted({m.epoch for m in run.metrics}) == [1, 2, 3, 4]
+    assert run.status == "completed" and sorted({m.epoch for m in run.metrics}) == [1, 2, 3]
 
 
-def test_workers_killed_at_random_lose_nothing_and_run_nothing_twice(tmp_path):
+def test_workers_killed_at_random_lose_nothing_and_run_nothing_twice(tmp_path, any_db):
     """Four workers on 60 items that hold their claim for 0.25 s; two workers are SIGKILLed mid-way. Every item
     ends done, exactly once, and no item's executions overlap (a dead worker's claim is taken over only after
     it died)."""
-    db = str(tmp_path / "q.db")
+    db = any_db
     trace = tmp_path / "trace.jsonl"
     enqueue(db, [noop_item(f"n{i}", seconds=0.25, trace=str(trace)) for i in range(60)])
     workers = [_worker(db, "--slots", "2", "--lease", "1.5", "--poll", "0.05", log=subprocess.DEVNULL)

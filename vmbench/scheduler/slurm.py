@@ -31,7 +31,11 @@ _LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFI
 def parse_time(text: str) -> int:
     """SLURM time ("MM", "HH:MM:SS", "D-HH:MM:SS", "MM:SS") → whole minutes (at least 1)."""
     days, _, rest = text.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
+    try:
+        parts = [int(p) for p in rest.split(":")]
+        days = int(days or 0)
+    except ValueError:
+        raise ValueError(f"--time {text!r}: expected MM, HH:MM:SS or D-HH:MM:SS") from None
     if len(parts) == 1:
         secs = parts[0] * 60
     elif len(parts) == 2:
@@ -40,7 +44,7 @@ def parse_time(text: str) -> int:
         secs = parts[0] * 3600 + parts[1] * 60 + parts[2]
     else:
         raise ValueError(f"--time {text!r}: expected MM, HH:MM:SS or D-HH:MM:SS")
-    secs += int(days or 0) * 86400
+    secs += days * 86400
     if secs <= 0:
         raise ValueError(f"--time {text!r} must be positive")
     return max(1, math.ceil(secs / 60))
