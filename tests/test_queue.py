@@ -37,12 +37,12 @@ def test_identical_specs_enqueued_once(any_db):
 def test_claim_lease_renew_finish(any_db):
     with Queue(any_db) as q:
         (a, _), (b, _) = q.add(_items(2))
-        c1 = q.claim("w1", lease_s=30)
+        c1 = q.claim("w1", lease_s=30, slots=["cpu0", "cpu1"])
         c2 = q.claim("w2", lease_s=30)
         assert (c1.item_id, c2.item_id) == (a, b) and c1.token != c2.token
         assert q.claim("w3", lease_s=30) is None
         assert q.renew(a, c1.token, 30) and not q.renew(a, c2.token, 30)
-        assert q.started(a, c1.token, "noop", gpu_ids="cpu0")
+        assert q.started(a, c1.token, "noop")
         assert q.finish(a, c1.token, "done") == "done"
         assert q.finish(a, c1.token, "done") is None  # a token that no longer holds writes nothing
         at = q.attempts(a)

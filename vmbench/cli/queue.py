@@ -254,11 +254,13 @@ def _default_log_dir(db: str) -> Path:
 @click.option("--max-jobs", type=int, default=8, show_default=True, help="SLURM jobs this worker keeps at once.")
 @click.option("--signal-delay", type=int, default=120, show_default=True,
               help="SLURM: seconds before the time limit when the job is told to checkpoint and requeue.")
+@click.option("--stats-file", type=click.Path(dir_okay=False), default=None, hidden=True,
+              help="Write every claim's latency (ms) here as JSON at the end (benchmarks/queue_stress.py).")
 @db_option
 @json_option
 def worker(executor, gpus, device, slots, min_free_mb, max_attempts, backoff, lease, poll, forever, log_dir,
            partition, time_limit, gpus_per_run, cpus_per_run, mem, account, qos, sbatch_extra, max_jobs, signal_delay,
-           db, as_json):
+           stats_file, db, as_json):
     """Run queued items until the queue is empty (or --forever): one run per free GPU (or CPU slot), or one
     SLURM job per run with --executor slurm.
 
@@ -294,6 +296,10 @@ def worker(executor, gpus, device, slots, min_free_mb, max_attempts, backoff, le
     except ValueError as e:
         _user_error(str(e))
     summary = w.run()
+    if stats_file:
+        import json
+
+        Path(stats_file).write_text(json.dumps({"claim_ms": w.claim_ms, **summary}))
     if as_json:
         _json_out(summary)
     else:

@@ -122,7 +122,8 @@ class Worker:
                 break
             t0 = time.perf_counter()
             claim = self.queue.claim(self.name, lease_s=self.lease_s, max_gpus=len(free),
-                                     max_failures=self.max_attempts, kinds=self.ex.kinds)
+                                     max_failures=self.max_attempts, kinds=self.ex.kinds,
+                                     slots=free if getattr(self.ex, "records_gpus", True) else None)
             self.claim_ms.append((time.perf_counter() - t0) * 1e3)
             if claim is None:
                 break
@@ -138,7 +139,6 @@ class Worker:
         except Exception as e:  # noqa: BLE001 (an attempt that cannot start is an infrastructure failure)
             self._end(Running(claim, None, "run", slots, None), "retry", None, f"cannot start: {e}")
             return
-        gpu_ids = ",".join(slots) if getattr(self.ex, "records_gpus", True) else None
         if action == "done":
             self.queue.finish(claim.item_id, claim.token, "done", run_id=run_id)
             self.say(f"item {claim.item_id}: run {run_id} had completed; marked done")
@@ -148,12 +148,11 @@ class Worker:
             r.noop_until = time.monotonic() + float(claim_spec(claim).get("seconds") or 0.0)
             self.ex.busy.update(slots)
             _trace(claim, "start")
-            self.queue.started(claim.item_id, claim.token, "noop", gpu_ids=gpu_ids)
             self.running[claim.item_id] = r
             return
         argv = attempt_argv(self.db, claim, action, run_id)
         log_path = self.log_dir / f"item{claim.item_id}-attempt{claim.attempt}.log"
-        self.queue.started(claim.item_id, claim.token, action, gpu_ids=gpu_ids, log_path=str(log_path))
+        self.queue.started(claim.item_id, claim.token, action, log_path=str(log_path))
         try:
             handle = self.ex.start(argv, slots, log_path, claim=claim)
         except Exception as e:  # noqa: BLE001 (a submission that fails: retried after a back-off)
@@ -165,7 +164,7 @@ class Worker:
             self.queue.started(claim.item_id, claim.token, action, slurm_job_id=str(job_id),
                                log_path=getattr(handle, "log_path", str(log_path)))
         self.running[claim.item_id] = Running(claim, handle, action, slots, run_id)
-        where = f"SLURM job {job_id}" if job_id else f"slots {gpu_ids}"
+        where = f"SLURM job {job_id}" if job_id else f"slots {','.join(slots)}"
         self.say(f"item {claim.item_id} attempt {claim.attempt}: {action}"
                  f"{' run ' + str(run_id) if run_id else ''} on {where}")
 
