@@ -125,8 +125,8 @@ def test_workers_killed_at_random_lose_nothing_and_run_nothing_twice(tmp_path, a
     db = any_db
     trace = tmp_path / "trace.jsonl"
     enqueue(db, [noop_item(f"n{i}", seconds=0.25, trace=str(trace)) for i in range(60)])
-    workers = [_worker(db, "--slots", "2", "--lease", "1.5", "--poll", "0.05", log=subprocess.DEVNULL)
-               for _ in range(4)]
+    logs = [open(tmp_path / f"w{i}.log", "w") for i in range(4)]
+    workers = [_worker(db, "--slots", "2", "--lease", "3", "--poll", "0.05", log=log) for log in logs]
     killed = {}
     try:
         rng = random.Random(0)
@@ -151,7 +151,7 @@ def test_workers_killed_at_random_lose_nothing_and_run_nothing_twice(tmp_path, a
     for x in lines:
         if x["what"] == "end":
             ends[x["item"]] = ends.get(x["item"], 0) + 1
-    assert ends == {i: 1 for i in range(1, 61)}
+    assert ends == {i: 1 for i in range(1, 61)}, [(tmp_path / f"w{i}.log").read_text() for i in range(4)]
     worker_of = {a.claim_token: int(a.worker.rsplit(":", 1)[1]) for a in attempts}
     starts = {}
     for x in lines:

@@ -41,7 +41,9 @@ class Running:
     run_id: int | None
     started: float = field(default_factory=time.monotonic)
     noop_until: float | None = None
+    traced: bool = False  # a noop's end is traced once, even when recording it is retried
     lost_at: float | None = None  # the claim was found gone: stop without writing
+    renewed_at: float = field(default_factory=time.monotonic)  # the lease runs until renewed_at + lease
 
 
 class Worker:
@@ -121,6 +123,7 @@ class Worker:
             if not free:
                 break
             t0 = time.perf_counter()
+            t_claim = time.monotonic()  # the lease runs from (at the latest) here
             claim = self.queue.claim(self.name, lease_s=self.lease_s, max_gpus=len(free),
                                      max_failures=self.max_attempts, kinds=self.ex.kinds,
                                      slots=free if getattr(self.ex, "records_gpus", True) else None)
@@ -128,6 +131,8 @@ class Worker:
             if claim is None:
                 break
             self._start(claim, free[:claim.gpus])
+            if claim.item_id in self.running:
+                self.running[claim.item_id].renewed_at = t_claim
             started = True
         return started
 
@@ -172,13 +177,21 @@ class Worker:
     def _reap(self) -> None:
         now = time.monotonic()
         for item_id, r in list(self.running.items()):
+            if r.lost_at is None and now - r.renewed_at >= self.lease_s:
+                # Not renewed for a whole lease (a stalled worker): another worker may hold the item now.
+                r.lost_at = now
+                self.say(f"item {item_id}: lease not renewed in time; stopping its attempt")
+                if r.handle is not None:
+                    self.ex.stop(r.handle)
             if r.handle is None:  # noop
-                if now < r.noop_until:
+                if now < r.noop_until and r.lost_at is None:
                     continue
                 self.ex.busy.difference_update(r.slots)
                 if r.lost_at is None:
-                    _trace(r.claim, "end")
-                    self._end(r, "done", 0, None)
+                    if not r.traced:
+                        _trace(r.claim, "end")
+                        r.traced = True
+                    self._end(r, "done", 0, None)  # a database error here: the next round tries again
                 del self.running[item_id]
                 continue
             rc = self.ex.poll(r.handle)
@@ -219,7 +232,9 @@ class Worker:
         for item_id, r in self.running.items():
             if r.lost_at is not None:
                 continue
-            if not self.queue.renew(item_id, r.claim.token, self.lease_s):
+            if self.queue.renew(item_id, r.claim.token, self.lease_s):
+                r.renewed_at = now
+            else:
                 r.lost_at = now
                 self.say(f"item {item_id}: claim lost (cancelled or taken over); stopping its attempt")
                 if r.handle is not None:
