@@ -4,7 +4,9 @@
     python3 benchmarks/queue_stress.py throughput --db sqlite   # 8 workers × 1000 items: double claims, lost items,
     python3 benchmarks/queue_stress.py throughput --db URL      #   claim latency p50 / p99 (all claims, all workers)
     python3 benchmarks/queue_stress.py kill --trials 20         # SIGKILL one of 4 workers at a random moment per
-                                                                #   trial: items lost, items run twice, takeover time
+                                                                #   trial: items lost, items run twice (recorded done
+                                                                #   twice, or two executions overlapping in time),
+                                                                #   time from the kill to the takeover of its claims
 
 A PostgreSQL URL is e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres (a scratch database is created in
 it and dropped). Prints a JSON summary per run. Run from a checkout: PYTHONPATH=. python3 benchmarks/queue_stress.py …
@@ -100,7 +102,7 @@ def throughput(args) -> dict:
 
 def kill_trials(args) -> dict:
     rng = random.Random(args.seed)
-    lost_total = twice_total = 0
+    lost_total = twice_total = redone_total = 0
     takeovers: list[float] = []
     per_trial = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,18 +126,23 @@ def kill_trials(args) -> dict:
                     attempts = q.attempts()
             finally:
                 cleanup()
-            ends: dict[int, int] = {}
-            starts: dict[int, list[tuple[float, str]]] = {}
-            for x in lines:
-                if x["what"] == "end":
-                    ends[x["item"]] = ends.get(x["item"], 0) + 1
-                else:
-                    starts.setdefault(x["item"], []).append((x["t"], x["token"]))
             worker_of = {a.claim_token: a.worker for a in attempts}
             victim_name = next((w for w in worker_of.values() if w.endswith(f":{victim.pid}")), None)
+            done_per_item: dict[int, int] = {}
+            for a in attempts:
+                if a.outcome == "done":
+                    done_per_item[a.item_id] = done_per_item.get(a.item_id, 0) + 1
+            starts: dict[int, list[tuple[float, str]]] = {}
+            redone = 0  # the dead worker had finished the work but not recorded it: done again by the next holder
+            for x in lines:
+                if x["what"] == "start":
+                    starts.setdefault(x["item"], []).append((x["t"], x["token"]))
+                elif worker_of.get(x["token"]) == victim_name and x["token"] not in {
+                        a.claim_token for a in attempts if a.outcome == "done"}:
+                    redone += 1
             lost = 40 - counts.get("done", 0)
-            twice = sum(1 for n in ends.values() if n > 1)
-            overlap = 0
+            twice = sum(1 for n in done_per_item.values() if n > 1)  # recorded done twice
+            overlap = 0  # executions of one item that overlapped in time
             trial_takeovers = []
             for item, runs in starts.items():
                 runs.sort()
@@ -147,11 +154,13 @@ def kill_trials(args) -> dict:
             lost_total += lost
             twice_total += twice + overlap
             takeovers += trial_takeovers
-            per_trial.append({"trial": trial, "lost": lost, "twice": twice + overlap,
+            redone_total += redone
+            per_trial.append({"trial": trial, "lost": lost, "twice": twice + overlap, "redone": redone,
                               "taken_over": len(trial_takeovers)})
             print(json.dumps(per_trial[-1]), file=sys.stderr)
     return {"db": "sqlite" if args.db == "sqlite" else "postgresql", "trials": args.trials, "lease_s": args.lease,
             "items_lost": lost_total, "items_run_twice": twice_total, "claims_taken_over": len(takeovers),
+            "work_redone_after_kill": redone_total,
             "takeover_s_median": round(statistics.median(takeovers), 2) if takeovers else None,
             "takeover_s_max": round(max(takeovers), 2) if takeovers else None}
 
