@@ -63,6 +63,12 @@ def read_trace(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+def holds(db: str, pid: int) -> bool:
+    """Whether worker `pid` holds a claim now (an attempt of its without an end)."""
+    with Queue(db) as q:
+        return any(a.ended_at is None and a.worker.endswith(f":{pid}") for a in q.attempts())
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(p * len(s)))]
@@ -114,8 +120,11 @@ def kill_trials(args) -> dict:
                 trace = folder / "trace.jsonl"
                 enqueue(db, [noop_item(f"k{trial}-{i}", seconds=args.hold, trace=str(trace)) for i in range(40)])
                 procs = [start_worker(db, args.lease, None) for _ in range(4)]
-                time.sleep(rng.uniform(1.0, 4.0))  # a random point of the work (workers start in ~1 s)
                 victim = rng.choice(procs)
+                # A random point of the work: after 3..30 items are done, the first moment the victim holds one.
+                goal = rng.randint(3, 30)
+                while not (trace.exists() and trace.read_text().count('"end"') >= goal and holds(db, victim.pid)):
+                    time.sleep(0.01)
                 victim.kill()
                 killed_at = time.time()
                 for p in procs:
