@@ -6,6 +6,7 @@
 """
 from . import catalog, execute, report  # noqa: F401  (each registers its commands on `main`)
 from . import maintenance  # noqa: F401
+from . import queue  # noqa: F401,E402  (sweep, queue, worker)
 from ._common import EXIT_USER_ERROR, main
 
 __all__ = ["main", "EXIT_USER_ERROR"]

@@ -80,9 +80,63 @@ def _m0002_run_uuid_and_liveness(conn: Connection) -> None:
     conn.execute(sa.text("CREATE UNIQUE INDEX ix_runs_run_uuid ON runs (run_uuid)"))
 
 
+def _m0003_queue(conn: Connection) -> None:
+    """The run queue (vmbench.store.queue): one row per planned run, one row per attempt at it."""
+    md = sa.MetaData()
+    sa.Table("runs", md, sa.Column("id", sa.Integer, primary_key=True))  # referenced, not created
+    sa.Table(
+        "queue_items", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("spec_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("model", sa.String(128)),
+        sa.Column("dataset", sa.String(256)),
+        sa.Column("args", sa.JSON, nullable=False),
+        sa.Column("spec", sa.JSON, nullable=False),
+        sa.Column("gpus", sa.Integer, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False, index=True),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("failures", sa.Integer, nullable=False),
+        sa.Column("not_before", sa.DateTime, nullable=False),
+        sa.Column("claim_token", sa.String(36)),
+        sa.Column("lease_until", sa.DateTime),
+        sa.Column("worker", sa.String(256)),
+        sa.Column("host", sa.String(256)),
+        sa.Column("gpu_ids", sa.String(64)),
+        sa.Column("claimed_at", sa.DateTime),
+        sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="SET NULL")),
+        sa.Column("slurm_job_id", sa.String(64)),
+        sa.Column("log_path", sa.String(1024)),
+        sa.Column("error", sa.Text),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("ended_at", sa.DateTime),
+    )
+    sa.Table(
+        "queue_attempts", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("queue_items.id", ondelete="CASCADE"), nullable=False,
+                  index=True),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("claim_token", sa.String(36), nullable=False),
+        sa.Column("worker", sa.String(256), nullable=False),
+        sa.Column("host", sa.String(256), nullable=False),
+        sa.Column("gpu_ids", sa.String(64)),
+        sa.Column("action", sa.String(16), nullable=False),
+        sa.Column("started_at", sa.DateTime, nullable=False),
+        sa.Column("ended_at", sa.DateTime),
+        sa.Column("outcome", sa.String(16)),
+        sa.Column("exit_code", sa.Integer),
+        sa.Column("error", sa.Text),
+        sa.Column("run_id", sa.Integer),
+        sa.Column("slurm_job_id", sa.String(64)),
+    )
+    md.create_all(conn, tables=[md.tables["queue_items"], md.tables["queue_attempts"]])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_run_uuid_and_liveness", _m0002_run_uuid_and_liveness),
+    ("0003_queue", _m0003_queue),
 ]
 
 _ledger = sa.Table(
