@@ -395,7 +395,8 @@ class VSSM(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups in depth order (timm's layer-wise lr decay): stem, then blocks stage by stage,
-        each stage's downsample after its blocks, the classifier norm last; the head is left unmatched."""
+        each stage's downsample after its blocks; the classifier norm joins the last block (timm's 99999:
+        "the previous group"); the head is left unmatched (last)."""
         return dict(
             stem=r"^patch_embed",
             blocks=r"^layers\.(\d+)" if coarse else [
