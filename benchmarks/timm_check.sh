@@ -10,7 +10,9 @@
 # vmbench's models are registered in timm by `import vmbench.models` before benchmark.py runs.
 #
 # Knobs (environment): MODELS, BATCH (128), WARM (10), ITERS (40; benchmark.py needs >= 5), DEVICE (cuda), MODES ("eager compile"),
-# IMG (empty: each model's default), EXTRA (more benchmark.py arguments). A CPU smoke check of this script:
+# IMG (empty: each model's default), EXTRA (more benchmark.py arguments), BUDGET_S (0: none; else each run is
+# stopped when this many seconds have passed since the start, so the summary is still written inside a call's
+# time limit). A CPU smoke check of this script:
 #   OUT=/tmp/tc DEVICE=cpu BATCH=2 WARM=1 ITERS=5 MODES=eager IMG=64 \
 #     MODELS="vmamba_t swin_tiny_patch4_window7_224" bash benchmarks/timm_check.sh
 set -euo pipefail
@@ -26,6 +28,8 @@ DEVICE=${DEVICE:-cuda}
 MODES=${MODES:-"eager compile"}
 IMG=${IMG:-}
 EXTRA=${EXTRA:-}
+BUDGET_S=${BUDGET_S:-0}
+T0=$(date +%s)
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -49,7 +53,13 @@ for mode in $MODES; do
     [ -n "$EXTRA" ] && args+=($EXTRA)
     echo "== $model $mode: benchmark.py ${args[*]}"
     start=$(date +%s)
-    if ! "$PY" -c "import runpy, sys, vmbench.models; sys.argv = ['benchmark.py'] + sys.argv[1:]
+    limit=()
+    if [ "$BUDGET_S" -gt 0 ]; then
+      left=$(( BUDGET_S - (start - T0) ))
+      if [ "$left" -lt 30 ]; then echo "   skipped: the ${BUDGET_S} s budget is spent"; status=1; continue; fi
+      limit=(timeout "$left")
+    fi
+    if ! ${limit[@]+"${limit[@]}"} "$PY" -c "import runpy, sys, vmbench.models; sys.argv = ['benchmark.py'] + sys.argv[1:]
 runpy.run_path('$BENCH', run_name='__main__')" "${args[@]}" >"$OUT/timm_${model}_${mode}.log" 2>&1; then
       echo "   failed (log: $OUT/timm_${model}_${mode}.log)"; tail -5 "$OUT/timm_${model}_${mode}.log"; status=1
     fi
