@@ -105,6 +105,21 @@ def test_create_model_argument_errors():
         VMambaConfig(dims=(32, 64), depths=(1, 1, 1))
     with pytest.raises(ValueError, match="stem"):
         VMambaConfig(stem="v9")
+    with pytest.raises(ValueError, match="global_pool"):
+        VMambaConfig(global_pool="max")
+    with pytest.raises(ValueError, match="drop_rate"):
+        VMambaConfig(drop_rate=1.0)
+
+
+def test_vmbench_create_model_has_timm_head_options():
+    # The head options timm passes (global_pool, drop_rate) work through vmbench's registry as well.
+    torch.manual_seed(0)
+    model = create_model("vmamba_t", num_classes=0, scan_backend="torch", depths=(1, 1, 1, 1), dims=16,
+                         global_pool="", drop_rate=0.1).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 32))
+    assert out.shape == (1, 2, 1, 128)  # unpooled NHWC features after the classifier norm
+    assert model.classifier.drop.p == 0.1 and model.get_classifier().__class__ is torch.nn.Identity
 
 
 # --------------------------------------------------------------------------- VMamba forward / backward

@@ -1,6 +1,7 @@
 """Backbones: VMamba (our code, `vmamba.py`) and timm peers (`zoo.py`) behind one registry.
 
-Importing this package does not import torch or timm; `create_model` does.
+Importing this package does not import torch or timm; `create_model` does. It also makes every VMamba
+variant a timm model (`timm.create_model("vmamba_t")`, `timm_vmamba.py`), registered when timm is imported.
 """
 from .registry import (
     ModelEntry,
@@ -13,6 +14,9 @@ from .registry import (
     resolve_model_name,
     uses_scan,
 )
+from ._timm_hook import install as _install_timm_hook
+
+_install_timm_hook()
 
 __all__ = [
     "ModelEntry", "UnknownModelError", "create_model", "list_models", "model_entry",

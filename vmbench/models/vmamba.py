@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from timm.layers import DropPath, trunc_normal_
+from timm.models._features import feature_take_indices  # timm 1.0.x: stage indices as timm resolves them
 
 from vmbench.kernels import LayerNorm
 
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 K_DIRECTIONS = 4  # cross-scan: row, column, and both reversed
+_GLOBAL_POOLS = ("avg", "")
 
 
 # --------------------------------------------------------------------------- #
@@ -65,6 +68,8 @@ class VMambaConfig:
     mlp_drop_rate: float = 0.0
     in_chans: int = 3
     num_classes: int = 1000
+    global_pool: str = "avg"  # "avg": mean over H, W; "": no pooling (forward returns (B, H, W, C))
+    drop_rate: float = 0.0  # dropout before the classifier's Linear (timm's `drop_rate`)
     scan_backend: str = "auto"
 
     def __post_init__(self):
@@ -95,7 +100,9 @@ class VMambaConfig:
             raise ValueError(f"stem 'v2' halves dims[0] in its first conv; dims[0]={self.dims[0]} must be even")
         if self.downsample not in ("v1", "v3"):
             raise ValueError(f"downsample must be 'v1' or 'v3', got {self.downsample!r}")
-        for name in ("drop_path_rate", "ssm_drop_rate", "mlp_drop_rate"):
+        if self.global_pool not in _GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be 'avg' or '' (none), got {self.global_pool!r}")
+        for name in ("drop_path_rate", "ssm_drop_rate", "mlp_drop_rate", "drop_rate"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
@@ -318,14 +325,30 @@ class GlobalAvgPoolNHWC(nn.Module):
         return x.mean(dim=(1, 2))
 
 
+def _pool(global_pool: str) -> nn.Module:
+    return GlobalAvgPoolNHWC() if global_pool == "avg" else nn.Identity()
+
+
 class VSSM(nn.Module):
-    """VMamba backbone + classifier. Input (B, in_chans, H, W); output (B, num_classes)."""
+    """VMamba backbone + classifier. Input (B, in_chans, H, W); output (B, num_classes).
+
+    Besides the plain forward it has timm's model API (what `timm.create_model` and timm's scripts use):
+    `forward_features` (B, H/32, W/32, C) · `forward_head(x, pre_logits=)` · `reset_classifier` ·
+    `forward_intermediates` (the four stage outputs, NCHW by default: `features_only=True` is built on it) ·
+    `set_grad_checkpointing` (torch.utils.checkpoint around every block) · `group_matcher` (layer-wise lr
+    decay) · `no_weight_decay`. Stage i's output has dims[i] channels at stride 4 * 2**i (`feature_info`).
+    """
+
+    output_fmt = "NHWC"  # forward_features' layout (timm reads it to find the channel axis)
 
     def __init__(self, cfg: VMambaConfig):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
-        self.num_features = cfg.dims[-1]
+        self.num_features = self.head_hidden_size = cfg.dims[-1]
+        self.grad_checkpointing = False
+        self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"layers.{i}.blocks")
+                             for i, d in enumerate(cfg.dims)]
         self.patch_embed = _stem(cfg)
         n_blocks = sum(cfg.depths)
         # Stochastic depth rises linearly from 0 to drop_path_rate over all blocks (plain
@@ -341,7 +364,8 @@ class VSSM(nn.Module):
             self.layers.append(VSSLayer(blocks, down))
         self.classifier = nn.Sequential(OrderedDict(
             norm=LayerNorm(self.num_features, backend=cfg.scan_backend),
-            pool=GlobalAvgPoolNHWC(),
+            pool=_pool(cfg.global_pool),
+            drop=nn.Dropout(cfg.drop_rate),
             head=nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity(),
         ))
         self.apply(self._init_weights)
@@ -362,20 +386,119 @@ class VSSM(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    # -- timm's model API ------------------------------------------------------------------------------------
+    @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay (A_logs, Ds)."""
         return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups in depth order (timm's layer-wise lr decay): stem, then blocks stage by stage,
+        each stage's downsample after its blocks; the classifier norm joins the last block (timm's 99999:
+        "the previous group"); the head is left unmatched (last)."""
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^layers\.(\d+)" if coarse else [
+                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
+                (r"^layers\.(\d+)\.downsample", (99998,)),
+                (r"^classifier\.norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block's activations in backward (torch.utils.checkpoint, non-reentrant, RNG state
+        kept: drop path and dropout draw the same masks), storing only the blocks' inputs."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh head with `num_classes` outputs (0: none, forward returns features); `global_pool` "avg"
+        or "" (no pooling: (B, H, W, C) out) replaces the pooling when given."""
+        if global_pool is not None:
+            if global_pool not in _GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+            self.classifier.pool = _pool(global_pool)
+        ref = self.patch_embed[0].weight  # device and dtype for the new head
+        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(head)
+        self.classifier.head = head.to(device=ref.device, dtype=ref.dtype)
+        self.num_classes = num_classes
+        self.cfg = dataclasses.replace(self.cfg, num_classes=num_classes,
+                                       global_pool=self.cfg.global_pool if global_pool is None else global_pool)
+
+    def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            for blk in blocks:
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            return x
+        return blocks(x)
+
+    def _stem_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # stem convs then emit channels_last memory
+        return self.patch_embed(x)  # (B, H/4, W/4, dims[0])
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, H/32, W/32, dims[-1]) (before the classifier norm)."""
-        x = x.contiguous(memory_format=torch.channels_last)  # stem convs then emit channels_last memory
-        x = self.patch_embed(x)  # (B, H/4, W/4, dims[0])
+        x = self._stem_nhwc(x)
         for layer in self.layers:
-            x = layer(x)
+            x = layer.downsample(self._run_blocks(layer.blocks, x))
         return x
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x)  # (B, num_classes)
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Stage outputs (before each downsample) and, unless `intermediates_only`, forward_features' output.
+
+        indices: stages to return (None: all; int n: the last n; negatives count from the end).
+        norm: apply the classifier norm to the last stage's output. stop_early: skip stages after the last
+        one taken. output_fmt: "NCHW" (B, dims[i], H_i, W_i) views of the channels-last maps, or "NHWC".
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        last = len(self.layers) - 1
+        intermediates = []
+        x = self._stem_nhwc(x)
+        layers = self.layers if torch.jit.is_scripting() or not stop_early else self.layers[:max_index + 1]
+        for i, layer in enumerate(layers):
+            x = self._run_blocks(layer.blocks, x)  # (B, H_i, W_i, dims[i])
+            if i in take:
+                y = self.classifier.norm(x) if norm and i == last else x
+                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+            x = layer.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages (and the downsample) after the last of `indices`; the classifier norm / head too
+        when asked. Returns the absolute indices kept (what timm's FeatureGetterNet calls)."""
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        self.layers[-1].downsample = nn.Identity()
+        if prune_norm:
+            self.classifier.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, H, W, C) features -> (B, num_classes) logits, or the pooled (B, C) features with pre_logits."""
+        c = self.classifier
+        x = c.drop(c.pool(c.norm(x)))
+        return x if pre_logits else c.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
