@@ -11,6 +11,7 @@ Modes (`--modes`, default plain,bench,train):
   nograd_frozen  no_grad + `frozen_parameters()`;  infmode: inference_mode alone (diagnostics)
   graph          the plain call captured once as a CUDA graph, replays timed: GPU work without host time
   train          training step: forward under autocast, cross-entropy, backward, AdamW step
+  train_graph    forward + backward (no optimizer step) captured as a CUDA graph: the GPU work of training
 Each: CUDA-event timing of `--iters` calls, median of `--repeats` runs after `--warmup` calls (the first call's
 seconds reported apart: compile time), peak memory (torch.cuda.max_memory_allocated, weights included).
 Prints a markdown table (img/s, peak GB, ratio to `--peer`) and, with $OUT set, writes $OUT/<name>.md / .json.
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from _shared import save  # noqa: E402  (benchmarks/, the script's own folder)
 
-MODES = ("plain", "bench", "nograd_frozen", "infmode", "graph", "train")
+MODES = ("plain", "bench", "nograd_frozen", "infmode", "graph", "train", "train_graph")
 AMP = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
 
 
@@ -71,6 +72,14 @@ def time_mode(model, mode: str, batch: int, res: int, device, dtype, compiled: b
             F.cross_entropy(out.float(), target).backward()
             opt.step()
         outer = contextlib.nullcontext()
+    elif mode == "train_graph":
+        model.train()
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext():
+                out = fn(x)
+            F.cross_entropy(out.float(), target).backward()
+        outer = contextlib.nullcontext()
     else:
         model.eval()
         grad, amp, outer = _contexts(mode, device, dtype, compiled)
@@ -90,12 +99,13 @@ def time_mode(model, mode: str, batch: int, res: int, device, dtype, compiled: b
         for _ in range(warmup):
             step()
         run = step
-        if mode == "graph" and cuda:
+        if mode in ("graph", "train_graph") and cuda:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 step()
             torch.cuda.current_stream().wait_stream(side)
+            model.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 step()
@@ -117,8 +127,8 @@ def time_mode(model, mode: str, batch: int, res: int, device, dtype, compiled: b
                 ms.append((time.perf_counter() - t0) * 1e3 / iters)
     med = statistics.median(ms)
     peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+    model.zero_grad(set_to_none=True)
     if mode == "train":
-        model.zero_grad(set_to_none=True)
         del opt
     return dict(img_s=batch * 1e3 / med, ms=med, ms_runs=ms, first_s=first, peak_gb=peak)
 
@@ -206,7 +216,11 @@ def main(argv=None) -> int:
     print(f"card: {card}; torch {torch.__version__}", flush=True)
     rows = []
     for name in models:
-        model = _build(name, device, args.res)
+        try:
+            model = _build(name, device, args.res)
+        except Exception as e:  # e.g. a window size that does not tile the input
+            rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
+            continue
         for mode in modes:
             try:
                 r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,

@@ -133,9 +133,11 @@ class _KeptCasts:
         self._casts = ParamCache()
 
     def _autocast_params(self, x: torch.Tensor):
-        dtype = autocast_dtype(x.device.type)
         w, b = self.weight, self.bias
-        if dtype is None or w.dtype == dtype or torch.compiler.is_compiling() or needs_grad(x, w, b):
+        if torch.compiler.is_compiling() or needs_grad(x, w, b):
+            return w, b
+        dtype = autocast_dtype(x.device.type)
+        if dtype is None or w.dtype == dtype:
             return w, b
         return derived(self._casts, "wb", (w, b),
                        lambda: (w.to(dtype), b.to(dtype) if b is not None else None), dtype)
