@@ -12,8 +12,8 @@ Modes (`--modes`, default plain,bench,train):
   graph          the plain call captured once as a CUDA graph, replays timed: GPU work without host time
   train          training step: forward under autocast, cross-entropy, backward, AdamW step
   train_graph    forward + backward (no optimizer step) captured as a CUDA graph: the GPU work of training
-Each: CUDA-event timing of `--iters` calls, median of `--repeats` runs after `--warmup` calls (the first call's
-seconds reported apart: compile time), peak memory (torch.cuda.max_memory_allocated, weights included).
+Each: CUDA-event timing of `--iters` calls, median of `--repeats` runs after at least `--warmup` calls and
+`--warmup-s` seconds (the first call's seconds reported apart: compile time), peak memory (torch.cuda.max_memory_allocated, weights included).
 Prints a markdown table (img/s, peak GB, ratio to `--peer`) and, with $OUT set, writes $OUT/<name>.md / .json.
 `--dry-run` runs every path once on the CPU with tiny shapes (checks the script, times mean nothing).
 """
@@ -52,7 +52,7 @@ def _contexts(mode: str, device, dtype, compiled: bool):
 
 
 def time_mode(model, mode: str, batch: int, res: int, device, dtype, compiled: bool = False, warmup: int = 3,
-              repeats: int = 5, iters: int = 10) -> dict:
+              repeats: int = 5, iters: int = 10, warmup_s: float = 3.0) -> dict:
     """img/s, ms per batch (median), first call s and peak GB of `model` in `mode` (see the module docstring)."""
     import torch
     import torch.nn.functional as F
@@ -96,8 +96,14 @@ def time_mode(model, mode: str, batch: int, res: int, device, dtype, compiled: b
         if cuda:
             torch.cuda.synchronize()
         first = time.perf_counter() - t0
-        for _ in range(warmup):
+        t0, n = time.perf_counter(), 0
+        while n < warmup or time.perf_counter() - t0 < warmup_s:  # the host's first seconds run slower
             step()
+            n += 1
+            if cuda and n % 10 == 0:
+                torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         run = step
         if mode in ("graph", "train_graph") and cuda:
             side = torch.cuda.Stream()
@@ -190,7 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--amp", choices=sorted(AMP), default="bf16")
     ap.add_argument("--compile", action="store_true", help="torch.compile(model), default mode")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls after the first, at least")
+    ap.add_argument("--warmup-s", type=float, default=3.0, help="untimed seconds after the first call, at least "
+                    "(in a fresh process the first seconds of eager VMamba calls ran up to 1.5x slower)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
@@ -208,7 +216,7 @@ def main(argv=None) -> int:
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.dry_run:
-        args.res, args.batch, args.warmup, args.repeats, args.iters = 64, 2, 0, 1, 1
+        args.res, args.batch, args.warmup, args.repeats, args.iters, args.warmup_s = 64, 2, 0, 1, 1, 0.0
         modes = [m for m in modes if m != "graph"]
     dtype = getattr(torch, AMP[args.amp]) if AMP[args.amp] and not args.dry_run else None
     torch.backends.cudnn.benchmark = True
@@ -224,7 +232,7 @@ def main(argv=None) -> int:
         for mode in modes:
             try:
                 r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
-                              warmup=args.warmup, repeats=args.repeats, iters=args.iters)
+                              warmup=args.warmup, repeats=args.repeats, iters=args.iters, warmup_s=args.warmup_s)
             except Exception as e:  # one failing path must not lose the table
                 r = {"error": f"{type(e).__name__}: {e}"}
             r.update(model=name, mode=mode, **(_dynamo_stats() if args.compile else {}))
