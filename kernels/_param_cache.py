@@ -71,9 +71,13 @@ def frozen_parameters():
 
 def derived(cache: dict, slot: str, params: Sequence[torch.Tensor | None], make: Callable[[], Any],
             *extra: Any) -> Any:
-    """`make()`, kept in `cache[slot]` and reused while `params` (tensors or None) are the same tensors with the
+    """`make()`, kept in `cache[slot]` and reused while `params` (tensors, the first not None, others maybe) are the same tensors with the
     same storage and version, no optimizer has stepped and `extra` (hashable) is the same. The caller decides
-    that no gradient is needed; under graph capture it should not call this."""
+    that no gradient is needed; under torch.compile it should not call this. While a CUDA graph is being
+    captured, `make()` is returned and nothing kept: the graph then re-derives from the parameters on every
+    replay, so a graph replayed after the parameters changed never reads a stale form."""
+    if params[0].is_cuda and torch.cuda.is_current_stream_capturing():
+        return make()
     key = (*extra, _GENERATION[0], *((None, None) if t is None else (t._version, t.data_ptr()) for t in params))
     frozen = getattr(_frozen, "caches", None)
     if frozen is not None and not cache.get("_in_block"):
