@@ -8,8 +8,11 @@ script times that Python on tiny CPU tensors with every Triton launch replaced b
 interpreter is loaded and its `run` stubbed), so what it measures is our wrappers plus the torch ops they
 issue (allocations, views, the small GEMMs of SS2D on tiny shapes), not Triton's own launcher (counted
 separately, as launches per call; its cost per launch shows in `profile_model.py --python` on a GPU). The
-inference rows run inside `vmbench.kernels.frozen_parameters()`, as vmbench's evaluation pass and benchmarks
-do. A plain `torch.add` of two tiny tensors and `nn.LayerNorm` are timed as the unit of one dispatched op.
+module rows run inside `vmbench.kernels.frozen_parameters()`, as vmbench's evaluation pass and benchmarks
+do; the whole-model rows time VMamba-T (full depth, 32² input, CPU autocast bf16) as a user's plain call
+(`torch.no_grad()` + autocast) and as vmbench's bench path (inference_mode + `frozen_parameters()`), and count
+the aten ops each issues (torch profiler): those two must stay equal. A plain `torch.add` of two tiny tensors
+and `nn.LayerNorm` are timed as the unit of one dispatched op.
 Numbers are this machine's; compare versions in one run (`git worktree add DIR REV`, then run
 DIR/benchmarks/host_path.py beside this one).
 """
@@ -48,6 +51,16 @@ def _us(fn, repeats: int) -> tuple[float, float]:
     return min(rounds), LAUNCHES[0] / n
 
 
+def aten_ops(fn) -> int:
+    """aten ops (every level of the dispatcher) that one call of `fn` issues, by the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2000)
@@ -79,12 +92,31 @@ def main(argv=None) -> int:
                  ("SS2D module forward (inference_mode)", *_us(lambda: ss2d(x), args.repeats // 4))]
     rows += [("LayerNorm forward + backward", *_us(ln_train, args.repeats // 4)),
              ("SS2D module forward + backward", *_us(ss2d_train, args.repeats // 8))]
+
+    from vmbench.models.vmamba import vmamba_t
+
+    model = vmamba_t(scan_backend="triton", num_classes=10).eval()
+    img = torch.randn(1, 3, 32, 32)
+
+    def plain():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            model(img)
+
+    def bench():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            model(img)
+
+    ops = {"VMamba-T forward, plain call (no_grad)": aten_ops(plain)}
+    rows.append(("VMamba-T forward, plain call (no_grad)", *_us(plain, args.repeats // 40)))
+    with frozen_parameters():
+        ops["VMamba-T forward, bench path (inference_mode, frozen)"] = aten_ops(bench)
+        rows.append(("VMamba-T forward, bench path (inference_mode, frozen)", *_us(bench, args.repeats // 40)))
     unit = rows[0][1]
     print(f"Host time per call, CPU ({torch.__version__}), Triton launches stubbed; 'adds' = the time in units of "
           "one torch.add measured in the same run (steadier across runs than µs on a shared machine)\n")
-    print("| call | µs per call | adds | Triton launches per call |\n|---|---|---|---|")
+    print("| call | µs per call | adds | Triton launches per call | aten ops per call |\n|---|---|---|---|---|")
     for name, us, launches in rows:
-        print(f"| {name} | {us:.1f} | {us / unit:.0f} | {launches:.0f} |")
+        print(f"| {name} | {us:.1f} | {us / unit:.0f} | {launches:.0f} | {ops.get(name, '')} |")
     return 0
 
 

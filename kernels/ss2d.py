@@ -13,53 +13,14 @@ directional copies. `fused=True` selects the fused forward of kernels/_ss2d_trit
 """
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import torch
 
 from ._backend import cdiv, graph_capture, needs_grad, resolve_backend
+from ._param_cache import ParamCache, derived, frozen_parameters
 from .cross_scan import cross_merge, cross_merge_ref, cross_scan, cross_scan_ref
 from .selective_scan import selective_scan, selective_scan_ref
 
 __all__ = ["ss2d_core", "ss2d_core_ref", "ParamCache", "frozen_parameters"]
-
-
-class ParamCache(dict):
-    """Where `ss2d_core(cache=...)` keeps derived parameter tensors between inference calls inside a
-    `frozen_parameters()` block. Derived state: deepcopy (EMA copies of a model) and pickling give an empty
-    cache."""
-
-    def __deepcopy__(self, memo):
-        return type(self)()
-
-    def __reduce__(self):
-        return type(self), ()
-
-
-_frozen = threading.local()
-
-
-@contextlib.contextmanager
-def frozen_parameters():
-    """A block in which the caller changes no parameter (an evaluation pass, a benchmark's timed loop).
-
-    Inside, the SS2D core keeps its parameters in the form its kernels take (`ParamCache`, five small ops per
-    block and call saved) while no gradient is needed; every cache filled in the block is emptied on exit.
-    Outside, they are derived on every call, so an in-place update that leaves a parameter's version counter
-    alone (a fused optimizer step, a write through `.data`) is never missed. Inside, a version change
-    (load_state_dict, an EMA update) still rebuilds them. Nested blocks share the outermost one's lifetime.
-    """
-    if getattr(_frozen, "caches", None) is not None:
-        yield
-        return
-    _frozen.caches = []
-    try:
-        yield
-    finally:
-        for cache in _frozen.caches:
-            cache.clear()
-        _frozen.caches = None
 
 
 def _check(x, x_proj_weight, dt_projs_weight, A_logs):
@@ -124,28 +85,19 @@ def _ss2d_mapwise(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, 
     (graph capture) that recomputes the (B, K, D, L) scan inputs in the backward instead of saving
     them (kernels/_ss2d_recompute.py).
 
-    `cache` (a dict the caller keeps, e.g. per module): inside `frozen_parameters()`, when nothing needs a
-    gradient, the derived parameters (`_kernel_params`) are kept there and reused while the parameters are the
-    same tensors at the same version and x's dtype is the same.
+    `cache` (a ParamCache the caller keeps, e.g. per module): when nothing needs a gradient, the derived
+    parameters (`_kernel_params`) are kept there and reused while its key holds (see ParamCache).
     """
     from ._ss2d_recompute import ss2d_scan_recompute
 
     b, h, w, d, k, r, n = _check(x, x_proj_weight, dt_projs_weight, A_logs)
     params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    frozen = getattr(_frozen, "caches", None)
-    if cache is None or frozen is None or needs_grad(*params) or graph_capture():
+    if cache is None or needs_grad(x, *params) or graph_capture():
         kp = _kernel_params(x, *params, k, r, n)
     else:
-        key = (x.dtype, x.device, *((id(t), t.data_ptr(), t._version) for t in params))
-        if cache.get("key") != key:
-            if "key" not in cache:
-                frozen.append(cache)  # emptied when the block ends
-            cache.clear()  # the old tensors go before the new ones are made
-            cache["params"] = _kernel_params(x, *params, k, r, n)
-            cache["key"] = key
-        kp = cache["params"]
+        kp = derived(cache, "params", params, lambda: _kernel_params(x, *params, k, r, n), x.dtype, x.device)
     xw, wdt, A, Ds, bias = kp
-    p = torch.matmul(x, xw)  # (B, H, W, K*C)
+    p = torch.mm(x.reshape(b * h * w, d), xw).view(b, h, w, -1)  # (B, H, W, K*C); mm: fewer ops than matmul
     return ss2d_scan_recompute(x.contiguous(), p, wdt, A, Ds, bias, r, n)  # (B, H, W, D), x.dtype
 
 
@@ -174,8 +126,8 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, back
     map-wise projections, Triton selective scan, cross-merge), differentiable; with `fused=True`
     and no input needing a gradient, the fused forward of kernels/_ss2d_triton.py (directions
     never materialised; slower than the composition on H100/H200, see benchmarks/NOTES-ss2d.md).
-    `cache`: a dict kept by the caller across calls (the SS2D module keeps one), where the Triton path keeps
-    the parameters in the form its kernels take inside `frozen_parameters()` while no gradient is needed.
+    `cache`: a ParamCache kept by the caller across calls (the SS2D module keeps one), where the Triton path
+    keeps the parameters in the form its kernels take while no gradient is needed.
     All compute `ss2d_core_ref`'s function.
     """
     be = resolve_backend(backend, x.device)

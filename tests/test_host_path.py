@@ -3,7 +3,8 @@
 The counts are the contract of the eager paths: one LayerNorm kernel per forward and one more for its backward;
 the SS2D module's core launches two cross-scans, the scan and the merge, plus its out_norm LayerNorm (5), and its
 backward six more (recomputed cross-scan, the gradient's cross-scan, scan backward, two merges, out_norm's
-backward). A wrapper that starts launching more per call shows up here before it shows up in a GPU profile.
+backward). A wrapper that starts launching more per call shows up here before it shows up in a GPU profile. The
+whole-model rows hold a user's plain `torch.no_grad()` call to the aten ops of vmbench's bench path.
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ def test_host_path_runs_and_counts_launches():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_path.py"), "--repeats", "40"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = {}
+    rows, ops = {}, {}
     for line in out.stdout.splitlines():
-        m = re.match(r"\| (.+?) \| ([\d.]+) \| (\d+) \| (\d+) \|$", line)
+        m = re.match(r"\| (.+?) \| ([\d.]+) \| (\d+) \| (\d+) \| (\d*) \|$", line)
         if m:
             rows[m.group(1)] = (float(m.group(2)), int(m.group(4)))
-    assert len(rows) == 6, out.stdout
+            if m.group(5):
+                ops[m.group(1)] = int(m.group(5))
+    assert len(rows) == 8, out.stdout
     assert all(us > 0 for us, _ in rows.values())
     launches = {name: n for name, (_, n) in rows.items()}
     assert launches["torch.add (one dispatched op)"] == 0
@@ -38,3 +41,7 @@ def test_host_path_runs_and_counts_launches():
     assert launches["LayerNorm forward + backward"] == 2
     assert launches["SS2D module forward (inference_mode)"] == 5
     assert launches["SS2D module forward + backward"] == 11
+    # a user's plain no_grad call issues exactly what vmbench's bench path does: same launches, same aten ops
+    plain, bench = "VMamba-T forward, plain call (no_grad)", "VMamba-T forward, bench path (inference_mode, frozen)"
+    assert launches[plain] == launches[bench] == 14 * 7 + 6  # 14 blocks of 5 + 2 norms; stem 2, downsample 3, head 1
+    assert ops[plain] == ops[bench] > 0

@@ -377,3 +377,47 @@ def test_timm_peer_forward_backward(name):
 def test_timm_never_pretrained():
     with pytest.raises(ValueError, match="random init"):
         create_model("resnet18", pretrained=True)
+
+
+@pytest.mark.parametrize("kind", ["v05", "v0"])
+def test_kept_autocast_casts_equal_autocast(kind):
+    """VMamba's Linear / Conv2d keep their autocast-dtype weights between calls that need no gradient (a plain
+    no_grad call under autocast costs no cast kernels): outputs equal autocast's own casts bit for bit; the kept
+    casts are rebuilt after an optimizer step (a fused one moves no version counter) and dropped at a train() /
+    eval() switch and by deepcopy; with gradients nothing is kept."""
+    import copy
+
+    from vmbench.models.vmamba import Conv2d, Linear
+
+    torch.manual_seed(0)
+    model = _create_vmamba(TINY[kind], num_classes=5, scan_backend="torch").eval()
+    x = torch.randn(2, 3, 32, 32)
+    kept = [m for m in model.modules() if isinstance(m, (Linear, Conv2d))]
+    assert kept and all(not m._casts for m in kept)
+
+    def with_grad():  # parameters need a gradient: autocast casts them itself, nothing kept
+        with torch.autocast("cpu", torch.bfloat16):
+            return model(x).detach()
+
+    def plain():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            return model(x)
+
+    ref = with_grad()
+    assert all(not m._casts for m in kept)
+    y = plain()
+    assert torch.equal(y, ref) and all(m._casts for m in kept)
+    assert torch.equal(plain(), ref)
+    model.train()  # a mode switch drops them
+    assert all(not m._casts for m in kept)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    model.eval()
+    plain()
+    with torch.autocast("cpu", torch.bfloat16):
+        model(x).float().square().mean().backward()
+    opt.step()  # no version moves, the step hook does
+    y2 = plain()
+    assert torch.equal(y2, with_grad()) and not torch.equal(y2, y)
+    assert all(not m._casts for m in copy.deepcopy(model).modules() if isinstance(m, (Linear, Conv2d)))
+    with torch.no_grad():
+        model(x)  # no autocast: the base classes' forward

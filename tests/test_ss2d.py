@@ -242,12 +242,12 @@ def test_inference_path_matches_training_forward(triton_cpu):
 
 @interp
 def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
-    """Inside `frozen_parameters()` the SS2D module keeps its parameters in kernel form (ParamCache) between
-    inference calls: reused while they are unchanged, rebuilt after an in-place update that moves a version
-    (load_state_dict, an EMA update) or for another dtype, never used with gradients, emptied when the block
-    ends, so an update that moves no version (a fused optimizer step) between two blocks is not missed. Outside
-    a block nothing is kept. Empty after deepcopy / pickling, absent from the state_dict; outputs equal the
-    uncached path's bit for bit."""
+    """The SS2D module keeps its parameters in kernel form (ParamCache) between calls that need no gradient, a
+    plain `torch.no_grad()` call as much as inside `frozen_parameters()`: reused while they are unchanged,
+    rebuilt after an in-place update that moves a version (load_state_dict, an EMA update), after any optimizer
+    step (a fused one moves no version), after a train() / eval() switch, or for another dtype; never used with
+    gradients; emptied when a `frozen_parameters()` block ends. Empty after deepcopy / pickling, absent from the
+    state_dict; outputs equal the uncached path's bit for bit."""
     import copy
     import pickle
 
@@ -269,43 +269,66 @@ def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
 
     with torch.no_grad():
         y0 = m(x)
-        assert m._kernel_params == {}  # outside a frozen block: derived on every call
+        kept = m._kernel_params["params"][-1]  # a plain no_grad call keeps them
+        assert torch.equal(m(x), y0) and m._kernel_params["params"][-1] is kept
         with frozen_parameters():
-            assert torch.equal(m(x), y0)
-            kept = m._kernel_params["params"]
+            assert torch.equal(m(x), y0) and m._kernel_params["params"][-1] is kept
             with frozen_parameters():  # nested: the outer block owns the cache
-                assert torch.equal(m(x), y0) and m._kernel_params["params"] is kept
-            assert m._kernel_params["params"] is kept
+                assert torch.equal(m(x), y0) and m._kernel_params["params"][-1] is kept
             m.A_logs.add_(0.25)  # in place through the parameter: the version moves
             y1 = m(x)
-            assert m._kernel_params["params"] is not kept and torch.equal(y1, uncached())
+            assert m._kernel_params["params"][-1] is not kept and torch.equal(y1, uncached())
             assert not torch.equal(y1, y0)
             params = (m.x_proj_weight, m.dt_projs_weight, m.dt_projs_bias, m.A_logs, m.Ds)
             xb = torch.randn(2, 3, 5, 16).to(torch.bfloat16)  # what the core sees under autocast: rebuilt in bf16
             yb = ss2d_core(xb, *params, backend="triton", cache=m._kernel_params)
-            assert m._kernel_params["params"][0].dtype == torch.bfloat16
+            assert m._kernel_params["params"][-1][0].dtype == torch.bfloat16
             assert torch.equal(yb, ss2d_core(xb, *params, backend="triton"))
             assert torch.equal(m(x), y1)
         assert m._kernel_params == {}  # emptied with the block
-    with frozen_parameters():
-        y2 = m(x)  # with gradients: the parameters themselves, nothing kept
-        assert y2.grad_fn is not None and torch.equal(y2.detach(), y1) and m._kernel_params == {}
+    with torch.inference_mode():
+        assert torch.equal(m(x), y1) and "params" in m._kernel_params
+    y2 = m(x)  # with gradients: the parameters themselves, the cache untouched
+    assert y2.grad_fn is not None and torch.equal(y2.detach(), y1)
+    xg = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        m(xg)  # grad off: cached; built under inference_mode above, and never saved for a backward
+    for p in m.parameters():
+        p.requires_grad_(False)
+    y3 = m(xg)  # frozen parameters, x needs a gradient: derived (and saved) afresh
+    y3.sum().backward()
+    assert xg.grad is not None and torch.equal(y3.detach(), y1)
+    for p in m.parameters():
+        p.requires_grad_(True)
 
-    # a fused optimizer step moves no version counter: harmless between blocks
+    # a fused optimizer step moves no version counter: the optimizer's step hook rebuilds the cache
     opt = torch.optim.AdamW(m.parameters(), lr=0.1, fused=True)
-    with torch.no_grad(), frozen_parameters():
-        m(x)
+    with torch.no_grad():
+        y_before = m(x)
     m(x).square().mean().backward()
+    v = [p._version for p in m.parameters()]
     opt.step()
-    with torch.no_grad(), frozen_parameters():
-        assert torch.equal(m(x), uncached()) and not torch.equal(m(x), y1)
+    assert [p._version for p in m.parameters()] == v  # (what makes the hook necessary)
+    with torch.no_grad():
+        assert torch.equal(m(x), uncached()) and not torch.equal(m(x), y_before)
+
+    # a write the cache cannot see (through .data) is picked up at the next train() / eval() switch
+    m.eval()
+    with torch.no_grad():
+        y_eval = m(x)
+        m.A_logs.data.add_(0.5)
+        assert torch.equal(m(x), y_eval)  # stale: the documented limit
+        m.train()
+        m.eval()
+        assert torch.equal(m(x), uncached()) and not torch.equal(m(x), y_eval)
+    m.train()
 
     ema = ModelEmaV3(m, decay=0.5)  # vmbench's EMA: it updates through detached views, which move versions
     m(x).square().mean().backward()
     opt.step()  # the model moves away from its EMA copy
-    with torch.no_grad(), frozen_parameters():
+    with torch.no_grad():
         ye = ema.module(x)
-        ema.update(m, step=10)  # even inside a block, a version change rebuilds the kept parameters
+        ema.update(m, step=10)  # a version change rebuilds the kept parameters
         y_cached = ema.module(x)
         assert not torch.equal(y_cached, ye) and torch.equal(y_cached, uncached(ema.module))
     assert isinstance(copy.deepcopy(m)._kernel_params, ParamCache) and copy.deepcopy(m)._kernel_params == {}

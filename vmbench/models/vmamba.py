@@ -30,9 +30,9 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, trunc_normal_
 from timm.models._features import feature_take_indices  # timm 1.0.x: stage indices as timm resolves them
 
-from vmbench.kernels import LayerNorm
-
-from vmbench.kernels import ParamCache, ss2d_core
+from vmbench.kernels import LayerNorm, ParamCache, derived, ss2d_core
+from vmbench.kernels._backend import needs_grad
+from vmbench.kernels.layer_norm import autocast_dtype
 
 from .registry import SCAN_BACKENDS, register_model
 
@@ -129,15 +129,63 @@ class ToChannelsFirst(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
+class _KeptCasts:
+    """For nn.Linear / nn.Conv2d subclasses: under autocast, when no gradient is needed, the weight and bias in the
+    autocast dtype are kept (vmbench.kernels.derived: rebuilt when they change, after an optimizer step, at a
+    train() / eval() switch) instead of being cast by autocast on every call, one cast kernel each. Same
+    results: autocast then finds every operand in its dtype and casts nothing. With gradients, under
+    torch.compile or without autocast, the module is its base class."""
+
+    def _init_casts(self) -> None:
+        self._casts = ParamCache()
+
+    def _autocast_params(self, x: torch.Tensor):
+        w, b = self.weight, self.bias
+        if torch.compiler.is_compiling() or needs_grad(x, w, b):
+            return w, b
+        dtype = autocast_dtype(x.device.type)
+        if dtype is None or w.dtype == dtype:
+            return w, b
+        return derived(self._casts, "wb", (w, b),
+                       lambda: (w.to(dtype), b.to(dtype) if b is not None else None), dtype)
+
+    def train(self, mode: bool = True):
+        if mode != self.training:
+            self._casts.clear()
+        return super().train(mode)
+
+
+class Linear(_KeptCasts, nn.Linear):
+    """nn.Linear (same state_dict) that keeps its autocast-dtype weights between no-gradient calls."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_casts()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, *self._autocast_params(x))
+
+
+class Conv2d(_KeptCasts, nn.Conv2d):
+    """nn.Conv2d (same state_dict) that keeps its autocast-dtype weights between no-gradient calls."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_casts()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, *self._autocast_params(x))
+
+
 class Mlp(nn.Module):
     """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
+        self.fc2 = Linear(hidden, dim)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()  # no op call per use when off
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.act(self.fc1(x)))  # (B, H, W, hidden)
@@ -150,7 +198,7 @@ class PatchMerging2D(nn.Module):
     def __init__(self, dim: int, out_dim: int, backend: str = "auto"):
         super().__init__()
         self.norm = LayerNorm(4 * dim, autocast_out=True, backend=backend)  # feeds the Linear
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        self.reduction = Linear(4 * dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         h, w = x.shape[1], x.shape[2]
@@ -169,17 +217,17 @@ def _stem(cfg: VMambaConfig) -> nn.Sequential:
     c, be = cfg.dims[0], cfg.scan_backend
     if cfg.stem == "v1":
         return nn.Sequential(
-            nn.Conv2d(cfg.in_chans, c, kernel_size=4, stride=4),  # .0
+            Conv2d(cfg.in_chans, c, kernel_size=4, stride=4),  # .0
             ToChannelsLast(),
             LayerNorm(c, backend=be),  # .2
         )
     return nn.Sequential(
-        nn.Conv2d(cfg.in_chans, c // 2, kernel_size=3, stride=2, padding=1),  # .0
+        Conv2d(cfg.in_chans, c // 2, kernel_size=3, stride=2, padding=1),  # .0
         ToChannelsLast(),
         LayerNorm(c // 2, backend=be),  # .2
         ToChannelsFirst(),
         nn.GELU(),
-        nn.Conv2d(c // 2, c, kernel_size=3, stride=2, padding=1),  # .5
+        Conv2d(c // 2, c, kernel_size=3, stride=2, padding=1),  # .5
         ToChannelsLast(),
         LayerNorm(c, backend=be),  # .7
     )
@@ -191,7 +239,7 @@ def _downsample(version: str, dim: int, out_dim: int, backend: str) -> nn.Module
         return PatchMerging2D(dim, out_dim, backend)
     return nn.Sequential(
         ToChannelsFirst(),
-        nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1),  # .1
+        Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1),  # .1
         ToChannelsLast(),
         LayerNorm(out_dim, backend=backend),  # .3
     )
@@ -228,9 +276,9 @@ class SS2D(nn.Module):
         self.z_branch = z_branch
         self.scan_backend = scan_backend
 
-        self.in_proj = nn.Linear(d_model, d_inner * (2 if z_branch else 1), bias=False)
+        self.in_proj = Linear(d_model, d_inner * (2 if z_branch else 1), bias=False)
         self.act = nn.SiLU()
-        self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
+        self.conv2d = Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
                                 groups=d_inner, bias=conv_bias)
         k = K_DIRECTIONS
         self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, d_inner))  # (K, R+2N, D)
@@ -241,9 +289,9 @@ class SS2D(nn.Module):
         self.A_logs._no_weight_decay = True
         self.Ds._no_weight_decay = True
         self.out_norm = LayerNorm(d_inner, autocast_out=True, backend=scan_backend)  # feeds out_proj
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        # inside vmbench.kernels.frozen_parameters(): the scan parameters as the kernels take them
+        # the scan parameters as the kernels take them, kept between calls that need no gradient
         self._kernel_params = ParamCache()
         self.reset_ssm_parameters()
 
@@ -264,6 +312,13 @@ class SS2D(nn.Module):
         a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
         self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
+
+    def train(self, mode: bool = True):
+        """nn.Module.train; a switch of mode also empties the kernel-form parameter cache (ParamCache: what
+        trained the parameters since the last eval pass needs no version counter to be noticed)."""
+        if mode != self.training:
+            self._kernel_params.clear()
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         x = self.in_proj(x)  # (B, H, W, D) or (B, H, W, 2D)

@@ -1,0 +1,256 @@
+"""VMamba against its timm peers, every model through one timing function, in one process on one GPU.
+
+    python benchmarks/peers.py                                   # 224², batch 128, AMP-bf16, eager
+    python benchmarks/peers.py --compile                         # the same, torch.compile (default mode)
+    python benchmarks/peers.py --res 1024 --batch 4 --amp fp16 --models vmamba_t,convnext_t --peer convnext_t
+    python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
+
+Modes (`--modes`, default plain,bench,train):
+  plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
+  bench          vmbench's bench path: inference_mode (no_grad when compiled) + `frozen_parameters()`
+  nograd_frozen  no_grad + `frozen_parameters()`;  infmode: inference_mode alone (diagnostics)
+  graph          the plain call captured once as a CUDA graph, replays timed: GPU work without host time
+  train          training step: forward under autocast, cross-entropy, backward, AdamW step
+  train_graph    forward + backward (no optimizer step) captured as a CUDA graph: the GPU work of training
+Each: CUDA-event timing of `--iters` calls, median of `--repeats` runs after at least `--warmup` calls and
+`--warmup-s` seconds (the first call's seconds reported apart: compile time), peak memory (torch.cuda.max_memory_allocated, weights included).
+Prints a markdown table (img/s, peak GB, ratio to `--peer`) and, with $OUT set, writes $OUT/<name>.md / .json.
+`--dry-run` runs every path once on the CPU with tiny shapes (checks the script, times mean nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
+
+from _shared import save  # noqa: E402  (benchmarks/, the script's own folder)
+
+MODES = ("plain", "bench", "nograd_frozen", "infmode", "graph", "train", "train_graph")
+AMP = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
+
+
+def _contexts(mode: str, device, dtype, compiled: bool):
+    """The grad-mode, autocast and parameter contexts of one inference call in `mode`."""
+    import torch
+
+    from vmbench.kernels import frozen_parameters
+
+    grad = {"plain": torch.no_grad, "graph": torch.no_grad, "nograd_frozen": torch.no_grad,
+            "infmode": torch.inference_mode,
+            "bench": torch.no_grad if compiled else torch.inference_mode}[mode]
+    amp = torch.autocast(device.type, dtype=dtype, cache_enabled=mode != "graph") if dtype else \
+        contextlib.nullcontext()
+    frozen = frozen_parameters() if mode in ("bench", "nograd_frozen") else contextlib.nullcontext()
+    return grad, amp, frozen
+
+
+def time_mode(model, mode: str, batch: int, res: int, device, dtype, compiled: bool = False, warmup: int = 3,
+              repeats: int = 5, iters: int = 10, warmup_s: float = 3.0) -> dict:
+    """img/s, ms per batch (median), first call s and peak GB of `model` in `mode` (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    cuda = device.type == "cuda"
+    x = torch.randn(batch, 3, res, res, device=device)
+    target = torch.randint(1000, (batch,), device=device)
+    fn = torch.compile(model) if compiled else model
+    if mode == "train":
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                out = fn(x)
+            F.cross_entropy(out.float(), target).backward()
+            opt.step()
+        outer = contextlib.nullcontext()
+    elif mode == "train_graph":
+        model.train()
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext():
+                out = fn(x)
+            F.cross_entropy(out.float(), target).backward()
+        outer = contextlib.nullcontext()
+    else:
+        model.eval()
+        grad, amp, outer = _contexts(mode, device, dtype, compiled)
+
+        def step():
+            with grad(), amp:
+                fn(x)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with outer:
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        t0, n = time.perf_counter(), 0
+        while n < warmup or time.perf_counter() - t0 < warmup_s:  # the host's first seconds run slower
+            step()
+            n += 1
+            if cuda and n % 10 == 0:
+                torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
+        run = step
+        if mode in ("graph", "train_graph") and cuda:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()
+            torch.cuda.current_stream().wait_stream(side)
+            model.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                step()
+            run = g.replay
+        ms = []
+        for _ in range(repeats):
+            if cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                for _ in range(iters):
+                    run()
+                b.record()
+                b.synchronize()
+                ms.append(a.elapsed_time(b) / iters)
+            else:
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    run()
+                ms.append((time.perf_counter() - t0) * 1e3 / iters)
+    med = statistics.median(ms)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+    model.zero_grad(set_to_none=True)
+    if mode == "train":
+        del opt
+    return dict(img_s=batch * 1e3 / med, ms=med, ms_runs=ms, first_s=first, peak_gb=peak)
+
+
+def _build(name: str, device, res: int):
+    import torch
+
+    from vmbench.models import create_model, model_entry
+
+    model = create_model(name, img_size=res if model_entry(name).source == "timm" else None)
+    return model.to(device).to(memory_format=torch.channels_last) if device.type == "cuda" else model.to(device)
+
+
+def _dynamo_stats() -> dict:
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:
+        return {}
+    return {"unique_graphs": counters["stats"].get("unique_graphs", 0),
+            "graph_breaks": sum(counters["graph_break"].values())}
+
+
+def to_markdown(rows: list[dict], models: list[str], modes: list[str], peer: str, head: str) -> str:
+    by = {(r["model"], r["mode"]): r for r in rows}
+    lines = [head, "", "| mode | " + " | ".join(models) + " | " +
+             " | ".join(f"{m} / {peer}" for m in models if m != peer) + " |",
+             "|---" * (1 + len(models) + len([m for m in models if m != peer])) + "|"]
+    for mode in modes:
+        cells, ratios = [], []
+        for m in models:
+            r = by.get((m, mode))
+            if r is None or "error" in r:
+                cells.append("—" if r is None else f"error: {r['error'][:60]}")
+                continue
+            mem = f" ({r['peak_gb']:.1f} GB)" if r.get("peak_gb") is not None else ""
+            cells.append(f"{r['img_s']:.0f}{mem}")
+        p = by.get((peer, mode))
+        for m in models:
+            if m == peer:
+                continue
+            r = by.get((m, mode))
+            ok = r and p and "error" not in r and "error" not in p
+            ratios.append(f"**{r['img_s'] / p['img_s']:.2f}×**" if ok else "—")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    vm = [m for m in models if m != peer]
+    for m in vm:
+        a, b = by.get((m, "plain")), by.get((m, "bench"))
+        if a and b and "error" not in a and "error" not in b:
+            lines.append(f"\n{m}: plain call / bench path = **{a['img_s'] / b['img_s']:.2f}×**")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="vmamba_t,swin_t,convnext_t")
+    ap.add_argument("--peer", default="swin_t", help="the model the ratios divide by")
+    ap.add_argument("--modes", default="plain,bench,train")
+    ap.add_argument("--res", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--amp", choices=sorted(AMP), default="bf16")
+    ap.add_argument("--compile", action="store_true", help="torch.compile(model), default mode")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls after the first, at least")
+    ap.add_argument("--warmup-s", type=float, default=3.0, help="untimed seconds after the first call, at least "
+                    "(in a fresh process the first seconds of eager VMamba calls ran up to 1.5x slower)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
+    args = ap.parse_args(argv)
+    modes = args.modes.split(",")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    models = args.models.split(",")
+    if args.peer not in models:
+        models.append(args.peer)
+
+    import torch
+
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    if args.dry_run:
+        args.res, args.batch, args.warmup, args.repeats, args.iters, args.warmup_s = 64, 2, 0, 1, 1, 0.0
+        modes = [m for m in modes if m != "graph"]
+    dtype = getattr(torch, AMP[args.amp]) if AMP[args.amp] and not args.dry_run else None
+    torch.backends.cudnn.benchmark = True
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (dry run)"
+    print(f"card: {card}; torch {torch.__version__}", flush=True)
+    rows = []
+    for name in models:
+        try:
+            model = _build(name, device, args.res)
+        except Exception as e:  # e.g. a window size that does not tile the input
+            rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
+            continue
+        for mode in modes:
+            try:
+                r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
+                              warmup=args.warmup, repeats=args.repeats, iters=args.iters, warmup_s=args.warmup_s)
+            except Exception as e:  # one failing path must not lose the table
+                r = {"error": f"{type(e).__name__}: {e}"}
+            r.update(model=name, mode=mode, **(_dynamo_stats() if args.compile else {}))
+            rows.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "ms_runs"}), file=sys.stderr, flush=True)
+            if args.compile:
+                torch._dynamo.reset()
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    head = (f"{card}, torch {torch.__version__}: {'torch.compile' if args.compile else 'eager'}, "
+            f"batch {args.batch}, {args.res}², AMP-{args.amp}; img/s (peak GB)")
+    md = to_markdown(rows, models, modes, args.peer, head)
+    print(md)
+    save(args.name, md, {"card": card, "torch": torch.__version__, "args": vars(args), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
