@@ -1,0 +1,216 @@
+"""The reports' read queries, in SQLAlchemy Core over the store's tables: filters and limits run in SQL, the
+results of each run are pivoted into columns in SQL, and the per-epoch metrics are read only when asked for.
+
+Entry points: `RunFilter`, `select_runs(conn, flt)` (one row per run, results as columns), `metric_rows`,
+`result_rows`, `known_values`, `trained_on`. Nothing here writes and nothing imports torch.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..store.api import effective_status
+from ..store.schema import Metric, Result, Run
+
+runs = Run.__table__
+results = Result.__table__
+metrics = Metric.__table__
+
+# Numeric results pivoted into columns of a run row (result key -> column name).
+NUM_RESULTS = ("top1", "top5", "val_loss", "train_loss", "params_m", "gflops", "img_s", "latency_ms", "peak_mem_mb",
+               "train_time_s", "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch", "eval_time_s",
+               "ema_top1", "world_size", "total_batch")
+TEXT_RESULTS = ("peak_mem_source", "gpu_name", "precision", "scan_backend")
+# Flags of results that the store keeps as numbers (True -> 1.0) or text ("True"): read back as text.
+FLAG_RESULTS = ("amp", "compile", "channels_last", "cuda_graph")
+# Run settings read out of the params JSON in SQL (name -> type).
+PARAMS = {"epochs": "int", "batch_size": "int", "img_size": "int", "val_resize": "int", "train_resize": "int",
+          "res": "int", "batch": "int", "precision": "str", "section": "str", "kind": "str", "compile": "bool",
+          "compiled": "bool", "cuda_graph": "bool", "channels_last": "bool", "amp": "bool", "amp_dtype": "str",
+          "weights_path": "str", "weights_sha256": "str", "init": "str", "weights": "str", "bench_batch": "int",
+          "world_size": "int", "total_batch": "int"}
+RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "host", "device", "scan_backend",
+               "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir", "git_sha",
+               "git_dirty", "error")
+STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
+
+
+@dataclass
+class RunFilter:
+    """What a report looks at. Every field narrows the SQL query; empty fields do not."""
+
+    models: Sequence[str] = ()
+    datasets: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    recipes: Sequence[str] = ()
+    kinds: Sequence[str] = ()
+    statuses: Sequence[str] = ()
+    since: dt.datetime | None = None
+    ids: Sequence[int] = ()
+    limit: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _param(name: str, typ: str):
+    expr = runs.c.params[name]
+    return {"int": expr.as_integer, "str": expr.as_string, "bool": expr.as_boolean, "float": expr.as_float}[typ]()
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _where(flt: RunFilter, stored_statuses: Sequence[str] | None) -> list:
+    conds = []
+    if flt.models:
+        conds.append(runs.c.model.in_(list(flt.models)))
+    if flt.datasets:
+        conds.append(runs.c.dataset.in_(list(flt.datasets)))
+    if flt.recipes:
+        conds.append(runs.c.recipe.in_(list(flt.recipes)))
+    if flt.kinds:
+        conds.append(runs.c.kind.in_(list(flt.kinds)))
+    if flt.since is not None:
+        conds.append(runs.c.started_at >= flt.since)
+    if flt.ids:
+        conds.append(runs.c.id.in_(list(flt.ids)))
+    for tag in flt.tags:  # tags are a JSON list of strings: match the quoted element in its text
+        conds.append(sa.cast(runs.c.tags, sa.Text).like(f"%{_like_escape(json.dumps(tag))}%", escape="\\"))
+    if stored_statuses is not None:
+        conds.append(runs.c.status.in_(list(stored_statuses)))
+    return conds
+
+
+def _stored_statuses(statuses: Sequence[str]) -> tuple[list[str] | None, bool]:
+    """(stored statuses to ask SQL for, whether Python must still check the effective status). A `running` run
+    whose process is gone is shown as interrupted, so "interrupted" and "running" both read stored `running` rows."""
+    if not statuses:
+        return None, False
+    stored = set(statuses)
+    if "interrupted" in stored or "running" in stored:
+        stored |= {"running"}
+        return sorted(stored), True
+    return sorted(stored), False
+
+
+def _pivot():
+    cols = [sa.func.max(sa.case((results.c.key == k, results.c.value))).label(k) for k in NUM_RESULTS]
+    cols += [sa.func.max(sa.case((results.c.key == k, results.c.text))).label(f"r_{k}") for k in TEXT_RESULTS]
+    cols += [sa.func.max(sa.case((results.c.key == k, sa.func.coalesce(sa.cast(results.c.value, sa.Text),
+                                                                        results.c.text)))).label(f"r_{k}")
+             for k in FLAG_RESULTS]
+    return cols
+
+
+def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = True) -> list[dict[str, Any]]:
+    """One dict per run matching `flt`, newest first: the run's columns, `status` as it really is (a dead
+    `running` run is `interrupted`), `p_<name>` for the PARAMS settings and, with `with_results`, the results
+    (NUM_RESULTS by name, TEXT_RESULTS and FLAG_RESULTS as `r_<name>`)."""
+    stored, recheck = _stored_statuses(flt.statuses)
+    cols = [runs.c[c] for c in RUN_COLUMNS] + [_param(n, t).label(f"p_{n}") for n, t in PARAMS.items()]
+    q = sa.select(*cols).where(*_where(flt, stored))
+    if with_results:
+        ids = sa.select(runs.c.id).where(*_where(flt, stored))
+        if flt.limit is not None and not recheck:
+            ids = ids.order_by(runs.c.id.desc()).limit(flt.limit)
+        piv = (sa.select(results.c.run_id, *_pivot())
+               .where(results.c.run_id.in_(ids), results.c.key.in_(NUM_RESULTS + TEXT_RESULTS + FLAG_RESULTS))
+               .group_by(results.c.run_id).subquery("piv"))
+        q = (q.add_columns(*[c for c in piv.c if c.name != "run_id"])
+             .select_from(runs.outerjoin(piv, piv.c.run_id == runs.c.id)))
+    q = q.order_by(runs.c.id.desc())
+    if flt.limit is not None and not recheck:
+        q = q.limit(flt.limit)
+    out = []
+    for row in conn.execute(q):
+        d = dict(row._mapping)
+        d["stored_status"] = d["status"]
+        d["status"] = effective_status(row)
+        if recheck and d["status"] not in flt.statuses:
+            continue
+        if isinstance(d.get("tags"), str):
+            d["tags"] = json.loads(d["tags"])
+        out.append(d)
+        if flt.limit is not None and len(out) >= flt.limit:
+            break
+    return out
+
+
+def known_values(conn: sa.Connection, column: str) -> list[str]:
+    """The distinct values of a runs column (models, datasets, recipes), for one-line "no such" errors."""
+    c = runs.c[column]
+    return [v for (v,) in conn.execute(sa.select(c).where(c.is_not(None)).distinct().order_by(c))]
+
+
+def exists(conn: sa.Connection, column: str, values: Iterable[str]) -> list[str]:
+    """Those of `values` that no run has in `column`."""
+    values = list(values)
+    if not values:
+        return []
+    c = runs.c[column]
+    found = {v for (v,) in conn.execute(sa.select(c).where(c.in_(values)).distinct())}
+    return [v for v in values if v not in found]
+
+
+def run_params(conn: sa.Connection, ids: Iterable[int]) -> dict[int, dict]:
+    """The full params / env JSON of a few runs (id -> {"params", "env"})."""
+    ids = list(ids)
+    if not ids:
+        return {}
+    q = sa.select(runs.c.id, runs.c.params, runs.c.env).where(runs.c.id.in_(ids))
+    return {r.id: {"params": r.params or {}, "env": r.env or {}} for r in conn.execute(q)}
+
+
+def result_rows(conn: sa.Connection, run_id: int) -> dict[str, Any]:
+    """All results of one run: key -> number or text (JSON lists and dicts decoded)."""
+    out: dict[str, Any] = {}
+    for key, value, text in conn.execute(sa.select(results.c.key, results.c.value, results.c.text)
+                                         .where(results.c.run_id == run_id).order_by(results.c.key)):
+        if text is None:
+            out[key] = value
+        else:
+            try:
+                out[key] = json.loads(text) if text[:1] in "[{" else text
+            except ValueError:
+                out[key] = text
+    return out
+
+
+def metric_rows(conn: sa.Connection, run_ids: Iterable[int], keys: Sequence[str] = ()) -> dict[int, list[dict]]:
+    """Per-epoch (or per-step) metrics of some runs: run id -> [{"epoch", "step", key: value, …}, …] in order."""
+    ids = list(run_ids)
+    q = (sa.select(metrics.c.run_id, metrics.c.epoch, metrics.c.step, metrics.c.key, metrics.c.value)
+         .where(metrics.c.run_id.in_(ids)).order_by(metrics.c.run_id, metrics.c.id))
+    if keys:
+        q = q.where(metrics.c.key.in_(list(keys)))
+    out: dict[int, dict] = {i: {} for i in ids}
+    for run_id, epoch, step, key, value in conn.execute(q):
+        slot = epoch if epoch is not None else ("step", step)
+        row = out[run_id].setdefault(slot, {"epoch": epoch, "step": step})
+        row[key] = value
+    return {i: list(rows.values()) for i, rows in out.items()}
+
+
+def trained_on(conn: sa.Connection, weights_paths: Iterable[str]) -> dict[str, dict]:
+    """For weights files that lie in a train run's checkpoint folder: path -> {"run_id", "dataset", "epochs"}
+    of that run (files from elsewhere are left out)."""
+    import posixpath
+
+    by_dir: dict[str, list[str]] = {}
+    for p in weights_paths:
+        if p:
+            by_dir.setdefault(posixpath.dirname(p), []).append(p)
+    if not by_dir:
+        return {}
+    q = (sa.select(runs.c.id, runs.c.dataset, runs.c.checkpoint_dir, _param("epochs", "int").label("epochs"))
+         .where(runs.c.kind == "train", runs.c.checkpoint_dir.in_(list(by_dir))))
+    out = {}
+    for r in conn.execute(q):
+        for p in by_dir.get(r.checkpoint_dir, []):
+            out[p] = {"run_id": r.id, "dataset": r.dataset, "epochs": r.epochs}
+    return out
