@@ -25,3 +25,28 @@ def show(run_id, db, as_json):
         _json_out(detail)
     else:
         render_run(detail, _console())
+
+
+@main.command()
+@click.argument("run_a", type=int)
+@click.argument("run_b", type=int)
+@click.option("--all", "everything", is_flag=True, help="List every key, not only those that differ.")
+@db_option
+@json_option
+def diff(run_a, run_b, everything, db, as_json):
+    """What differs between two runs: spec, recipe, environment (versions, GPU, git sha), results."""
+    from ..report.diff import diff_runs, render_diff
+    from ..report.show import run_detail
+
+    with _reading(db) as store:
+        details = []
+        for rid in (run_a, run_b):
+            run = store.get_run(rid)
+            if run is None:
+                _user_error(f"no run {rid} in {db}")
+            details.append(run_detail(run))
+    rows = diff_runs(*details, everything=everything)
+    if as_json:
+        _json_out(rows)
+    else:
+        render_diff(rows, run_a, run_b, _console())
