@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import _console, _json_out, _reading, _user_error, db_option, json_option, main
+from .report import _filter, filter_options
 
 
 @main.command()
@@ -50,3 +51,58 @@ def diff(run_a, run_b, everything, db, as_json):
         _json_out(rows)
     else:
         render_diff(rows, run_a, run_b, _console())
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["accuracy-throughput", "resolution", "curves", "precision", "all"]))
+@filter_options
+@click.option("--run", "run_ids", type=int, multiple=True, help="curves: these runs (repeatable; default: the "
+              "compare rows' runs).")
+@click.option("--agg", type=click.Choice(["mean", "best", "latest"]), default="mean", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Folder for the PNG files (<kind>.png).")
+@db_option
+def plot(kind, model, dataset, tag, recipe, since, status, run_ids, agg, out_dir, db):
+    """PNG figures: accuracy vs throughput (marker size = params), resolution scaling, training curves, speed by
+    precision and mode; from the same filters as compare."""
+    from pathlib import Path
+
+    from ..report.plots import KINDS, plot_files
+
+    flt = _filter(model, dataset, tag, recipe, since, status)
+    with _reading(db) as store:
+        try:
+            written = plot_files(store.engine, flt, list(KINDS) if kind == "all" else [kind], Path(out_dir),
+                                 list(run_ids), agg)
+        except ValueError as e:
+            _user_error(str(e))
+        except OSError as e:
+            _user_error(f"cannot write the figures to {out_dir}: {e.strerror or e}")
+    if not written:
+        click.echo("nothing to draw: no run matches with the numbers this figure needs", err=True)
+    for path in written:
+        click.echo(str(path))
+
+
+@main.command()
+@click.option("--html", "html_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for index.html: one self-contained page (tables, figures, runs).")
+@filter_options
+@click.option("--agg", type=click.Choice(["mean", "best", "latest"]), default="mean", show_default=True)
+@click.option("--title", default="vmbench report", show_default=True)
+@db_option
+def report(html_dir, model, dataset, tag, recipe, since, status, agg, title, db):
+    """Write an HTML report that opens offline: sortable compare tables, the figures, run details."""
+    from pathlib import Path
+
+    from ..report.html import write_html
+
+    flt = _filter(model, dataset, tag, recipe, since, status)
+    with _reading(db) as store:
+        try:
+            path = write_html(store.engine, flt, Path(html_dir), agg, title)
+        except ValueError as e:
+            _user_error(str(e))
+        except OSError as e:
+            _user_error(f"cannot write the report to {html_dir}: {e.strerror or e}")
+    click.echo(str(path))

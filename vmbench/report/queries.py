@@ -98,43 +98,69 @@ def _stored_statuses(statuses: Sequence[str]) -> tuple[list[str] | None, bool]:
     return sorted(stored), False
 
 
-def _pivot():
-    cols = [sa.func.max(sa.case((results.c.key == k, results.c.value))).label(k) for k in NUM_RESULTS]
-    cols += [sa.func.max(sa.case((results.c.key == k, results.c.text))).label(f"r_{k}") for k in TEXT_RESULTS]
-    cols += [sa.func.max(sa.case((results.c.key == k, sa.func.coalesce(sa.cast(results.c.value, sa.Text),
-                                                                        results.c.text)))).label(f"r_{k}")
-             for k in FLAG_RESULTS]
-    return cols
+def _params_columns(conn: sa.Connection) -> list:
+    """The PARAMS settings out of the params JSON: on SQLite one json_extract of all paths (the document is
+    parsed once per row; a JSON array comes back), elsewhere one JSON path expression per setting."""
+    if conn.dialect.name == "sqlite":
+        paths = [f'$."{n}"' for n in PARAMS]
+        return [sa.func.json_extract(runs.c.params, *paths).label("p__all")]
+    return [_param(n, t).label(f"p_{n}") for n, t in PARAMS.items()]
+
+
+def _unpack_params(d: dict) -> None:
+    packed = d.pop("p__all", None)
+    if packed is None and "p__all" not in d and any(k.startswith("p_") for k in d):
+        return
+    values = json.loads(packed) if isinstance(packed, str) else [None] * len(PARAMS)
+    for (name, typ), v in zip(PARAMS.items(), values):
+        if typ == "bool" and v is not None:
+            v = bool(v)
+        d[f"p_{name}"] = v
+
+
+def _results_of(conn: sa.Connection, ids_query) -> dict[int, dict[str, Any]]:
+    """run id -> {result name: value} for NUM_RESULTS (by name) and TEXT/FLAG_RESULTS (as r_<name>), read as
+    (run, key, value, text) rows and pivoted here: cheaper than a pivot in SQL on SQLite."""
+    keys = NUM_RESULTS + TEXT_RESULTS + FLAG_RESULTS
+    text_keys = set(TEXT_RESULTS) | set(FLAG_RESULTS)
+    q = (sa.select(results.c.run_id, results.c.key, results.c.value, results.c.text)
+         .where(results.c.run_id.in_(ids_query), results.c.key.in_(keys)))
+    out: dict[int, dict[str, Any]] = {}
+    for run_id, key, value, text in conn.execute(q).all():  # one fetchall: far cheaper than row by row
+        slot = out.setdefault(run_id, {})
+        if key in text_keys:
+            slot[f"r_{key}"] = text if text is not None else (None if value is None else str(value))
+        else:
+            slot[key] = value
+    return out
 
 
 def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = True) -> list[dict[str, Any]]:
     """One dict per run matching `flt`, newest first: the run's columns, `status` as it really is (a dead
     `running` run is `interrupted`), `p_<name>` for the PARAMS settings and, with `with_results`, the results
-    (NUM_RESULTS by name, TEXT_RESULTS and FLAG_RESULTS as `r_<name>`)."""
+    (NUM_RESULTS by name, TEXT_RESULTS and FLAG_RESULTS as `r_<name>`; absent ones None)."""
     stored, recheck = _stored_statuses(flt.statuses)
-    cols = [runs.c[c] for c in RUN_COLUMNS] + [_param(n, t).label(f"p_{n}") for n, t in PARAMS.items()]
-    q = sa.select(*cols).where(*_where(flt, stored))
-    if with_results:
-        ids = sa.select(runs.c.id).where(*_where(flt, stored))
-        if flt.limit is not None and not recheck:
-            ids = ids.order_by(runs.c.id.desc()).limit(flt.limit)
-        piv = (sa.select(results.c.run_id, *_pivot())
-               .where(results.c.run_id.in_(ids), results.c.key.in_(NUM_RESULTS + TEXT_RESULTS + FLAG_RESULTS))
-               .group_by(results.c.run_id).subquery("piv"))
-        q = (q.add_columns(*[c for c in piv.c if c.name != "run_id"])
-             .select_from(runs.outerjoin(piv, piv.c.run_id == runs.c.id)))
-    q = q.order_by(runs.c.id.desc())
+    cols = [runs.c[c] for c in RUN_COLUMNS] + _params_columns(conn)
+    q = sa.select(*cols).where(*_where(flt, stored)).order_by(runs.c.id.desc())
+    ids = sa.select(runs.c.id).where(*_where(flt, stored))
     if flt.limit is not None and not recheck:
         q = q.limit(flt.limit)
+        ids = ids.order_by(runs.c.id.desc()).limit(flt.limit)
+    res = _results_of(conn, ids) if with_results else {}
+    empty = dict.fromkeys(NUM_RESULTS) | {f"r_{k}": None for k in TEXT_RESULTS + FLAG_RESULTS}
     out = []
-    for row in conn.execute(q):
+    for row in conn.execute(q).all():
         d = dict(row._mapping)
+        _unpack_params(d)
         d["stored_status"] = d["status"]
         d["status"] = effective_status(row)
         if recheck and d["status"] not in flt.statuses:
             continue
         if isinstance(d.get("tags"), str):
             d["tags"] = json.loads(d["tags"])
+        if with_results:
+            d.update(empty)
+            d.update(res.get(d["id"], {}))
         out.append(d)
         if flt.limit is not None and len(out) >= flt.limit:
             break
