@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import _console, _json_out, _reading, _user_error, db_option, json_option, main
+from ._common import _console, _json_out, _reading, _user_error, db_option, default_data_root, json_option, main
 from .report import _filter, filter_options
 
 
@@ -106,3 +106,23 @@ def report(html_dir, model, dataset, tag, recipe, since, status, agg, title, db)
         except OSError as e:
             _user_error(f"cannot write the report to {html_dir}: {e.strerror or e}")
     click.echo(str(path))
+
+
+@main.command()
+@db_option
+@click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
+              help="Where local datasets are looked for.")
+@json_option
+def doctor(db, data_root, as_json):
+    """Check this machine: versions, CUDA and GPU, the Triton kernels against their torch twins on this device,
+    the database and its schema, the data roots, free disk for checkpoints. Exit 1 when a check fails."""
+    import sys
+
+    from ..report.doctor import render, run_checks
+
+    checks = run_checks(db, data_root)
+    if as_json:
+        _json_out([c.to_dict() for c in checks])
+    else:
+        render(checks, _console())
+    sys.exit(0 if all(c.ok for c in checks) else 1)
