@@ -57,7 +57,7 @@ def build(path: Path) -> None:
                       "seed": rid % 3, "amp": True, "amp_dtype": "bf16", "recipe": recipe,
                       "recipe_source": "recipes/imagenet_vmamba.toml", **recipe}
             if kind == "eval":
-                params = {"model": model, "dataset": dataset, "weights_path": f"/ckpt/{rid}/best.pt",
+                params = {"model": model, "dataset": dataset, "weights_path": f"/ckpt/{rid - 4}/best.pt",
                           "img_size": 224, "batch_size": 64}
             res = {"top1": rng.uniform(50, 90), "top5": rng.uniform(80, 99), "val_loss": rng.uniform(0.5, 2),
                    "params_m": 30.0, "gflops": 4.9, "num_classes": 100, "img_size": 224}
@@ -68,7 +68,8 @@ def build(path: Path) -> None:
         env = {"torch": "2.14.1", "triton": "3.5.0", "timm": "1.0", "cuda": "12.8", "gpu": "NVIDIA H100"}
         runs.append((rid, kind, model, dataset, "imagenet_vmamba" if kind == "train" else None, json.dumps(params),
                      "completed", 1, "bench-host", "cuda", "triton", started, started, started, json.dumps(env),
-                     rid % 3 if kind == "train" else None, json.dumps(["sweep"] if rid % 7 == 0 else [])))
+                     rid % 3 if kind == "train" else None, json.dumps(["sweep"] if rid % 7 == 0 else []),
+                     f"/ckpt/{rid}" if kind == "train" else None))
         for k, v in res.items():
             results.append((rid, k, v, None) if isinstance(v, (int, float)) else (rid, k, None, v))
         for e in range(EPOCHS):
@@ -77,8 +78,8 @@ def build(path: Path) -> None:
             con.executemany("INSERT INTO metrics (run_id, epoch, key, value, time) VALUES (?,?,?,?,?)", metrics)
             metrics.clear()
     con.executemany("INSERT INTO runs (id, kind, model, dataset, recipe, params, status, pid, host, device, "
-                    "scan_backend, started_at, ended_at, heartbeat_at, env, seed, tags) VALUES "
-                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
+                    "scan_backend, started_at, ended_at, heartbeat_at, env, seed, tags, checkpoint_dir) VALUES "
+                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
     con.executemany("INSERT INTO results (run_id, key, value, text) VALUES (?,?,?,?)", results)
     con.executemany("INSERT INTO metrics (run_id, epoch, key, value, time) VALUES (?,?,?,?,?)", metrics)
     con.commit()

@@ -10,7 +10,6 @@ Entry point: `compare_rows(run_rows, trained, agg)` over `queries.select_runs` r
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable
 from typing import Any
 
@@ -79,15 +78,22 @@ def _speed_key(p: dict) -> tuple:
     return tuple(p[k] for k in ("device", "gpu", "precision", "batch", "res", "mode", "scan_backend"))
 
 
-def _mem(r: dict) -> tuple[float | None, float | None, str | None]:
-    """(absolute peak MB, RSS growth MB, what the absolute one is): a training run's peak RSS and a benchmark's
-    RSS growth over its start are different quantities and get different columns."""
-    mb, src = _num(r.get("peak_mem_mb")), r.get("r_peak_mem_source")
-    if mb is None:
-        return None, None, None
+def _mem_kind(r: dict) -> str | None:
+    """What a run's peak_mem_mb is: "CUDA" / "RSS" (absolute peaks) or "delta" (a CPU benchmark's RSS growth
+    over its start: a different quantity, kept in its own column)."""
+    src = r.get("r_peak_mem_source")
     if src == "cpu_peak_rss_delta":
-        return None, mb, None
-    return mb, None, {"cuda_max_allocated": "CUDA", "cpu_peak_rss": "RSS"}.get(src, src)
+        return "delta"
+    return {"cuda_max_allocated": "CUDA", "cpu_peak_rss": "RSS"}.get(src, src)
+
+
+def _mem(rows: list[dict]) -> tuple[float | None, str | None, float | None]:
+    """(mean absolute peak MB, its kind, mean RSS growth MB); the peak is None when the runs' kinds differ."""
+    with_mem = [r for r in rows if _parts(r, "peak_mem_mb")[0]]
+    absolute = [r for r in with_mem if _mem_kind(r) != "delta"]
+    kinds = {_mem_kind(r) for r in absolute}
+    peak, kind = (_gstats(absolute, "peak_mem_mb")[0], kinds.pop()) if len(kinds) == 1 else (None, None)
+    return peak, kind, _gstats([r for r in with_mem if _mem_kind(r) == "delta"], "peak_mem_mb")[0]
 
 
 def accuracy_protocol(r: dict, trained: dict[str, dict]) -> dict[str, Any]:
@@ -97,25 +103,69 @@ def accuracy_protocol(r: dict, trained: dict[str, dict]) -> dict[str, Any]:
              else None, "epochs": r.get("p_epochs") if r["kind"] == "train" else None,
              "recipe": r.get("recipe") if r["kind"] == "train" else None, "trained_on": r.get("dataset")}
     if r["kind"] == "eval":
+        # Checkpoints of train runs group by what they were trained on (like seeds); an outside file is its own
+        # protocol (by content hash, else path).
         src = trained.get(r.get("p_weights_path") or "")
         proto["trained_on"] = src["dataset"] if src else "external weights"
         proto["epochs"] = src["epochs"] if src else None
-        proto["weights"] = f"run {src['run_id']}" if src else r.get("p_weights_path")
+        proto["weights"] = "train run checkpoint" if src else (r.get("p_weights_sha256") or r.get("p_weights_path"))
     return proto
 
 
-def _stats(values: list[float | None]) -> tuple[float | None, float | None, int]:
-    vals = [v for v in values if v is not None]
-    if not vals:
+def _weights_label(grp: list[dict], trained: dict[str, dict]) -> str | None:
+    """How an eval row names its weights: "run N" (or "runs N, M") for train-run checkpoints, else the file."""
+    srcs = [trained.get(r.get("p_weights_path") or "") for r in grp]
+    if all(srcs):
+        ids = sorted({s["run_id"] for s in srcs})
+        return ("run " if len(ids) == 1 else "runs ") + ", ".join(map(str, ids))
+    return grp[0].get("p_weights_path")
+
+
+def _parts(r: dict, key: str) -> tuple[int, float, float]:
+    """(count, sum, sum of squares) of result `key` in a run (from select_runs) or a group (select_groups)."""
+    if "n_runs" in r:
+        n = r.get(f"{key}__n") or 0
+        return (n, r.get(f"{key}__sum") or 0.0, r.get(f"{key}__sq") or 0.0) if n else (0, 0.0, 0.0)
+    v = _num(r.get(key))
+    return (0, 0.0, 0.0) if v is None else (1, v, v * v)
+
+
+def _gstats(rows: list[dict], key: str) -> tuple[float | None, float | None, int]:
+    """mean, sample std (None for one value) and n of `key` over runs and/or groups of runs."""
+    n = s = sq = 0.0
+    for r in rows:
+        a, b, c = _parts(r, key)
+        n, s, sq = n + a, s + b, sq + c
+    if not n:
         return None, None, 0
-    mean = statistics.fmean(vals)
-    return mean, (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+    mean = s / n
+    std = math.sqrt(max(0.0, (sq - n * mean * mean) / (n - 1))) if n > 1 else None
+    return mean, std, int(n)
+
+
+def _n_runs(rows: list[dict]) -> int:
+    return sum(r.get("n_runs", 1) for r in rows)
+
+
+def _ids(rows: list[dict]) -> list[int]:
+    return sorted(i for r in rows for i in (r["ids"] if "n_runs" in r else [r["id"]]))
+
+
+def _seeds(rows: list[dict]) -> list[int]:
+    out: set[int] = set()
+    for r in rows:
+        if "n_runs" in r:
+            out.update(r["seeds"])
+        elif r.get("seed") is not None:
+            out.add(r["seed"])
+    return sorted(out)
 
 
 def _pick(grp: list[dict], agg: str, metric: str) -> list[dict]:
-    """The runs a row's numbers come from: all of them (mean), or the best / latest one."""
+    """The runs a row's numbers come from: all of them (mean), or the best / latest one (runs, not groups)."""
     if agg == "mean" or len(grp) == 1:
         return grp
+    assert not any("n_runs" in r for r in grp), "best / latest pick single runs"
     if agg == "latest":
         return [max(grp, key=lambda r: r["id"])]
     return [max(grp, key=lambda r: (_num(r.get(metric)) if _num(r.get(metric)) is not None else -math.inf,
@@ -130,20 +180,20 @@ def _accuracy_row(grp: list[dict], proto: dict, agg: str, bench_by_key: dict) ->
     row: dict[str, Any] = {"section": first["dataset"], "kind": first["kind"], "model": first["model"],
                            "dataset": first["dataset"], **proto}
     for col, key in (("top1", "top1"), ("top5", "top5"), ("loss", "val_loss")):
-        mean, std, n = _stats([_num(r.get(key)) for r in used])
+        mean, std, n = _gstats(used, key)
         if col == "top5" and few:
             mean = std = None  # top-5 of 5 classes or fewer is 100 % by construction
         row[col], row[f"{col}_std"] = mean, std
     row["top5_note"] = f"{int(classes)} classes" if few else None
-    row["runs"] = len(used)
-    row["runs_in_group"] = len(grp)
-    row["seeds"] = sorted({r.get("seed") for r in used if r.get("seed") is not None})
-    row["run_ids"] = sorted(r["id"] for r in used)
-    row["run_id"] = max(used, key=lambda r: r["id"])["id"] if agg != "best" else used[0]["id"]
-    row["params_m"] = _stats([_num(r.get("params_m")) for r in used])[0]
-    row["gflops"] = _stats([_num(r.get("gflops")) for r in used])[0]
-    row["wall_s"] = _stats([_num(r.get("train_time_s")) for r in used])[0]
-    row["epochs_done"] = _stats([_num(r.get("epochs_done")) for r in used])[0]
+    row["runs"] = _n_runs(used)
+    row["runs_in_group"] = _n_runs(grp)
+    row["seeds"] = _seeds(used)
+    row["run_ids"] = _ids(used)
+    row["run_id"] = row["run_ids"][-1] if agg != "best" else used[0]["id"]
+    row["params_m"] = _gstats(used, "params_m")[0]
+    row["gflops"] = _gstats(used, "gflops")[0]
+    row["wall_s"] = _gstats(used, "train_time_s")[0]
+    row["epochs_done"] = _gstats(used, "epochs_done")[0]
     speeds = [speed_protocol(r) for r in used]
     keys = {(_speed_key(p) if p else None) for p in speeds}
     row.update(device=None, gpu=None, precision=None, batch=None, res=None, mode=None, scan_backend=None,
@@ -155,16 +205,11 @@ def _accuracy_row(grp: list[dict], proto: dict, agg: str, bench_by_key: dict) ->
         p = speeds[0]
         row.update({k: p[k] for k in ("device", "gpu", "precision", "batch", "res", "mode", "scan_backend")})
         joined = bench_by_key.get((first["model"], _speed_key(p)), [])
-        row["img_s"], _, row["img_s_n"] = _stats([_num(r.get("img_s")) for r in used + joined])
+        row["img_s"], _, row["img_s_n"] = _gstats(used + joined, "img_s")
         train_key = _speed_key({**p, "mode": p["mode"].replace("inference", "train step")})
-        row["train_img_s"] = _stats([_num(r.get("img_s")) for r in bench_by_key.get((first["model"], train_key),
-                                                                                         [])])[0]
-        mems = [_mem(r) for r in used]
-        kinds = {m[2] for m in mems if m[0] is not None}
-        if len(kinds) == 1:
-            row["peak_mem_mb"] = _stats([m[0] for m in mems])[0]
-            row["peak_mem_kind"] = kinds.pop()
-        row["mem_delta_mb"] = _stats([_mem(r)[1] for r in joined])[0]
+        row["train_img_s"] = _gstats(bench_by_key.get((first["model"], train_key), []), "img_s")[0]
+        row["peak_mem_mb"], row["peak_mem_kind"], _ = _mem(used)
+        row["mem_delta_mb"] = _mem(joined)[2]
     return row
 
 
@@ -173,19 +218,15 @@ def _speed_row(grp: list[dict], proto: dict, agg: str) -> dict[str, Any]:
     first = used[0]
     row: dict[str, Any] = {"section": BENCH_GROUP, "kind": "bench", "model": first["model"], "dataset": BENCH_GROUP,
                            "top1": None, "top5": None, "loss": None, **proto}
-    row["img_s"], row["img_s_std"], row["img_s_n"] = _stats([_num(r.get("img_s")) for r in used])
-    row["latency_ms"] = _stats([_num(r.get("latency_ms")) for r in used])[0]
-    row["params_m"] = _stats([_num(r.get("params_m")) for r in used])[0]
-    row["gflops"] = _stats([_num(r.get("gflops")) for r in used])[0]
-    mems = [_mem(r) for r in used]
-    kinds = {m[2] for m in mems if m[0] is not None}
-    row["peak_mem_mb"] = _stats([m[0] for m in mems])[0] if len(kinds) == 1 else None
-    row["peak_mem_kind"] = kinds.pop() if len(kinds) == 1 else None
-    row["mem_delta_mb"] = _stats([m[1] for m in mems])[0]
-    row["runs"] = len(used)
-    row["runs_in_group"] = len(grp)
-    row["run_ids"] = sorted(r["id"] for r in used)
-    row["run_id"] = max(used, key=lambda r: r["id"])["id"] if agg != "best" else used[0]["id"]
+    row["img_s"], row["img_s_std"], row["img_s_n"] = _gstats(used, "img_s")
+    row["latency_ms"] = _gstats(used, "latency_ms")[0]
+    row["params_m"] = _gstats(used, "params_m")[0]
+    row["gflops"] = _gstats(used, "gflops")[0]
+    row["peak_mem_mb"], row["peak_mem_kind"], row["mem_delta_mb"] = _mem(used)
+    row["runs"] = _n_runs(used)
+    row["runs_in_group"] = _n_runs(grp)
+    row["run_ids"] = _ids(used)
+    row["run_id"] = row["run_ids"][-1] if agg != "best" else used[0]["id"]
     return row
 
 
@@ -210,7 +251,12 @@ def compare_rows(run_rows: Iterable[dict], trained: dict[str, dict], agg: str = 
             key = (r["model"], r["dataset"], tuple(sorted((k, str(v)) for k, v in p.items())))
             acc.setdefault(key, []).append(r)
             protos[("a", *key)] = p
-    rows = [_accuracy_row(grp, protos[("a", *key)], agg, speed) for key, grp in acc.items()]
+    rows = []
+    for key, grp in acc.items():
+        row = _accuracy_row(grp, protos[("a", *key)], agg, speed)
+        if row["kind"] == "eval":
+            row["weights"] = _weights_label(_pick(grp, agg, "top1"), trained)
+        rows.append(row)
     if include_bench:
         rows += [_speed_row(grp, protos[("s", *key)], agg) for key, grp in speed.items()]
     return rows

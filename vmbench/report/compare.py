@@ -53,7 +53,10 @@ def compare_report(engine, flt: queries.RunFilter, *, agg: str = "mean", paper: 
         flt.statuses = ("completed",)
     with engine.connect() as conn:
         check_names(conn, flt)
-        run_rows = queries.select_runs(conn, flt)
+        if agg == "mean" and not queries.stored_statuses(flt.statuses)[1]:
+            run_rows = queries.select_groups(conn, flt)  # runs of identical settings summed up in SQL
+        else:
+            run_rows = queries.select_runs(conn, flt)
         evals = [r.get("p_weights_path") for r in run_rows if r["kind"] == "eval"]
         trained = queries.trained_on(conn, evals)
     bench = include_bench and not flt.datasets and not flt.recipes

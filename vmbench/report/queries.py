@@ -86,7 +86,7 @@ def _where(flt: RunFilter, stored_statuses: Sequence[str] | None) -> list:
     return conds
 
 
-def _stored_statuses(statuses: Sequence[str]) -> tuple[list[str] | None, bool]:
+def stored_statuses(statuses: Sequence[str]) -> tuple[list[str] | None, bool]:
     """(stored statuses to ask SQL for, whether Python must still check the effective status). A `running` run
     whose process is gone is shown as interrupted, so "interrupted" and "running" both read stored `running` rows."""
     if not statuses:
@@ -118,36 +118,36 @@ def _unpack_params(d: dict) -> None:
         d[f"p_{name}"] = v
 
 
-def _results_of(conn: sa.Connection, ids_query) -> dict[int, dict[str, Any]]:
-    """run id -> {result name: value} for NUM_RESULTS (by name) and TEXT/FLAG_RESULTS (as r_<name>), read as
-    (run, key, value, text) rows and pivoted here: cheaper than a pivot in SQL on SQLite."""
-    keys = NUM_RESULTS + TEXT_RESULTS + FLAG_RESULTS
+def _result_joins(keys: Sequence[str]):
+    """(FROM clause, columns): one LEFT JOIN of `results` per key, each a primary-key lookup (run_id, key) —
+    on SQLite far cheaper than pivoting with GROUP BY / CASE or reading the results table row by row."""
+    src = runs
+    cols = []
     text_keys = set(TEXT_RESULTS) | set(FLAG_RESULTS)
-    q = (sa.select(results.c.run_id, results.c.key, results.c.value, results.c.text)
-         .where(results.c.run_id.in_(ids_query), results.c.key.in_(keys)))
-    out: dict[int, dict[str, Any]] = {}
-    for run_id, key, value, text in conn.execute(q).all():  # one fetchall: far cheaper than row by row
-        slot = out.setdefault(run_id, {})
-        if key in text_keys:
-            slot[f"r_{key}"] = text if text is not None else (None if value is None else str(value))
+    for i, key in enumerate(keys):
+        r = results.alias(f"r{i}")
+        src = src.outerjoin(r, sa.and_(r.c.run_id == runs.c.id, r.c.key == key))
+        if key in FLAG_RESULTS:
+            cols.append(sa.func.coalesce(r.c.text, sa.cast(r.c.value, sa.Text)).label(f"r_{key}"))
+        elif key in text_keys:
+            cols.append(r.c.text.label(f"r_{key}"))
         else:
-            slot[key] = value
-    return out
+            cols.append(r.c.value.label(key))
+    return src, cols
 
 
 def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = True) -> list[dict[str, Any]]:
     """One dict per run matching `flt`, newest first: the run's columns, `status` as it really is (a dead
     `running` run is `interrupted`), `p_<name>` for the PARAMS settings and, with `with_results`, the results
     (NUM_RESULTS by name, TEXT_RESULTS and FLAG_RESULTS as `r_<name>`; absent ones None)."""
-    stored, recheck = _stored_statuses(flt.statuses)
+    stored, recheck = stored_statuses(flt.statuses)
     cols = [runs.c[c] for c in RUN_COLUMNS] + _params_columns(conn)
     q = sa.select(*cols).where(*_where(flt, stored)).order_by(runs.c.id.desc())
-    ids = sa.select(runs.c.id).where(*_where(flt, stored))
+    if with_results:
+        src, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS + FLAG_RESULTS)
+        q = q.add_columns(*rcols).select_from(src)
     if flt.limit is not None and not recheck:
         q = q.limit(flt.limit)
-        ids = ids.order_by(runs.c.id.desc()).limit(flt.limit)
-    res = _results_of(conn, ids) if with_results else {}
-    empty = dict.fromkeys(NUM_RESULTS) | {f"r_{k}": None for k in TEXT_RESULTS + FLAG_RESULTS}
     out = []
     for row in conn.execute(q).all():
         d = dict(row._mapping)
@@ -158,12 +158,43 @@ def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = Tru
             continue
         if isinstance(d.get("tags"), str):
             d["tags"] = json.loads(d["tags"])
-        if with_results:
-            d.update(empty)
-            d.update(res.get(d["id"], {}))
         out.append(d)
         if flt.limit is not None and len(out) >= flt.limit:
             break
+    return out
+
+
+# Results that are part of a run's protocol (grouped by) rather than measured values (averaged).
+PROTOCOL_RESULTS = ("img_size", "res", "batch", "bench_batch", "num_classes")
+
+
+def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
+    """Like `select_runs` (stored statuses only: no `running` / `interrupted` in `flt.statuses`), but runs with
+    identical settings (every column, setting and protocol result except id, seed, tags, times, host, pid) are
+    aggregated in SQL: one dict per such group with `n_runs`, `ids`, `seeds`, and for each measured result k
+    its mean as k plus `k__n`, `k__sum`, `k__sq` (count, sum, sum of squares) to merge groups exactly."""
+    assert not stored_statuses(flt.statuses)[1], "effective statuses need select_runs"
+    src, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS + FLAG_RESULTS)
+    keys = [runs.c[c] for c in ("kind", "model", "dataset", "recipe", "status", "device", "scan_backend")]
+    keys += _params_columns(conn)
+    keys += [c for c in rcols if c.name not in NUM_RESULTS or c.name in PROTOCOL_RESULTS]
+    measured = [c for c in rcols if c.name in NUM_RESULTS and c.name not in PROTOCOL_RESULTS]
+    aggs = [sa.func.count().label("n_runs"), sa.func.max(runs.c.id).label("id"),
+            sa.func.aggregate_strings(sa.cast(runs.c.id, sa.Text), ",").label("ids"),
+            sa.func.aggregate_strings(sa.cast(runs.c.seed, sa.Text), ",").label("seeds_")]
+    for c in measured:
+        v = c.element if hasattr(c, "element") else c
+        aggs += [sa.func.avg(v).label(c.name), sa.func.count(v).label(f"{c.name}__n"),
+                 sa.func.sum(v).label(f"{c.name}__sum"), sa.func.sum(v * v).label(f"{c.name}__sq")]
+    q = (sa.select(*keys, *aggs).select_from(src).where(*_where(flt, stored_statuses(flt.statuses)[0]))
+         .group_by(*[k.element if hasattr(k, "element") else k for k in keys]))
+    out = []
+    for row in conn.execute(q).all():
+        d = dict(row._mapping)
+        _unpack_params(d)
+        d["ids"] = sorted(int(x) for x in (d["ids"] or "").split(",") if x)
+        d["seeds"] = sorted({int(x) for x in (d.pop("seeds_") or "").split(",") if x})
+        out.append(d)
     return out
 
 
