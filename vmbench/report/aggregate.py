@@ -41,7 +41,7 @@ def _flag(*values: Any) -> bool:
 def _precision(r: dict) -> str | None:
     if r["kind"] == "bench":
         return r.get("p_precision") or r.get("r_precision")
-    if r.get("p_amp") or _flag(r.get("r_amp")):
+    if _flag(r.get("p_amp")):
         return f"amp_{r.get('p_amp_dtype') or 'bf16'}"
     return "fp32"
 
@@ -50,11 +50,11 @@ def mode(r: dict) -> str:
     """How a speed figure was taken: "inference" or "train step", plus compiled / graph / channels-last."""
     train = r["kind"] == "bench" and ("train" in (r.get("p_section"), r.get("p_kind")))
     parts = ["train step" if train else "inference"]
-    if _flag(r.get("p_compile"), r.get("p_compiled"), r.get("r_compile")):
+    if _flag(r.get("p_compile"), r.get("p_compiled")):
         parts.append("compiled")
-    if _flag(r.get("p_cuda_graph"), r.get("r_cuda_graph")) or r.get("p_section") == "graph":
+    if _flag(r.get("p_cuda_graph")) or r.get("p_section") == "graph":
         parts.append("graph")
-    if _flag(r.get("p_channels_last"), r.get("r_channels_last")):
+    if _flag(r.get("p_channels_last")):
         parts.append("channels-last")
     return " + ".join(parts)
 
@@ -71,7 +71,7 @@ def speed_protocol(r: dict) -> dict[str, Any] | None:
         res = _num(r.get("img_size")) or r.get("p_img_size")
     return {"device": r.get("device"), "gpu": r.get("r_gpu_name"), "precision": _precision(r),
             "batch": int(batch) if batch is not None else None, "res": int(res) if res is not None else None,
-            "mode": mode(r), "scan_backend": r.get("scan_backend") or r.get("r_scan_backend")}
+            "mode": mode(r), "scan_backend": r.get("scan_backend")}
 
 
 def _speed_key(p: dict) -> tuple:

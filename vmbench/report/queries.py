@@ -22,18 +22,16 @@ results = Result.__table__
 metrics = Metric.__table__
 
 # Numeric results pivoted into columns of a run row (result key -> column name).
-NUM_RESULTS = ("top1", "top5", "val_loss", "train_loss", "params_m", "gflops", "img_s", "latency_ms", "peak_mem_mb",
-               "train_time_s", "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch", "eval_time_s",
-               "ema_top1", "world_size", "total_batch")
-TEXT_RESULTS = ("peak_mem_source", "gpu_name", "precision", "scan_backend")
-# Flags of results that the store keeps as numbers (True -> 1.0) or text ("True"): read back as text.
-FLAG_RESULTS = ("amp", "compile", "channels_last", "cuda_graph")
+NUM_RESULTS = ("top1", "top5", "val_loss", "params_m", "gflops", "img_s", "latency_ms", "peak_mem_mb", "train_time_s",
+               "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch")
+TEXT_RESULTS = ("peak_mem_source", "gpu_name", "precision")
+# Flags (amp, compile, channels_last, cuda_graph) are read from the run's params, where every kind records them.
+FLAG_RESULTS: tuple[str, ...] = ()
 # Run settings read out of the params JSON in SQL (name -> type).
 PARAMS = {"epochs": "int", "batch_size": "int", "img_size": "int", "val_resize": "int", "train_resize": "int",
           "res": "int", "batch": "int", "precision": "str", "section": "str", "kind": "str", "compile": "bool",
           "compiled": "bool", "cuda_graph": "bool", "channels_last": "bool", "amp": "bool", "amp_dtype": "str",
-          "weights_path": "str", "weights_sha256": "str", "init": "str", "weights": "str", "bench_batch": "int",
-          "world_size": "int", "total_batch": "int"}
+          "weights_path": "str", "weights_sha256": "str", "bench_batch": "int"}
 RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "host", "device", "scan_backend",
                "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir", "git_sha",
                "git_dirty", "error")
