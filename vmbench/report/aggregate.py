@@ -96,12 +96,22 @@ def _mem(rows: list[dict]) -> tuple[float | None, str | None, float | None]:
     return peak, kind, _gstats([r for r in with_mem if _mem_kind(r) == "delta"], "peak_mem_mb")[0]
 
 
+def _start(r: dict) -> str:
+    """Where a train run's weights started: from scratch, timm's pretrained weights, or a file (fine-tuned)."""
+    if r.get("p_pretrained"):
+        return "pretrained (timm)"
+    if r.get("p_init") or r.get("p_weights"):
+        return f"from {r.get('p_init') or r.get('p_weights')}"
+    return "scratch"
+
+
 def accuracy_protocol(r: dict, trained: dict[str, dict]) -> dict[str, Any]:
     img = _num(r.get("img_size")) or r.get("p_img_size")
     proto = {"source": r["kind"], "img_size": int(img) if img is not None else None,
              "val_resize": r.get("p_val_resize"), "train_resize": r.get("p_train_resize") if r["kind"] == "train"
              else None, "epochs": r.get("p_epochs") if r["kind"] == "train" else None,
-             "recipe": r.get("recipe") if r["kind"] == "train" else None, "trained_on": r.get("dataset")}
+             "recipe": r.get("recipe") if r["kind"] == "train" else None, "trained_on": r.get("dataset"),
+             "start": _start(r) if r["kind"] == "train" else None}
     if r["kind"] == "eval":
         # Checkpoints of train runs group by what they were trained on (like seeds); an outside file is its own
         # protocol (by content hash, else path).

@@ -31,7 +31,8 @@ FLAG_RESULTS: tuple[str, ...] = ()
 PARAMS = {"epochs": "int", "batch_size": "int", "img_size": "int", "val_resize": "int", "train_resize": "int",
           "res": "int", "batch": "int", "precision": "str", "section": "str", "kind": "str", "compile": "bool",
           "compiled": "bool", "cuda_graph": "bool", "channels_last": "bool", "amp": "bool", "amp_dtype": "str",
-          "weights_path": "str", "weights_sha256": "str", "bench_batch": "int"}
+          "weights_path": "str", "weights_sha256": "str", "bench_batch": "int", "init": "str", "weights": "str",
+          "pretrained": "bool"}
 RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "host", "device", "scan_backend",
                "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir", "git_sha",
                "git_dirty", "error")

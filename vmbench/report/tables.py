@@ -17,7 +17,7 @@ FORMATS = ("table", "markdown", "csv", "json", "latex")
 # key -> (header, number format)
 COLUMNS: dict[str, tuple[str, str]] = {
     "model": ("model", "{}"), "dataset": ("dataset", "{}"), "source": ("source", "{}"),
-    "trained_on": ("trained on", "{}"), "weights": ("weights", "{}"), "img_size": ("img", "{:.0f}"),
+    "trained_on": ("trained on", "{}"), "start": ("start", "{}"), "weights": ("weights", "{}"), "img_size": ("img", "{:.0f}"),
     "val_resize": ("val resize", "{:.0f}"), "train_resize": ("train resize", "{:.0f}"), "epochs": ("epochs", "{}"),
     "recipe": ("recipe", "{}"), "top1": ("top-1 %", "{:.2f}"), "top5": ("top-5 %", "{:.2f}"),
     "loss": ("val loss", "{:.4f}"), "runs": ("n", "{}"), "seeds": ("seeds", "{}"), "params_m": ("params M", "{:.1f}"),
@@ -28,7 +28,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "mem_delta_mb": ("RSS growth MB", "{:.0f}"), "wall_s": ("wall s", "{:.0f}"),
     "epochs_done": ("epochs done", "{:.0f}"), "run_id": ("run", "{}"),
 }
-_ACCURACY = ["model", "source", "trained_on", "img_size", "val_resize", "train_resize", "epochs", "recipe", "top1",
+_ACCURACY = ["model", "source", "trained_on", "start", "img_size", "val_resize", "train_resize", "epochs", "recipe", "top1",
              "top5", "loss", "runs", "seeds", "params_m", "gflops", "img_s", "train_img_s", "peak_mem_mb",
              "mem_delta_mb", "wall_s", "epochs_done", "device", "gpu", "precision", "batch", "res", "mode",
              "scan_backend", "run_id"]
