@@ -86,3 +86,22 @@ def test_plot_pngs(db, tmp_path):
     assert [p.name for p in one.iterdir()] == ["curves.png"]
     r = CliRunner().invoke(main, ["plot", "resolution", "--db", db, "--out", tmp_path / "x", "--dataset", "shapes"])
     assert r.exit_code == 0 and "nothing to draw" in r.output  # a dataset filter leaves no benchmark rows
+
+
+def test_report_commands_never_import_torch(db, tmp_path):
+    """plot and report --html draw with matplotlib only; compare, runs, show, diff and metrics read the store."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vmbench.cli import main\n"
+            "for argv in sys.argv[1:]:\n"
+            "    try:\n        main(argv.split('|'), standalone_mode=False)\n"
+            "    except SystemExit as e:\n        assert not e.code, (argv, e.code)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert 'matplotlib' in sys.modules\n")
+    cmds = [f"plot|all|--db|{db}|--out|{tmp_path}", f"report|--html|{tmp_path / 'h'}|--db|{db}",
+            f"compare|--db|{db}|--format|latex", f"runs|--db|{db}", f"show|1|--db|{db}", f"diff|1|2|--db|{db}",
+            f"metrics|1|--db|{db}"]
+    p = subprocess.run([sys.executable, "-c", code, *cmds], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "h" / "index.html").exists()
