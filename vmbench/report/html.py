@@ -20,6 +20,7 @@ th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
 th{background:#f0f0f0;cursor:pointer;user-select:none}
 th.asc::after{content:" ▲"} th.desc::after{content:" ▼"}
 td.text{text-align:left} td.best{font-weight:bold;color:#060}
+div.wrap{overflow-x:auto;max-width:100%}
 img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}
 details{margin:0.3em 0} pre{background:#f8f8f8;padding:0.5em;overflow:auto}
 """
@@ -48,7 +49,7 @@ e = html.escape
 def _table(section: str, grp: list[dict]) -> str:
     cols = tables.section_columns(section, None)
     cols = [c for c in cols if c == "model" or any(tables.cell(r, c) != "—" for r in grp)]
-    out = [f"<h3>{e(tables.section_title(section))}</h3>", '<table class="sortable"><thead><tr>']
+    out = [f"<h3>{e(tables.section_title(section))}</h3>", '<div class="wrap"><table class="sortable"><thead><tr>']
     out += [f"<th>{e(tables.COLUMNS[c][0])}</th>" for c in cols]
     out.append("</tr></thead><tbody>")
     for r in grp:
@@ -60,14 +61,14 @@ def _table(section: str, grp: list[dict]) -> str:
             data = f' data-v="{e(repr(float(v)))}"' if num else ""
             out.append(f'<td class="{cls.strip()}"{data}>{e(tables.cell(r, c))}</td>')
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
 def _runs_section(run_rows: list[dict]) -> str:
     head = ["id", "kind", "model", "dataset", "status", "seed", "tags", "recipe", "epochs", "img_size", "device",
             "started_at"]
-    out = ['<h2>runs</h2><table class="sortable" id="runs"><thead><tr>']
+    out = ['<h2>runs</h2><div class="wrap"><table class="sortable" id="runs"><thead><tr>']
     out += [f"<th>{e(h)}</th>" for h in head + ["top-1 %", "img/s"]]
     out.append("</tr></thead><tbody>")
     for r in run_rows:
@@ -80,7 +81,7 @@ def _runs_section(run_rows: list[dict]) -> str:
             tds.append(f'<td{"" if num else " class=text"}{f" data-v={e(repr(float(v)))}" if num else ""}>'
                        f"{e(text)}</td>")
         out.append("<tr>" + "".join(tds) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     for r in run_rows:
         if r.get("error"):
             out.append(f"<details><summary>run {r['id']} failed</summary><pre>{e(r['error'])}</pre></details>")
