@@ -45,8 +45,9 @@ def _bench(store, model, *, res=224, batch=16, precision="fp32", device="cpu", i
     return rid
 
 
-def make_db(tmp_path: Path) -> str:
-    path = str(tmp_path / "report.db")
+def make_db(tmp_path: Path, url: str | None = None) -> str:
+    """The database at `url`, else a SQLite file in `tmp_path`; returns its path or URL."""
+    path = url or str(tmp_path / "report.db")
     ckpt = tmp_path / "runs" / "1"
     ckpt.mkdir(parents=True)
     (ckpt / "best.pt").write_bytes(b"0" * 1024)
