@@ -51,7 +51,8 @@ def filter_options(fn):
               show_default=True)
 @click.option("--agg", type=click.Choice(["mean", "best", "latest"]), default="mean", show_default=True,
               help="Several runs of one protocol: mean ± std (n), the best run, or the latest run.")
-@click.option("--sort", default=None, help="Sort each section by this column (e.g. img_s, params_m).")
+@click.option("--sort", default=None, help="Sort each section by this column (top1, top5, img_s, train_img_s largest first; others, "
+              "e.g. loss or params_m, smallest first).")
 @click.option("--columns", default=None, help="Show only these columns, comma-separated (model always).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows per section.")
 @click.option("--paper", is_flag=True, help="Add the papers' quoted ImageNet-1K numbers as rows of their own.")
