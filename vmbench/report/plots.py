@@ -16,7 +16,10 @@ KINDS = ("accuracy-throughput", "resolution", "curves", "precision")
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("figures need matplotlib: pip install 'vmbench[plots]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
