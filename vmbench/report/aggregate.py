@@ -242,8 +242,9 @@ def _speed_row(grp: list[dict], proto: dict, agg: str) -> dict[str, Any]:
 
 def compare_rows(run_rows: Iterable[dict], trained: dict[str, dict], agg: str = "mean",
                  include_bench: bool = True) -> list[dict]:
-    """Rows of `compare` from completed runs: accuracy rows per (model, dataset, accuracy protocol, own speed
-    protocol when one) and, with `include_bench`, speed rows per (model, speed protocol)."""
+    """Rows of `compare` from runs (select_runs) or groups of identical runs (select_groups): accuracy rows per
+    (model, dataset, accuracy protocol) — their speed columns only when all their runs were timed under one speed
+    protocol, else a note — and, with `include_bench`, speed rows per (model, speed protocol)."""
     assert agg in AGGS, agg
     acc: dict[tuple, list[dict]] = {}
     speed: dict[tuple, list[dict]] = {}
