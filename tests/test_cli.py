@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from vmbench.cli import main
 from vmbench.store import Store
 
+from dbfiles import db_digest
+
 
 @pytest.fixture()
 def db(tmp_path):
@@ -40,11 +42,14 @@ def test_compare_json_rows(db):
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
     train = [row for row in rows if row["dataset"] == "shapes"]
-    assert [(x["model"], x["top1"], x["runs"]) for x in train] == [("vmamba_t", 72.5, 2), ("convnext_t", 61.0, 1)]
+    # two runs of one protocol: their mean ± std (n)
+    assert [(x["model"], x["top1"], x["runs"]) for x in train] == [("vmamba_t", 71.25, 2), ("convnext_t", 61.0, 1)]
+    assert train[0]["top1_std"] == pytest.approx(1.7677, abs=1e-4) and train[0]["run_ids"] == [2, 3]
     bench = [row for row in rows if row["kind"] == "bench"]
+    assert all(row["dataset"] == "(benchmark)" for row in bench)
     # eager inference, a training step and a CUDA-graph replay are different measurements: never one row
-    assert sorted((row["img_s"], row["precision"]) for row in bench) == [
-        (5.0, "fp32 (train)"), (12.5, "fp32"), (30.0, "fp32 (graph)")]
+    assert sorted((row["img_s"], row["precision"], row["mode"], row["batch"]) for row in bench) == [
+        (5.0, "fp32", "train step", 2), (12.5, "fp32", "inference", 2), (30.0, "fp32", "inference + graph", 2)]
     assert all(row["top1"] is None for row in bench)
 
 
@@ -55,14 +60,18 @@ def test_compare_formats(db, fmt):
     assert "vmamba_t" in r.output and "convnext_t" in r.output and "swin_t" not in r.output
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(r.output)))
-        assert rows[0]["model"] == "vmamba_t" and float(rows[0]["top1"]) == 72.5
+        assert rows[0]["model"] == "vmamba_t" and float(rows[0]["top1"]) == 71.25
     if fmt == "markdown":
-        assert r.output.startswith("| model |")
+        assert "| model | source |" in r.output and "| 71.25 ± 1.77 |" in r.output.replace("**", "")
 
 
 def test_compare_dataset_filter(db):
+    before = db_digest(db)
     r = CliRunner().invoke(main, ["compare", "--db", db, "--format", "json", "--dataset", "nope"])
-    assert r.exit_code == 0 and json.loads(r.output) == []
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "'nope'" in r.output and "shapes" in r.output
+    assert db_digest(db) == before
+    r = CliRunner().invoke(main, ["compare", "--db", db, "--format", "json", "--dataset", "shapes"])
+    assert r.exit_code == 0 and {x["dataset"] for x in json.loads(r.output)} == {"shapes"}
 
 
 def test_show_and_runs(db):

@@ -62,7 +62,7 @@ def test_eval_of_best_checkpoint_matches_the_run(trained, tmp_path):
     assert ev.params["eval_transform"]["input_size"] == [3, 32, 32]
     assert {r.key for r in ev.results} >= {"top1", "top5", "val_loss"}
 
-    # In the leaderboard the evaluation (of the run's best epoch) leads its group, and says it is one.
+    # In the leaderboard the evaluation is a row of its own (the train run keeps its row) and says it is one.
     r = _invoke(["compare", "--db", str(db), "--format", "markdown"])
     assert r.exit_code == 0 and f"| {out['id']} (eval) |" in r.output
 

@@ -4,9 +4,7 @@
 (torch, timm, the engine) are imported inside the commands that need them, so `vmbench --help`, `compare`,
 `show` and `runs` start fast and never import torch.
 """
-from . import catalog, execute, report  # noqa: F401  (each registers its commands on `main`)
-from . import maintenance  # noqa: F401
-from . import queue  # noqa: F401,E402  (sweep, queue, worker)
+from . import catalog, execute, inspect, maintenance, queue, report  # noqa: F401  (each registers its commands on `main`)
 from ._common import EXIT_USER_ERROR, main
 
 __all__ = ["main", "EXIT_USER_ERROR"]

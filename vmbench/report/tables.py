@@ -1,0 +1,188 @@
+"""Rendering `compare` rows: a rich table per section, markdown, csv, json, LaTeX. Every format carries every
+column of a section (csv and json: every field of every row); text from the data is never read as markup.
+
+Entry point: `emit(rows, fmt, console, columns)`; `COLUMNS` names what `--columns` and `--sort` accept.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from .aggregate import BENCH_GROUP, PAPER_GROUP
+
+FORMATS = ("table", "markdown", "csv", "json", "latex")
+
+# key -> (header, number format)
+COLUMNS: dict[str, tuple[str, str]] = {
+    "model": ("model", "{}"), "dataset": ("dataset", "{}"), "source": ("source", "{}"),
+    "trained_on": ("trained on", "{}"), "start": ("start", "{}"), "weights": ("weights", "{}"), "img_size": ("img", "{:.0f}"),
+    "val_resize": ("val resize", "{:.0f}"), "train_resize": ("train resize", "{:.0f}"), "epochs": ("epochs", "{}"),
+    "recipe": ("recipe", "{}"), "top1": ("top-1 %", "{:.2f}"), "top5": ("top-5 %", "{:.2f}"),
+    "loss": ("val loss", "{:.4f}"), "runs": ("n", "{}"), "seeds": ("seeds", "{}"), "params_m": ("params M", "{:.1f}"),
+    "gflops": ("GFLOPs", "{:.2f}"), "device": ("device", "{}"), "gpu": ("GPU", "{}"),
+    "precision": ("precision", "{}"), "batch": ("batch", "{}"), "res": ("res", "{}"), "mode": ("mode", "{}"),
+    "scan_backend": ("scan", "{}"), "img_s": ("img/s", "{:.1f}"), "train_img_s": ("train img/s", "{:.1f}"),
+    "latency_ms": ("latency ms", "{:.2f}"), "peak_mem_mb": ("peak MB", "{:.0f}"),
+    "mem_delta_mb": ("RSS growth MB", "{:.0f}"), "wall_s": ("wall s", "{:.0f}"),
+    "epochs_done": ("epochs done", "{:.0f}"), "run_id": ("run", "{}"),
+}
+_ACCURACY = ["model", "source", "trained_on", "start", "img_size", "val_resize", "train_resize", "epochs", "recipe", "top1",
+             "top5", "loss", "runs", "seeds", "params_m", "gflops", "img_s", "train_img_s", "peak_mem_mb",
+             "mem_delta_mb", "wall_s", "epochs_done", "device", "gpu", "precision", "batch", "res", "mode",
+             "scan_backend", "run_id"]
+_BENCH = ["model", "mode", "device", "gpu", "precision", "batch", "res", "scan_backend", "runs", "img_s",
+          "latency_ms", "params_m", "gflops", "peak_mem_mb", "mem_delta_mb", "run_id"]
+_PAPER = ["model", "dataset", "img_size", "top1", "params_m", "gflops", "source"]
+_STD = ("top1", "top5", "loss", "img_s")
+
+
+def section_columns(section: str, only: list[str] | None) -> list[str]:
+    cols = _BENCH if section == BENCH_GROUP else _PAPER if section == PAPER_GROUP else _ACCURACY
+    if only:
+        cols = [c for c in cols if c in only or c == "model"]
+    return cols
+
+
+def section_title(section: str) -> str:
+    if section == BENCH_GROUP:
+        return "benchmarks: one row per model and way of measuring"
+    if section == PAPER_GROUP:
+        return "quoted from the papers (ImageNet-1K, 224²; not measured here)"
+    return f"dataset: {section}"
+
+
+def cell(row: dict, key: str) -> str:
+    """A row's value as text: mean ± std where several runs were averaged, "—" where unknown."""
+    v = row.get(key)
+    if key == "top5" and v is None and row.get("top5_note"):
+        return f"— ({row['top5_note']})"
+    if key == "peak_mem_mb" and v is not None and row.get("peak_mem_kind"):
+        return f"{v:.0f} {row['peak_mem_kind']}"
+    if key == "run_id" and row.get("kind") == "eval" and v is not None:
+        return f"{v} (eval)"
+    if key == "source" and row.get("kind") == "eval" and row.get("weights"):
+        return f"eval of {row['weights']}"
+    if v is None or v == []:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    fmt = COLUMNS.get(key, ("", "{}"))[1]
+    try:
+        text = fmt.format(v)
+    except (ValueError, TypeError):
+        text = str(v)
+    std = row.get(f"{key}_std") if key in _STD else None
+    if std is not None:
+        text += f" ± {fmt.format(std)}"
+    return text
+
+
+def _sections(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["section"], []).append(r)
+    return list(out.items())
+
+
+def to_markdown(rows: list[dict], only: list[str] | None = None) -> str:
+    parts = []
+    for section, grp in _sections(rows):
+        cols = section_columns(section, only)
+        lines = [f"**{section_title(section)}**", "", "| " + " | ".join(COLUMNS[c][0] for c in cols) + " |",
+                 "|" + "---|" * len(cols)]
+        for r in grp:
+            cells = []
+            for c in cols:
+                text = cell(r, c).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+                cells.append(f"**{text}**" if c in r.get("best", ()) else text)
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "²": r"$^2$",
+          "—": "---"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in text)
+
+
+def to_latex(rows: list[dict], only: list[str] | None = None) -> str:
+    """One booktabs tabular per section (\\usepackage{booktabs}); best values in bold."""
+    parts = []
+    for section, grp in _sections(rows):
+        cols = section_columns(section, only)
+        lines = [f"% {latex_escape(section_title(section))}", r"\begin{tabular}{" + "l" * len(cols) + "}",
+                 r"\toprule", " & ".join(latex_escape(COLUMNS[c][0]) for c in cols) + r" \\", r"\midrule"]
+        for r in grp:
+            cells = []
+            for c in cols:
+                text = latex_escape(cell(r, c))
+                cells.append(r"\textbf{" + text + "}" if c in r.get("best", ()) else text)
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def _fields(rows: list[dict], only: list[str] | None) -> list[str]:
+    keys: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            keys[k] = None
+    fields = list(keys)
+    if only:
+        keep = {"model", "dataset", "section", "kind", *only, *(f"{c}_std" for c in only)}
+        fields = [k for k in fields if k in keep]
+    return fields
+
+
+def to_csv(rows: list[dict], only: list[str] | None = None) -> str:
+    buf = io.StringIO()
+    fields = _fields(rows, only)
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def to_json(rows: list[dict], only: list[str] | None = None) -> str:
+    fields = _fields(rows, only)
+    return json.dumps([{k: r.get(k) for k in fields} for r in rows], indent=2, default=str)
+
+
+def render_table(rows: list[dict], console, only: list[str] | None = None) -> None:
+    """Rich tables, one per section; the best value of each column in bold green. A column with no value in any
+    row of a section is left out of that section's table (the other formats keep it)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    for section, grp in _sections(rows):
+        cols = [c for c in section_columns(section, only)
+                if c == "model" or only or any(cell(r, c) != "—" for r in grp)]
+        t = Table(title=Text(section_title(section)), title_justify="left", header_style="bold")
+        for c in cols:
+            t.add_column(Text(COLUMNS[c][0]), justify="left" if COLUMNS[c][1] == "{}" else "right",
+                         no_wrap=c == "model")
+        for r in grp:
+            t.add_row(*[Text(cell(r, c), style="bold green" if c in r.get("best", ()) else "") for c in cols])
+        console.print(t)
+    notes = sorted({r["speed_note"] for r in rows if r.get("speed_note")})
+    for n in notes:
+        console.print(Text(f"note: {n}"))
+
+
+def emit(rows: list[dict], fmt: str, console, only: list[str] | None = None) -> str | None:
+    """The text of `rows` in `fmt` (None for "table", which prints to `console` itself)."""
+    assert fmt in FORMATS, fmt
+    if fmt == "table":
+        render_table(rows, console, only)
+        return None
+    return {"markdown": to_markdown, "csv": to_csv, "json": to_json, "latex": to_latex}[fmt](rows, only)
