@@ -89,6 +89,7 @@ def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, 
           channels_last, data_root, workers, skip_bad_images, max_val_batches, tags, db, as_json):
     """Evaluate a weights file on DATASET's validation split (top-1, top-5, loss); recorded as an eval run."""
     from ..config import EvalSpec
+
     with _cheap_checks():
         _check_model(model)
         _check_dataset(dataset, data_root)
