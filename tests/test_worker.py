@@ -58,7 +58,7 @@ def _epochs_logged(db, run_id):
 def test_worker_runs_a_sweep_and_refuses_to_retry_user_errors(tmp_path):
     db = str(tmp_path / "q.db")
     out = _cli("sweep", "test_resnet", "--datasets", "shapes", "--seeds", "0,1", "--epochs", "1",
-               "--max-train-batches", "2", *TINY, "--db", db, "--json")
+               "--max-train-batches", "1", *TINY, "--db", db, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["added"] == 2
     out = _cli("queue", "add", "test_resnet", str(tmp_path / "no-such-folder"), "--epochs", "1", *TINY, "--db", db)
