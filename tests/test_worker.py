@@ -58,7 +58,7 @@ def _epochs_logged(db, run_id):
 def test_worker_runs_a_sweep_and_refuses_to_retry_user_errors(tmp_path):
     db = str(tmp_path / "q.db")
     out = _cli("sweep", "test_resnet", "--datasets", "shapes", "--seeds", "0,1", "--epochs", "1",
-               "--max-train-batches", "2", *TINY, "--db", db, "--json")
+               "--max-train-batches", "1", *TINY, "--db", db, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["added"] == 2
     out = _cli("queue", "add", "test_resnet", str(tmp_path / "no-such-folder"), "--epochs", "1", *TINY, "--db", db)
@@ -85,11 +85,15 @@ def test_worker_runs_a_sweep_and_refuses_to_retry_user_errors(tmp_path):
 
 
 def test_killed_run_resumes_and_a_stopped_worker_hands_over(tmp_path):
+    """One run of 4 epochs through three workers: its process SIGKILLed (retried, resumed); its worker SIGTERMed
+    (the run stops with a checkpoint, the item goes back); the next worker SIGKILLed (its run gets SIGTERM and
+    stops, its claim expires); the last worker takes over and completes the run."""
     db = str(tmp_path / "q.db")
-    out = _cli("queue", "add", "test_resnet", "shapes", "--epochs", "3", "--max-train-batches", "4",
+    out = _cli("queue", "add", "test_resnet", "shapes", "--epochs", "4", "--max-train-batches", "4",
                "--set", "checkpoints=true", *TINY, "--db", db)
     assert out.returncode == 0, out.stderr
     w1 = _worker(db, "--backoff", "0.5", "--lease", "20")
+    w2 = None
     try:
         _wait(lambda: _epochs_logged(db, 1) >= 1, 240, "the run's first epoch", w1)
         os.kill(_run(db, 1).pid, signal.SIGKILL)  # an infrastructure failure: retried, resumed from epoch 1
@@ -98,24 +102,33 @@ def test_killed_run_resumes_and_a_stopped_worker_hands_over(tmp_path):
         w1.send_signal(signal.SIGTERM)  # the worker stops its run with a checkpoint and requeues the item
         w1.wait(timeout=240)
         assert w1.returncode == 0, w1.stderr.read()
+        with Queue(db) as q:
+            assert q.get(1).status == "queued"
+        assert _run(db, 1).status == "interrupted"
+        w2 = _worker(db, "--lease", "4", "--backoff", "0.5")
+        _wait(lambda: _run(db, 1).status == "running" and _epochs_logged(db, 1) >= 3, 240, "epoch 3", w2)
+        child = _run(db, 1).pid
+        w2.kill()  # its run gets SIGTERM (it dies with its worker) and stops; the claim expires after 4 s
+        w2.wait()
     finally:
-        if w1.poll() is None:
-            w1.kill()
-    with Queue(db) as q:
-        assert q.get(1).status == "queued"
-    assert _run(db, 1).status == "interrupted"
-    w2 = _worker(db, "--lease", "20")
-    _, stderr = w2.communicate(timeout=300)
-    assert w2.returncode == 0, stderr
+        for w in (w1, w2):
+            if w is not None and w.poll() is None:
+                w.kill()
+    w3 = _worker(db, "--lease", "20", "--backoff", "0.5")
+    _, stderr = w3.communicate(timeout=300)
+    assert w3.returncode == 0, stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
     with Queue(db) as q:
         item = q.get(1)
-        assert item.status == "done" and item.run_id == 1 and item.failures == 1
+        assert item.status == "done" and item.run_id == 1
         steps = [(a.action, a.outcome) for a in q.attempts(1)]
-        assert steps == [("run", "retry"), ("resume", "stopped"), ("resume", "done")]
+        assert steps[:3] == [("run", "retry"), ("resume", "stopped"), ("resume", "lost")], steps
+        assert steps[-1] == ("resume", "done") and set(steps[3:-1]) <= {("pending", "busy")}, steps
         assert "SIGKILL" in q.attempts(1)[0].error
-        assert q.attempts(1)[2].worker.endswith(f":{w2.pid}")
+        assert q.attempts(1)[-1].worker.endswith(f":{w3.pid}")
     run = _run(db, 1)
-    assert run.status == "completed" and sorted({m.epoch for m in run.metrics}) == [1, 2, 3]
+    assert run.status == "completed" and sorted({m.epoch for m in run.metrics}) == [1, 2, 3, 4]
 
 
 def test_workers_killed_at_random_lose_nothing_and_run_nothing_twice(tmp_path, any_db):

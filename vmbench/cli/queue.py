@@ -156,14 +156,14 @@ def _render_queue(rows) -> None:
         t.add_column(col)
     style = {"done": "green", "failed": "red", "running": "yellow", "lost": "magenta", "cancelled": "dim"}
     for r in rows:
-        where = " ".join(x for x in (r["host"] or "", f"gpus {r['gpu_ids']}" if r["gpu_ids"] else "") if x)
+        where = " ".join(x for x in (r["worker"] or "", f"gpus {r['gpu_ids']}" if r["gpu_ids"] else "") if x)
         note = r["error"] if r["status"] in ("failed", "queued") and r["error"] else (r["log_path"] or "")
         if r["status"] == "queued" and r["attempts"]:
             note = f"retry after {r['not_before']}: {note}"
         t.add_row(str(r["id"]), Text(r["status"], style=style.get(r["status"], "")), Text(r["model"] or r["kind"]),
                   Text(r["dataset"] or ""), str(r["attempts"]),
                   Text(where if r["status"] in ("running", "lost") else ""),
-                  r["since"] or "" if r["status"] in ("running", "lost") else "", str(r["run_id"] or ""),
+                  (r["since"] or "") if r["status"] in ("running", "lost") else "", str(r["run_id"] or ""),
                   Text(r["slurm_job_id"] or ""), Text(note.splitlines()[0] if note else ""))
     _console().print(t)
 

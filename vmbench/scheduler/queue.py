@@ -85,6 +85,12 @@ def next_action(db: str, claim: Claim) -> tuple[str, int | None]:
             return "run", None
         if run.status == "completed":
             return "done", run_id
+        from ..store import effective_status
+
+        if effective_status(run) == "running":
+            # Its process still lives (a worker that died leaves a run that stops at its next step boundary):
+            # never a second process on the same run; try again after a back-off.
+            return "busy", run_id
         folder = Path(run.checkpoint_dir) if run.checkpoint_dir else None
         if folder is None or not any((folder / n).is_file() for n in CHECKPOINT_FILES):
             if run.status == "running":

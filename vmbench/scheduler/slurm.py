@@ -81,6 +81,8 @@ class QueueJob:
             action, run_id = next_action(self.db, claim)
             if action == "done":
                 return {"rc": 0, "action": action, "run_id": run_id}
+            if action == "busy":  # the run's earlier process still lives: an infrastructure failure, retried
+                return {"rc": 1, "action": action, "run_id": run_id}
             q.started(self.item_id, self.token, action, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
         argv = attempt_argv(self.db, claim, action, run_id)
         print(f"vmbench queue item {self.item_id}, attempt {claim.attempt}: {' '.join(argv)}", flush=True)

@@ -148,6 +148,10 @@ class Worker:
             self.queue.finish(claim.item_id, claim.token, "done", run_id=run_id)
             self.say(f"item {claim.item_id}: run {run_id} had completed; marked done")
             return
+        if action == "busy":
+            self._end(Running(claim, None, action, slots, run_id), "busy", None,
+                      f"run {run_id} still has a live process; trying again later")
+            return
         if action == "noop":
             r = Running(claim, None, action, slots, None)
             r.noop_until = time.monotonic() + float(claim_spec(claim).get("seconds") or 0.0)
@@ -220,7 +224,7 @@ class Worker:
         if status is None:
             self.say(f"item {r.claim.item_id}: the claim was gone when attempt {r.claim.attempt} ended ({outcome})")
             return
-        detail = f" in {delay:.0f} s" if status == "queued" and outcome == "retry" else ""
+        detail = f" in {delay:.0f} s" if status == "queued" and outcome in ("retry", "busy") else ""
         self.say(f"item {r.claim.item_id} attempt {r.claim.attempt}: {outcome}"
                  f"{': ' + error.splitlines()[0] if error else ''} → {status}{detail}")
 

@@ -29,8 +29,9 @@ ITEM_KINDS = ("train", "noop")
 ITEM_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 # How an attempt ended: done; failed (a user error, not retried); retry (an infrastructure failure, queued again
 # after a back-off); stopped (the worker was asked to stop: queued again at once); lost (its lease expired);
-# requeued (SLURM time limit / preemption: the job requeued itself).
-OUTCOMES = ("done", "failed", "retry", "stopped", "lost", "requeued", "cancelled")
+# requeued (SLURM time limit / preemption: the job requeued itself); busy (the item's run still has a live process:
+# queued again after a back-off, not a failure).
+OUTCOMES = ("done", "failed", "retry", "stopped", "busy", "lost", "requeued", "cancelled")
 
 
 class QueueItem(Base):
@@ -295,9 +296,9 @@ class Queue:
                 values.update(status="failed", ended_at=now)
                 if outcome == "retry":
                     values["error"] = f"gave up after {failures} failed attempts; last: {error}"
-            else:  # retry (after a back-off) or stopped (at once)
+            else:  # retry or busy (after a back-off), stopped (at once)
                 values.update(status="queued", not_before=now + dt.timedelta(
-                    seconds=backoff_s if outcome == "retry" else 0.0))
+                    seconds=backoff_s if outcome in ("retry", "busy") else 0.0))
             self._close_attempt(conn, item_id, token, outcome, run_id=run_id, exit_code=exit_code, error=error)
             conn.execute(sa.update(items).where(items.c.id == item_id).values(**values))
             return values["status"]
