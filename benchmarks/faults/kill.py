@@ -91,7 +91,12 @@ def trial(folder: Path, epochs: int, ref: dict, rng: random.Random) -> dict:
         writes: list[float] = []  # times a new last.pt appeared (s since start)
         killed_at = None
         seen: list = [None]
-        if _watch(proc, db.parent / "runs", t0, writes, seen, until=0.0):  # the first checkpoint is there
+        if "after_checkpoints" in ref:  # short form (tests): a random point shortly after the k-th checkpoint
+            k = rng.randint(1, ref["after_checkpoints"])
+            while _watch(proc, db.parent / "runs", t0, writes, seen, until=0.0) and len(writes) < k:
+                time.sleep(0.001)
+            _watch(proc, db.parent / "runs", t0, writes, seen, until=time.monotonic() - t0 + rng.uniform(0, 0.1))
+        elif _watch(proc, db.parent / "runs", t0, writes, seen, until=0.0):  # the first checkpoint is there
             _watch(proc, db.parent / "runs", t0, writes, seen, until=writes[0] + after_first)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
