@@ -99,11 +99,11 @@ def execute_distributed_run(spec: RunSpec, db: str, console=None, show_progress:
     assert spec.world_size > 1, spec.world_size
     # User mistakes (model, dataset, device, backend, starting weights, GPUs, TensorBoard, database) raise here,
     # before anything is written. The workers read the starting weights again.
-    checkpoint_root(db, spec.checkpoint_root)
     trainer = Trainer(spec)
     init_info = trainer.read_init_weights()
     gpus = check_world(spec, trainer.device)
     worker_db = _worker_db(db)
+    checkpoint_root(db, spec.checkpoint_root)
     check_tensorboard(spec.tensorboard)
     store = Store(db)
     run_id, tb = create_train_run(store, spec, db, trainer, init_info, recipe, gpus=gpus)
