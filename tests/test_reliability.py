@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 from vmbench import checkpoint as ck
@@ -221,6 +222,7 @@ def test_a_folder_dataset_is_recorded_resolved(tmp_path, monkeypatch):
     for split in ("train", "val"):
         for cls in ("a", "b"):
             (work / "digits" / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(work / "digits" / split / cls / "0.png")
     monkeypatch.chdir(work)
     keys = {dataset_key(get_dataset_info(name), name)
             for name in ("digits", "./digits", "../work/digits", f"{work}/digits/")}

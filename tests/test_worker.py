@@ -85,11 +85,12 @@ def test_worker_runs_a_sweep_and_refuses_to_retry_user_errors(tmp_path):
 
 
 def test_killed_run_resumes_and_a_stopped_worker_hands_over(tmp_path):
-    """One run of 4 epochs through three workers: its process SIGKILLed (retried, resumed); its worker SIGTERMed
+    """One run of 12 epochs through three workers: its process SIGKILLed (retried, resumed); its worker SIGTERMed
     (the run stops with a checkpoint, the item goes back); the next worker SIGKILLed (its run gets SIGTERM and
     stops, its claim expires); the last worker takes over and completes the run."""
     db = str(tmp_path / "q.db")
-    out = _cli("queue", "add", "test_resnet", "shapes", "--epochs", "4", "--max-train-batches", "4",
+    # Enough epochs that the run is still going when each signal lands, however fast the machine.
+    out = _cli("queue", "add", "test_resnet", "shapes", "--epochs", "12", "--max-train-batches", "8",
                "--set", "checkpoints=true", *TINY, "--db", db)
     assert out.returncode == 0, out.stderr
     w1 = _worker(db, "--backoff", "0.5", "--lease", "20")
@@ -128,7 +129,7 @@ def test_killed_run_resumes_and_a_stopped_worker_hands_over(tmp_path):
         assert "SIGKILL" in q.attempts(1)[0].error
         assert q.attempts(1)[-1].worker.endswith(f":{w3.pid}")
     run = _run(db, 1)
-    assert run.status == "completed" and sorted({m.epoch for m in run.metrics}) == [1, 2, 3, 4]
+    assert run.status == "completed" and sorted({m.epoch for m in run.metrics}) == list(range(1, 13))
 
 
 def test_workers_killed_at_random_lose_nothing_and_run_nothing_twice(tmp_path, any_db):

@@ -33,9 +33,9 @@ PARAMS = {"epochs": "int", "batch_size": "int", "img_size": "int", "val_resize":
           "compiled": "bool", "cuda_graph": "bool", "channels_last": "bool", "amp": "bool", "amp_dtype": "str",
           "weights_path": "str", "weights_sha256": "str", "bench_batch": "int", "init": "str", "weights": "str",
           "pretrained": "bool"}
-RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "host", "device", "scan_backend",
-               "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir", "git_sha",
-               "git_dirty", "error")
+RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "pid_started", "host", "device",
+               "scan_backend", "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir",
+               "run_uuid", "git_sha", "git_dirty", "error")
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 
 
