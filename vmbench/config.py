@@ -56,7 +56,7 @@ class RunSpec:
     seed: int = 0
     scan_backend: str = "auto"
     data_root: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: automatic (vmbench.data.resolve_workers)
     max_train_batches: int | None = None  # cap per epoch (smoke tests)
     max_val_batches: int | None = None
     bench_batch: int | None = None  # throughput batch after training (default: batch_size)
@@ -218,7 +218,7 @@ class EvalSpec:
     amp: bool = False  # bf16 autocast on CUDA
     scan_backend: str = "auto"
     data_root: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # None: automatic (vmbench.data.resolve_workers)
     max_val_batches: int | None = None
     channels_last: bool = False
     skip_bad_images: bool = False  # leave unreadable images out (counted) instead of stopping

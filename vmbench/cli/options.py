@@ -6,6 +6,27 @@ import click
 
 from ..config import DEVICES, SCAN_BACKENDS, default_data_root
 
+class _Workers(click.ParamType):
+    """`--workers`: a number >= 0, or `auto` (None: vmbench.data.resolve_workers chooses)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            n = -1
+        if n < 0:
+            self.fail(f"{value!r} is not a number >= 0 or 'auto'", param, ctx)
+        return n
+
+
+WORKERS = _Workers()
+
 RUN_OPTIONS = [
     click.option("--recipe", default="smoke", show_default=True,
                  help="Training recipe: a built-in name (smoke, imagenet_vmamba, fgvc) or a path to a .toml file."),
@@ -26,7 +47,9 @@ RUN_OPTIONS = [
                  help="VMamba selective-scan backend; the resolved one is recorded on the run."),
     click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
                  help="Where named datasets (imagenet, …) are looked up."),
-    click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
+    click.option("--workers", type=WORKERS, default="auto", show_default=True,
+                 help="DataLoader worker processes per GPU process, or auto: up to 8 on CUDA (one per core of the "
+                      "process's share), 0 on the CPU for the generated sets."),
     click.option("--weights", type=click.Path(dir_okay=False), default=None,
                  help="Continue from this file, loaded strictly: every key and shape must match, classifier included "
                       "(same classes). Any format --init reads."),

@@ -22,7 +22,8 @@ from .builtin import (
     SHAPES_SEED, SHAPES_STYLE, SHAPES_TRAIN_SIZE, SHAPES_VAL_SIZE, FakeDataset, ShapesDataset, ShapesStyle,
 )
 from .fgvc import SPLITS_DIR, split_tag, stratified_split
-from .loaders import SkipBadImages, bad_image_count, bad_image_paths, build_datasets, build_loaders
+from .loaders import (SkipBadImages, bad_image_count, bad_image_paths, build_datasets, build_loaders, cpus_per_process,
+                      resolve_workers)
 from .registry import dataset_family, get_dataset_info, list_datasets, make_split
 from .transforms import Augment, check_augment, eval_transform_info
 
@@ -32,5 +33,5 @@ __all__ = [
     "FAKE_CLASSES", "FAKE_IMG_SIZE", "FAKE_TRAIN_SIZE", "FAKE_VAL_SIZE", "IMAGENET_MEAN", "IMAGENET_STD",
     "IMG_EXTENSIONS", "Augment", "check_augment", "eval_transform_info", "get_dataset_info", "dataset_family",
     "list_datasets", "make_split", "stratified_split", "split_tag", "SPLITS_DIR", "build_loaders",
-    "build_datasets", "SkipBadImages", "bad_image_count", "bad_image_paths",
+    "build_datasets", "SkipBadImages", "bad_image_count", "bad_image_paths", "resolve_workers", "cpus_per_process",
 ]

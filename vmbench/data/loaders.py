@@ -178,7 +178,8 @@ def _worker_init(worker_id: int) -> None:
 def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = None, seed: int = 0,
                   num_workers: int = 0, model_cfg: dict | None = None, train_size: int | None = None,
                   aug: Augment = Augment(), skip_bad_images: bool = False, rank: int = 0, world_size: int = 1,
-                  val_size: int | None = None, val_only: bool = False) -> tuple[DataLoader | None, DataLoader]:
+                  val_size: int | None = None, val_only: bool = False, persistent_workers: bool | None = None,
+                  pin_memory: bool | None = None) -> tuple[DataLoader | None, DataLoader]:
     """(train_loader, val_loader) of (images (B, 3, S, S) float32, labels (B,) int64) batches; with
     `val_only=True`, (None, val_loader) and the training split is never listed (evaluation).
 
@@ -192,6 +193,11 @@ def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = Non
     `train_loader.sampler.set_epoch(epoch)` before each epoch; the < world_size samples that do not divide
     evenly are left out of that epoch); the val loader holds images rank, rank + world_size, … of the val split,
     so the ranks together evaluate every image exactly once (sum their counts to get the full-set metrics).
+
+    Workers: `num_workers` processes per loader (see resolve_workers for the automatic choice), kept alive
+    across epochs when `persistent_workers` (default: whenever there are workers: no re-spawn and no re-drawn
+    `shapes` chunks each epoch); batches land in pinned memory when `pin_memory` (default: when CUDA is
+    available), so the copy to the GPU is asynchronous.
 
     skip_bad_images=False: an unreadable image stops the run with a DataError naming the file.
     skip_bad_images=True (image datasets): both loaders' datasets are SkipBadImages — training replaces an
@@ -219,8 +225,10 @@ def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = Non
     # Shuffles a single process's epochs; seeds the loader's worker processes (their augmentation draws), which
     # differ between ranks.
     gen = torch.Generator().manual_seed(int(seed) + rank)
+    persistent = num_workers > 0 if persistent_workers is None else bool(persistent_workers) and num_workers > 0
     common = dict(num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
-                  persistent_workers=False, pin_memory=torch.cuda.is_available())
+                  persistent_workers=persistent,
+                  pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory))
     if train is None:
         train_loader = None
     elif world_size > 1:
@@ -234,3 +242,37 @@ def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = Non
     val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=val_collate,
                             **common)
     return train_loader, val_loader
+
+
+# Upper bound of automatic workers per process: past ~8 decoding processes per GPU the loader outruns the step of
+# every backbone here at 224² (and each worker holds a copy of the dataset's index and a prefetch queue).
+MAX_AUTO_WORKERS = 8
+
+
+def cpus_per_process(world_size: int = 1) -> int:
+    """CPU cores this process may use (its affinity mask), shared by the `world_size` processes of one host."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, world_size))
+
+
+def resolve_workers(requested: int | None, device_type: str, info: DatasetInfo, world_size: int = 1) -> int:
+    """DataLoader workers per process: `requested` when given (>= 0), else the automatic choice.
+
+    Automatic (None, `--workers auto`): on CUDA, one worker per core of this process's share of the host, at
+    most MAX_AUTO_WORKERS, leaving one core to the training process itself; on the CPU, 0 for the generated sets
+    (shapes, fake: drawing a batch costs less than handing it over from another process, and the training step
+    wants every core) and half of the process's cores (at most 4) for image files, whose decoding is the slow
+    part."""
+    if requested is not None:
+        return int(requested)
+    cpus = cpus_per_process(world_size)
+    if device_type == "cuda":
+        return max(1, min(MAX_AUTO_WORKERS, cpus - 1))
+    if info.kind in GENERATED:
+        return 0
+    return min(4, cpus // 2)

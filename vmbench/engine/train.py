@@ -71,13 +71,13 @@ __all__ = ["Trainer", "Distributed", "DivergedError", "TrainingStopped", "param_
 Progress = Callable[[str, int, int], None]
 
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "val_images", "lr",
-              "epoch_time_s", "train_img_s", "peak_mem_mb")
+              "epoch_time_s", "train_img_s", "peak_mem_mb", "data_wait_s", "data_wait_frac", "step_img_s")
 EMA_EPOCH_KEYS = ("ema_val_top1", "ema_val_top5", "ema_val_loss")  # added when the run keeps an EMA
 EMA_RESULT_KEYS = ("ema_top1", "ema_top5")
 RESULT_KEYS = ("top1", "top5", "val_loss", "train_loss", "train_time_s", "params_m", "gflops", "flops_uncovered",
                "flops_error", "img_s", "latency_ms", "bench_batch", "peak_mem_mb", "peak_mem_source",
                "scan_backend", "device", "gpu_name", "amp", "img_size", "num_classes", "epochs_done", "model",
-               "dataset", "lr_peak", "compile", "channels_last", "world_size", "total_batch")
+               "dataset", "lr_peak", "compile", "channels_last", "world_size", "total_batch", "loader_workers")
 
 # What a run records about its starting weights file (the other init_* keys report what loaded of it).
 _INIT_INFO_KEYS = ("init_mode", "init_path", "init_sha256", "init_format", "init_entry", "init_tag")
@@ -276,8 +276,9 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     its state at the start of the pass) and its sums carried on.
 
     Returns {train_loss (mean smoothed loss per image), train_acc (percent), images, steps (this call's optimizer
-    steps), lr (last used), train_time_s, stopped, partial}; `partial` = {batches, loss_sum, correct, images,
-    train_time_s, lr} is the pass so far. Raises DivergedError on a non-finite loss.
+    steps), lr (last used), train_time_s, data_wait_s (time the loop waited for the loader's next batch: a fed
+    run keeps it near 0), stopped, partial}; `partial` = {batches, loss_sum, correct, images, train_time_s, lr,
+    data_wait_s} is the pass so far. Raises DivergedError on a non-finite loss.
     """
     device = torch.device(device)
     use_amp = bool(amp) and device.type == "cuda"
@@ -296,10 +297,18 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
         from timm.loss import SoftTargetCrossEntropy
 
         soft_ce = SoftTargetCrossEntropy()
+    wait = float(done.get("data_wait_s", 0.0))
     t0 = time.perf_counter()
-    for i, (images, labels) in enumerate(_skip_batches(loader, batches), start=batches):
+    batch_iter = iter(_skip_batches(loader, batches))
+    for i in itertools.count(batches):
         if i >= total:
             break
+        t_wait = time.perf_counter()
+        item = next(batch_iter, None)
+        wait += time.perf_counter() - t_wait  # the step had nothing to do: the loader had no batch ready
+        if item is None:
+            break
+        images, labels = item
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -347,9 +356,20 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
         torch.cuda.synchronize(device)
     dt = time_before + time.perf_counter() - t0
     n, loss_sum, correct = sums.images, sums.loss_sum, sums.correct
-    partial = dict(batches=batches, loss_sum=loss_sum, correct=correct, images=n, train_time_s=dt, lr=lr)
+    partial = dict(batches=batches, loss_sum=loss_sum, correct=correct, images=n, train_time_s=dt, lr=lr,
+                   data_wait_s=wait)
     return dict(train_loss=loss_sum / max(n, 1), train_acc=100.0 * correct / max(n, 1), images=n,
-                steps=step - start_step, lr=lr, train_time_s=dt, stopped=stopped, partial=partial)
+                steps=step - start_step, lr=lr, train_time_s=dt, data_wait_s=wait, stopped=stopped, partial=partial)
+
+
+def _loader_metrics(tr: dict) -> dict:
+    """Whether the loader kept up, from a train_one_epoch result: data_wait_s (time the loop waited for batches),
+    data_wait_frac (its share of the training time) and step_img_s (img/s of the steps alone, the speed a loader
+    that never made the loop wait would give; train_img_s far below it means a starved run)."""
+    t, wait = tr["train_time_s"], tr["data_wait_s"]
+    busy = t - wait
+    return dict(data_wait_s=wait, data_wait_frac=wait / t if t > 0 else None,
+                step_img_s=tr["images"] / busy if busy > 0 else None)
 
 
 class _StepSums:
@@ -516,7 +536,7 @@ class Trainer:
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
-        from vmbench.data import build_loaders, eval_transform_info
+        from vmbench.data import build_loaders, eval_transform_info, resolve_workers
         from vmbench.models import create_model
 
         spec = self.spec
@@ -549,8 +569,9 @@ class Trainer:
         model_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
         # The validation cap is a prefix of the val split, so that any number of ranks evaluates the same images.
         val_size = spec.max_val_batches * spec.batch_size if spec.max_val_batches is not None else None
+        self.loader_workers = resolve_workers(spec.num_workers, self.device.type, self.dataset, self.world_size)
         self.train_loader, self.val_loader = build_loaders(
-            self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=spec.num_workers,
+            self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=self.loader_workers,
             model_cfg=model_cfg, aug=self.augment, skip_bad_images=spec.skip_bad_images, rank=self.rank,
             world_size=self.world_size, val_size=val_size)
         from torch.utils.data.distributed import DistributedSampler
@@ -639,8 +660,8 @@ class Trainer:
                 loss_sum, correct, images = self.dist.sum([p["loss_sum"], p["correct"], p["images"]])
                 tr = {**tr, "train_loss": loss_sum / max(images, 1), "train_acc": 100.0 * correct / max(images, 1),
                       "images": int(images)}
-                tr["train_time_s"], dt, peak = self.dist.max([tr["train_time_s"], dt,
-                                                              peak_mb if peak_mb is not None else -1.0])
+                tr["train_time_s"], dt, peak, tr["data_wait_s"] = self.dist.max(
+                    [tr["train_time_s"], dt, peak_mb if peak_mb is not None else -1.0, tr["data_wait_s"]])
                 peak_mb = peak if peak >= 0 else None
             self.epochs_done = e
             self.train_time_s += dt
@@ -650,7 +671,7 @@ class Trainer:
                            val_top5=ev["top5"], val_loss=ev["loss"], val_images=ev["images"], lr=tr["lr"],
                            epoch_time_s=dt,
                            train_img_s=tr["images"] / tr["train_time_s"] if tr["train_time_s"] > 0 else None,
-                           peak_mem_mb=peak_mb)
+                           peak_mem_mb=peak_mb, **_loader_metrics(tr))
             if ema_ev is not None:
                 metrics.update(ema_val_top1=ema_ev["top1"], ema_val_top5=ema_ev["top5"], ema_val_loss=ema_ev["loss"])
             self.history.append(metrics)
@@ -841,7 +862,7 @@ class Trainer:
             amp=self.amp, img_size=self.img_size, num_classes=self.dataset.num_classes,
             epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name, lr_peak=self.lr,
             compile=self.compile, channels_last=self.channels_last, world_size=self.world_size,
-            total_batch=self.total_batch, eval_transform=self.eval_transform,
+            total_batch=self.total_batch, eval_transform=self.eval_transform, loader_workers=self.loader_workers,
             **ema_res, **skipped, **(self.init_info or {}),
             **(self.init_report or {}),
         )
