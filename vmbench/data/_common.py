@@ -14,6 +14,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GENERATED = ("builtin", "synthetic")  # DatasetInfo.kind of the generated tensor datasets (shapes, fake)
+DETECTION_KINDS = ("builtin-det", "coco")  # DatasetInfo.kind of the detection datasets (shapes-det, COCO format)
 
 
 class DataError(ValueError):
@@ -49,7 +50,7 @@ class DatasetInfo:
     num_classes: int
     img_size: int  # default input resolution (a run may override it)
     kind: str  # "builtin" | "synthetic" | "imagefolder" | "cub200" | "stanford_cars" | "fgvc_aircraft"
-    #            | "flowers102" | "cifar"
+    #            | "flowers102" | "cifar" | "builtin-det" | "coco" (the last two: detection, DETECTION_KINDS)
     path: str | None = None  # the dataset's own folder (None for generated data)
     train_size: int | None = None  # number of images, when known cheaply
     val_size: int | None = None

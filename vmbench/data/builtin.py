@@ -233,3 +233,112 @@ class FakeDataset:
 
 
 FAKE_TRAIN_SIZE, FAKE_VAL_SIZE, FAKE_IMG_SIZE, FAKE_CLASSES = 1024, 256, 224, 1000
+
+
+# --------------------------------------------------------------------------------------------------------------
+# shapes-det: the same shapes as boxes and instance masks (detection / instance segmentation)
+# --------------------------------------------------------------------------------------------------------------
+SHAPES_DET_TRAIN_SIZE = 2000
+SHAPES_DET_VAL_SIZE = 200
+SHAPES_DET_IMG_SIZE = 128
+SHAPES_DET_MAX_OBJECTS = 3
+_MIN_VISIBLE_PX = 12  # an object occluded down to fewer pixels is not annotated
+
+
+class ShapesDetDataset:
+    """The built-in `shapes-det` task: 1 to SHAPES_DET_MAX_OBJECTS shapes (SHAPE_CLASSES) per image, each with its
+    box and instance mask, on the `shapes` backgrounds (colour band, gradient, noise); later shapes occlude earlier
+    ones and the masks are what stays visible.
+
+    Deterministic: item i depends only on (seed, split, i); drawn on first access and kept (uint8) while the split
+    fits in the shapes cache's budget. `size` is (H, W) or one int for square images.
+    __getitem__ returns (image (3, H, W) float32 in [0, 1] — the detector normalises —, target) with target =
+    {boxes (k, 4) float32 x1 y1 x2 y2 in pixels, labels (k,) int64 in 1..10 (0 is the background), masks (k, H, W)
+    uint8, image_id int (= i), area (k,) float32 mask pixels, iscrowd (k,) int64 zeros}. `hflip` (training) mirrors
+    image, boxes and masks with probability 0.5 (drawn from torch's global generator, as transforms do).
+    """
+
+    num_classes = len(SHAPE_CLASSES)
+    classes = SHAPE_CLASSES
+
+    def __init__(self, split: str = "train", n: int | None = None, size: int | tuple[int, int] = SHAPES_DET_IMG_SIZE,
+                 seed: int = SHAPES_SEED, hflip: bool = False):
+        if split not in _SPLIT_IDS:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.split, self.seed, self.hflip = split, int(seed), bool(hflip)
+        self.size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.n = int(n if n is not None else (SHAPES_DET_TRAIN_SIZE if split == "train" else SHAPES_DET_VAL_SIZE))
+        # Drawn items kept as uint8 (image + up to 3 masks: ~6 bytes a pixel) when the split fits in _CACHE_BYTES.
+        self._cache: dict[int, tuple] = {}
+        self._cacheable = self.n * self.size[0] * self.size[1] * 6 <= _CACHE_BYTES
+
+    def __len__(self) -> int:
+        return self.n
+
+    def draw(self, i: int) -> tuple[torch.Tensor, dict]:
+        """Item i without the flip: (image (3, H, W) float32 in [0, 1], target)."""
+        import torch
+
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        h, w = self.size
+        gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + 10 + _SPLIT_IDS[self.split]) * 1_000_003) + i)
+        rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+        unit = min(h, w) / 2  # pixels per shape-frame unit
+        yy = (torch.arange(h, dtype=torch.float32) + 0.5 - h / 2) / unit  # (H,)
+        xx = (torch.arange(w, dtype=torch.float32) + 0.5 - w / 2) / unit  # (W,)
+        yy, xx = torch.meshgrid(yy, xx, indexing="ij")  # (H, W)
+        light_bg = bool(rand(()) < 0.5)
+        band = lambda light: 0.6 + 0.4 * rand(3) if light else 0.4 * rand(3)  # noqa: E731
+        grad_dir = float(rand(())) * 2 * math.pi
+        grad = xx * math.cos(grad_dir) + yy * math.sin(grad_dir)
+        img = band(light_bg)[:, None, None] + 0.12 * (float(rand(())) * 2 - 1) * grad[None]  # (3, H, W)
+        k = int(torch.randint(1, SHAPES_DET_MAX_OBJECTS + 1, (), generator=gen))
+        labels = torch.randint(len(SHAPE_CLASSES), (k,), generator=gen)
+        masks = []
+        half_w, half_h = w / 2 / unit, h / 2 / unit
+        for j in range(k):
+            scale = 0.25 + 0.3 * float(rand(()))  # circumradius in frame units (the short side is 2)
+            cx = (float(rand(())) * 2 - 1) * max(half_w - scale, 0.0)
+            cy = (float(rand(())) * 2 - 1) * max(half_h - scale, 0.0)
+            angle = (float(rand(())) * 2 - 1) * math.pi
+            c, s = math.cos(angle), math.sin(angle)
+            u = (c * (xx - cx) + s * (yy - cy)) / scale
+            v = (-s * (xx - cx) + c * (yy - cy)) / scale
+            m = _shape_mask(int(labels[j]), u[None], v[None])[0]  # (H, W) bool
+            for prev in masks:
+                prev &= ~m  # occluded by the new shape
+            masks.append(m)
+            img = torch.where(m[None], band(not light_bg)[:, None, None], img)
+        img = (img + 0.05 * torch.randn(img.shape, generator=gen)).clamp_(0.0, 1.0)
+        keep = [j for j in range(k) if int(masks[j].sum()) >= _MIN_VISIBLE_PX]
+        mask_t = torch.stack([masks[j] for j in keep]).to(torch.uint8) if keep else torch.zeros(0, h, w, dtype=torch.uint8)
+        return img, _target(mask_t, labels[keep] + 1, i)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        import torch
+
+        hit = self._cache.get(i)
+        if hit is None:
+            img, target = self.draw(i)
+            hit = ((img * 255).round_().to(torch.uint8), target)
+            if self._cacheable:
+                self._cache[i] = hit
+        img, target = hit[0].float().div_(255), hit[1]
+        if self.hflip and bool(torch.rand(()) < 0.5):
+            img = img.flip(-1)
+            target = _target(target["masks"].flip(-1), target["labels"], i)
+        return img, target
+
+
+def _target(masks: torch.Tensor, labels: torch.Tensor, image_id: int) -> dict:
+    """A detection target from instance masks (k, H, W) uint8 and labels (k,): boxes are the masks' extents."""
+    import torch
+
+    k = masks.shape[0]
+    boxes = torch.zeros(k, 4)
+    for j in range(k):
+        ys, xs = torch.nonzero(masks[j], as_tuple=True)
+        boxes[j] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+    return dict(boxes=boxes, labels=labels.to(torch.int64), masks=masks, image_id=int(image_id),
+                area=masks.flatten(1).sum(1).float(), iscrowd=torch.zeros(k, dtype=torch.int64))

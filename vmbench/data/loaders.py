@@ -276,3 +276,71 @@ def resolve_workers(requested: int | None, device_type: str, info: DatasetInfo, 
     if info.kind in GENERATED:
         return 0
     return min(4, cpus // 2)
+
+
+def detection_collate(batch: list) -> tuple[list, list]:
+    """Detection batches keep their images apart (sizes differ): ([images (3, H_i, W_i)], [targets])."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def build_detection_datasets(info: DatasetInfo, img_size: int | None = None, hflip: float = 0.5,
+                             val_only: bool = False) -> tuple[Any, Any]:
+    """(train, val) detection datasets (items: (image (3, H, W) float32 in [0, 1], target dict), see
+    ShapesDetDataset); `img_size` is the side of the generated shapes-det images (COCO images keep theirs: the
+    detector resizes). Both have coco_gt() (pycocotools ground truth) and label_to_category."""
+    if info.kind == "builtin-det":
+        from .builtin import ShapesDetDataset
+
+        size = int(img_size or info.img_size)
+        train = None if val_only else ShapesDetDataset("train", info.train_size, size, hflip=hflip > 0)
+        val = ShapesDetDataset("val", info.val_size, size)
+        return train, val
+    assert info.kind == "coco", info.kind
+    from .coco import CocoDetection
+
+    train = None if val_only else CocoDetection(info.path, "train", hflip=hflip > 0)
+    return train, CocoDetection(info.path, "val")
+
+
+def build_detection_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = None, seed: int = 0,
+                            num_workers: int = 0, train_size: int | None = None, val_size: int | None = None,
+                            rank: int = 0, world_size: int = 1, hflip: float = 0.5, val_only: bool = False,
+                            persistent_workers: bool | None = None) -> tuple[DataLoader | None, DataLoader]:
+    """(train_loader, val_loader) of detection batches ([images], [targets]); sampling, seeding, DDP shares and
+    workers as build_loaders. `val_loader.dataset` keeps `coco_gt()` / `label_to_category` reachable through
+    `detection_source(val_loader)`."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data.distributed import DistributedSampler
+
+    train, val = build_detection_datasets(info, img_size, hflip, val_only)
+    if train_size is not None and train is not None:
+        train = Subset(train, range(min(train_size, len(train))))
+    if val_size is not None and val_size < len(val):
+        val = Subset(val, range(val_size))
+    if world_size > 1:
+        val = Subset(val, range(rank, len(val), world_size))
+    gen = torch.Generator().manual_seed(int(seed) + rank)
+    persistent = num_workers > 0 if persistent_workers is None else bool(persistent_workers) and num_workers > 0
+    common = dict(num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
+                  persistent_workers=persistent, pin_memory=torch.cuda.is_available(), collate_fn=detection_collate)
+    train_loader = None
+    if train is not None:
+        if world_size > 1:
+            sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed),
+                                         drop_last=True)
+            train_loader = DataLoader(train, batch_size=batch_size, sampler=sampler, generator=gen,
+                                      drop_last=len(sampler) > batch_size, **common)
+        else:
+            train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
+                                      drop_last=len(train) > batch_size, **common)
+    return train_loader, DataLoader(val, batch_size=batch_size, shuffle=False, **common)
+
+
+def detection_source(loader_or_dataset: Any) -> Any:
+    """The detection dataset under a loader / Subset chain (the one with coco_gt())."""
+    ds = getattr(loader_or_dataset, "dataset", loader_or_dataset)
+    while not hasattr(ds, "coco_gt"):
+        ds = ds.dataset
+    return ds

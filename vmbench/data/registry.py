@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._common import DataError, DatasetInfo, _read_lines
-from .builtin import (FAKE_CLASSES, FAKE_IMG_SIZE, FAKE_TRAIN_SIZE, FAKE_VAL_SIZE, SHAPE_CLASSES, SHAPES_IMG_SIZE,
+from .builtin import (FAKE_CLASSES, FAKE_IMG_SIZE, FAKE_TRAIN_SIZE, FAKE_VAL_SIZE, SHAPE_CLASSES,
+                      SHAPES_DET_IMG_SIZE, SHAPES_DET_TRAIN_SIZE, SHAPES_DET_VAL_SIZE, SHAPES_IMG_SIZE,
                       SHAPES_TRAIN_SIZE, SHAPES_VAL_SIZE)
 from .fgvc import SPLITS_DIR, _cub_info, write_split
+from .coco import COCO_LAYOUT, inspect_coco, is_coco_folder
 from .folders import _FOLDER_LAYOUT, _inspect_folder
 
 @dataclass(frozen=True)
@@ -114,6 +116,16 @@ def get_dataset_info(name: str, data_root: str | None = None) -> DatasetInfo:
     if name == "shapes":
         return DatasetInfo("shapes", len(SHAPE_CLASSES), SHAPES_IMG_SIZE, "builtin", None,
                            SHAPES_TRAIN_SIZE, SHAPES_VAL_SIZE, "val", SHAPE_CLASSES)
+    if name == "shapes-det":
+        return DatasetInfo("shapes-det", len(SHAPE_CLASSES), SHAPES_DET_IMG_SIZE, "builtin-det", None,
+                           SHAPES_DET_TRAIN_SIZE, SHAPES_DET_VAL_SIZE, "val", SHAPE_CLASSES)
+    if name == "coco":
+        root = _resolve_root(data_root)
+        if root is None:
+            raise DataError(f"dataset 'coco' needs a data root: pass --data-root or set VMBENCH_DATA "
+                            f"(expected <root>/coco/ with {COCO_LAYOUT})")
+        classes = inspect_coco(root / "coco")
+        return DatasetInfo("coco", len(classes), 800, "coco", str(root / "coco"), None, None, "val", classes)
     base, sep, variant = name.partition(":")
     if base == "fake":
         return DatasetInfo(name, FAKE_CLASSES, FAKE_IMG_SIZE, "synthetic", None,
@@ -122,10 +134,13 @@ def get_dataset_info(name: str, data_root: str | None = None) -> DatasetInfo:
     if canonical in _NAMED:
         return _named_info(canonical, variant if sep else None, data_root)
     path = Path(name).expanduser()
+    if path.is_dir() and is_coco_folder(path):
+        classes = inspect_coco(path)
+        return DatasetInfo(name, len(classes), 800, "coco", str(path), None, None, "val", classes)
     if path.exists() or os.sep in name or name.startswith("."):
         val_split, classes = _inspect_folder(path, _FOLDER_LAYOUT)
         return DatasetInfo(name, len(classes), 224, "imagefolder", str(path), None, None, val_split, classes)
-    known = ["shapes", "fake", *_NAMED, *_ALIASES]
+    known = ["shapes", "shapes-det", "fake", "coco", *_NAMED, *_ALIASES]
     raise DataError(f"unknown dataset {name!r}: not one of {', '.join(known)} and no folder at {path}")
 
 
@@ -187,7 +202,20 @@ def list_datasets(data_root: str | None = None) -> list[dict]:
              protocol="train / val", path=None,
              layout=f"random tensors (throughput work; {FAKE_TRAIN_SIZE} train / {FAKE_VAL_SIZE} val, fake:N for N "
              "train)", found=True, error=None),
+        dict(name="shapes-det", aliases=[], kind="builtin-det", num_classes=len(SHAPE_CLASSES),
+             img_size=SHAPES_DET_IMG_SIZE, protocol="train / val (detection: box and mask AP)", path=None,
+             layout=f"generated boxes and masks ({SHAPES_DET_TRAIN_SIZE} train / {SHAPES_DET_VAL_SIZE} val, offline)",
+             found=True, error=None),
     ]
+    coco, coco_error = None, None
+    try:
+        coco = get_dataset_info("coco", data_root)
+    except DataError as e:
+        coco_error = str(e)
+    rows.append(dict(name="coco", aliases=[], kind="coco", num_classes=coco.num_classes if coco else 80,
+                     img_size=800, protocol="train2017 / val2017 (detection: box and mask AP)",
+                     path=coco.path if coco else (str(root / "coco") if root is not None else None),
+                     layout=f"<root>/coco/ with {COCO_LAYOUT}", found=coco is not None, error=coco_error))
     for name, entry in _NAMED.items():
         info, error = None, None
         try:

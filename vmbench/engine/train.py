@@ -255,12 +255,53 @@ def _skip_batches(loader: Iterable, skip: int) -> Iterable:
     return itertools.islice(iter(loader), skip, None)
 
 
+class Objective:
+    """What a task does with one training batch: `objective(model, batch, device, autocast)` -> (mean loss (fp32
+    scalar tensor), number of images, correct-prediction count (scalar tensor) or None when the task has no
+    accuracy). The model's forward runs inside `autocast` (a context manager). Shared by classification and
+    detection (vmbench.engine.detection.DetectionObjective); the loop around it (accumulation, AMP scaling,
+    clipping, schedule, EMA, DDP, stops, checkpoints) is train_one_epoch's."""
+
+    def __call__(self, model, batch, device, autocast) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+class ClassificationObjective(Objective):
+    """Batches (images (B, 3, H, W), labels (B,)): cross-entropy with label smoothing, or soft-target
+    cross-entropy under `mixup` (timm Mixup; accuracy against the unmixed labels)."""
+
+    def __init__(self, label_smoothing: float = 0.0, mixup=None, channels_last: bool = False):
+        self.label_smoothing, self.mixup, self.channels_last = label_smoothing, mixup, channels_last
+        if mixup is not None:
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.soft_ce = SoftTargetCrossEntropy()
+
+    def __call__(self, model, batch, device, autocast):
+        images, labels = batch
+        images = images.to(device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)  # targets: (B, num_classes) soft labels
+        with autocast:
+            logits = model(images)
+        if self.mixup is not None:
+            loss = self.soft_ce(logits.float(), targets)
+        else:
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        hits = (logits.detach().argmax(dim=1) == labels).sum()
+        return loss, labels.shape[0], hits
+
+
 def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_step: int = 0,
                     label_smoothing: float = 0.0, amp: bool = False, max_batches: int | None = None,
                     clip_grad: float | None = None, progress: Progress | None = None, task: str = "train",
                     epoch: int = 1, accum_steps: int = 1, amp_dtype: str = "bf16", scaler=None, mixup=None,
                     ema=None, channels_last: bool = False, should_stop: Callable[[], bool] | None = None,
-                    resume: dict | None = None, ddp=None) -> dict:
+                    resume: dict | None = None, ddp=None, objective: Objective | None = None) -> dict:
     """One pass over `loader` (at most `max_batches` batches). The optimizer steps once every `accum_steps`
     micro-batches (and after the last one); the scheduler, when given, gets `step_update(num_updates)` and the
     EMA `update(model, step=num_updates)` after every optimizer step; `clip_grad` caps the global gradient norm.
@@ -268,7 +309,8 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     (torch.amp.GradScaler) scales the loss for fp16 autocast. Train accuracy is against the unmixed labels.
     `channels_last` puts each input batch in channels_last memory format. `ddp`: the DistributedDataParallel
     module inside `model` (None when not data-parallel); micro-batches before an optimizer step's last run under
-    its `no_sync()`, so gradients are all-reduced once per step.
+    its `no_sync()`, so gradients are all-reduced once per step. `objective` turns a batch into the loss (see
+    Objective; default: ClassificationObjective of `label_smoothing`, `mixup`, `channels_last`).
 
     `should_stop()` is polled after every optimizer step; once it returns True the pass ends there (`stopped`).
     `resume` (the `partial` of an earlier stopped pass, e.g. from a checkpoint) continues that pass: its first
@@ -293,10 +335,8 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     lr = float(done.get("lr", optimizer.param_groups[-1]["lr"]))
     step, stopped = start_step, False
     optimizer.zero_grad(set_to_none=True)
-    if mixup is not None:
-        from timm.loss import SoftTargetCrossEntropy
-
-        soft_ce = SoftTargetCrossEntropy()
+    if objective is None:
+        objective = ClassificationObjective(label_smoothing, mixup, channels_last)
     wait = float(done.get("data_wait_s", 0.0))
     t0 = time.perf_counter()
     batch_iter = iter(_skip_batches(loader, batches))
@@ -308,24 +348,12 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
         wait += time.perf_counter() - t_wait  # the step had nothing to do: the loader had no batch ready
         if item is None:
             break
-        images, labels = item
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        targets = labels
-        if mixup is not None:
-            images, targets = mixup(images, labels)  # targets: (B, num_classes) soft labels
         lr = optimizer.param_groups[-1]["lr"]
         stepped = (i + 1) % accum_steps == 0 or i + 1 == total
         with ddp.no_sync() if ddp is not None and not stepped else contextlib.nullcontext():
-            with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp):
-                logits = model(images)
-            if mixup is not None:
-                loss = soft_ce(logits.float(), targets)
-            else:
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-            sums.add(i, loss, logits, labels)  # raises DivergedError on a non-finite loss (see _StepSums)
+            autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp)
+            loss, n_images, hits = objective(model, item, device, autocast)
+            sums.add(i, loss, hits, n_images)  # raises DivergedError on a non-finite loss (see _StepSums)
             scaled = loss / accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if stepped:
@@ -389,16 +417,17 @@ class _StepSums:
         self.last_finite: float | None = None
         self.pending: collections.deque = collections.deque()
 
-    def add(self, i: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Record batch i (0-based); checks and adds the batches older than the lag."""
-        hits = (logits.detach().argmax(dim=1) == labels).sum()
-        stats = torch.stack([loss.detach().float(), hits.float()])  # the count is exact in fp32 (< 2**24)
+    def add(self, i: int, loss: torch.Tensor, hits: torch.Tensor | None, n_images: int) -> None:
+        """Record batch i (0-based): its mean loss, correct count (None: not a classifier) and images; checks and
+        adds the batches older than the lag."""
+        hits = hits if hits is not None else torch.zeros((), device=loss.device)
+        stats = torch.stack([loss.detach().float(), hits.detach().float()])  # the count is exact in fp32 (< 2**24)
         event = None
         if self.cuda:
             stats = stats.to("cpu", non_blocking=True)  # pinned destination: an asynchronous copy
             event = torch.cuda.Event()
             event.record()
-        self.pending.append((i, labels.shape[0], stats, event))
+        self.pending.append((i, n_images, stats, event))
         self.settle(self.lag)
 
     def settle(self, keep: int = 0) -> None:
