@@ -28,6 +28,10 @@ class _Workers(click.ParamType):
 WORKERS = _Workers()
 
 RUN_OPTIONS = [
+    click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
+                 show_default=True,
+                 help="detection: Mask R-CNN over the backbone's feature pyramid on shapes-det, coco or a COCO-format "
+                      "folder; box and mask AP per epoch."),
     click.option("--recipe", default="smoke", show_default=True,
                  help="Training recipe: a built-in name (smoke, imagenet_vmamba, fgvc) or a path to a .toml file."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -91,7 +95,7 @@ def run_options(f):
     return f
 
 
-def build_spec(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend,
+def build_spec(model, dataset, task, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend,
                data_root, workers, weights, init, pretrained, trust_checkpoint, compile_, channels_last, tensorboard,
                skip_bad_images, max_train_batches, max_val_batches, tags, deterministic, gpus):
     """(RunSpec, resolved recipe) from the values of `run_options`; ValueError names a bad value."""
@@ -104,4 +108,4 @@ def build_spec(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, d
         data_root=data_root, num_workers=workers, weights=weights, init=init, pretrained=pretrained,
         trust_checkpoint=trust_checkpoint, tensorboard=tensorboard, skip_bad_images=skip_bad_images,
         max_train_batches=max_train_batches, max_val_batches=max_val_batches, tags=list(tags),
-        deterministic=deterministic, world_size=gpus)
+        deterministic=deterministic, world_size=gpus, task=task)

@@ -275,6 +275,12 @@ class ShapesDetDataset:
     def __len__(self) -> int:
         return self.n
 
+    def coco_gt(self, ids=None):
+        """The ground truth of items `ids` (default: all) as a pycocotools COCO object (image id = item index)."""
+        from .coco import shapes_det_coco
+
+        return shapes_det_coco(self, ids)
+
     def draw(self, i: int) -> tuple[torch.Tensor, dict]:
         """Item i without the flip: (image (3, H, W) float32 in [0, 1], target)."""
         import torch

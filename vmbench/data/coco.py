@@ -80,7 +80,8 @@ class CocoDetection:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def coco_gt(self):
+    def coco_gt(self, ids=None):
+        """The split's annotation file as a pycocotools COCO object (every image; COCOeval picks `ids`)."""
         return self.coco
 
     def __getitem__(self, i: int) -> tuple[Any, dict]:
@@ -108,15 +109,15 @@ class CocoDetection:
         return img, target
 
 
-def shapes_det_coco(dataset) -> Any:
-    """The ground truth of a ShapesDetDataset (every item, unflipped) as a pycocotools COCO object: categories 1..10
-    = SHAPE_CLASSES, masks as RLE, areas in mask pixels."""
+def shapes_det_coco(dataset, ids=None) -> Any:
+    """The ground truth of a ShapesDetDataset's items `ids` (default: all; unflipped) as a pycocotools COCO object:
+    categories 1..10 = SHAPE_CLASSES, masks as RLE, areas in mask pixels."""
     import numpy as np
     from pycocotools import mask as mask_utils
 
     images, anns = [], []
     h, w = dataset.size
-    for i in range(len(dataset)):
+    for i in (sorted(set(ids)) if ids is not None else range(len(dataset))):
         _, t = dataset.draw(i) if dataset.hflip else dataset[i]  # the unflipped item (cached)
         images.append(dict(id=i, height=h, width=w, file_name=f"{i}.png"))
         for j in range(t["labels"].shape[0]):
