@@ -265,7 +265,7 @@ def resolve_workers(requested: int | None, device_type: str, info: DatasetInfo, 
 
     Automatic (None, `--workers auto`): on CUDA, one worker per core of this process's share of the host, at
     most MAX_AUTO_WORKERS, leaving one core to the training process itself; on the CPU, 0 for the generated sets
-    (shapes, fake: drawing a batch costs less than handing it over from another process, and the training step
+    (shapes, fake, shapes-det: drawing a batch costs less than handing it over from another process, and the training step
     wants every core) and half of the process's cores (at most 4) for image files, whose decoding is the slow
     part."""
     if requested is not None:
@@ -273,7 +273,7 @@ def resolve_workers(requested: int | None, device_type: str, info: DatasetInfo, 
     cpus = cpus_per_process(world_size)
     if device_type == "cuda":
         return max(1, min(MAX_AUTO_WORKERS, cpus - 1))
-    if info.kind in GENERATED:
+    if info.kind in GENERATED or info.kind == "builtin-det":
         return 0
     return min(4, cpus // 2)
 
