@@ -229,7 +229,7 @@ def _odd_images_dataset(root):
 
 
 def test_cmyk_16bit_grey_images_are_read_as_rgb(tmp_path):
-    from vmbench.data import _load_image
+    from vmbench.data._common import _load_image
 
     root = _odd_images_dataset(tmp_path / "odd")
     for name, expect in (("a/cmyk.jpg", None), ("a/grey16.png", 40000 >> 8), ("b/grey.png", 128),

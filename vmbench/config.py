@@ -16,6 +16,7 @@ SCAN_BACKENDS = ("auto", "torch", "triton")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step")
 AMP_DTYPES = ("bf16", "fp16")
+TASKS = ("classification", "detection")
 DEFAULT_DB = "experiments.db"
 
 
@@ -59,7 +60,7 @@ class RunSpec:
     seed: int = 0
     scan_backend: str = "auto"
     data_root: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: automatic (vmbench.data.resolve_workers)
     max_train_batches: int | None = None  # cap per epoch (smoke tests)
     max_val_batches: int | None = None
     bench_batch: int | None = None  # throughput batch after training (default: batch_size)
@@ -111,12 +112,20 @@ class RunSpec:
     train_resize: int | None = None  # resize the shorter side to this, then random-crop img_size
     hflip: float = 0.5  # horizontal-flip probability in training
     val_resize: int | None = None  # resize the shorter side to this, then center-crop img_size
+    # -- task: classification, or detection (Mask R-CNN over the backbone's feature pyramid, COCO box / mask AP) --
+    task: str = "classification"
+    max_size: int | None = None  # detection: cap on the longer side (default img_size * 1333 / 800)
+    train_sizes: list[int] | None = None  # detection: shorter sides drawn per training image (multi-scale)
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("model must be given")
         if not self.dataset:
             raise ValueError("dataset must be given")
+        _choice("task", self.task, TASKS)
+        _positive("max_size", self.max_size)
+        if self.train_sizes is not None and (not self.train_sizes or any(s <= 0 for s in self.train_sizes)):
+            raise ValueError(f"train_sizes must be a non-empty list of sizes > 0, got {self.train_sizes}")
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
         _positive("lr", self.lr)
@@ -225,7 +234,7 @@ class EvalSpec:
     amp: bool = False  # bf16 autocast on CUDA
     scan_backend: str = "auto"
     data_root: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # None: automatic (vmbench.data.resolve_workers)
     max_val_batches: int | None = None
     channels_last: bool = False
     skip_bad_images: bool = False  # leave unreadable images out (counted) instead of stopping
@@ -261,7 +270,7 @@ RECIPE_KEYS = (
     "weight_decay", "scheduler", "warmup_epochs", "min_lr_ratio", "warmup_lr_ratio", "decay_epochs", "decay_rate",
     "label_smoothing", "drop_path_rate", "clip_grad", "checkpoints", "amp", "amp_dtype", "ema", "ema_decay", "mixup", "cutmix",
     "mixup_prob", "mixup_switch_prob", "img_size", "train_resize", "val_resize", "hflip", "rand_augment",
-    "random_erasing", "compile", "channels_last",
+    "random_erasing", "compile", "channels_last", "max_size", "train_sizes",
 )
 # Tables a recipe may hold besides plain keys.
 RECIPE_TABLES = ("datasets", "drop_path_by_model")
@@ -359,6 +368,9 @@ def _check_value(key: str, value, source: str, prefix: str = "", shown: str | No
                                                   for v in value):
             raise bad
         value = [float(v) for v in value]
+    elif base == "list[int]":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad
     else:  # pragma: no cover - a new RECIPE_KEYS field needs a case here
         raise AssertionError(f"no type check for {key}: {typ}")
     return value

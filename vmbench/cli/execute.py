@@ -7,7 +7,7 @@ import click
 
 from ._common import (DEVICES, PRECISIONS, SCAN_BACKENDS, _console, _json_out, _run_errors, _text, _user_error,
                       db_option, default_data_root, json_option, main)
-from .options import batch_size_option, build_spec, img_size_option, run_options
+from .options import WORKERS, batch_size_option, build_spec, img_size_option, run_options
 
 
 @main.command()
@@ -78,7 +78,8 @@ def resume(run_id, checkpoint_dir, db, as_json):
 @click.option("--channels-last", is_flag=True, help="Model and inputs in channels_last memory format.")
 @click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
               help="Where named datasets (imagenet, …) are looked up.")
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", type=WORKERS, default="auto", show_default=True,
+              help="DataLoader worker processes, or auto (see `vmbench run --help`).")
 @click.option("--skip-bad-images", is_flag=True,
               help="Leave unreadable images out (counted as bad_images) instead of stopping at the first.")
 @click.option("--max-val-batches", type=int, default=None, help="Cap validation batches.")

@@ -19,7 +19,32 @@ def img_size_option(default=None, help="Input resolution."):
                         show_default=default is not None, help=help)
 
 
+class _Workers(click.ParamType):
+    """`--workers`: a number >= 0, or `auto` (None: vmbench.data.resolve_workers chooses)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            n = -1
+        if n < 0:
+            self.fail(f"{value!r} is not a number >= 0 or 'auto'", param, ctx)
+        return n
+
+
+WORKERS = _Workers()
+
 RUN_OPTIONS = [
+    click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
+                 show_default=True,
+                 help="detection: Mask R-CNN over the backbone's feature pyramid on shapes-det, coco or a COCO-format "
+                      "folder; box and mask AP per epoch."),
     click.option("--recipe", default="smoke", show_default=True,
                  help="Training recipe: a built-in name (smoke, imagenet_vmamba, fgvc) or a path to a .toml file."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -40,7 +65,9 @@ RUN_OPTIONS = [
                  help="VMamba selective-scan backend; the resolved one is recorded on the run."),
     click.option("--data-root", default=default_data_root, show_default="$VMBENCH_DATA",
                  help="Where named datasets (imagenet, …) are looked up."),
-    click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
+    click.option("--workers", type=WORKERS, default="auto", show_default=True,
+                 help="DataLoader worker processes per GPU process, or auto: up to 8 on CUDA (one per core of the "
+                      "process's share), 0 on the CPU for the generated sets."),
     click.option("--weights", type=click.Path(dir_okay=False), default=None,
                  help="Continue from this file, loaded strictly: every key and shape must match, classifier included "
                       "(same classes). Any format --init reads."),
@@ -86,7 +113,7 @@ def run_options(f):
     return f
 
 
-def build_spec(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend,
+def build_spec(model, dataset, task, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend,
                data_root, workers, weights, init, pretrained, trust_checkpoint, compile_, channels_last, tensorboard,
                skip_bad_images, max_train_batches, max_val_batches, tags, deterministic, gpus, checkpoint_dir=None):
     """(RunSpec, resolved recipe) from the values of `run_options`; ValueError names a bad value."""
@@ -99,4 +126,4 @@ def build_spec(model, dataset, recipe, sets, epochs, batch_size, lr, img_size, d
         data_root=data_root, num_workers=workers, weights=weights, init=init, pretrained=pretrained,
         trust_checkpoint=trust_checkpoint, tensorboard=tensorboard, skip_bad_images=skip_bad_images,
         max_train_batches=max_train_batches, max_val_batches=max_val_batches, tags=list(tags),
-        deterministic=deterministic, world_size=gpus, checkpoint_root=checkpoint_dir)
+        deterministic=deterministic, world_size=gpus, checkpoint_root=checkpoint_dir, task=task)

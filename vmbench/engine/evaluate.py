@@ -113,7 +113,7 @@ class WeightsEval:
         """Read and load the weights, build the loader; return `info` (weights_path, weights_sha256,
         weights_format, weights_entry, img_size, val_resize, eval_transform). Raises ValueError (SpecError /
         DataError) for anything wrong with the file, its fit to the model, or the data."""
-        from vmbench.data import Augment, build_loaders, check_augment, eval_transform_info
+        from vmbench.data import Augment, build_loaders, check_augment, eval_transform_info, resolve_workers
         from vmbench.models import create_model
         from vmbench.weights import load_strict, read_weights
 
@@ -140,7 +140,8 @@ class WeightsEval:
         if spec.channels_last:
             self.model.to(memory_format=torch.channels_last)
         model_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-        _, self.loader = build_loaders(self.dataset, spec.batch_size, img_size, num_workers=spec.num_workers,
+        workers = resolve_workers(spec.num_workers, self.device.type, self.dataset)
+        _, self.loader = build_loaders(self.dataset, spec.batch_size, img_size, num_workers=workers,
                                       model_cfg=model_cfg, aug=aug, skip_bad_images=spec.skip_bad_images,
                                       val_only=True)
         self.img_size = img_size

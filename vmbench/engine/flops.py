@@ -105,9 +105,11 @@ def _uncovered(fca, module: str = "") -> Counter:
                     if not op.startswith(_LAYOUT_PREFIXES)})
 
 
-def count_flops(model: nn.Module, res: int = 224, batch: int = 1, device: str | torch.device = "cpu",
-                in_chans: int | None = None, fast: bool = False) -> tuple[int, dict[str, int]]:
-    """FLOPs of one forward pass on a (batch, C, res, res) random input.
+def count_flops(model: nn.Module, res: int | tuple[int, int] = 224, batch: int = 1,
+                device: str | torch.device = "cpu", in_chans: int | None = None,
+                fast: bool = False) -> tuple[int, dict[str, int]]:
+    """FLOPs of one forward pass on a (batch, C, res, res) random input; `res` = (H, W) for any other size
+    (e.g. (800, 1280), the detection size the VMamba paper counts at).
 
     The model is traced in eval mode under no_grad, with every VMamba SS2D switched to
     the "torch" scan backend (a CPU trace); its training flag and backends are restored
@@ -121,14 +123,15 @@ def count_flops(model: nn.Module, res: int = 224, batch: int = 1, device: str | 
         (flops, uncovered): total flops (int), and {op name: number of calls} for the
         ops counted as zero because fvcore has no formula for them.
     """
-    if res <= 0 or batch <= 0:
+    h, w = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
+    if h <= 0 or w <= 0 or batch <= 0:
         raise ValueError(f"res and batch must be positive, got res={res}, batch={batch}")
     device = torch.device(device)
     handles: dict[str, Any] = {name: None for name in ZERO_COST_OPS}
     handles["aten::einsum"] = _einsum_flop_handle
     handles.update({name: _scan_flop_handle for name in _scan_trace_names()})
     c = in_chans if in_chans is not None else _input_channels(model)
-    x = torch.randn(batch, c, res, res, device=device)
+    x = torch.randn(batch, c, h, w, device=device)
 
     from vmbench.models.vmamba import SS2D, VSSM
 

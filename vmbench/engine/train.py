@@ -72,13 +72,13 @@ __all__ = ["Trainer", "Distributed", "DivergedError", "TrainingStopped", "param_
 Progress = Callable[[str, int, int], None]
 
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_top1", "val_top5", "val_loss", "val_images", "lr",
-              "epoch_time_s", "train_img_s", "peak_mem_mb")
+              "epoch_time_s", "train_img_s", "peak_mem_mb", "data_wait_s", "data_wait_frac", "step_img_s")
 EMA_EPOCH_KEYS = ("ema_val_top1", "ema_val_top5", "ema_val_loss")  # added when the run keeps an EMA
 EMA_RESULT_KEYS = ("ema_top1", "ema_top5")
 RESULT_KEYS = ("top1", "top5", "val_loss", "train_loss", "train_time_s", "params_m", "gflops", "flops_uncovered",
                "flops_error", "img_s", "latency_ms", "bench_batch", "peak_mem_mb", "peak_mem_source",
                "scan_backend", "device", "gpu_name", "amp", "img_size", "num_classes", "epochs_done", "model",
-               "dataset", "lr_peak", "compile", "channels_last", "world_size", "total_batch")
+               "dataset", "lr_peak", "compile", "channels_last", "world_size", "total_batch", "loader_workers")
 
 # What a run records about its starting weights file (the other init_* keys report what loaded of it).
 _INIT_INFO_KEYS = ("init_mode", "init_path", "init_sha256", "init_format", "init_entry", "init_tag")
@@ -261,12 +261,53 @@ def _skip_batches(loader: Iterable, skip: int) -> Iterable:
     return itertools.islice(iter(loader), skip, None)
 
 
+class Objective:
+    """What a task does with one training batch: `objective(model, batch, device, autocast)` -> (mean loss (fp32
+    scalar tensor), number of images, correct-prediction count (scalar tensor) or None when the task has no
+    accuracy). The model's forward runs inside `autocast` (a context manager). Shared by classification and
+    detection (vmbench.engine.detection.DetectionObjective); the loop around it (accumulation, AMP scaling,
+    clipping, schedule, EMA, DDP, stops, checkpoints) is train_one_epoch's."""
+
+    def __call__(self, model, batch, device, autocast) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+class ClassificationObjective(Objective):
+    """Batches (images (B, 3, H, W), labels (B,)): cross-entropy with label smoothing, or soft-target
+    cross-entropy under `mixup` (timm Mixup; accuracy against the unmixed labels)."""
+
+    def __init__(self, label_smoothing: float = 0.0, mixup=None, channels_last: bool = False):
+        self.label_smoothing, self.mixup, self.channels_last = label_smoothing, mixup, channels_last
+        if mixup is not None:
+            from timm.loss import SoftTargetCrossEntropy
+
+            self.soft_ce = SoftTargetCrossEntropy()
+
+    def __call__(self, model, batch, device, autocast):
+        images, labels = batch
+        images = images.to(device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)  # targets: (B, num_classes) soft labels
+        with autocast:
+            logits = model(images)
+        if self.mixup is not None:
+            loss = self.soft_ce(logits.float(), targets)
+        else:
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        hits = (logits.detach().argmax(dim=1) == labels).sum()
+        return loss, labels.shape[0], hits
+
+
 def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_step: int = 0,
                     label_smoothing: float = 0.0, amp: bool = False, max_batches: int | None = None,
                     clip_grad: float | None = None, progress: Progress | None = None, task: str = "train",
                     epoch: int = 1, accum_steps: int = 1, amp_dtype: str = "bf16", scaler=None, mixup=None,
                     ema=None, channels_last: bool = False, should_stop: Callable[[], bool] | None = None,
-                    resume: dict | None = None, ddp=None) -> dict:
+                    resume: dict | None = None, ddp=None, objective: Objective | None = None) -> dict:
     """One pass over `loader` (at most `max_batches` batches). The optimizer steps once every `accum_steps`
     micro-batches (and after the last one); the scheduler, when given, gets `step_update(num_updates)` and the
     EMA `update(model, step=num_updates)` after every optimizer step; `clip_grad` caps the global gradient norm.
@@ -274,7 +315,8 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     (torch.amp.GradScaler) scales the loss for fp16 autocast. Train accuracy is against the unmixed labels.
     `channels_last` puts each input batch in channels_last memory format. `ddp`: the DistributedDataParallel
     module inside `model` (None when not data-parallel); micro-batches before an optimizer step's last run under
-    its `no_sync()`, so gradients are all-reduced once per step.
+    its `no_sync()`, so gradients are all-reduced once per step. `objective` turns a batch into the loss (see
+    Objective; default: ClassificationObjective of `label_smoothing`, `mixup`, `channels_last`).
 
     `should_stop()` is polled after every optimizer step; once it returns True the pass ends there (`stopped`).
     `resume` (the `partial` of an earlier stopped pass, e.g. from a checkpoint) continues that pass: its first
@@ -282,8 +324,9 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     its state at the start of the pass) and its sums carried on.
 
     Returns {train_loss (mean smoothed loss per image), train_acc (percent), images, steps (this call's optimizer
-    steps), lr (last used), train_time_s, stopped, partial}; `partial` = {batches, loss_sum, correct, images,
-    train_time_s, lr} is the pass so far. Raises DivergedError on a non-finite loss.
+    steps), lr (last used), train_time_s, data_wait_s (time the loop waited for the loader's next batch: a fed
+    run keeps it near 0), stopped, partial}; `partial` = {batches, loss_sum, correct, images, train_time_s, lr,
+    data_wait_s} is the pass so far. Raises DivergedError on a non-finite loss.
     """
     device = torch.device(device)
     use_amp = bool(amp) and device.type == "cuda"
@@ -298,31 +341,25 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     lr = float(done.get("lr", optimizer.param_groups[-1]["lr"]))
     step, stopped = start_step, False
     optimizer.zero_grad(set_to_none=True)
-    if mixup is not None:
-        from timm.loss import SoftTargetCrossEntropy
-
-        soft_ce = SoftTargetCrossEntropy()
+    if objective is None:
+        objective = ClassificationObjective(label_smoothing, mixup, channels_last)
+    wait = float(done.get("data_wait_s", 0.0))
     t0 = time.perf_counter()
-    for i, (images, labels) in enumerate(_skip_batches(loader, batches), start=batches):
+    batch_iter = iter(_skip_batches(loader, batches))
+    for i in itertools.count(batches):
         if i >= total:
             break
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        targets = labels
-        if mixup is not None:
-            images, targets = mixup(images, labels)  # targets: (B, num_classes) soft labels
+        t_wait = time.perf_counter()
+        item = next(batch_iter, None)
+        wait += time.perf_counter() - t_wait  # the step had nothing to do: the loader had no batch ready
+        if item is None:
+            break
         lr = optimizer.param_groups[-1]["lr"]
         stepped = (i + 1) % accum_steps == 0 or i + 1 == total
         with ddp.no_sync() if ddp is not None and not stepped else contextlib.nullcontext():
-            with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp):
-                logits = model(images)
-            if mixup is not None:
-                loss = soft_ce(logits.float(), targets)
-            else:
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-            sums.add(i, loss, logits, labels)  # raises DivergedError on a non-finite loss (see _StepSums)
+            autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp)
+            loss, n_images, hits = objective(model, item, device, autocast)
+            sums.add(i, loss, hits, n_images)  # raises DivergedError on a non-finite loss (see _StepSums)
             scaled = loss / accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if stepped:
@@ -353,9 +390,34 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
         torch.cuda.synchronize(device)
     dt = time_before + time.perf_counter() - t0
     n, loss_sum, correct = sums.images, sums.loss_sum, sums.correct
-    partial = dict(batches=batches, loss_sum=loss_sum, correct=correct, images=n, train_time_s=dt, lr=lr)
+    partial = dict(batches=batches, loss_sum=loss_sum, correct=correct, images=n, train_time_s=dt, lr=lr,
+                   data_wait_s=wait)
     return dict(train_loss=loss_sum / max(n, 1), train_acc=100.0 * correct / max(n, 1), images=n,
-                steps=step - start_step, lr=lr, train_time_s=dt, stopped=stopped, partial=partial)
+                steps=step - start_step, lr=lr, train_time_s=dt, data_wait_s=wait, stopped=stopped, partial=partial)
+
+
+def _check_task(task: str, dataset, spec) -> None:
+    """SpecError (one line) when the dataset or the recipe does not fit the task."""
+    from vmbench.data import DETECTION_KINDS
+
+    if task == "detection":
+        if dataset.kind not in DETECTION_KINDS:
+            raise SpecError(f"dataset {dataset.name} has no boxes: --task detection needs shapes-det, coco or a "
+                            f"COCO-format folder (annotations/instances_{{train,val}}2017.json)")
+        if getattr(spec, "mixup", 0.0) > 0 or getattr(spec, "cutmix", 0.0) > 0:
+            raise SpecError("mixup/cutmix apply to classification only (set mixup=0 and cutmix=0 for --task detection)")
+    elif dataset.kind in DETECTION_KINDS:
+        raise SpecError(f"dataset {dataset.name} is a detection dataset: run it with --task detection")
+
+
+def _loader_metrics(tr: dict) -> dict:
+    """Whether the loader kept up, from a train_one_epoch result: data_wait_s (time the loop waited for batches),
+    data_wait_frac (its share of the training time) and step_img_s (img/s of the steps alone, the speed a loader
+    that never made the loop wait would give; train_img_s far below it means a starved run)."""
+    t, wait = tr["train_time_s"], tr["data_wait_s"]
+    busy = t - wait
+    return dict(data_wait_s=wait, data_wait_frac=wait / t if t > 0 else None,
+                step_img_s=tr["images"] / busy if busy > 0 else None)
 
 
 class _StepSums:
@@ -375,16 +437,17 @@ class _StepSums:
         self.last_finite: float | None = None
         self.pending: collections.deque = collections.deque()
 
-    def add(self, i: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Record batch i (0-based); checks and adds the batches older than the lag."""
-        hits = (logits.detach().argmax(dim=1) == labels).sum()
-        stats = torch.stack([loss.detach().float(), hits.float()])  # the count is exact in fp32 (< 2**24)
+    def add(self, i: int, loss: torch.Tensor, hits: torch.Tensor | None, n_images: int) -> None:
+        """Record batch i (0-based): its mean loss, correct count (None: not a classifier) and images; checks and
+        adds the batches older than the lag."""
+        hits = hits if hits is not None else torch.zeros((), device=loss.device)
+        stats = torch.stack([loss.detach().float(), hits.detach().float()])  # the count is exact in fp32 (< 2**24)
         event = None
         if self.cuda:
             stats = stats.to("cpu", non_blocking=True)  # pinned destination: an asynchronous copy
             event = torch.cuda.Event()
             event.record()
-        self.pending.append((i, labels.shape[0], stats, event))
+        self.pending.append((i, n_images, stats, event))
         self.settle(self.lag)
 
     def settle(self, keep: int = 0) -> None:
@@ -440,8 +503,12 @@ class Trainer:
         self.drop_path_rate = getattr(spec, "drop_path_rate", None)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise SpecError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        self.task = getattr(spec, "task", "classification")
+        self.detection = self.task == "detection"
+        _check_task(self.task, self.dataset, spec)
         self.augment = Augment(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(Augment)})
-        check_augment(self.dataset, self.augment)
+        if not self.detection:
+            check_augment(self.dataset, self.augment)
         self.accum_steps = int(getattr(spec, "accum_steps", 1))
         self.amp_dtype = getattr(spec, "amp_dtype", "bf16")
         self.use_mixup = getattr(spec, "mixup", 0.0) > 0 or getattr(spec, "cutmix", 0.0) > 0
@@ -515,6 +582,24 @@ class Trainer:
         except ValueError as e:
             raise SpecError(str(e)) from None
 
+    def _build_detector(self, create_model) -> torch.nn.Module:
+        """Mask R-CNN over this run's backbone (vmbench.engine.detection): --init / --pretrained weights load into
+        the classification backbone first (its head re-created, as in classification fine-tuning), --weights
+        strictly into the whole detector."""
+        from vmbench.models.features import size_free_kwargs
+
+        from .detection import build_detector, detection_sizes
+
+        self.det_sizes = detection_sizes(self.spec, self.dataset)
+        backbone = create_model(self.model_name, num_classes=self.dataset.num_classes, scan_backend=self.scan_backend,
+                                drop_path_rate=self.drop_path_rate, **size_free_kwargs(self.model_name))
+        if self.init_mode == "finetune":
+            self._load_init_weights(backbone)
+        model = build_detector(backbone, self.dataset.num_classes, self.det_sizes[0], self.det_sizes[1])
+        if self.init_mode == "strict":
+            self._load_init_weights(model)
+        return model
+
     def setup(self) -> None:
         """Build model, loaders, optimizer and schedule (called by epochs()/finish() when needed)."""
         if self.model is not None:
@@ -522,7 +607,7 @@ class Trainer:
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
-        from vmbench.data import build_loaders, eval_transform_info
+        from vmbench.data import build_loaders, eval_transform_info, resolve_workers
         from vmbench.models import create_model
 
         spec = self.spec
@@ -530,10 +615,14 @@ class Trainer:
         if getattr(spec, "deterministic", False):
             set_deterministic()
         seed_everything(spec.seed)
-        model = create_model(self.model_name, num_classes=self.dataset.num_classes, scan_backend=self.scan_backend,
-                             drop_path_rate=self.drop_path_rate, img_size=self.img_size)
-        if self.init_mode is not None:
-            self._load_init_weights(model)
+        if self.detection:
+            model = self._build_detector(create_model)
+        else:
+            model = create_model(self.model_name, num_classes=self.dataset.num_classes,
+                                 scan_backend=self.scan_backend, drop_path_rate=self.drop_path_rate,
+                                 img_size=self.img_size)
+            if self.init_mode is not None:
+                self._load_init_weights(model)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -555,15 +644,27 @@ class Trainer:
         model_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
         # The validation cap is a prefix of the val split, so that any number of ranks evaluates the same images.
         val_size = spec.max_val_batches * spec.batch_size if spec.max_val_batches is not None else None
-        self.train_loader, self.val_loader = build_loaders(
-            self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=spec.num_workers,
-            model_cfg=model_cfg, aug=self.augment, skip_bad_images=spec.skip_bad_images, rank=self.rank,
-            world_size=self.world_size, val_size=val_size)
+        self.loader_workers = resolve_workers(spec.num_workers, self.device.type, self.dataset, self.world_size)
+        if self.detection:
+            from vmbench.data import build_detection_loaders
+
+            self.train_loader, self.val_loader = build_detection_loaders(
+                self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=self.loader_workers,
+                rank=self.rank, world_size=self.world_size, val_size=val_size, hflip=spec.hflip)
+        else:
+            self.train_loader, self.val_loader = build_loaders(
+                self.dataset, spec.batch_size, self.img_size, seed=spec.seed, num_workers=self.loader_workers,
+                model_cfg=model_cfg, aug=self.augment, skip_bad_images=spec.skip_bad_images, rank=self.rank,
+                world_size=self.world_size, val_size=val_size)
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = getattr(self.train_loader, "sampler", None)
         self.train_sampler = sampler if isinstance(sampler, DistributedSampler) else None
-        self.eval_transform = eval_transform_info(self.dataset, self.img_size, model_cfg, self.augment)
+        if self.detection:
+            self.eval_transform = dict(min_size=self.det_sizes[2], max_size=self.det_sizes[1],
+                                       train_min_size=self.det_sizes[0], hflip=spec.hflip)
+        else:
+            self.eval_transform = eval_transform_info(self.dataset, self.img_size, model_cfg, self.augment)
         batches = len(self.train_loader)
         if spec.max_train_batches is not None:
             batches = min(batches, spec.max_train_batches)
@@ -627,7 +728,8 @@ class Trainer:
                     max_batches=spec.max_train_batches, clip_grad=spec.clip_grad, progress=self.progress,
                     task=f"epoch {e}/{spec.epochs} train", epoch=e, accum_steps=self.accum_steps,
                     amp_dtype=self.amp_dtype, scaler=self.scaler, mixup=self.mixup, ema=self.ema,
-                    channels_last=self.channels_last, should_stop=self.should_stop, resume=partial, ddp=self.ddp)
+                    channels_last=self.channels_last, should_stop=self.should_stop, resume=partial, ddp=self.ddp,
+                    objective=self._objective())
                 self._step += tr["steps"]
                 if tr["stopped"]:
                     self._stop_inside_epoch(e, {**tr["partial"], "epoch_time_s": time.perf_counter() - t0})
@@ -645,27 +747,50 @@ class Trainer:
                 loss_sum, correct, images = self.dist.sum([p["loss_sum"], p["correct"], p["images"]])
                 tr = {**tr, "train_loss": loss_sum / max(images, 1), "train_acc": 100.0 * correct / max(images, 1),
                       "images": int(images)}
-                tr["train_time_s"], dt, peak = self.dist.max([tr["train_time_s"], dt,
-                                                              peak_mb if peak_mb is not None else -1.0])
+                tr["train_time_s"], dt, peak, tr["data_wait_s"] = self.dist.max(
+                    [tr["train_time_s"], dt, peak_mb if peak_mb is not None else -1.0, tr["data_wait_s"]])
                 peak_mb = peak if peak >= 0 else None
             self.epochs_done = e
             self.train_time_s += dt
             if peak_mb is not None and (self._peak_mem[0] is None or peak_mb > self._peak_mem[0]):
                 self._peak_mem = (peak_mb, pm.source)
-            metrics = dict(epoch=e, train_loss=tr["train_loss"], train_acc=tr["train_acc"], val_top1=ev["top1"],
-                           val_top5=ev["top5"], val_loss=ev["loss"], val_images=ev["images"], lr=tr["lr"],
-                           epoch_time_s=dt,
-                           train_img_s=tr["images"] / tr["train_time_s"] if tr["train_time_s"] > 0 else None,
-                           peak_mem_mb=peak_mb)
-            if ema_ev is not None:
-                metrics.update(ema_val_top1=ema_ev["top1"], ema_val_top5=ema_ev["top5"], ema_val_loss=ema_ev["loss"])
+            common = dict(epoch=e, train_loss=tr["train_loss"], val_images=ev["images"], lr=tr["lr"],
+                          epoch_time_s=dt,
+                          train_img_s=tr["images"] / tr["train_time_s"] if tr["train_time_s"] > 0 else None,
+                          peak_mem_mb=peak_mb, **_loader_metrics(tr))
+            if self.detection:  # box / mask AP (percent) where classification has top-1 / top-5
+                from .detection import DETECTION_METRICS
+
+                metrics = {**common, **{k: ev[k] for k in DETECTION_METRICS if k in ev}}
+                if ema_ev is not None:
+                    metrics.update({f"ema_{k}": ema_ev[k] for k in DETECTION_METRICS if k in ema_ev})
+            else:
+                metrics = dict(common, train_acc=tr["train_acc"], val_top1=ev["top1"], val_top5=ev["top5"],
+                               val_loss=ev["loss"])
+                if ema_ev is not None:
+                    metrics.update(ema_val_top1=ema_ev["top1"], ema_val_top5=ema_ev["top5"],
+                                   ema_val_loss=ema_ev["loss"])
             self.history.append(metrics)
-            improved = self.best_top1 is None or ev["top1"] > self.best_top1
+            score = self._score(ev)
+            improved = self.best_top1 is None or score > self.best_top1
             if improved:
-                self.best_top1 = ev["top1"]
+                self.best_top1 = score
             if getattr(spec, "checkpoint_dir", None):
                 self.save_checkpoint(spec.checkpoint_dir, best=improved)
             yield metrics
+
+    def _objective(self) -> Objective:
+        """The task's batch -> loss step for train_one_epoch."""
+        if self.detection:
+            from .detection import DetectionObjective
+
+            return DetectionObjective()
+        return ClassificationObjective(self.label_smoothing, self.mixup, self.channels_last)
+
+    def _score(self, ev: dict) -> float:
+        """The number best.pt maximises: validation top-1, or box AP for detection (NaN counts as worst)."""
+        v = ev["box_ap"] if self.detection else ev["top1"]
+        return v if v == v else float("-inf")
 
     def _sync_buffers(self) -> None:
         """Data-parallel: rank 0's buffers (BatchNorm statistics) on every rank, the EMA's too. Each rank's last
@@ -677,7 +802,14 @@ class Trainer:
             self.dist.broadcast_(self.ema.module.buffers())
 
     def _evaluate(self, model: torch.nn.Module, task: str) -> dict:
-        """evaluate() of `model` on the validation loader; over all ranks' shards in a data-parallel run."""
+        """evaluate() of `model` on the validation loader; over all ranks' shards in a data-parallel run.
+        Detection: {box_ap, …, mask_apl, images} from COCOeval over every rank's detections."""
+        if self.detection:
+            from .detection import evaluate_detection
+
+            return evaluate_detection(model, self.val_loader, self.device, self.amp,
+                                      max_batches=self.spec.max_val_batches, progress=self.progress, task=task,
+                                      gather=self.dist.gather if self.dist is not None else None)
         ev = evaluate(model, self.val_loader, self.device, self.amp, max_batches=self.spec.max_val_batches,
                       progress=self.progress, task=task, channels_last=self.channels_last)
         if self.dist is None:
@@ -805,6 +937,8 @@ class Trainer:
         others return {}."""
         self.setup()
         self._check_stop("before the final benchmark")
+        if self.detection:
+            return self._finish_detection()
         if self.history:
             last = self.history[-1]
             top1, top5, val_loss, train_loss = last["val_top1"], last["val_top5"], last["val_loss"], last["train_loss"]
@@ -849,10 +983,47 @@ class Trainer:
             amp=self.amp, img_size=self.img_size, num_classes=self.dataset.num_classes,
             epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name, lr_peak=self.lr,
             compile=self.compile, channels_last=self.channels_last, world_size=self.world_size,
-            total_batch=self.total_batch, eval_transform=self.eval_transform,
+            total_batch=self.total_batch, eval_transform=self.eval_transform, loader_workers=self.loader_workers,
             **ema_res, **skipped, **(self.init_info or {}),
             **(self.init_report or {}),
         )
+
+    def _finish_detection(self) -> dict:
+        """finish() of a detection run: the last epoch's (or a fresh) box / mask AP, detector params, backbone + FPN
+        GFLOPs and inference img/s at the evaluation size (a square of the shorter side for shapes-det; for COCO
+        the 1x test size max_size x min_size), peak training memory."""
+        from .detection import DETECTION_METRICS, detector_cost, detector_throughput
+
+        if self.history:
+            ap = {k: self.history[-1].get(k) for k in DETECTION_METRICS}
+            train_loss = self.history[-1]["train_loss"]
+            ema_ap = {k: self.history[-1][f"ema_{k}"] for k in DETECTION_METRICS if f"ema_{k}" in self.history[-1]}
+        else:
+            self._sync_buffers()
+            ev = self._evaluate(self.eval_model, "eval")
+            ap, train_loss = {k: ev.get(k) for k in DETECTION_METRICS}, None
+            ema_ap = {}
+            if self.ema is not None:
+                ev = self._evaluate(self.ema.module, "eval EMA")
+                ema_ap = {k: ev[k] for k in DETECTION_METRICS if k in ev}
+        if not self.is_main:
+            return {}
+        min_size, max_size = self.det_sizes[2], self.det_sizes[1]
+        hw = (min_size, min_size) if self.dataset.kind == "builtin-det" else (min_size, max_size)
+        bench_kw = _BENCH_CUDA if self.device.type == "cuda" else _BENCH_CPU
+        speed = detector_throughput(self.eval_model, self.bench_batch, hw, self.device, self.amp, **bench_kw)
+        cost = detector_cost(self.model_name, self.dataset.num_classes, hw)
+        peak_mb, peak_src = self._peak_mem
+        return dict(
+            **ap, **{f"ema_{k}": v for k, v in ema_ap.items()}, task="detection", train_loss=train_loss,
+            train_time_s=self.train_time_s, **cost, img_s=speed["img_s"], latency_ms=speed["latency_ms"],
+            bench_batch=self.bench_batch, peak_mem_mb=peak_mb, peak_mem_source=peak_src,
+            scan_backend=self.scan_backend, device=self.device.type,
+            gpu_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+            amp=self.amp, img_size=min_size, num_classes=self.dataset.num_classes, epochs_done=self.epochs_done,
+            model=self.model_name, dataset=self.dataset.name, lr_peak=self.lr, compile=self.compile,
+            world_size=self.world_size, total_batch=self.total_batch, eval_transform=self.eval_transform,
+            loader_workers=self.loader_workers, **(self.init_info or {}), **(self.init_report or {}))
 
     def run(self) -> tuple[list[dict], dict]:
         """All epochs then finish(): (per-epoch metrics, result)."""
