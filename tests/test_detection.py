@@ -78,3 +78,24 @@ def test_detector_trains_and_predicts_at_odd_size():
     with torch.no_grad():
         out = det([images[0]])
     assert out[0]["boxes"].shape[1] == 4 and out[0]["masks"].shape[-2:] == (61, 83)
+
+
+def test_task_and_dataset_must_match(tmp_path):
+    from click.testing import CliRunner
+
+    from vmbench.cli import main
+
+    db = tmp_path / "x.db"
+    r = CliRunner().invoke(main, ["run", "resnet18", "shapes", "--task", "detection", "--db", str(db)])
+    assert r.exit_code == 2 and "has no boxes" in r.output
+    r = CliRunner().invoke(main, ["run", "resnet18", "shapes-det", "--db", str(db)])
+    assert r.exit_code == 2 and "run it with --task detection" in r.output
+
+
+def test_flops_at_any_height_and_width():
+    from vmbench.engine.flops import count_flops
+
+    model = create_model("resnet18", num_classes=0)
+    square, _ = count_flops(model, 64)
+    wide, _ = count_flops(model, (64, 128))
+    assert 1.9 < wide / square < 2.1  # a convnet's FLOPs grow with the pixel count
