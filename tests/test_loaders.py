@@ -15,6 +15,7 @@ def test_resolve_workers_auto_and_explicit(tmp_path):
     shapes = get_dataset_info("shapes")
     for kind in ("train", "val"):
         (tmp_path / kind / "a").mkdir(parents=True)
+        (tmp_path / kind / "a" / "0.png").write_bytes(b"")  # a class folder must hold an image file
     folder = get_dataset_info(str(tmp_path))
     cpus = cpus_per_process()
     assert resolve_workers(3, "cuda", shapes) == 3 and resolve_workers(0, "cuda", folder) == 0  # given: kept

@@ -206,7 +206,6 @@ def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = Non
     """
     import torch
     from torch.utils.data import DataLoader, Subset
-    from torch.utils.data.distributed import DistributedSampler
 
     assert 0 <= rank < world_size, (rank, world_size)
     train, val = build_datasets(info, img_size, model_cfg, seed, aug, val_only=val_only)
@@ -229,16 +228,7 @@ def build_loaders(info: DatasetInfo, batch_size: int, img_size: int | None = Non
     common = dict(num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
                   persistent_workers=persistent,
                   pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory))
-    if train is None:
-        train_loader = None
-    elif world_size > 1:
-        sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed),
-                                     drop_last=True)
-        train_loader = DataLoader(train, batch_size=batch_size, sampler=sampler, generator=gen,
-                                  drop_last=len(sampler) > batch_size, **common)
-    else:
-        train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
-                                  drop_last=len(train) > batch_size, **common)
+    train_loader = _train_loader(train, batch_size, seed, rank, world_size, gen, common)
     val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=val_collate,
                             **common)
     return train_loader, val_loader
@@ -312,7 +302,6 @@ def build_detection_loaders(info: DatasetInfo, batch_size: int, img_size: int | 
     `detection_source(val_loader)`."""
     import torch
     from torch.utils.data import DataLoader, Subset
-    from torch.utils.data.distributed import DistributedSampler
 
     train, val = build_detection_datasets(info, img_size, hflip, val_only)
     if train_size is not None and train is not None:
@@ -325,17 +314,24 @@ def build_detection_loaders(info: DatasetInfo, batch_size: int, img_size: int | 
     persistent = num_workers > 0 if persistent_workers is None else bool(persistent_workers) and num_workers > 0
     common = dict(num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None,
                   persistent_workers=persistent, pin_memory=torch.cuda.is_available(), collate_fn=detection_collate)
-    train_loader = None
-    if train is not None:
-        if world_size > 1:
-            sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed),
-                                         drop_last=True)
-            train_loader = DataLoader(train, batch_size=batch_size, sampler=sampler, generator=gen,
-                                      drop_last=len(sampler) > batch_size, **common)
-        else:
-            train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
-                                      drop_last=len(train) > batch_size, **common)
+    train_loader = _train_loader(train, batch_size, seed, rank, world_size, gen, common)
     return train_loader, DataLoader(val, batch_size=batch_size, shuffle=False, **common)
+
+
+def _train_loader(train, batch_size: int, seed: int, rank: int, world_size: int, gen, common: dict):
+    """The training DataLoader (None without a training set): shuffled by `gen`, or this rank's
+    DistributedSampler share with `world_size` > 1; a last partial batch is dropped when there is more than one."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if train is None:
+        return None
+    if world_size > 1:
+        sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed),
+                                     drop_last=True)
+        return DataLoader(train, batch_size=batch_size, sampler=sampler, generator=gen,
+                          drop_last=len(sampler) > batch_size, **common)
+    return DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(train) > batch_size,
+                      **common)
 
 
 def detection_source(loader_or_dataset: Any) -> Any:
