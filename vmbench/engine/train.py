@@ -347,12 +347,12 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     t0 = time.perf_counter()
     batch_iter = iter(_skip_batches(loader, batches))
     for i in itertools.count(batches):
-        if i >= total:
-            break
+        # Fetch first, then test `total`: the loader's iterator (and its shuffle) starts even for an epoch that
+        # resumes at its end, so the next epoch draws the same order as an uninterrupted run.
         t_wait = time.perf_counter()
         item = next(batch_iter, None)
         wait += time.perf_counter() - t_wait  # the step had nothing to do: the loader had no batch ready
-        if item is None:
+        if item is None or i >= total:
             break
         lr = optimizer.param_groups[-1]["lr"]
         stepped = (i + 1) % accum_steps == 0 or i + 1 == total
