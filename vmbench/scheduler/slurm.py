@@ -160,7 +160,7 @@ class SlurmExecutor:
             raise ValueError("--executor slurm needs submitit (pip install 'vmbench[slurm]')") from None
         if shutil.which("sbatch") is None:
             raise ValueError("--executor slurm: no sbatch on this machine's PATH")
-        extra = {}
+        extra = {"open-mode": "append"}  # a requeued job's log keeps what its earlier starts wrote (SLURM truncates)
         for kv in sbatch_extra:
             k, eq, v = kv.partition("=")
             if not eq or not k:
