@@ -10,13 +10,6 @@ from report_db import make_db
 from vmbench.cli import main
 
 
-def _pg(request):
-    try:
-        return request.getfixturevalue("pg_url")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the pg_url fixture (a PostgreSQL server for the tests)")
-
-
 def _out(*args):
     r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 0, r.output
@@ -34,8 +27,8 @@ def _same(a, b):
                 assert x[k] == y[k], k
 
 
-def test_reports_on_postgresql_match_sqlite(request, tmp_path):
-    url = _pg(request)
+def test_reports_on_postgresql_match_sqlite(pg_url, tmp_path):
+    url = pg_url
     lite = make_db(tmp_path)
     (tmp_path / "pg").mkdir()
     make_db(tmp_path / "pg", url=url)
