@@ -324,12 +324,7 @@ class Queue:
         """Cancel a queued or running item (a running one's holder notices at its next renewal); returns the
         status it had. ValueError when there is no such item or it has ended."""
         with self._locked(), self._write() as s, s.begin():
-            item = s.get(QueueItem, item_id)
-            if item is None:
-                raise ValueError(f"no queue item {item_id}")
-            if item.status not in ("queued", "running"):
-                raise ValueError(f"queue item {item_id} is {item.status}; only queued or running items can be "
-                                 "cancelled")
+            item = _item_in(s, item_id, ("queued", "running"), "cancelled")
             was = item.status
             if was == "running":
                 self._end_attempt(s, item, "cancelled", error="cancelled")
@@ -339,12 +334,7 @@ class Queue:
     def retry(self, item_id: int) -> None:
         """Queue a failed or cancelled item again, its failure count reset. ValueError otherwise."""
         with self._locked(), self._write() as s, s.begin():
-            item = s.get(QueueItem, item_id)
-            if item is None:
-                raise ValueError(f"no queue item {item_id}")
-            if item.status not in ("failed", "cancelled"):
-                raise ValueError(f"queue item {item_id} is {item.status}; only failed or cancelled items can be "
-                                 "retried")
+            item = _item_in(s, item_id, ("failed", "cancelled"), "retried")
             item.status, item.failures, item.not_before, item.ended_at = "queued", 0, utcnow(), None
 
     def prune(self, statuses: tuple[str, ...]) -> int:
@@ -396,3 +386,15 @@ def item_summary(item: QueueItem, now: dt.datetime | None = None) -> dict[str, A
         "spec_hash": item.spec_hash, "args": item.args, "created_at": fmt(item.created_at),
         "ended_at": fmt(item.ended_at),
     }
+
+
+def _item_in(s, item_id: int, statuses: tuple[str, str], done_to_it: str) -> QueueItem:
+    """The queue item `item_id`, inside the caller's write transaction; ValueError when there is none or its status
+    is not one of `statuses` (the message says which items can be `done_to_it`)."""
+    item = s.get(QueueItem, item_id)
+    if item is None:
+        raise ValueError(f"no queue item {item_id}")
+    if item.status not in statuses:
+        raise ValueError(f"queue item {item_id} is {item.status}; only {statuses[0]} or {statuses[1]} items can be "
+                         f"{done_to_it}")
+    return item
