@@ -30,6 +30,7 @@ N_RUNS, EPOCHS = 10_000, 300
 def build(path: Path) -> None:
     sys.path.insert(0, str(ROOT))
     from vmbench.store import Store
+    from vmbench.store.tables import NUM_RESULTS, TEXT_RESULTS, run_results_rows
 
     Store(str(path)).close()  # the schema, through the migrations
     rng = random.Random(0)
@@ -81,6 +82,11 @@ def build(path: Path) -> None:
                     "scan_backend, started_at, ended_at, heartbeat_at, env, seed, tags, checkpoint_dir) VALUES "
                     "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
     con.executemany("INSERT INTO results (run_id, key, value, text) VALUES (?,?,?,?)", results)
+    # the listing columns, as the store writes them beside the results
+    wide = run_results_rows([dict(run_id=r, key=k, value=v, text=t) for r, k, v, t in results])
+    cols = NUM_RESULTS + TEXT_RESULTS
+    con.executemany(f"INSERT INTO run_results (run_id, {', '.join(cols)}) VALUES ({', '.join('?' * (len(cols) + 1))})",
+                    [(rid, *[w.get(c) for c in cols]) for rid, w in wide.items()])
     con.executemany("INSERT INTO metrics (run_id, epoch, key, value, time) VALUES (?,?,?,?,?)", metrics)
     con.commit()
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -114,7 +120,8 @@ def main() -> None:
     con.close()
     print(f"runs {counts[0]}, results {counts[1]}, metric rows {counts[2]}")
     check = ("import sys; from vmbench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-             "    assert not e.code\nassert 'torch' not in sys.modules, 'torch imported'\n")
+             "    assert not e.code\nassert 'torch' not in sys.modules, 'torch imported'\n"
+             "assert 'sqlalchemy.orm' not in sys.modules, 'the ORM imported'\n")
     for cmd in (["compare"], ["runs"]):
         subprocess.run([sys.executable, "-c", check, *cmd, "--db", str(db)], env={**os.environ,
                        "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, check=True)

@@ -103,9 +103,10 @@ def test_db_from_environment(db, monkeypatch):
 
 @pytest.mark.parametrize("argv", [["--help"], ["compare", "--format", "json"], ["runs"], ["models", "--json"]])
 def test_light_commands_do_not_import_torch(db, argv):
-    code = ("import sys; from vmbench.cli import main\n"
+    code = ("import sys; from vmbench.cli import main; argv = sys.argv[1:]\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert argv[0] not in ('compare', 'runs') or 'sqlalchemy.orm' not in sys.modules, 'the ORM was imported'\n")
     extra = ["--db", db] if argv[0] in ("compare", "runs") else []
     p = subprocess.run([sys.executable, "-c", code, *argv, *extra], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]

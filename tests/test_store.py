@@ -321,3 +321,49 @@ def test_server_url_without_driver_is_one_line(url):
     r = CliRunner().invoke(main, ["runs", "--db", url])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
     assert "pip install 'vmbench[postgres]'" in r.stderr
+
+
+def _pivot(engine) -> dict:
+    """run_results as {run_id: {column: value}} without empty columns."""
+    with engine.connect() as c:
+        return {r.run_id: {k: v for k, v in r._mapping.items() if v is not None and k != "run_id"}
+                for r in c.execute(sa.text("SELECT * FROM run_results"))}
+
+
+def test_run_results_mirror_the_results_written(tmp_path):
+    """The listing columns (run_results) follow every results write: new keys, overwritten keys, text keys, and
+    keys without a column left out."""
+    with Store(str(tmp_path / "x.db")) as store:
+        a = store.create_run("train", "vmamba_t", "shapes", {})
+        b = store.create_run("bench", "swin_t", None, {})
+        store.finish_run(a, "completed", {"top1": 50.0, "gpu_name": "H200", "classes": ["x"], "note": "n"})
+        store.finish_run(b, "failed", error="boom")
+        assert _pivot(store.engine) == {a: {"top1": 50.0, "gpu_name": "H200"}}
+        store.finish_run(a, "completed", {"top1": 61.5, "img_s": 900.0})  # a second write upserts
+        store.finish_run(b, "completed", {"precision": "amp_bf16", "batch": 16})
+        assert _pivot(store.engine) == {a: {"top1": 61.5, "img_s": 900.0, "gpu_name": "H200"},
+                                        b: {"precision": "amp_bf16", "batch": 16.0}}
+        with store.engine.connect() as c:
+            n = c.execute(sa.text("SELECT count(*) FROM results WHERE run_id = :a"), {"a": a}).scalar()
+        assert n == 5  # top1, img_s, gpu_name, classes, note: results keeps every key
+
+
+def test_migration_0004_fills_run_results_from_existing_results(tmp_path):
+    """A database written before run_results existed gets it filled from its results when it is opened."""
+    from vmbench.store.migrations import MIGRATIONS as ALL, _ledger
+
+    db = tmp_path / "old.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as c:
+        _ledger.create(c)
+        for name, fn in ALL[:3]:
+            fn(c)
+            c.execute(_ledger.insert().values(name=name, applied_at=dt.datetime(2026, 1, 1)))
+        c.execute(sa.text("INSERT INTO runs (id, kind, model, params, status, started_at, env, tags) VALUES "
+                          "(1, 'train', 'm', '{}', 'completed', '2026-01-01', '{}', '[]'), "
+                          "(2, 'bench', 'm', '{}', 'completed', '2026-01-01', '{}', '[]')"))
+        c.execute(sa.text("INSERT INTO results (run_id, key, value, text) VALUES (1, 'top1', 70.5, NULL), "
+                          "(1, 'params_m', 30.0, NULL), (1, 'other', 1.0, NULL), (2, 'precision', NULL, 'fp32')"))
+    engine.dispose()
+    with Store(str(db)) as store:
+        assert _pivot(store.engine) == {1: {"top1": 70.5, "params_m": 30.0}, 2: {"precision": "fp32"}}

@@ -27,6 +27,11 @@ def test_store_lifecycle_on_postgresql(pg_url):
         assert [r.id for r in store.list_runs()] == [other, rid]
         assert [r.id for r in store.list_runs(kind="bench", status="failed")] == [other]
         assert store.count_runs() == 2 and run_summary(run)["status"] == "completed"
+        store.finish_run(other, "completed", {"precision": "fp32", "img_s": 10.0})  # upserts run_results on PG
+        store.finish_run(other, "completed", {"img_s": 12.5})
+        with store.engine.connect() as c:
+            pivot = c.execute(sa.text("SELECT run_id, top1, img_s, precision FROM run_results ORDER BY run_id")).all()
+        assert [tuple(r) for r in pivot] == [(rid, 42.5, None, None), (other, None, 12.5, "fp32")]
 
 
 def test_concurrent_first_open_migrates_once_on_postgresql(pg_url):

@@ -82,11 +82,9 @@ def _apply_pending(db: str) -> None:
     written now, when there are any and the database is writable; otherwise left for later."""
     import os
 
-    from ..store.pending import apply_pending, pending_files
+    from ..store.pending import apply_pending, checkpoint_root, pending_files
 
     try:
-        from ..scheduler.common import checkpoint_root
-
         root = checkpoint_root(db)
     except ValueError:
         return
@@ -101,14 +99,18 @@ def _apply_pending(db: str) -> None:
 
 
 @contextlib.contextmanager
-def _reading(db: str):
+def _reading(db: str, orm: bool = False):
     """The store opened read-only (never created, SQLite opened with mode=ro: works on a read-only file or
-    filesystem); a missing or unusable database is a user error."""
-    from ..store import Store
+    filesystem); a missing or unusable database is a user error. Listings get a Core-only `Reader` (no ORM
+    import); `orm=True` gives the full `Store` (run objects)."""
+    if orm:
+        from ..store.api import Store as opener
+    else:
+        from ..store.db import Reader as opener
 
     _apply_pending(db)
     try:
-        store = Store(db, create=False, readonly=True)
+        store = opener(db, create=False, readonly=True)
     except ValueError as e:
         _user_error(str(e))
     try:

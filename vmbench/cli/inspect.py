@@ -17,7 +17,7 @@ def show(run_id, db, as_json):
     per-epoch metrics, results."""
     from ..report.show import render_run, run_detail
 
-    with _reading(db) as store:
+    with _reading(db, orm=True) as store:
         run = store.get_run(run_id)
         if run is None:
             _user_error(f"no run {run_id} in {db}")
@@ -39,7 +39,7 @@ def diff(run_a, run_b, everything, db, as_json):
     from ..report.diff import diff_runs, render_diff
     from ..report.show import run_detail
 
-    with _reading(db) as store:
+    with _reading(db, orm=True) as store:
         details = []
         for rid in (run_a, run_b):
             run = store.get_run(rid)

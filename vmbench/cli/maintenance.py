@@ -81,7 +81,7 @@ def rm(run_ids, checkpoints_only, dry_run, yes, db, as_json):
     """Delete runs: their rows (metrics, results) and their checkpoint folder. A running run is refused."""
     from ..scheduler.cleanup import plan_rm
 
-    with _reading(db) as store:
+    with _reading(db, orm=True) as store:
         try:
             plan = plan_rm(store, list(run_ids), checkpoints_only=checkpoints_only)
         except ValueError as e:
@@ -111,6 +111,6 @@ def gc(statuses, older_than, keep_best, dry_run, yes, db, as_json):
         age = parse_age(older_than) if older_than is not None else None
     except ValueError as e:
         _user_error(str(e))
-    with _reading(db) as store:
+    with _reading(db, orm=True) as store:
         plan = plan_gc(store, statuses=statuses or GC_STATUSES, older_than=age, keep_best=keep_best)
     _carry_out(db, plan, "deleting", dry_run, yes, as_json)

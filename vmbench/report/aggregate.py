@@ -123,10 +123,13 @@ def accuracy_protocol(r: dict, trained: dict[str, dict]) -> dict[str, Any]:
 
 
 def _weights_label(grp: list[dict], trained: dict[str, dict]) -> str | None:
-    """How an eval row names its weights: "run N" (or "runs N, M") for train-run checkpoints, else the file."""
+    """How an eval row names its weights: "run N" (or "runs N, M", or "K runs: N, M, …, Z")
+    for train-run checkpoints, else the file."""
     srcs = [trained.get(r.get("p_weights_path") or "") for r in grp]
     if all(srcs):
         ids = sorted({s["run_id"] for s in srcs})
+        if len(ids) > 4:  # a long sweep's evaluations: the count and the ends, not every id in one cell
+            return f"{len(ids)} runs: {ids[0]}, {ids[1]}, …, {ids[-1]}"
         return ("run " if len(ids) == 1 else "runs ") + ", ".join(map(str, ids))
     return grp[0].get("p_weights_path")
 

@@ -151,7 +151,7 @@ def _data(data_root: str | None) -> Check:
 
 
 def _disk(db: str) -> Check:
-    from ..scheduler.local import checkpoint_root
+    from ..store.pending import checkpoint_root
 
     root = checkpoint_root(db)
     if root is None:

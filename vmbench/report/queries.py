@@ -14,19 +14,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..store.api import effective_status
-from ..store.schema import Metric, Result, Run
+from ..store.liveness import effective_status
+from ..store.tables import NUM_RESULTS, TEXT_RESULTS, metrics, results, run_results, runs
 
-runs = Run.__table__
-results = Result.__table__
-metrics = Metric.__table__
-
-# Numeric results pivoted into columns of a run row (result key -> column name).
-NUM_RESULTS = ("top1", "top5", "val_loss", "params_m", "gflops", "img_s", "latency_ms", "peak_mem_mb", "train_time_s",
-               "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch")
-TEXT_RESULTS = ("peak_mem_source", "gpu_name", "precision")
-# Flags (amp, compile, channels_last, cuda_graph) are read from the run's params, where every kind records them.
-FLAG_RESULTS: tuple[str, ...] = ()
+# Results shown as columns of a run row come from `run_results` (one row per run): NUM_RESULTS by their own
+# name, TEXT_RESULTS as `r_<name>`.
 # Run settings read out of the params JSON in SQL (name -> type).
 PARAMS = {"epochs": "int", "batch_size": "int", "img_size": "int", "val_resize": "int", "train_resize": "int",
           "res": "int", "batch": "int", "precision": "str", "section": "str", "kind": "str", "compile": "bool",
@@ -118,32 +110,25 @@ def _unpack_params(d: dict) -> None:
 
 
 def _result_joins(keys: Sequence[str]):
-    """(FROM clause, columns): one LEFT JOIN of `results` per key, each a primary-key lookup (run_id, key) —
-    on SQLite far cheaper than pivoting with GROUP BY / CASE or reading the results table row by row."""
-    src = runs
+    """(FROM clause, columns): runs LEFT JOIN run_results (a primary-key lookup per run), the `keys` as
+    columns (numbers by name, texts as `r_<name>`)."""
+    src = runs.outerjoin(run_results, run_results.c.run_id == runs.c.id)
     cols = []
-    text_keys = set(TEXT_RESULTS) | set(FLAG_RESULTS)
-    for i, key in enumerate(keys):
-        r = results.alias(f"r{i}")
-        src = src.outerjoin(r, sa.and_(r.c.run_id == runs.c.id, r.c.key == key))
-        if key in FLAG_RESULTS:
-            cols.append(sa.func.coalesce(r.c.text, sa.cast(r.c.value, sa.Text)).label(f"r_{key}"))
-        elif key in text_keys:
-            cols.append(r.c.text.label(f"r_{key}"))
-        else:
-            cols.append(r.c.value.label(key))
+    for key in keys:
+        assert key in NUM_RESULTS or key in TEXT_RESULTS, key
+        cols.append(run_results.c[key].label(key if key in NUM_RESULTS else f"r_{key}"))
     return src, cols
 
 
 def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = True) -> list[dict[str, Any]]:
     """One dict per run matching `flt`, newest first: the run's columns, `status` as it really is (a dead
     `running` run is `interrupted`), `p_<name>` for the PARAMS settings and, with `with_results`, the results
-    (NUM_RESULTS by name, TEXT_RESULTS and FLAG_RESULTS as `r_<name>`; absent ones None)."""
+    (NUM_RESULTS by name, TEXT_RESULTS as `r_<name>`; absent ones None)."""
     stored, recheck = stored_statuses(flt.statuses)
     cols = [runs.c[c] for c in RUN_COLUMNS] + _params_columns(conn)
     q = sa.select(*cols).where(*_where(flt, stored)).order_by(runs.c.id.desc())
     if with_results:
-        src, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS + FLAG_RESULTS)
+        src, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS)
         q = q.add_columns(*rcols).select_from(src)
     if flt.limit is not None and not recheck:
         q = q.limit(flt.limit)
@@ -173,7 +158,7 @@ def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
     aggregated in SQL: one dict per such group with `n_runs`, `ids`, `seeds`, and for each measured result k
     its mean as k plus `k__n`, `k__sum`, `k__sq` (count, sum, sum of squares) to merge groups exactly."""
     assert not stored_statuses(flt.statuses)[1], "effective statuses need select_runs"
-    src, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS + FLAG_RESULTS)
+    src, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS)
     keys = [runs.c[c] for c in ("kind", "model", "dataset", "recipe", "status", "device", "scan_backend")]
     keys += _params_columns(conn)
     keys += [c for c in rcols if c.name not in NUM_RESULTS or c.name in PROTOCOL_RESULTS]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
 
 from .aggregate import BENCH_GROUP, PAPER_GROUP
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..config import Recipe, RunSpec
 from ..store import Store
-from ..store.schema import utcnow
+from ..store.pending import checkpoint_root  # noqa: F401 (scheduler.local re-exports it)
+from ..store.tables import utcnow
 
 HEARTBEAT_EVERY_S = float(os.environ.get("VMBENCH_HEARTBEAT_S") or 30.0)
 RUN_LOG = "run.log"
@@ -219,31 +220,6 @@ def with_traceback(message: str, exc: BaseException, status: str) -> str:
     if status != "failed" or isinstance(exc, ValueError):
         return message
     return message + "\n" + "".join(traceback.format_exception(exc)[-4:])
-
-
-def checkpoint_root(db: str, override: str | None = None) -> Path:
-    """Where train runs keep their folders (`<root>/<run uuid>/`: checkpoints, run.log, pending results):
-    `override` (--checkpoint-dir), else $VMBENCH_CHECKPOINTS, else `<database folder>/runs` for a SQLite file.
-    ValueError (one line) for a server or in-memory database without either."""
-    from ..store.db import is_url
-
-    chosen = override or os.environ.get("VMBENCH_CHECKPOINTS")
-    if chosen:
-        return Path(chosen).expanduser().resolve()
-    if is_url(db):
-        import sqlalchemy as sa
-
-        try:
-            url = sa.engine.make_url(db)
-        except sa.exc.ArgumentError:
-            url = None
-        if url is None or url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-            raise ValueError("a train run on a database that is not a file keeps its checkpoints and log in a "
-                             "folder: give --checkpoint-dir DIR (or set VMBENCH_CHECKPOINTS)")
-        path = Path(url.database)
-    else:
-        path = Path(db).expanduser()
-    return path.resolve().parent / "runs"
 
 
 def check_tensorboard(folder: str | None) -> None:

@@ -7,7 +7,6 @@ retried a bounded number of times. A crash never leaves a half-written run.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
@@ -21,67 +20,14 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
-from .db import make_engine
-from .schema import RUN_KINDS, RUN_STATUSES, Metric, Result, Run, utcnow
+from .db import Reader
+from .liveness import STALE_AFTER, effective_status, process_alive, process_started, stale_after  # noqa: F401
+from .schema import RUN_KINDS, RUN_STATUSES, Metric, Run, utcnow
+from .tables import results, run_results, run_results_rows
 
 T = TypeVar("T")
 
-# A running run whose heartbeat is older than this is shown as interrupted when its process cannot be checked
-# (another host). The run's heartbeat thread beats every 30 s; `$VMBENCH_STALE_AFTER` (seconds) overrides.
-STALE_AFTER = dt.timedelta(minutes=10)
 WRITE_ATTEMPTS = 6  # a write the database still answers "busy" after busy_timeout is retried this many times
-
-
-def stale_after() -> dt.timedelta:
-    """The stale-heartbeat threshold: `$VMBENCH_STALE_AFTER` seconds, else STALE_AFTER."""
-    raw = os.environ.get("VMBENCH_STALE_AFTER")
-    if raw:
-        try:
-            seconds = float(raw)
-        except ValueError:
-            raise ValueError(f"VMBENCH_STALE_AFTER must be a number of seconds, got {raw!r}") from None
-        if seconds > 0:
-            return dt.timedelta(seconds=seconds)
-    return STALE_AFTER
-
-
-def process_started(pid: int | None = None) -> float | None:
-    """The start time (epoch seconds) of process `pid` (default: this one), None when it does not exist."""
-    import psutil
-
-    try:
-        return psutil.Process(pid if pid is not None else os.getpid()).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-
-
-def process_alive(pid: int, started: float | None) -> bool:
-    """Whether process `pid` runs and is the one that started at `started` (a reused pid is another process)."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        now_started = proc.create_time()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    return started is None or abs(now_started - started) < 1.0
-
-
-def effective_status(run: Run, now: dt.datetime | None = None) -> str:
-    """The run's status as it really is: a `running` run whose process is gone (or whose pid now belongs to
-    another process) is `interrupted`; on another host, one whose heartbeat is stale (stale_after())."""
-    if run.status != "running":
-        return run.status
-    if run.host == socket.gethostname() and run.pid is not None:
-        return "running" if process_alive(run.pid, run.pid_started) else "interrupted"
-    beat = run.heartbeat_at or run.started_at
-    if beat is not None and (now or utcnow()) - beat > stale_after():
-        return "interrupted"
-    return "running"
 
 
 def _finite(v: Any) -> float | None:
@@ -102,23 +48,13 @@ def _busy(exc: sa.exc.DBAPIError) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
-class Store:
+class Store(Reader):
     """Results database. `Store(target)` opens (and migrates) a path or URL; `create=False` never creates a
     missing SQLite file; `readonly=True` only reads (SQLite opened read-only)."""
 
     def __init__(self, target: str, create: bool = True, readonly: bool = False):
-        self.target = target
-        self.engine = make_engine(target, create=create and not readonly, readonly=readonly)
+        super().__init__(target, create=create, readonly=readonly)
         self._writer = self.engine.execution_options(vmbench_begin_immediate=True)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def session(self) -> Session:
         """A session for reading (writes go through `write`)."""
@@ -138,22 +74,32 @@ class Store:
         raise AssertionError("unreachable")
 
     def _upsert_results(self, s: Session, rows: list[dict]) -> None:
+        """Upsert `results` rows ({run_id, key, value, text}) and, in the same transaction, the `run_results`
+        columns they set (store.tables)."""
         if not rows:
             return
         dialect = self.engine.dialect.name
+        wide = run_results_rows(rows)
         if dialect in ("sqlite", "postgresql"):
             if dialect == "sqlite":
                 from sqlalchemy.dialects.sqlite import insert
             else:
                 from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(Result.__table__).values(rows)
+            stmt = insert(results).values(rows)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "key"],
                                                  set_={"value": stmt.excluded.value, "text": stmt.excluded.text}))
+            for run_id, cols in wide.items():
+                stmt = insert(run_results).values(run_id=run_id, **cols)
+                s.execute(stmt.on_conflict_do_update(index_elements=["run_id"],
+                                                     set_={k: stmt.excluded[k] for k in cols}))
             return
-        table = Result.__table__  # other dialects: delete + insert inside the same transaction
+        # other dialects: delete + insert / update inside the same transaction
         for row in rows:
-            s.execute(sa.delete(table).where(table.c.run_id == row["run_id"], table.c.key == row["key"]))
-        s.execute(sa.insert(table), rows)
+            s.execute(sa.delete(results).where(results.c.run_id == row["run_id"], results.c.key == row["key"]))
+        s.execute(sa.insert(results), rows)
+        for run_id, cols in wide.items():
+            if not s.execute(sa.update(run_results).where(run_results.c.run_id == run_id).values(**cols)).rowcount:
+                s.execute(sa.insert(run_results).values(run_id=run_id, **cols))
 
     # ---- writes -------------------------------------------------------------------------------
     def create_run(self, kind: str, model: str, dataset: str | None, params: Mapping[str, Any], *,

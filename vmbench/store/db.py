@@ -1,6 +1,6 @@
 """Opening the results database: SQLite (WAL + busy_timeout) or any SQLAlchemy URL (PostgreSQL on clusters).
 
-`make_engine(target, create, readonly)` is the entry point. Write transactions ask for `BEGIN IMMEDIATE` through
+`make_engine(target, create, readonly)` is the entry point; `Reader` wraps it for reading commands. Write transactions ask for `BEGIN IMMEDIATE` through
 the execution option `vmbench_begin_immediate=True` (store.api does for every write); `readonly` opens a SQLite
 file with `mode=ro` (and `immutable=1` where even the WAL's shared memory cannot be made: a read-only folder).
 """
@@ -147,3 +147,21 @@ def make_engine(target: str, create: bool = True, readonly: bool = False) -> sa.
             raise StoreError(f"cannot use database {target}: {e.orig}") from None
         raise StoreError(f"{target} is not a usable database: {e.orig}") from None
     return engine
+
+
+class Reader:
+    """A results database opened for reading through SQLAlchemy Core only (the listings: no ORM import):
+    `Reader(target)` → `.engine`, `close()`; a context manager. `store.api.Store` extends it with the writes."""
+
+    def __init__(self, target: str, create: bool = False, readonly: bool = True):
+        self.target = target
+        self.engine = make_engine(target, create=create and not readonly, readonly=readonly)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .schema import utcnow
+from .tables import utcnow
 
 _PG_LOCK_ID = 0x766D62  # "vmb"
 
@@ -133,10 +133,30 @@ def _m0003_queue(conn: Connection) -> None:
     md.create_all(conn, tables=[md.tables["queue_items"], md.tables["queue_attempts"]])
 
 
+def _m0004_run_results(conn: Connection) -> None:
+    """`run_results`: the results the listings show as columns, one row per run (store.tables), filled from
+    `results` for the runs already recorded."""
+    num = ("top1", "top5", "val_loss", "params_m", "gflops", "img_s", "latency_ms", "peak_mem_mb", "train_time_s",
+           "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch")
+    text = ("peak_mem_source", "gpu_name", "precision")
+    md = sa.MetaData()
+    sa.Table("runs", md, sa.Column("id", sa.Integer, primary_key=True))  # referenced, not created
+    table = sa.Table("run_results", md,
+                     sa.Column("run_id", sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+                     *[sa.Column(k, sa.Float) for k in num], *[sa.Column(k, sa.Text) for k in text])
+    table.create(conn)
+    results = sa.table("results", sa.column("run_id"), sa.column("key"), sa.column("value"), sa.column("text"))
+    pick = [sa.func.max(sa.case((results.c.key == k, results.c.value))).label(k) for k in num]
+    pick += [sa.func.max(sa.case((results.c.key == k, results.c.text))).label(k) for k in text]
+    rows = sa.select(results.c.run_id, *pick).where(results.c.key.in_(num + text)).group_by(results.c.run_id)
+    conn.execute(table.insert().from_select(["run_id", *num, *text], rows))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_run_uuid_and_liveness", _m0002_run_uuid_and_liveness),
     ("0003_queue", _m0003_queue),
+    ("0004_run_results", _m0004_run_results),
 ]
 
 _ledger = sa.Table(

@@ -17,6 +17,31 @@ from typing import Any
 PENDING = "pending.json"
 
 
+def checkpoint_root(db: str, override: str | None = None) -> Path:
+    """Where train runs keep their folders (`<root>/<run uuid>/`: checkpoints, run.log, pending results):
+    `override` (--checkpoint-dir), else $VMBENCH_CHECKPOINTS, else `<database folder>/runs` for a SQLite file.
+    ValueError (one line) for a server or in-memory database without either."""
+    from .db import is_url
+
+    chosen = override or os.environ.get("VMBENCH_CHECKPOINTS")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    if is_url(db):
+        import sqlalchemy as sa
+
+        try:
+            url = sa.engine.make_url(db)
+        except sa.exc.ArgumentError:
+            url = None
+        if url is None or url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            raise ValueError("a train run on a database that is not a file keeps its checkpoints and log in a "
+                             "folder: give --checkpoint-dir DIR (or set VMBENCH_CHECKPOINTS)")
+        path = Path(url.database)
+    else:
+        path = Path(db).expanduser()
+    return path.resolve().parent / "runs"
+
+
 def write_pending(folder, run_uuid: str, run_id: int, status: str, results: dict | None, error: str | None,
                   fields: dict | None = None) -> Path:
     """Write the final state of a run to `<folder>/pending.json` atomically; returns the path."""
