@@ -12,8 +12,10 @@ Modes (`--modes`, default plain,bench,train):
   graph          the plain call captured once as a CUDA graph, replays timed: GPU work without host time
   train          training step: forward under autocast, cross-entropy, backward, AdamW step
   train_graph    forward + backward (no optimizer step) captured as a CUDA graph: the GPU work of training
-Each: CUDA-event timing of `--iters` calls, median of `--repeats` runs after at least `--warmup` calls and
-`--warmup-s` seconds (the first call's seconds reported apart: compile time), peak memory (torch.cuda.max_memory_allocated, weights included).
+Each is timed by vmbench's own loop (`vmbench.engine.bench.timed_runs`, the one `vmbench bench` and the suite use):
+CUDA-event timing of `--iters` calls, median of `--repeats` runs after at least `--warmup` calls and `--warmup-s`
+seconds (the first call's seconds reported apart: compile time; in the graph modes, the first replay after a
+side-stream warm-up and the capture), peak memory (torch.cuda.max_memory_allocated, weights included).
 Prints a markdown table (img/s, peak GB, ratio to `--peer`) and, with $OUT set, writes $OUT/<name>.md / .json.
 `--dry-run` runs every path once on the CPU with tiny shapes (checks the script, times mean nothing).
 """
@@ -26,7 +28,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
@@ -36,8 +37,8 @@ MODES = ("plain", "bench", "nograd_frozen", "infmode", "graph", "train", "train_
 AMP = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
 
 
-def _contexts(mode: str, device, dtype, compiled: bool):
-    """The grad-mode, autocast and parameter contexts of one inference call in `mode`."""
+def _contexts(mode: str, compiled: bool):
+    """The grad-mode and parameter contexts of one inference call in `mode` (autocast comes from time_mode)."""
     import torch
 
     from vmbench.kernels import frozen_parameters
@@ -45,97 +46,58 @@ def _contexts(mode: str, device, dtype, compiled: bool):
     grad = {"plain": torch.no_grad, "graph": torch.no_grad, "nograd_frozen": torch.no_grad,
             "infmode": torch.inference_mode,
             "bench": torch.no_grad if compiled else torch.inference_mode}[mode]
-    amp = torch.autocast(device.type, dtype=dtype, cache_enabled=mode != "graph") if dtype else \
-        contextlib.nullcontext()
     frozen = frozen_parameters() if mode in ("bench", "nograd_frozen") else contextlib.nullcontext()
-    return grad, amp, frozen
+    return grad, frozen
 
 
 def time_mode(model, mode: str, batch: int, res: int, device, dtype, compiled: bool = False, warmup: int = 3,
               repeats: int = 5, iters: int = 10, warmup_s: float = 3.0) -> dict:
-    """img/s, ms per batch (median), first call s and peak GB of `model` in `mode` (see the module docstring)."""
+    """img/s, ms per batch (median), first call s and peak GB of `model` in `mode` (see the module docstring).
+    The calls are timed by vmbench's own loop (`vmbench.engine.bench.timed_runs`, as `vmbench bench`)."""
     import torch
     import torch.nn.functional as F
+
+    from vmbench.engine.bench import PeakMemory, cuda_graph_replay, timed_runs
 
     cuda = device.type == "cuda"
     x = torch.randn(batch, 3, res, res, device=device)
     target = torch.randint(1000, (batch,), device=device)
     fn = torch.compile(model) if compiled else model
-    if mode == "train":
+    graphed = mode in ("graph", "train_graph") and cuda
+
+    def amp():
+        return torch.autocast(device.type, dtype=dtype, cache_enabled=not graphed) if dtype else \
+            contextlib.nullcontext()
+
+    opt = None
+    if mode in ("train", "train_graph"):
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        if mode == "train":
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
 
         def step():
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+            with amp():
                 out = fn(x)
             F.cross_entropy(out.float(), target).backward()
-            opt.step()
-        outer = contextlib.nullcontext()
-    elif mode == "train_graph":
-        model.train()
-
-        def step():
-            with torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext():
-                out = fn(x)
-            F.cross_entropy(out.float(), target).backward()
+            if opt is not None:
+                opt.step()
         outer = contextlib.nullcontext()
     else:
         model.eval()
-        grad, amp, outer = _contexts(mode, device, dtype, compiled)
+        grad, outer = _contexts(mode, compiled)
 
         def step():
-            with grad(), amp:
+            with grad(), amp():
                 fn(x)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    with outer:
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        first = time.perf_counter() - t0
-        t0, n = time.perf_counter(), 0
-        while n < warmup or time.perf_counter() - t0 < warmup_s:  # the host's first seconds run slower
-            step()
-            n += 1
-            if cuda and n % 10 == 0:
-                torch.cuda.synchronize()
-        if cuda:
-            torch.cuda.synchronize()
-        run = step
-        if mode in ("graph", "train_graph") and cuda:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                step()
-            torch.cuda.current_stream().wait_stream(side)
-            model.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                step()
-            run = g.replay
-        ms = []
-        for _ in range(repeats):
-            if cuda:
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                for _ in range(iters):
-                    run()
-                b.record()
-                b.synchronize()
-                ms.append(a.elapsed_time(b) / iters)
-            else:
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    run()
-                ms.append((time.perf_counter() - t0) * 1e3 / iters)
+    with PeakMemory(device) as pm, outer:
+        # graph modes: warm-up calls on a side stream, one capture (gradients allocated by the graph), replays timed
+        run = cuda_graph_replay(step, device, lambda: model.zero_grad(set_to_none=True)) if graphed else step
+        first, ms = timed_runs(run, device, warmup=warmup, repeats=repeats, iters=iters, warmup_s=warmup_s)
     med = statistics.median(ms)
-    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-    model.zero_grad(set_to_none=True)
-    if mode == "train":
-        del opt
+    peak = pm.mb * 2**20 / 1e9 if cuda and pm.mb is not None else None
+    model.zero_grad(set_to_none=True)  # the optimizer's state goes with this call's closures
     return dict(img_s=batch * 1e3 / med, ms=med, ms_runs=ms, first_s=first, peak_gb=peak)
 
 

@@ -2,9 +2,10 @@
 
 Timing method (the one shared/ANCHORS.md numbers use): eval mode under inference_mode (no_grad when
 compiled), random input, untimed warm-up calls, then `repeats` timed runs of `iters` calls each; the
-reported latency is the median per-batch time over the runs. On CUDA: cudnn.benchmark on, CUDA-event
-timing, peak memory from torch.cuda.max_memory_allocated (absolute, weights included). On the CPU:
-time.perf_counter, peak memory as the growth of the process's peak RSS over the measurement
+reported latency is the median per-batch time over the runs. `timed_runs` is that loop, the one every
+speed figure goes through (the CLI bench, the suite, a run's benchmark, benchmarks/peers.py). On CUDA:
+cudnn.benchmark on, CUDA-event timing, peak memory from torch.cuda.max_memory_allocated (absolute, weights
+included). On the CPU: time.perf_counter, peak memory as the growth of the process's peak RSS over the measurement
 (VmHWM after resetting it, minus VmRSS before), or None where Linux does not offer that.
 With `cuda_graph`, the step is captured once into a CUDA graph and the replays are timed: the GPU's
 time for the step without the host's (Python, dispatch, kernel launches).
@@ -28,7 +29,7 @@ from . import SpecError
 __all__ = [
     "benchmark", "measure_throughput", "train_step_throughput", "resolve_device", "resolve_scan_backend",
     "recorded_scan_backend", "load_average", "load_warning",
-    "autocast_ctx", "PeakMemory",
+    "autocast_ctx", "PeakMemory", "timed_runs", "cuda_graph_replay",
 ]
 
 Progress = Callable[[str, int, int], None]
@@ -81,7 +82,8 @@ def autocast_ctx(device: torch.device, precision: str, cache: bool = True):
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
-def _graphed(step: Callable[[], None], device: torch.device, before_capture: Callable[[], None] | None = None):
+def cuda_graph_replay(step: Callable[[], None], device: torch.device,
+                      before_capture: Callable[[], None] | None = None):
     """`step` captured into a CUDA graph; returns the graph's replay. Warm-up calls run on a side stream first
     (kernels compiled, cuDNN algorithms chosen, lazy state allocated), as capture requires. Replaying launches
     the captured kernels with no Python or dispatcher work: the time of the GPU work alone."""
@@ -197,9 +199,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_runs(step: Callable[[], None], device: torch.device, warmup: int, repeats: int, iters: int,
-                progress: Progress | None, task: str) -> tuple[float, list[float]]:
-    """first-call seconds, and per-call milliseconds of each timed run (`iters` calls per run)."""
+def timed_runs(step: Callable[[], None], device: torch.device, warmup: int = 3, repeats: int = 5, iters: int = 10,
+               progress: Progress | None = None, task: str = "bench", warmup_s: float = 0.0
+               ) -> tuple[float, list[float]]:
+    """The one timing loop of vmbench (`vmbench bench`, the paper suite, the training run's benchmark and
+    benchmarks/peers.py): `step` called once (its seconds returned apart: compilation, cuDNN's search), then
+    untimed at least `warmup` times and for at least `warmup_s` seconds, then `repeats` timed runs of `iters`
+    calls each. CUDA: CUDA-event timing, the device synchronised before every run; CPU: time.perf_counter.
+    Returns (first-call seconds, per-call milliseconds of each timed run)."""
     total = 1 + warmup + repeats
     done = 0
 
@@ -214,9 +221,14 @@ def _timed_runs(step: Callable[[], None], device: torch.device, warmup: int, rep
     _sync(device)
     first_call_s = time.perf_counter() - t0
     tick()
-    for _ in range(warmup):
+    t0, n = time.perf_counter(), 0
+    while n < warmup or time.perf_counter() - t0 < warmup_s:
         step()
-        tick()
+        n += 1
+        if n <= warmup:
+            tick()
+        if n % 10 == 0:
+            _sync(device)  # a time-based warm-up must not only queue work
     _sync(device)
     per_call_ms = []
     for _ in range(repeats):
@@ -285,8 +297,8 @@ def measure_throughput(model: torch.nn.Module, batch: int, res: int, device: tor
 
     try:
         with _cudnn_benchmark(device), PeakMemory(device, delta=device.type != "cuda") as pm, frozen_parameters():
-            run = _graphed(step, device) if cuda_graph else step
-            first_call_s, ms = _timed_runs(run, device, warmup, repeats, iters, progress, task)
+            run = cuda_graph_replay(step, device) if cuda_graph else step
+            first_call_s, ms = timed_runs(run, device, warmup, repeats, iters, progress, task)
     finally:
         model.train(was_training)
     latency = statistics.median(ms)
@@ -327,8 +339,8 @@ def train_step_throughput(model: torch.nn.Module, batch: int, res: int, device: 
 
     try:
         with _cudnn_benchmark(device), PeakMemory(device, delta=device.type != "cuda") as pm:
-            run = _graphed(step, device, lambda: model.zero_grad(set_to_none=True)) if cuda_graph else step
-            first_call_s, ms = _timed_runs(run, device, warmup, repeats, iters, progress, task)
+            run = cuda_graph_replay(step, device, lambda: model.zero_grad(set_to_none=True)) if cuda_graph else step
+            first_call_s, ms = timed_runs(run, device, warmup, repeats, iters, progress, task)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

@@ -1,0 +1,82 @@
+"""The one timing loop (vmbench.engine.bench.timed_runs) and benchmarks/peers.py, which times through it."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vmbench.engine import bench
+from vmbench.engine.bench import timed_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "test_resnet"  # timm's tiny test network
+
+
+def _peers():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # peers.py imports its folder's _shared
+    spec = importlib.util.spec_from_file_location("peers_under_test", ROOT / "benchmarks" / "peers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_timed_runs_counts_calls_and_ticks():
+    calls, ticks = [], []
+    first, ms = timed_runs(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=3, iters=4,
+                           progress=lambda *t: ticks.append(t), task="t")
+    assert len(calls) == 1 + 2 + 3 * 4 and len(ms) == 3 and first >= 0 and all(m >= 0 for m in ms)
+    assert ticks[-1] == ("t", 6, 6) and len(ticks) == 6  # first call + 2 warm-up + 3 runs
+
+
+def test_timed_runs_warms_up_for_the_given_seconds():
+    calls = []
+
+    def step():
+        calls.append(time.perf_counter())
+        time.sleep(0.01)
+
+    timed_runs(step, torch.device("cpu"), warmup=1, repeats=1, iters=1, warmup_s=0.2)
+    warm = calls[1:-1]  # after the first call, before the timed one
+    assert len(warm) >= 2 and warm[-1] - warm[0] >= 0.15
+
+
+def test_peers_times_through_the_shared_loop(monkeypatch):
+    """peers.py's time_mode calls vmbench's loop with its warm-up settings, for inference and training modes."""
+    import timm
+
+    peers = _peers()
+    seen = []
+    real = bench.timed_runs
+
+    def spy(step, device, **kw):
+        seen.append(kw)
+        return real(step, device, **kw)
+
+    monkeypatch.setattr(bench, "timed_runs", spy)
+    model = timm.create_model(TINY, num_classes=1000)
+    for mode in ("plain", "bench", "train"):
+        r = peers.time_mode(model, mode, batch=2, res=32, device=torch.device("cpu"), dtype=None, warmup=1,
+                            repeats=2, iters=1, warmup_s=0.0)
+        assert r["img_s"] == pytest.approx(2e3 / r["ms"]) and len(r["ms_runs"]) == 2 and r["peak_gb"] is None
+    assert seen == [dict(warmup=1, repeats=2, iters=1, warmup_s=0.0)] * 3
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_peers_dry_run_prints_its_table():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("OUT", None)
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--dry-run", "--models",
+                        f"vmamba_t,{TINY}", "--peer", TINY, "--modes", "plain,bench,train"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.splitlines()
+    assert f"| mode | vmamba_t | {TINY} | vmamba_t / {TINY} |" in lines
+    rows = [ln for ln in lines if ln.startswith(("| plain ", "| bench ", "| train "))]
+    assert len(rows) == 3 and all(ln.count("×**") == 1 for ln in rows)
+    assert any(ln.startswith("vmamba_t: plain call / bench path = **") for ln in lines)

@@ -1,0 +1,161 @@
+"""VMamba's plain layers on channels-last maps (B, H, W, C): layout permutes, the Linear / Conv2d that keep
+their autocast-dtype weights between no-gradient calls, the MLP, patch merging, the stem, the downsampling
+and the pooling. Convolutions see a zero-copy (B, C, H, W) view whose memory is channels_last. The SS2D mixer
+and the blocks are in vmamba_blocks.py; the model in vmamba.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from vmbench.kernels import LayerNorm, ParamCache, derived
+from vmbench.kernels._backend import needs_grad
+from vmbench.kernels.layer_norm import autocast_dtype
+
+from .vmamba_config import VMambaConfig
+
+__all__ = ["ToChannelsLast", "ToChannelsFirst", "Linear", "Conv2d", "Mlp", "PatchMerging2D", "GlobalAvgPoolNHWC",
+           "make_stem", "make_downsample", "make_pool"]
+
+
+class ToChannelsLast(nn.Module):
+    """(B, C, H, W) -> (B, H, W, C) view (contiguous when the input's memory is channels_last)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class ToChannelsFirst(nn.Module):
+    """(B, H, W, C) -> (B, C, H, W) view whose memory is channels_last (what convs prefer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+class _KeptCasts:
+    """For nn.Linear / nn.Conv2d subclasses: under autocast, when no gradient is needed, the weight and bias in the
+    autocast dtype are kept (vmbench.kernels.derived: rebuilt when they change, after an optimizer step, at a
+    train() / eval() switch) instead of being cast by autocast on every call, one cast kernel each. Same
+    results: autocast then finds every operand in its dtype and casts nothing. With gradients, under
+    torch.compile or without autocast, the module is its base class."""
+
+    def _init_casts(self) -> None:
+        self._casts = ParamCache()
+
+    def _autocast_params(self, x: torch.Tensor):
+        w, b = self.weight, self.bias
+        if torch.compiler.is_compiling() or needs_grad(x, w, b):
+            return w, b
+        dtype = autocast_dtype(x.device.type)
+        if dtype is None or w.dtype == dtype:
+            return w, b
+        return derived(self._casts, "wb", (w, b),
+                       lambda: (w.to(dtype), b.to(dtype) if b is not None else None), dtype)
+
+    def train(self, mode: bool = True):
+        if mode != self.training:
+            self._casts.clear()
+        return super().train(mode)
+
+
+class Linear(_KeptCasts, nn.Linear):
+    """nn.Linear (same state_dict) that keeps its autocast-dtype weights between no-gradient calls."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_casts()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, *self._autocast_params(x))
+
+
+class Conv2d(_KeptCasts, nn.Conv2d):
+    """nn.Conv2d (same state_dict) that keeps its autocast-dtype weights between no-gradient calls."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_casts()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, *self._autocast_params(x))
+
+
+class Mlp(nn.Module):
+    """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = Linear(hidden, dim)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()  # no op call per use when off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.fc1(x)))  # (B, H, W, hidden)
+        return self.drop(self.fc2(x))  # (B, H, W, C)
+
+
+class PatchMerging2D(nn.Module):
+    """Vanilla-VMamba downsampling: 2x2 neighbours concatenated, LayerNorm(4C), Linear 4C -> out."""
+
+    def __init__(self, dim: int, out_dim: int, backend: str = "auto"):
+        super().__init__()
+        self.norm = LayerNorm(4 * dim, autocast_out=True, backend=backend)  # feeds the Linear
+        self.reduction = Linear(4 * dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        h, w = x.shape[1], x.shape[2]
+        if h % 2 or w % 2:  # shape-only branch: pad odd maps with a zero row / column
+            x = nn.functional.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        # Concatenation order (even, even), (odd, even), (even, odd), (odd, odd) — fixed by the weights.
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))  # (B, H/2, W/2, out)
+
+
+def make_stem(cfg: VMambaConfig) -> nn.Sequential:
+    """Image (B, 3, H, W) channels_last -> (B, H/4, W/4, dims[0]). Module indices match the release.
+
+    Every norm of the model is vmbench's LayerNorm (nn.LayerNorm's state_dict and dtypes, Triton kernel on
+    CUDA): PyTorch's kernel is slow on these short channel-last rows (48-768 channels)."""
+    c, be = cfg.dims[0], cfg.scan_backend
+    if cfg.stem == "v1":
+        return nn.Sequential(
+            Conv2d(cfg.in_chans, c, kernel_size=4, stride=4),  # .0
+            ToChannelsLast(),
+            LayerNorm(c, backend=be),  # .2
+        )
+    return nn.Sequential(
+        Conv2d(cfg.in_chans, c // 2, kernel_size=3, stride=2, padding=1),  # .0
+        ToChannelsLast(),
+        LayerNorm(c // 2, backend=be),  # .2
+        ToChannelsFirst(),
+        nn.GELU(),
+        Conv2d(c // 2, c, kernel_size=3, stride=2, padding=1),  # .5
+        ToChannelsLast(),
+        LayerNorm(c, backend=be),  # .7
+    )
+
+
+def make_downsample(version: str, dim: int, out_dim: int, backend: str) -> nn.Module:
+    """(B, H, W, dim) -> (B, ceil(H/2), ceil(W/2), out_dim)."""
+    if version == "v1":
+        return PatchMerging2D(dim, out_dim, backend)
+    return nn.Sequential(
+        ToChannelsFirst(),
+        Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1),  # .1
+        ToChannelsLast(),
+        LayerNorm(out_dim, backend=backend),  # .3
+    )
+
+
+
+class GlobalAvgPoolNHWC(nn.Module):
+    """(B, H, W, C) -> (B, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2))
+
+
+def make_pool(global_pool: str) -> nn.Module:
+    return GlobalAvgPoolNHWC() if global_pool == "avg" else nn.Identity()
+
