@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .train import Objective
+from .train_loop import Objective
 
 __all__ = ["build_detector", "DetectionObjective", "predict", "coco_metrics", "evaluate_detection",
            "DETECTION_METRICS", "empty_metrics", "detection_sizes", "detector_cost", "detector_throughput"]
