@@ -682,6 +682,16 @@ class Trainer:
                 self.optimizer, decay_t=spec.decay_epochs, decay_rate=spec.decay_rate,
                 warmup_t=int(round(spec.warmup_epochs)), warmup_lr_init=self.lr * warm_ratio, t_in_epochs=True)
             self._per_step = False
+        elif spec.scheduler == "multistep":
+            # Per epoch, × decay_rate from each of decay_milestones on. timm's MultiStepLRScheduler applies a
+            # milestone m from t = m - 1, so each is passed as m + 1; warm-up epochs do not shift them.
+            from timm.scheduler import MultiStepLRScheduler
+
+            self.scheduler = MultiStepLRScheduler(
+                self.optimizer, decay_t=[m + 1 for m in spec.decay_milestones], decay_rate=spec.decay_rate,
+                warmup_t=int(round(spec.warmup_epochs)), warmup_lr_init=self.lr * warm_ratio, warmup_prefix=False,
+                t_in_epochs=True)
+            self._per_step = False
         else:
             total = max(1, self.steps_per_epoch * spec.epochs)
             warmup = int(round(spec.warmup_epochs * self.steps_per_epoch))
