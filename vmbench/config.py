@@ -17,6 +17,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "multistep")
 AMP_DTYPES = ("bf16", "fp16")
 TASKS = ("classification", "detection")
+DET_HEADS = ("standard", "light")  # detector sizes (vmbench.engine.detection.DET_HEADS)
 DEFAULT_DB = "experiments.db"
 
 
@@ -119,6 +120,7 @@ class RunSpec:
     task: str = "classification"
     max_size: int | None = None  # detection: cap on the longer side (default img_size * 1333 / 800)
     train_sizes: list[int] | None = None  # detection: shorter sides drawn per training image (multi-scale)
+    det_head: str = "standard"  # detection: torchvision's Mask R-CNN sizes, or "light" (narrow heads, for CPUs)
 
     def __post_init__(self):
         if not self.model:
@@ -126,6 +128,7 @@ class RunSpec:
         if not self.dataset:
             raise ValueError("dataset must be given")
         _choice("task", self.task, TASKS)
+        _choice("det_head", self.det_head, DET_HEADS)
         _positive("max_size", self.max_size)
         if self.train_sizes is not None and (not self.train_sizes or any(s <= 0 for s in self.train_sizes)):
             raise ValueError(f"train_sizes must be a non-empty list of sizes > 0, got {self.train_sizes}")
@@ -204,10 +207,18 @@ class BenchSpec:
     cuda_graph: bool = False  # time replays of the forward captured in a CUDA graph (no eager host overhead)
     num_classes: int = 1000
     tags: list[str] = field(default_factory=list)
+    # detection: Mask R-CNN over MODEL's feature pyramid on res x res_w images (H x W; res_w None: square)
+    task: str = "classification"
+    res_w: int | None = None
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("model must be given")
+        _choice("task", self.task, TASKS)
+        if self.res_w is not None and self.task != "detection":
+            raise ValueError(f"--img-size {self.res}x{self.res_w}: an H x W size applies to --task detection; a "
+                             "classification benchmark takes one size N")
+        _positive("--img-size", self.res_w)
         if self.cuda_graph and self.compile:
             raise ValueError("--cuda-graph and --compile do not combine: torch.compile's mode='reduce-overhead' "
                              "is its own CUDA graph; use one of them")
@@ -223,8 +234,25 @@ class BenchSpec:
         _choice("device", self.device, DEVICES)
         _choice("scan_backend", self.scan_backend, SCAN_BACKENDS)
 
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(H, W) of the benchmark's input."""
+        return self.res, self.res_w or self.res
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def parse_img_size(value: str | int | None, flag: str = "--img-size") -> tuple[int, int | None] | None:
+    """`N` or `HxW` (also `H×W`, `H,W`) as (N, None) or (H, W); None stays None. ValueError (one line) for
+    anything else, or a size that is not a whole number > 0."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace("×", "x").replace(",", "x")
+    parts = text.split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), (int(parts[1]) if len(parts) == 2 else None)
+    raise ValueError(f"{flag} must be N or HxW (whole numbers > 0, e.g. 224 or 800x1333), got {value!r}")
 
 
 @dataclass
@@ -248,12 +276,14 @@ class EvalSpec:
     channels_last: bool = False
     skip_bad_images: bool = False  # leave unreadable images out (counted) instead of stopping
     tags: list[str] = field(default_factory=list)
+    task: str = "classification"  # detection: a detector checkpoint (`run --task detection`), COCO box / mask AP
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("model must be given")
         if not self.dataset:
             raise ValueError("dataset must be given")
+        _choice("task", self.task, TASKS)
         if not self.weights:
             raise ValueError("--weights must be given")
         if not Path(self.weights).is_file():
@@ -281,6 +311,7 @@ RECIPE_KEYS = (
     "label_smoothing", "drop_path_rate", "clip_grad", "checkpoints", "amp", "amp_dtype", "ema", "ema_decay", "mixup", "cutmix",
     "mixup_prob", "mixup_switch_prob", "img_size", "train_resize", "val_resize", "hflip", "rand_augment",
     "random_erasing", "compile", "channels_last", "max_size", "train_sizes",
+    "det_head",
 )
 # Tables a recipe may hold besides plain keys.
 RECIPE_TABLES = ("datasets", "drop_path_by_model")

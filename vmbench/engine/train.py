@@ -595,7 +595,8 @@ class Trainer:
                                 drop_path_rate=self.drop_path_rate, **size_free_kwargs(self.model_name))
         if self.init_mode == "finetune":
             self._load_init_weights(backbone)
-        model = build_detector(backbone, self.dataset.num_classes, self.det_sizes[0], self.det_sizes[1])
+        model = build_detector(backbone, self.dataset.num_classes, self.det_sizes[0], self.det_sizes[1],
+                               head=getattr(self.spec, "det_head", "standard"))
         if self.init_mode == "strict":
             self._load_init_weights(model)
         return model
@@ -1022,7 +1023,8 @@ class Trainer:
         hw = (min_size, min_size) if self.dataset.kind == "builtin-det" else (min_size, max_size)
         bench_kw = _BENCH_CUDA if self.device.type == "cuda" else _BENCH_CPU
         speed = detector_throughput(self.eval_model, self.bench_batch, hw, self.device, self.amp, **bench_kw)
-        cost = detector_cost(self.model_name, self.dataset.num_classes, hw)
+        cost = detector_cost(self.model_name, self.dataset.num_classes, hw,
+                             head=getattr(self.spec, "det_head", "standard"))
         peak_mb, peak_src = self._peak_mem
         return dict(
             **ap, **{f"ema_{k}": v for k, v in ema_ap.items()}, task="detection", train_loss=train_loss,
