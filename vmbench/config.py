@@ -14,9 +14,10 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
 SCAN_BACKENDS = ("auto", "torch", "triton")
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULERS = ("cosine", "step")
+SCHEDULERS = ("cosine", "step", "multistep")
 AMP_DTYPES = ("bf16", "fp16")
 TASKS = ("classification", "detection")
+DET_HEADS = ("standard", "light")  # detector sizes (vmbench.engine.detection.DET_HEADS)
 DEFAULT_DB = "experiments.db"
 
 
@@ -91,11 +92,14 @@ class RunSpec:
     nesterov: bool = False  # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
     lr_base_batch: int | None = None  # linear scaling: lr * batch_size * accum_steps * world_size / lr_base_batch
-    scheduler: str = "cosine"  # cosine (per optimizer step) | step (per epoch)
+    scheduler: str = "cosine"  # cosine (per optimizer step) | step | multistep (per epoch)
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
     warmup_lr_ratio: float = 0.001  # warm-up start, as a fraction of the peak lr
     decay_epochs: float = 30.0  # step: decay every this many epochs
-    decay_rate: float = 0.1  # step: multiply the lr by this at each decay
+    decay_rate: float = 0.1  # step / multistep: multiply the lr by this at each decay
+    # multistep: the epochs (counted from 0, i.e. epochs completed) from which the lr is multiplied by decay_rate
+    # once more: [8, 11] trains epochs 0-7 at the peak lr, 8-10 at x0.1, 11 on at x0.01 (Mask R-CNN 1x)
+    decay_milestones: list[int] | None = None
     accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     amp_dtype: str = "bf16"  # autocast dtype when `amp` on CUDA; fp16 uses a GradScaler
     # -- EMA of the weights (timm ModelEmaV3), evaluated separately --
@@ -116,6 +120,7 @@ class RunSpec:
     task: str = "classification"
     max_size: int | None = None  # detection: cap on the longer side (default img_size * 1333 / 800)
     train_sizes: list[int] | None = None  # detection: shorter sides drawn per training image (multi-scale)
+    det_head: str = "standard"  # detection: torchvision's Mask R-CNN sizes, or "light" (narrow heads, for CPUs)
 
     def __post_init__(self):
         if not self.model:
@@ -123,6 +128,7 @@ class RunSpec:
         if not self.dataset:
             raise ValueError("dataset must be given")
         _choice("task", self.task, TASKS)
+        _choice("det_head", self.det_head, DET_HEADS)
         _positive("max_size", self.max_size)
         if self.train_sizes is not None and (not self.train_sizes or any(s <= 0 for s in self.train_sizes)):
             raise ValueError(f"train_sizes must be a non-empty list of sizes > 0, got {self.train_sizes}")
@@ -151,6 +157,12 @@ class RunSpec:
         _positive("accum_steps", self.accum_steps)
         _positive("lr_base_batch", self.lr_base_batch)
         _positive("decay_epochs", self.decay_epochs)
+        if self.scheduler == "multistep" and not self.decay_milestones:
+            raise ValueError("decay_milestones must be given for scheduler 'multistep' (epochs, e.g. [8, 11])")
+        if self.decay_milestones is not None and (
+                any(m <= 0 for m in self.decay_milestones)
+                or any(b <= a for a, b in zip(self.decay_milestones, self.decay_milestones[1:]))):
+            raise ValueError(f"decay_milestones must be increasing epochs > 0, got {self.decay_milestones}")
         _positive("train_resize", self.train_resize)
         _positive("val_resize", self.val_resize)
         for name in ("momentum", "min_lr_ratio", "warmup_lr_ratio", "mixup", "cutmix"):
@@ -195,10 +207,18 @@ class BenchSpec:
     cuda_graph: bool = False  # time replays of the forward captured in a CUDA graph (no eager host overhead)
     num_classes: int = 1000
     tags: list[str] = field(default_factory=list)
+    # detection: Mask R-CNN over MODEL's feature pyramid on res x res_w images (H x W; res_w None: square)
+    task: str = "classification"
+    res_w: int | None = None
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("model must be given")
+        _choice("task", self.task, TASKS)
+        if self.res_w is not None and self.task != "detection":
+            raise ValueError(f"--img-size {self.res}x{self.res_w}: an H x W size applies to --task detection; a "
+                             "classification benchmark takes one size N")
+        _positive("--img-size", self.res_w)
         if self.cuda_graph and self.compile:
             raise ValueError("--cuda-graph and --compile do not combine: torch.compile's mode='reduce-overhead' "
                              "is its own CUDA graph; use one of them")
@@ -214,8 +234,25 @@ class BenchSpec:
         _choice("device", self.device, DEVICES)
         _choice("scan_backend", self.scan_backend, SCAN_BACKENDS)
 
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(H, W) of the benchmark's input."""
+        return self.res, self.res_w or self.res
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def parse_img_size(value: str | int | None, flag: str = "--img-size") -> tuple[int, int | None] | None:
+    """`N` or `HxW` (also `H×W`, `H,W`) as (N, None) or (H, W); None stays None. ValueError (one line) for
+    anything else, or a size that is not a whole number > 0."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace("×", "x").replace(",", "x")
+    parts = text.split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), (int(parts[1]) if len(parts) == 2 else None)
+    raise ValueError(f"{flag} must be N or HxW (whole numbers > 0, e.g. 224 or 800x1333), got {value!r}")
 
 
 @dataclass
@@ -239,12 +276,14 @@ class EvalSpec:
     channels_last: bool = False
     skip_bad_images: bool = False  # leave unreadable images out (counted) instead of stopping
     tags: list[str] = field(default_factory=list)
+    task: str = "classification"  # detection: a detector checkpoint (`run --task detection`), COCO box / mask AP
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("model must be given")
         if not self.dataset:
             raise ValueError("dataset must be given")
+        _choice("task", self.task, TASKS)
         if not self.weights:
             raise ValueError("--weights must be given")
         if not Path(self.weights).is_file():
@@ -268,9 +307,11 @@ class EvalSpec:
 RECIPE_KEYS = (
     "epochs", "batch_size", "accum_steps", "lr", "lr_base_batch", "optimizer", "momentum", "nesterov", "betas",
     "weight_decay", "scheduler", "warmup_epochs", "min_lr_ratio", "warmup_lr_ratio", "decay_epochs", "decay_rate",
+    "decay_milestones",
     "label_smoothing", "drop_path_rate", "clip_grad", "checkpoints", "amp", "amp_dtype", "ema", "ema_decay", "mixup", "cutmix",
     "mixup_prob", "mixup_switch_prob", "img_size", "train_resize", "val_resize", "hflip", "rand_augment",
     "random_erasing", "compile", "channels_last", "max_size", "train_sizes",
+    "det_head",
 )
 # Tables a recipe may hold besides plain keys.
 RECIPE_TABLES = ("datasets", "drop_path_by_model")

@@ -5,6 +5,7 @@ import contextlib
 
 import click
 
+from ..config import TASKS, parse_img_size
 from ._common import (DEVICES, PRECISIONS, SCAN_BACKENDS, _console, _json_out, _run_errors, _text, _user_error,
                       db_option, default_data_root, json_option, main)
 from .options import WORKERS, batch_size_option, build_spec, img_size_option, run_options
@@ -64,6 +65,9 @@ def resume(run_id, checkpoint_dir, db, as_json):
 @click.option("--weights", type=click.Path(dir_okay=False), required=True,
               help="The weights: a vmbench checkpoint (best.pt, last.pt), an official VMamba release, a timm/HF "
                    ".pth/.bin state dict or a .safetensors file. Loaded strictly.")
+@click.option("--task", type=click.Choice(TASKS), default="classification", show_default=True,
+              help="detection: a detector checkpoint written by `run --task detection` on shapes-det, coco or a "
+                   "COCO-format folder: COCO box and mask AP (--img-size: the shorter side).")
 @click.option("--ema", is_flag=True, help="Evaluate the file's EMA weights instead of the model's.")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Read the file with torch.load(weights_only=False): only for files you trust (they can run code).")
@@ -86,14 +90,15 @@ def resume(run_id, checkpoint_dir, db, as_json):
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
 @db_option
 @json_option
-def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, batch_size, device, amp, scan_backend,
-          channels_last, data_root, workers, skip_bad_images, max_val_batches, tags, db, as_json):
-    """Evaluate a weights file on DATASET's validation split (top-1, top-5, loss); recorded as an eval run."""
+def eval_(model, dataset, weights, task, ema, trust_checkpoint, img_size, val_resize, batch_size, device, amp,
+          scan_backend, channels_last, data_root, workers, skip_bad_images, max_val_batches, tags, db, as_json):
+    """Evaluate a weights file on DATASET's validation split (top-1, top-5, loss; with --task detection box and
+    mask AP); recorded as an eval run."""
     from ..config import EvalSpec
 
     with _cheap_checks():
         _check_model(model)
-        _check_dataset(dataset, data_root)
+        _check_task(_check_dataset(dataset, data_root), task, "evaluate")
     from ..scheduler.local import execute_eval
 
     with _run_errors("eval run"):
@@ -101,7 +106,7 @@ def eval_(model, dataset, weights, ema, trust_checkpoint, img_size, val_resize, 
                         img_size=img_size, val_resize=val_resize, batch_size=batch_size, device=device, amp=amp,
                         scan_backend=scan_backend, channels_last=channels_last, data_root=data_root,
                         num_workers=workers, skip_bad_images=skip_bad_images, max_val_batches=max_val_batches,
-                        tags=list(tags))
+                        tags=list(tags), task=task)
         run_id, results = execute_eval(spec, db, console=_console(stderr=True), show_progress=not as_json)
     if as_json:
         _json_out({"id": run_id, "status": "completed", **results})
@@ -126,12 +131,23 @@ def _check_model(model: str) -> None:
     check_model_name(model)
 
 
-def _check_dataset(dataset: str, data_root: str | None) -> None:
+def _check_dataset(dataset: str, data_root: str | None):
     """A missing or malformed dataset fails here (ValueError), before anything imports torch: folders and
-    metadata files only, no image is read."""
+    metadata files only, no image is read. Returns its DatasetInfo."""
     from ..data import get_dataset_info
 
-    get_dataset_info(dataset, data_root)
+    return get_dataset_info(dataset, data_root)
+
+
+def _check_task(info, task: str, verb: str) -> None:
+    """A detection dataset needs --task detection and only it (ValueError otherwise), before torch is imported."""
+    from ..data import DETECTION_KINDS
+
+    if task == "detection" and info.kind not in DETECTION_KINDS:
+        raise ValueError(f"dataset {info.name} has no boxes: --task detection needs shapes-det, coco or a "
+                         "COCO-format folder")
+    if task != "detection" and info.kind in DETECTION_KINDS:
+        raise ValueError(f"dataset {info.name} is a detection dataset: {verb} it with --task detection")
 
 
 def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) -> None:
@@ -166,8 +182,13 @@ def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) 
                    "--batch-size, --img-size (leaves the resolution sweep out), --precision (instead of each "
                    "section's own) and --channels-last apply to every section; --compile / --cuda-graph run only "
                    "the compile / CUDA-graph section.")
-@img_size_option(help="Input resolution.  [default: 224]")
-@batch_size_option(help="Batch size.  [default: 128]")
+@click.option("--img-size", "--res", "img_size", default=None, metavar="N|HxW",
+              help="Input resolution: N (N x N), or HxW (height x width) with --task detection, e.g. 800x1333.  "
+                   "[default: 224; detection 800x1333]")
+@click.option("--task", type=click.Choice(TASKS), default="classification", show_default=True,
+              help="detection: Mask R-CNN (torchvision, 80 classes, random weights) over MODEL's feature pyramid: "
+                   "detector img/s and peak memory at --img-size, params, backbone + FPN GFLOPs.")
+@batch_size_option(help="Batch size.  [default: 128; detection 2]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--scan-backend", type=click.Choice(SCAN_BACKENDS), default="auto", show_default=True)
@@ -182,7 +203,7 @@ def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) 
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
 @db_option
 @json_option
-def bench(model, suite, img_size, batch_size, precision, device, scan_backend, warmup, repeats, channels_last,
+def bench(model, suite, img_size, task, batch_size, precision, device, scan_backend, warmup, repeats, channels_last,
           compile_, cuda_graph, no_store, tags, db, as_json):
     """Params, GFLOPs, inference img/s and peak memory of MODEL (or a whole --suite).
 
@@ -193,20 +214,29 @@ def bench(model, suite, img_size, batch_size, precision, device, scan_backend, w
 
     if (model is None) == (suite is None):
         _user_error("give either a MODEL or --suite paper")
+    with _cheap_checks():
+        size = parse_img_size(img_size)
+        if size is not None and size[1] is not None and task != "detection":
+            raise ValueError(f"--img-size {img_size}: an H x W size applies to --task detection; a classification "
+                             "benchmark takes one size N")
     if suite:
-        _bench_suite(img_size, batch_size, precision, device, scan_backend, warmup, repeats, channels_last,
+        if task == "detection":
+            _user_error("--suite paper benchmarks classification; give a MODEL for --task detection")
+        _bench_suite(size and size[0], batch_size, precision, device, scan_backend, warmup, repeats, channels_last,
                      compile_, cuda_graph, no_store, tags, db, as_json)
         return
-    res = 224 if img_size is None else img_size
-    batch = 128 if batch_size is None else batch_size
+    detection = task == "detection"
+    res, res_w = size if size is not None else ((800, 1333) if detection else (224, None))
+    batch = (2 if detection else 128) if batch_size is None else batch_size
     with _cheap_checks():
         _check_model(model)
+        spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
+                         scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
+                         compile=compile_, cuda_graph=cuda_graph, tags=list(tags), task=task,
+                         res_w=res_w if detection else None)
     from ..scheduler.local import execute_bench
 
     with _run_errors("bench run"):
-        spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
-                         scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
-                         compile=compile_, cuda_graph=cuda_graph, tags=list(tags))
         run_id, results = execute_bench(spec, None if no_store else db, console=_console(stderr=True),
                                         show_progress=not as_json)
     if results.get("load_warning"):
@@ -214,7 +244,8 @@ def bench(model, suite, img_size, batch_size, precision, device, scan_backend, w
     if as_json:
         _json_out({"id": run_id, **results})
     else:
-        _print_summary(run_id, model, f"{res}² × {batch}, {precision}", results)
+        shown = f"{spec.hw[0]}x{spec.hw[1]}" if detection else f"{res}²"
+        _print_summary(run_id, model, f"{'Mask R-CNN, ' if detection else ''}{shown} × {batch}, {precision}", results)
 
 
 def _bench_suite(img_size, batch_size, precision, device, scan_backend, warmup, repeats, channels_last, compile_,

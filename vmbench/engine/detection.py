@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from .train_loop import Objective
 
-__all__ = ["build_detector", "DetectionObjective", "predict", "coco_metrics", "evaluate_detection",
+__all__ = ["build_detector", "DET_HEADS", "is_detector_state", "det_head_of", "DetectionObjective", "predict",
+           "coco_metrics", "evaluate_detection",
            "DETECTION_METRICS", "empty_metrics", "detection_sizes", "detector_cost", "detector_throughput"]
 
 Progress = Callable[[str, int, int], None]
@@ -33,17 +34,30 @@ DETECTION_METRICS = tuple(f"{t}_{s}" for t in ("box", "mask") for s in _STAT_NAM
 FPN_CHANNELS = 256
 
 
-class FeaturePyramid(nn.Module):
-    """Backbone features [C2..C5] -> torchvision FPN levels {"0".."3", "pool"} of FPN_CHANNELS channels."""
+# Detector sizes (RunSpec.det_head). "standard": torchvision's Mask R-CNN as the paper's table uses it (FPN 256,
+# two-fc 1024 box head, four 256-channel mask convs, 2000 / 1000 proposals, 512 sampled RoIs per image).
+# "light": the same architecture narrowed for CPU work on few-object images (shapes-det: 1-3 objects), about 1/30
+# of the RoI-head work per image: FPN 64, box head 256, two 64-channel mask convs, 300 / 100 proposals, 64 RoIs.
+DET_HEADS = {
+    "standard": dict(fpn=FPN_CHANNELS, box_rep=1024, mask_layers=(256, 256, 256, 256), maskrcnn=dict()),
+    "light": dict(fpn=64, box_rep=256, mask_layers=(64, 64), maskrcnn=dict(
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100, rpn_batch_size_per_image=128, box_batch_size_per_image=64,
+        box_detections_per_img=20)),
+}
 
-    def __init__(self, body: nn.Module):
+
+class FeaturePyramid(nn.Module):
+    """Backbone features [C2..C5] -> torchvision FPN levels {"0".."3", "pool"} of `channels` channels."""
+
+    def __init__(self, body: nn.Module, channels: int = FPN_CHANNELS):
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
         self.body = body
-        self.fpn = FeaturePyramidNetwork(list(body.out_channels), FPN_CHANNELS, extra_blocks=LastLevelMaxPool())
-        self.out_channels = FPN_CHANNELS
+        self.fpn = FeaturePyramidNetwork(list(body.out_channels), channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = channels
 
     def forward(self, x: torch.Tensor):
         from collections import OrderedDict
@@ -53,18 +67,46 @@ class FeaturePyramid(nn.Module):
 
 
 def build_detector(backbone: nn.Module, num_classes: int, min_size: int | tuple[int, ...] = 800,
-                   max_size: int = 1333) -> nn.Module:
+                   max_size: int = 1333, head: str = "standard") -> nn.Module:
     """torchvision MaskRCNN for `num_classes` object classes (+ background) over `backbone` (a classification
-    model from vmbench's create_model, weights already loaded: its classifier is not used)."""
+    model from vmbench's create_model, weights already loaded: its classifier is not used); `head`: a DET_HEADS
+    size."""
     from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
     from vmbench.data import IMAGENET_MEAN, IMAGENET_STD
     from vmbench.models.features import feature_backbone
 
+    if head not in DET_HEADS:
+        raise ValueError(f"det_head must be one of {', '.join(DET_HEADS)}; got {head!r}")
+    cfg = DET_HEADS[head]
     sizes = tuple(min_size) if isinstance(min_size, (tuple, list)) else (int(min_size),)
-    det = MaskRCNN(FeaturePyramid(feature_backbone(backbone)), num_classes=num_classes + 1, min_size=sizes,
-                   max_size=int(max_size), image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+    classes = num_classes + 1  # + background
+    heads = {}
+    if head != "standard":  # torchvision's own heads otherwise
+        c, rep, mask = cfg["fpn"], cfg["box_rep"], list(cfg["mask_layers"])
+        heads = dict(box_head=TwoMLPHead(c * 7 * 7, rep), box_predictor=FastRCNNPredictor(rep, classes),
+                     mask_head=MaskRCNNHeads(c, mask, 1), mask_predictor=MaskRCNNPredictor(mask[-1], mask[-1], classes))
+    det = MaskRCNN(FeaturePyramid(feature_backbone(backbone), cfg["fpn"]), num_classes=None if heads else classes,
+                   min_size=sizes, max_size=int(max_size), image_mean=list(IMAGENET_MEAN),
+                   image_std=list(IMAGENET_STD), **heads, **cfg["maskrcnn"])
     return det
+
+
+def is_detector_state(state_dict: dict) -> bool:
+    """Whether a state dict is a whole detector's (build_detector: RPN and RoI heads), not a classifier's."""
+    return any(k.startswith("roi_heads.") for k in state_dict) and any(k.startswith("rpn.") for k in state_dict)
+
+
+def det_head_of(state_dict: dict) -> str | None:
+    """The DET_HEADS size a detector state dict was built with (from its FPN width and box head), None if none."""
+    fpn = state_dict.get("backbone.fpn.layer_blocks.0.0.weight")
+    fc6 = state_dict.get("roi_heads.box_head.fc6.weight")
+    for name, cfg in DET_HEADS.items():
+        if fpn is not None and fc6 is not None and fpn.shape[0] == cfg["fpn"] and fc6.shape[0] == cfg["box_rep"]:
+            return name
+    return None
 
 
 def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
@@ -192,10 +234,11 @@ def detection_sizes(spec, dataset) -> tuple[int | tuple[int, ...], int, int]:
     return train_min, max_size, size
 
 
-def detector_cost(model_name: str, num_classes: int, hw: tuple[int, int], drop_path_rate=None) -> dict:
+def detector_cost(model_name: str, num_classes: int, hw: tuple[int, int], drop_path_rate=None,
+                  head: str = "standard") -> dict:
     """Params of the whole Mask R-CNN and FLOPs of its backbone + FPN at one (H, W) image, batch 1, on the CPU
     (the RPN and RoI heads depend on the proposals and are not counted). Keys: params_m, gflops, flops_scope,
-    flops_res, flops_uncovered, flops_error."""
+    flops_res ("HxW"), flops_uncovered, flops_error."""
     from vmbench.models import create_model
     from vmbench.models.features import feature_backbone, size_free_kwargs
 
@@ -203,9 +246,9 @@ def detector_cost(model_name: str, num_classes: int, hw: tuple[int, int], drop_p
 
     backbone = create_model(model_name, num_classes=num_classes, scan_backend="torch",
                             **size_free_kwargs(model_name)).eval()
-    det = build_detector(backbone, num_classes, min_size=min(hw), max_size=max(hw))
+    det = build_detector(backbone, num_classes, min_size=min(hw), max_size=max(hw), head=head)
     out = dict(params_m=count_params(det) / 1e6, gflops=None, flops_scope="backbone+fpn",
-               flops_res=f"{hw[1]}x{hw[0]}", flops_uncovered=[], flops_error=None)
+               flops_res=f"{hw[0]}x{hw[1]}", flops_uncovered=[], flops_error=None)
     try:
         from vmbench.models.vmamba import VSSM
 

@@ -122,6 +122,11 @@ class WeightsEval:
             weights = read_weights(spec.weights, ema=spec.ema, trust=spec.trust_checkpoint)
         except ValueError as e:
             raise SpecError(str(e)) from None
+        from .detection import is_detector_state
+
+        if is_detector_state(weights.state_dict):
+            raise SpecError(f"{weights.path} is a detector's (Mask R-CNN) checkpoint: evaluate it with "
+                            "--task detection")
         meta = weights.meta
         if weights.format == "vmbench" and meta.get("model_name") not in (None, self.model_name):
             raise SpecError(f"{weights.path} is a checkpoint of {meta['model_name']}, not {self.model_name}")

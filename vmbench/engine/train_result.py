@@ -106,7 +106,8 @@ class TrainerResult:
         hw = (min_size, min_size) if self.dataset.kind == "builtin-det" else (min_size, max_size)
         bench_kw = _BENCH_CUDA if self.device.type == "cuda" else _BENCH_CPU
         speed = detector_throughput(self.eval_model, self.bench_batch, hw, self.device, self.amp, **bench_kw)
-        cost = detector_cost(self.model_name, self.dataset.num_classes, hw)
+        cost = detector_cost(self.model_name, self.dataset.num_classes, hw,
+                             head=getattr(self.spec, "det_head", "standard"))
         peak_mb, peak_src = self._peak_mem
         return dict(
             **ap, **{f"ema_{k}": v for k, v in ema_ap.items()}, task="detection", train_loss=train_loss,

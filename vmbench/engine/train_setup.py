@@ -127,7 +127,8 @@ class TrainerSetup:
                                 drop_path_rate=self.drop_path_rate, **size_free_kwargs(self.model_name))
         if self.init_mode == "finetune":
             self._load_init_weights(backbone)
-        model = build_detector(backbone, self.dataset.num_classes, self.det_sizes[0], self.det_sizes[1])
+        model = build_detector(backbone, self.dataset.num_classes, self.det_sizes[0], self.det_sizes[1],
+                               head=getattr(self.spec, "det_head", "standard"))
         if self.init_mode == "strict":
             self._load_init_weights(model)
         return model
@@ -213,6 +214,16 @@ class TrainerSetup:
             self.scheduler = StepLRScheduler(
                 self.optimizer, decay_t=spec.decay_epochs, decay_rate=spec.decay_rate,
                 warmup_t=int(round(spec.warmup_epochs)), warmup_lr_init=self.lr * warm_ratio, t_in_epochs=True)
+            self._per_step = False
+        elif spec.scheduler == "multistep":
+            # Per epoch, × decay_rate from each of decay_milestones on. timm's MultiStepLRScheduler applies a
+            # milestone m from t = m - 1, so each is passed as m + 1; warm-up epochs do not shift them.
+            from timm.scheduler import MultiStepLRScheduler
+
+            self.scheduler = MultiStepLRScheduler(
+                self.optimizer, decay_t=[m + 1 for m in spec.decay_milestones], decay_rate=spec.decay_rate,
+                warmup_t=int(round(spec.warmup_epochs)), warmup_lr_init=self.lr * warm_ratio, warmup_prefix=False,
+                t_in_epochs=True)
             self._per_step = False
         else:
             total = max(1, self.steps_per_epoch * spec.epochs)

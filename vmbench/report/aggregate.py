@@ -49,7 +49,7 @@ def _precision(r: dict) -> str | None:
 def mode(r: dict) -> str:
     """How a speed figure was taken: "inference" or "train step", plus compiled / graph / channels-last."""
     train = r["kind"] == "bench" and ("train" in (r.get("p_section"), r.get("p_kind")))
-    parts = ["train step" if train else "inference"]
+    parts = ["train step" if train else "detector inference" if r.get("p_task") == "detection" else "inference"]
     if _flag(r.get("p_compile"), r.get("p_compiled")):
         parts.append("compiled")
     if _flag(r.get("p_cuda_graph")) or r.get("p_section") == "graph":
@@ -69,8 +69,11 @@ def speed_protocol(r: dict) -> dict[str, Any] | None:
     else:
         batch = _num(r.get("bench_batch")) or r.get("p_bench_batch") or r.get("p_batch_size")
         res = _num(r.get("img_size")) or r.get("p_img_size")
+    res = int(res) if res is not None else None
+    if res is not None and r["kind"] == "bench" and r.get("p_res_w"):  # a detector's H x W
+        res = f"{res}x{int(r['p_res_w'])}"
     return {"device": r.get("device"), "gpu": r.get("r_gpu_name"), "precision": _precision(r),
-            "batch": int(batch) if batch is not None else None, "res": int(res) if res is not None else None,
+            "batch": int(batch) if batch is not None else None, "res": res,
             "mode": mode(r), "scan_backend": r.get("scan_backend")}
 
 

@@ -49,7 +49,7 @@ def _series_label(r: dict, *keys: str) -> str:
 
 
 def _resolution(axes, rows: list[dict]) -> bool:
-    bench = [r for r in rows if r["section"] == BENCH_GROUP and r.get("res") and r.get("img_s")]
+    bench = [r for r in rows if r["section"] == BENCH_GROUP and isinstance(r.get("res"), int) and r.get("img_s")]
     lines: dict[str, list[dict]] = {}
     for r in bench:
         lines.setdefault(_series_label(r, "model", "device", "precision", "mode") + f" b{r.get('batch')}",

@@ -24,7 +24,7 @@ PARAMS = {"epochs": "int", "batch_size": "int", "img_size": "int", "val_resize":
           "res": "int", "batch": "int", "precision": "str", "section": "str", "kind": "str", "compile": "bool",
           "compiled": "bool", "cuda_graph": "bool", "channels_last": "bool", "amp": "bool", "amp_dtype": "str",
           "weights_path": "str", "weights_sha256": "str", "bench_batch": "int", "init": "str", "weights": "str",
-          "pretrained": "bool"}
+          "pretrained": "bool", "task": "str", "res_w": "int"}
 RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "pid_started", "host", "device",
                "scan_backend", "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir",
                "run_uuid", "git_sha", "git_dirty", "error")

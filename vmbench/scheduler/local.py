@@ -192,7 +192,12 @@ def execute_bench(spec: BenchSpec, db: str | None, console=None, show_progress: 
     with progress_bar(console, show_progress) as hook:
         try:
             with sigterm_as_interrupt(), (Heartbeat(store, run_id) if store else _nothing()):
-                results = benchmark(spec, progress=hook)
+                if spec.task == "detection":
+                    from ..engine.detection_jobs import detection_benchmark
+
+                    results = detection_benchmark(spec, progress=hook)
+                else:
+                    results = benchmark(spec, progress=hook)
         except BaseException as exc:
             if store:
                 status, message = fail_status(exc)
@@ -226,7 +231,12 @@ def execute_eval(spec: EvalSpec, db: str | None, console=None, show_progress: bo
     from ..engine.bench import recorded_scan_backend
     from ..engine.evaluate import WeightsEval
 
-    job = WeightsEval(spec)
+    if spec.task == "detection":
+        from ..engine.detection_jobs import DetectionWeightsEval
+
+        job = DetectionWeightsEval(spec)
+    else:
+        job = WeightsEval(spec)
     info = job.prepare()  # reads and loads the weights: every user mistake surfaces here
     store = _open(db, _pending_folder(db)) if db else None
     run_id = folder = run_uuid = None
