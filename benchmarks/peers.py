@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py                                   # 224², batch 128, AMP-bf16, eager
     python benchmarks/peers.py --compile                         # the same, torch.compile (default mode)
+    python benchmarks/peers.py --compile --freezing --modes plain   # + Inductor freezing (parameters as constants)
     python benchmarks/peers.py --res 1024 --batch 4 --amp fp16 --models vmamba_t,convnext_t --peer convnext_t
     python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
 
@@ -158,6 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--amp", choices=sorted(AMP), default="bf16")
     ap.add_argument("--compile", action="store_true", help="torch.compile(model), default mode")
+    ap.add_argument("--freezing", action="store_true", help="with --compile: Inductor's freezing for the inference "
+                    "modes (parameters and what is derived from them — casts, padded scan weights — folded into "
+                    "the graph as constants once; training graphs are not frozen)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls after the first, at least")
     ap.add_argument("--warmup-s", type=float, default=3.0, help="untimed seconds after the first call, at least "
                     "(in a fresh process the first seconds of eager VMamba calls ran up to 1.5x slower)")
@@ -170,6 +174,8 @@ def main(argv=None) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         ap.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    if args.freezing and not args.compile:
+        ap.error("--freezing applies to compiled models: add --compile")
     models = args.models.split(",")
     if args.peer not in models:
         models.append(args.peer)
@@ -182,6 +188,10 @@ def main(argv=None) -> int:
         modes = [m for m in modes if m != "graph"]
     dtype = getattr(torch, AMP[args.amp]) if AMP[args.amp] and not args.dry_run else None
     torch.backends.cudnn.benchmark = True
+    if args.freezing:
+        import torch._inductor.config
+
+        torch._inductor.config.freezing = True
     card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (dry run)"
     print(f"card: {card}; torch {torch.__version__}", flush=True)
     rows = []
@@ -206,7 +216,8 @@ def main(argv=None) -> int:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    head = (f"{card}, torch {torch.__version__}: {'torch.compile' if args.compile else 'eager'}, "
+    head = (f"{card}, torch {torch.__version__}: {'torch.compile' if args.compile else 'eager'}"
+            f"{' + freezing' if args.freezing else ''}, "
             f"batch {args.batch}, {args.res}², AMP-{args.amp}; img/s (peak GB)")
     md = to_markdown(rows, models, modes, args.peer, head)
     print(md)

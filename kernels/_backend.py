@@ -72,6 +72,36 @@ def traceable(kernel):
     return kernel if getattr(_direct, "on", False) else torch.library.wrap_triton(kernel)
 
 
+class _Interpreted:
+    """An interpreted kernel (Triton's CPU interpreter) whose launches on FakeTensors do nothing.
+
+    torch.compile propagates FakeTensors (shapes, no data) through every op of a graph it captures; for the
+    registered Triton ops that runs their bodies, where on a GPU `wrap_triton` records a launch without running
+    it. The interpreter reads the data, so here a launch with a FakeTensor argument is skipped (the outputs were
+    allocated by the launcher, with the right shapes): torch.compile(backend="eager") then captures the Triton
+    path on the CPU (tests/test_compile.py). Any other tensor subclass (AOTAutograd's FunctionalTensor) still
+    reaches the interpreter and fails: an interpreted kernel is never silently left out of a traced graph."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            from torch._subclasses.fake_tensor import FakeTensor
+
+            if any(isinstance(a, FakeTensor) for a in (*args, *kwargs.values())):
+                return None
+            return launch(*args, **kwargs)
+        return run
+
+
+def interpreted(kernel):
+    """`kernel` (an interpreted Triton kernel) in the launchable form that skips FakeTensor launches."""
+    return _Interpreted(kernel)
+
+
 def triton_interpret() -> bool:
     """True when Triton kernels run on the CPU through its interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -87,8 +117,13 @@ def triton_available(device: torch.device | str | None = None) -> bool:
     return triton_interpret()
 
 
+@torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """Map a requested backend to the one that will run ("torch" or "triton")."""
+    """Map a requested backend to the one that will run ("torch" or "triton").
+
+    A constant to torch.compile (`assume_constant_result`): the answer depends only on the arguments and the
+    machine, so the compiled code neither traces this function (Triton's import, the environment) nor
+    guards on what it read."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     dev = torch.device(device)

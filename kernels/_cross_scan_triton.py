@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from ._backend import cdiv, direct_launch, graph_capture, next_pow2, traceable
+from ._backend import cdiv, direct_launch, graph_capture, interpreted, next_pow2, traceable
 
 __all__ = ["cross_scan_triton", "cross_merge_triton", "cross_scan_launch", "cross_merge_launch"]
 
@@ -57,7 +57,7 @@ def _kernel_for(kernel, device: torch.device):
             raise RuntimeError(
                 "Triton kernels on CPU tensors need the interpreter: set TRITON_INTERPRET=1 before "
                 "`triton` is first imported in this process")
-        return kernel
+        return interpreted(kernel)
     if not isinstance(kernel, JITFunction):
         raise RuntimeError(
             "vmbench Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at import) and "

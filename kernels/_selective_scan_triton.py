@@ -41,7 +41,8 @@ import triton.language as tl
 from triton.language.extra import libdevice
 from triton.runtime.jit import JITFunction
 
-from ._backend import cdiv, direct_launch, graph_capture, needs_grad, next_pow2, traceable, triton_interpret
+from ._backend import (cdiv, direct_launch, graph_capture, interpreted, needs_grad, next_pow2, traceable,
+                       triton_interpret)
 from .selective_scan import _check_shapes
 
 __all__ = ["selective_scan_triton", "scan_config"]
@@ -467,7 +468,7 @@ def _kernel(fn):
     kern = _KERNELS[key]
     # wrap_triton makes the launch visible to torch.compile (see _backend.traceable); interpreted kernels
     # launch directly.
-    return traceable(kern) if isinstance(kern, JITFunction) else kern
+    return traceable(kern) if isinstance(kern, JITFunction) else interpreted(kern)
 
 
 # ---------------------------------------------------------------------------------------------

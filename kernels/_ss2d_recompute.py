@@ -9,7 +9,8 @@ block's saved activations. This Function saves x (kept alive anyway by x_proj's 
 (B, 4, C, L) and the scan's chunk states, and recomputes u (one cross-scan) and delta (one GEMM
 with an inner dimension of C) in the backward: a few percent more GPU work for ~30 % less
 activation memory. Eager calls run it as an autograd.Function; under graph capture (torch.compile, jit.trace)
-it runs as the registered ops `vmbench::ss2d_scan` / `vmbench::ss2d_scan_bwd`, the same launchers.
+it runs as the registered ops `vmbench::ss2d_scan` / `vmbench::ss2d_scan_bwd`, the same launchers, and where no
+input needs a gradient as `vmbench::ss2d_scan_infer` (the eager inference path's launches: no chunk states).
 
 It also keeps the small per-direction projections in one piece: p (B, H, W, K*C) from x_proj's GEMM on the
 map goes in, each direction's block is cross-scanned on its own (no copy of all K blocks in all K orders),
@@ -101,6 +102,14 @@ def _ss2d_scan_bwd_op(gy: torch.Tensor, x: torch.Tensor, ps: torch.Tensor, wdt: 
     return dx, dp, dwdt, dA.clone(), dD.clone(), dbias.clone()  # an op's outputs may not alias one another
 
 
+@torch.library.triton_op("vmbench::ss2d_scan_infer", mutates_args=())
+def _ss2d_scan_infer_op(x: torch.Tensor, p: torch.Tensor, wdt: torch.Tensor, A: torch.Tensor, Ds: torch.Tensor,
+                        bias: torch.Tensor, r: int, n: int) -> torch.Tensor:
+    """`vmbench::ss2d_scan`'s result alone, for graphs that differentiate nothing (a compiled inference call):
+    the scan writes no chunk states and the graph keeps no ps for a backward."""
+    return _forward(x, p, wdt, A, Ds, bias, r, n, states=False)[0]
+
+
 def _setup_context(ctx, inputs, output):
     x, p, wdt, A, Ds, bias, r, n = inputs
     ctx.save_for_backward(x, output[1], wdt, A, Ds, bias, output[2])
@@ -116,9 +125,12 @@ _ss2d_scan_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 def ss2d_scan_recompute(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     """See the module docstring. Differentiable in x, p, wdt, A, Ds and bias."""
+    grad = needs_grad(x, p, wdt, A, Ds, bias)
     if graph_capture():
+        if not grad:
+            return torch.ops.vmbench.ss2d_scan_infer(x, p, wdt, A, Ds, bias, r, n)
         return torch.ops.vmbench.ss2d_scan(x, p, wdt, A, Ds, bias, r, n)[0]
-    if not needs_grad(x, p, wdt, A, Ds, bias):  # inference: no autograd node, no saved states
+    if not grad:  # inference: no autograd node, no saved states
         with direct_launch():
             return _forward(x, p, wdt, A, Ds, bias, r, n, states=False)[0]
     return _SS2DScan.apply(x, p, wdt, A, Ds, bias, r, n)

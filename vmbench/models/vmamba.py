@@ -24,12 +24,12 @@ from .registry import SCAN_BACKENDS, register_model
 from .vmamba_blocks import K_DIRECTIONS, SS2D, VSSBlock, VSSLayer
 from .vmamba_config import GLOBAL_POOLS, VMambaConfig
 from .vmamba_keys import convert_in_place, official_compat_hook
-from .vmamba_layers import (Conv2d, GlobalAvgPoolNHWC, Linear, Mlp, PatchMerging2D, ToChannelsFirst, ToChannelsLast,
-                            make_downsample, make_pool, make_stem)
+from .vmamba_layers import (Conv2d, DropPath, GlobalAvgPoolNHWC, Linear, Mlp, PatchMerging2D, ToChannelsFirst,
+                            ToChannelsLast, make_downsample, make_pool, make_stem)
 
 __all__ = [
     "VMambaConfig", "VSSM", "VSSBlock", "VSSLayer", "SS2D", "Mlp", "PatchMerging2D", "Linear", "Conv2d",
-    "ToChannelsLast", "ToChannelsFirst", "GlobalAvgPoolNHWC", "K_DIRECTIONS",
+    "ToChannelsLast", "ToChannelsFirst", "GlobalAvgPoolNHWC", "DropPath", "K_DIRECTIONS",
     "set_scan_backend", "load_weights", "convert_official_state_dict",
 ]
 
@@ -76,6 +76,9 @@ class VSSM(nn.Module):
         ))
         self.apply(self._init_weights)
         self.register_load_state_dict_pre_hook(official_compat_hook)
+        # The drop-path keep probabilities (buffers, see DropPath) are equal on every rank: DDP need not broadcast
+        # them before every forward, as it does with other buffers.
+        self._ddp_params_and_buffers_to_ignore = [n for n, _ in self.named_buffers() if n.endswith(".keep_prob")]
 
     @property
     def scan_backend(self) -> str:

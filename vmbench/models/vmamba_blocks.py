@@ -8,13 +8,12 @@ import math
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath
 
 from vmbench.kernels import LayerNorm, ParamCache, ss2d_core
 
 from .registry import SCAN_BACKENDS
 from .vmamba_config import VMambaConfig
-from .vmamba_layers import Conv2d, Linear, Mlp
+from .vmamba_layers import Conv2d, DropPath, Linear, Mlp
 
 __all__ = ["SS2D", "VSSBlock", "VSSLayer", "K_DIRECTIONS"]
 

@@ -15,7 +15,7 @@ from vmbench.kernels.layer_norm import autocast_dtype
 from .vmamba_config import VMambaConfig
 
 __all__ = ["ToChannelsLast", "ToChannelsFirst", "Linear", "Conv2d", "Mlp", "PatchMerging2D", "GlobalAvgPoolNHWC",
-           "make_stem", "make_downsample", "make_pool"]
+           "DropPath", "make_stem", "make_downsample", "make_pool"]
 
 
 class ToChannelsLast(nn.Module):
@@ -78,6 +78,29 @@ class Conv2d(_KeptCasts, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, *self._autocast_params(x))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's DropPath: keep a sample's branch with probability 1 - drop_prob and
+    scale it by 1 / (1 - drop_prob), in training only) with the keep probability in a 0-dim buffer (not saved:
+    the state_dict is timm's). A float attribute is a constant to torch.compile, guarded by value, so every
+    block of a stage — each with its own rate — would be compiled again when blocks are compiled one by one
+    (`block.compile()`); as a buffer it is a graph input and the blocks share one graph."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.active = self.drop_prob > 0.0  # a bool: the same guard for every block with a rate
+        self.register_buffer("keep_prob", torch.tensor(1.0 - self.drop_prob), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.active):
+            return x
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(self.keep_prob)  # (B, 1, 1, 1)
+        return x * mask.div_(self.keep_prob)  # x's dtype (a 0-dim tensor does not promote), as timm's
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
 
 
 class Mlp(nn.Module):
