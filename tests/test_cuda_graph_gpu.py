@@ -96,7 +96,7 @@ def test_graphed_losses_match_eager_and_it_is_not_slower(make_model):
     # bf16 autocast: a step's rounding differs between the eager and the capturable optimizer; 50 steps carry it.
     assert all(gap <= 0.02 + 0.02 * abs(e) for gap, e in zip(gaps, eager)), gaps
     assert sum(gaps) / len(gaps) <= 0.01 + 0.01 * sum(map(abs, eager)) / len(eager)
-    assert sum(eager[-10:]) < sum(eager[:10]) and sum(graphed[-10:]) < sum(graphed[:10])  # both learned
+    assert sum(eager[-10:]) / 10 < eager[0] and sum(graphed[-10:]) / 10 < graphed[0]  # both learned
     assert graph_s <= eager_s * 1.05, (graph_s, eager_s)
 
 

@@ -146,7 +146,8 @@ class GraphedStep:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         try:
-            with self.lr.installed(), torch.cuda.graph(graph):
+            # thread_local: the loader's pin-memory thread may allocate pinned memory while this thread captures.
+            with self.lr.installed(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._out = self._body(*self._static)
         except RuntimeError as e:  # an op that reads a value on the host, or one CUDA graphs do not support
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
