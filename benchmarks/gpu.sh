@@ -14,6 +14,8 @@
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections (MODELS_SECTIONS,
 #                                      #   MODELS_ARGS, MODELS_LIMIT change them)
 #   bash benchmarks/gpu.sh compile     # the paper suite's torch.compile section (COMPILE_ARGS="--models a,b")
+#   bash benchmarks/gpu.sh traingraph  # `vmbench run --cuda-graph`: its GPU tests, then eager vs graphed training
+#                                      #   steps (benchmarks/train_graph.py; TRAIN_GRAPH_ARGS="--models a,b")
 # Runs from the repository root without installing vmbench (vmbench/kernels links to kernels/);
 # wheels the machine lacks (sqlalchemy, fvcore: shared/tools/gpu-wheels) are installed from .whl/ if present.
 set -u
@@ -43,6 +45,8 @@ for what in "$@"; do
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \
                ${MODELS_ARGS:-} ;;
     compile) step compile ${COMPILE_LIMIT:-540} python3 benchmarks/models.py --sections compile --name compile ${COMPILE_ARGS:-} ;;
+    traingraph) step train_graph_tests 400 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_cuda_graph_gpu.py
+               step train_graph 400 python3 benchmarks/train_graph.py ${TRAIN_GRAPH_ARGS:-} ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done

@@ -81,6 +81,9 @@ class RunSpec:
     run_folder: str | None = None  # the run's own folder: checkpoints, run.log (set by the scheduler)
     compile: bool = False  # torch.compile the model for training, evaluation and the final benchmark
     channels_last: bool = False  # model and input batches in channels_last memory format
+    # The whole training step (forward, loss, backward, clipping, optimizer step) captured once as a CUDA graph and
+    # replayed per batch (vmbench.engine.graphed_step); cuda_graph_refusal() says where it cannot apply.
+    cuda_graph: bool = False
     tensorboard: str | None = None  # folder for TensorBoard event files (one subfolder per run)
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping the run
     # Data-parallel processes (`--gpus`): one per GPU, or gloo processes on the CPU. batch_size is per process;
@@ -180,6 +183,9 @@ class RunSpec:
             raise ValueError(f"weights file not found: {self.weights}")
         if self.init is not None and not Path(self.init).is_file():
             raise ValueError(f"--init file not found: {self.init}")
+        refusal = cuda_graph_refusal(self) if self.cuda_graph else None
+        if refusal:
+            raise ValueError(refusal)
 
     @property
     def total_batch(self) -> int:
@@ -188,6 +194,29 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def cuda_graph_refusal(spec: RunSpec) -> str | None:
+    """Why `spec` cannot train as a captured CUDA graph (`--cuda-graph`), or None. Checked without torch; that a
+    device `auto` finds a GPU is checked when the run starts (vmbench.engine.train)."""
+    if spec.compile:
+        return ("--cuda-graph and --compile do not combine: torch.compile's mode='reduce-overhead' is its own CUDA "
+                "graph; use one of them")
+    if spec.task != "classification":
+        return "--cuda-graph applies to classification only: Mask R-CNN's shapes change from batch to batch"
+    if spec.world_size > 1:
+        return "--cuda-graph trains in one process; it does not combine with --gpus N (DDP)"
+    if spec.accum_steps != 1:
+        return (f"--cuda-graph captures one batch's step: it needs accum_steps = 1, got {spec.accum_steps} "
+                f"(raise --batch-size instead)")
+    if spec.amp and spec.amp_dtype == "fp16":
+        return ("--cuda-graph needs bf16 autocast or none: fp16's GradScaler decides on the host whether to step "
+                "(use amp_dtype = 'bf16')")
+    if spec.optimizer not in ("adamw", "sgd"):
+        return f"--cuda-graph supports optimizers adamw and sgd, not {spec.optimizer!r}"
+    if spec.device == "cpu":
+        return "--cuda-graph needs a CUDA device (--device cuda, or auto on a machine with a GPU)"
+    return None
 
 
 @dataclass
@@ -489,7 +518,8 @@ FLAG_OF = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "im
            "amp": "--amp", "compile": "--compile", "channels_last": "--channels-last", "device": "--device",
            "seed": "--seed", "scan_backend": "--scan-backend", "data_root": "--data-root", "num_workers": "--workers",
            "weights": "--weights", "init": "--init", "tensorboard": "--tensorboard",
-           "max_train_batches": "--max-train-batches", "max_val_batches": "--max-val-batches", "world_size": "--gpus"}
+           "max_train_batches": "--max-train-batches", "max_val_batches": "--max-val-batches", "world_size": "--gpus",
+           "cuda_graph": "--cuda-graph"}
 
 
 def _blame(message: str, source: str, sets: dict, flags: dict, run_settings: dict) -> str:

@@ -85,6 +85,12 @@ RUN_OPTIONS = [
                  help="torch.compile the model (default: the recipe's); recorded on the run."),
     click.option("--channels-last/--no-channels-last", default=None,
                  help="Model and inputs in channels_last memory format (default: the recipe's)."),
+    click.option("--cuda-graph", "cuda_graph", is_flag=True,
+                 help="Capture the whole training step (forward, loss, backward, clipping, AdamW/SGD step) once as a "
+                      "CUDA graph after 3 eager warm-up steps and replay it for every batch; recorded on the run, and "
+                      "the final benchmark times graph replays too. Needs a GPU, one process (no --gpus N), "
+                      "accum_steps 1, bf16 --amp or none (not amp_dtype fp16), classification, no --compile; every "
+                      "batch has one shape (the training loader drops a last partial batch)."),
     click.option("--tensorboard", type=click.Path(file_okay=False), default=None, metavar="DIR",
                  help="Also write per-epoch metrics as TensorBoard event files to DIR/<run id>-<model> (needs the "
                       "tensorboard package)."),
@@ -115,7 +121,8 @@ def run_options(f):
 
 def build_spec(model, dataset, task, recipe, sets, epochs, batch_size, lr, img_size, device, amp, seed, scan_backend,
                data_root, workers, weights, init, pretrained, trust_checkpoint, compile_, channels_last, tensorboard,
-               skip_bad_images, max_train_batches, max_val_batches, tags, deterministic, gpus, checkpoint_dir=None):
+               skip_bad_images, max_train_batches, max_val_batches, tags, deterministic, gpus, checkpoint_dir=None,
+               cuda_graph=False):
     """(RunSpec, resolved recipe) from the values of `run_options`; ValueError names a bad value."""
     from ..config import build_run_spec, parse_set
 
@@ -126,4 +133,5 @@ def build_spec(model, dataset, task, recipe, sets, epochs, batch_size, lr, img_s
         data_root=data_root, num_workers=workers, weights=weights, init=init, pretrained=pretrained,
         trust_checkpoint=trust_checkpoint, tensorboard=tensorboard, skip_bad_images=skip_bad_images,
         max_train_batches=max_train_batches, max_val_batches=max_val_batches, tags=list(tags),
-        deterministic=deterministic, world_size=gpus, checkpoint_root=checkpoint_dir, task=task)
+        deterministic=deterministic, world_size=gpus, checkpoint_root=checkpoint_dir, task=task,
+        cuda_graph=cuda_graph)

@@ -10,7 +10,9 @@ weights, loaders, optimizer, lr schedule, GradScaler, mixup, EMA), train_loop (o
 train_one_epoch), train_state (checkpoint save / resume), train_result (finish), train_dist (data-parallel
 collectives). Their public names are importable from here too. `spec.compile` (torch.compile) and
 `spec.channels_last` apply to training, evaluation and the final benchmark (checkpoints and the EMA keep the
-uncompiled module's state). KeyboardInterrupt is never caught here.
+uncompiled module's state); `spec.cuda_graph` replays each training step from one captured CUDA graph
+(vmbench.engine.graphed_step) and times the final benchmark as graph replays. KeyboardInterrupt is never caught
+here.
 
 Graceful stop: `trainer.should_stop`, when set, is polled after every optimizer step (and between epochs, and
 before the final benchmark). Once it returns True the trainer saves the state after that step as `last.pt`
@@ -119,6 +121,10 @@ class Trainer(TrainerSetup, TrainerState, TrainerResult):
         self.lr = spec.lr * self.total_batch / base if base else spec.lr
         self.compile = bool(getattr(spec, "compile", False))
         self.channels_last = bool(getattr(spec, "channels_last", False))
+        self.cuda_graph = bool(getattr(spec, "cuda_graph", False))  # the training step as a CUDA graph
+        if self.cuda_graph and self.device.type != "cuda":
+            raise SpecError(f"--cuda-graph needs a CUDA device; this run would train on {self.device.type} "
+                            f"(no GPU found)")
         self.init_mode: str | None = None  # "strict" (spec.weights) | "finetune" (spec.init / spec.pretrained)
         self.init_path: str | None = None
         self.init_tag: str | None = None  # timm name.tag of --pretrained weights
@@ -139,6 +145,7 @@ class Trainer(TrainerSetup, TrainerState, TrainerResult):
         self.run_model: torch.nn.Module | None = None  # what trains: the module, or its DDP / torch.compile wrapper
         self.eval_model: torch.nn.Module | None = None  # what evaluates and is benchmarked (never DDP)
         self.ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper (data-parallel runs)
+        self.graphed_step = None  # GraphedStep (vmbench.engine.graphed_step) with spec.cuda_graph, after setup
         self.train_sampler = None  # the DistributedSampler (data-parallel runs): set_epoch before each epoch
         self._partial: dict | None = None  # progress inside the next epoch, from a mid-epoch checkpoint
         self._epoch_loader_state: torch.Tensor | None = None  # shuffle generator at the current epoch's start
@@ -176,7 +183,7 @@ class Trainer(TrainerSetup, TrainerState, TrainerResult):
                     task=f"epoch {e}/{spec.epochs} train", epoch=e, accum_steps=self.accum_steps,
                     amp_dtype=self.amp_dtype, scaler=self.scaler, mixup=self.mixup, ema=self.ema,
                     channels_last=self.channels_last, should_stop=self.should_stop, resume=partial, ddp=self.ddp,
-                    objective=self._objective())
+                    objective=self._objective(), graph=self.graphed_step)
                 self._step += tr["steps"]
                 if tr["stopped"]:
                     self._stop_inside_epoch(e, {**tr["partial"], "epoch_time_s": time.perf_counter() - t0})

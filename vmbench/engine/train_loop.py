@@ -82,7 +82,9 @@ class ClassificationObjective(Objective):
 
             self.soft_ce = SoftTargetCrossEntropy()
 
-    def __call__(self, model, batch, device, autocast):
+    def inputs(self, batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, targets, labels) on `device`: channels_last when asked, mixed under mixup (targets then
+        (B, num_classes) soft labels; otherwise the labels themselves)."""
         images, labels = batch
         images = images.to(device, non_blocking=True)
         if self.channels_last:
@@ -91,6 +93,11 @@ class ClassificationObjective(Objective):
         targets = labels
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)  # targets: (B, num_classes) soft labels
+        return images, targets, labels
+
+    def loss(self, model, images, targets, labels, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss (fp32 0-d), correct count (0-d)) of `model` on inputs from `inputs()`; no host reads (a CUDA
+        graph captures it: vmbench.engine.graphed_step)."""
         with autocast:
             logits = model(images)
         if self.mixup is not None:
@@ -98,6 +105,11 @@ class ClassificationObjective(Objective):
         else:
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         hits = (logits.detach().argmax(dim=1) == labels).sum()
+        return loss, hits
+
+    def __call__(self, model, batch, device, autocast):
+        images, targets, labels = self.inputs(batch, device)
+        loss, hits = self.loss(model, images, targets, labels, autocast)
         return loss, labels.shape[0], hits
 
 
@@ -106,7 +118,8 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
                     clip_grad: float | None = None, progress: Progress | None = None, task: str = "train",
                     epoch: int = 1, accum_steps: int = 1, amp_dtype: str = "bf16", scaler=None, mixup=None,
                     ema=None, channels_last: bool = False, should_stop: Callable[[], bool] | None = None,
-                    resume: dict | None = None, ddp=None, objective: Objective | None = None) -> dict:
+                    resume: dict | None = None, ddp=None, objective: Objective | None = None,
+                    graph=None) -> dict:
     """One pass over `loader` (at most `max_batches` batches). The optimizer steps once every `accum_steps`
     micro-batches (and after the last one); the scheduler, when given, gets `step_update(num_updates)` and the
     EMA `update(model, step=num_updates)` after every optimizer step; `clip_grad` caps the global gradient norm.
@@ -115,7 +128,10 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     `channels_last` puts each input batch in channels_last memory format. `ddp`: the DistributedDataParallel
     module inside `model` (None when not data-parallel); micro-batches before an optimizer step's last run under
     its `no_sync()`, so gradients are all-reduced once per step. `objective` turns a batch into the loss (see
-    Objective; default: ClassificationObjective of `label_smoothing`, `mixup`, `channels_last`).
+    Objective; default: ClassificationObjective of `label_smoothing`, `mixup`, `channels_last`). `graph`: a
+    GraphedStep (vmbench.engine.graphed_step) that runs each batch's whole step, optimizer step included, as a
+    replay of one CUDA graph (then accum_steps is 1, and there is no scaler and no DDP); the schedule, EMA, sums
+    and stops stay here.
 
     `should_stop()` is polled after every optimizer step; once it returns True the pass ends there (`stopped`).
     `resume` (the `partial` of an earlier stopped pass, e.g. from a checkpoint) continues that pass: its first
@@ -139,7 +155,9 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
     time_before = float(done.get("train_time_s", 0.0))
     lr = float(done.get("lr", optimizer.param_groups[-1]["lr"]))
     step, stopped = start_step, False
-    optimizer.zero_grad(set_to_none=True)
+    assert graph is None or (accum_steps == 1 and scaler is None and ddp is None), "see graphed_step"
+    if graph is None:  # a captured step keeps its gradients in the graph's buffers
+        optimizer.zero_grad(set_to_none=True)
     if objective is None:
         objective = ClassificationObjective(label_smoothing, mixup, channels_last)
     wait = float(done.get("data_wait_s", 0.0))
@@ -155,13 +173,17 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
             break
         lr = optimizer.param_groups[-1]["lr"]
         stepped = (i + 1) % accum_steps == 0 or i + 1 == total
-        with ddp.no_sync() if ddp is not None and not stepped else contextlib.nullcontext():
-            autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp)
-            loss, n_images, hits = objective(model, item, device, autocast)
-            sums.add(i, loss, hits, n_images)  # raises DivergedError on a non-finite loss (see _StepSums)
-            scaled = loss / accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if stepped:
+        if graph is not None:  # forward, backward, clipping and the optimizer step: one graph replay
+            loss, n_images, hits = graph(item)
+            sums.add(i, loss, hits, n_images)
+        else:
+            with ddp.no_sync() if ddp is not None and not stepped else contextlib.nullcontext():
+                autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp)
+                loss, n_images, hits = objective(model, item, device, autocast)
+                sums.add(i, loss, hits, n_images)  # raises DivergedError on a non-finite loss (see _StepSums)
+                scaled = loss / accum_steps
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if stepped and graph is None:
             if scaler is not None:
                 if clip_grad is not None:
                     scaler.unscale_(optimizer)
@@ -173,6 +195,7 @@ def train_one_epoch(model, loader, optimizer, device, *, scheduler=None, start_s
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        if stepped:
             step += 1
             if scheduler is not None:
                 scheduler.step_update(num_updates=step)

@@ -14,7 +14,8 @@ EMA_RESULT_KEYS = ("ema_top1", "ema_top5")
 RESULT_KEYS = ("top1", "top5", "val_loss", "train_loss", "train_time_s", "params_m", "gflops", "flops_uncovered",
                "flops_error", "img_s", "latency_ms", "bench_batch", "peak_mem_mb", "peak_mem_source",
                "scan_backend", "device", "gpu_name", "amp", "img_size", "num_classes", "epochs_done", "model",
-               "dataset", "lr_peak", "compile", "channels_last", "world_size", "total_batch", "loader_workers")
+               "dataset", "lr_peak", "compile", "channels_last", "world_size", "total_batch", "loader_workers",
+               "cuda_graph")
 
 # After-training throughput: fewer calls on the CPU, where one batch can take seconds.
 _BENCH_CPU = dict(warmup=1, repeats=3)
@@ -58,11 +59,14 @@ class TrainerResult:
                 skipped = dict(bad_images=len(set().union(*seen)))
         if not self.is_main:
             return {}
+        if getattr(self, "graphed_step", None) is not None:  # training is over: its graph's memory goes back
+            self.graphed_step.release()
         model = self.eval_model
         bench_kw = _BENCH_CUDA if self.device.type == "cuda" else _BENCH_CPU
         speed = measure_throughput(model, self.bench_batch, self.img_size, self.device,
                                    precision="amp_bf16" if self.amp else "fp32", channels_last=self.channels_last,
-                                   compiled=self.compile, progress=self.progress, task="bench", **bench_kw)
+                                   compiled=self.compile, progress=self.progress, task="bench",
+                                   cuda_graph=self.cuda_graph, **bench_kw)
         reuse = self.device.type == "cpu" and self.scan_backend == "torch"
         cost = model_cost(self.model_name, self.dataset.num_classes, self.img_size,
                           model=self.model if reuse else None)
@@ -78,6 +82,7 @@ class TrainerResult:
             epochs_done=self.epochs_done, model=self.model_name, dataset=self.dataset.name, lr_peak=self.lr,
             compile=self.compile, channels_last=self.channels_last, world_size=self.world_size,
             total_batch=self.total_batch, eval_transform=self.eval_transform, loader_workers=self.loader_workers,
+            cuda_graph=self.cuda_graph,
             **ema_res, **skipped, **(self.init_info or {}),
             **(self.init_report or {}),
         )

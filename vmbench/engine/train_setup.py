@@ -205,6 +205,10 @@ class TrainerSetup:
         opt = getattr(spec, "optimizer", "adamw")
         opt_kw = (dict(momentum=spec.momentum, nesterov=spec.nesterov) if opt == "sgd"
                   else dict(betas=tuple(getattr(spec, "betas", (0.9, 0.999)))))
+        if self.cuda_graph:  # a step a CUDA graph can capture, its lr read from a GPU tensor
+            from .graphed_step import capturable_optimizer_kwargs
+
+            opt_kw.update(capturable_optimizer_kwargs(opt))
         self.optimizer = create_optimizer_v2(param_groups(model, spec.weight_decay), opt=opt, lr=self.lr,
                                              weight_decay=spec.weight_decay, **opt_kw)
         min_ratio = getattr(spec, "min_lr_ratio", LR_MIN_RATIO)
@@ -245,4 +249,9 @@ class TrainerSetup:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=spec.ema_decay)
+        if self.cuda_graph:
+            from .graphed_step import GraphedStep
+
+            self.graphed_step = GraphedStep(self.run_model, self.optimizer, self._objective(), self.device,
+                                            amp=self.amp, clip_grad=spec.clip_grad)
 
