@@ -205,7 +205,7 @@ def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) 
 @json_option
 def bench(model, suite, img_size, task, batch_size, precision, device, scan_backend, warmup, repeats, channels_last,
           compile_, cuda_graph, no_store, tags, db, as_json):
-    """Params, GFLOPs, inference img/s and peak memory of MODEL (or a whole --suite).
+    """Params, GFLOPs, inference img/s and peak memory of MODEL (its Mask R-CNN with --task detection), or a suite.
 
     A measurement taken while other work loads the machine (1-minute load average above half a process per
     CPU) is flagged with a warning; the load average is recorded on the run either way.

@@ -44,7 +44,7 @@ RUN_OPTIONS = [
     click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
                  show_default=True,
                  help="detection: Mask R-CNN over the backbone's feature pyramid on shapes-det, coco or a COCO-format "
-                      "folder; box and mask AP per epoch."),
+                      "folder; box and mask AP per epoch (--set det_head='light': a narrow detector for CPUs)."),
     click.option("--recipe", default="smoke", show_default=True,
                  help="Training recipe: a built-in name (smoke, imagenet_vmamba, fgvc) or a path to a .toml file."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
