@@ -71,10 +71,13 @@ def test_inference_is_one_graph(amp):
     torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2 if amp else 1e-4, atol=2e-2 if amp else 1e-5)
 
 
-def test_training_step_is_one_graph():
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "grad_checkpointing"])
+def test_training_step_is_one_graph(checkpointing):
     """Forward and backward of every step in one compiled graph; optimizer steps (they move every parameter's
-    version and the parameter caches' generation) and per-block drop-path rates cause no recompile."""
+    version and the parameter caches' generation), per-block drop-path rates and activation checkpointing
+    (`set_grad_checkpointing`) cause no break and no recompile."""
     model = _model(drop_path_rate=0.3).train()
+    model.set_grad_checkpointing(checkpointing)
     backend, graphs = _counting("aot_eager")
     compiled = torch.compile(model, backend=backend)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
