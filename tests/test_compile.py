@@ -71,10 +71,13 @@ def test_inference_is_one_graph(amp):
     torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2 if amp else 1e-4, atol=2e-2 if amp else 1e-5)
 
 
-def test_training_step_is_one_graph():
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "grad_checkpointing"])
+def test_training_step_is_one_graph(checkpointing):
     """Forward and backward of every step in one compiled graph; optimizer steps (they move every parameter's
-    version and the parameter caches' generation) and per-block drop-path rates cause no recompile."""
+    version and the parameter caches' generation), per-block drop-path rates and activation checkpointing
+    (`set_grad_checkpointing`) cause no break and no recompile."""
     model = _model(drop_path_rate=0.3).train()
+    model.set_grad_checkpointing(checkpointing)
     backend, graphs = _counting("aot_eager")
     compiled = torch.compile(model, backend=backend)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -90,11 +93,11 @@ def test_training_step_is_one_graph():
 
 def test_blocks_compiled_one_by_one_share_a_graph_per_stage():
     """`block.compile()` on every block (regional compilation): blocks of one stage, each with its own
-    drop-path rate, reuse one graph — the rate is a tensor to the graph, not a constant guarded by value
-    (with a float rate this model compiled 7 graphs, one per block of stage 3)."""
-    model = _model(drop_path_rate=0.3, depths=(1, 1, 4, 1)).train()
+    drop-path rate (0 in the first), reuse one graph — the rate is a tensor to the graph, not a constant guarded
+    by value (with timm's float rate this model compiled 8 graphs, one per block)."""
+    model = _model(drop_path_rate=0.3, depths=(2, 1, 4, 1)).train()
     rates = sorted({b.drop_path.drop_prob for b in model.modules() if isinstance(b, VSSBlock)})
-    assert len(rates) == 7  # every block its own rate
+    assert len(rates) == 8 and rates[0] == 0.0  # every block its own rate
     for m in model.modules():
         if isinstance(m, VSSBlock):
             m.compile(backend="eager")

@@ -123,7 +123,7 @@ class VSSBlock(nn.Module):
         self.op = SS2D(dim, d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, dt_rank=cfg.dt_rank,
                        d_conv=cfg.d_conv, conv_bias=cfg.conv_bias, z_branch=cfg.z_branch,
                        dropout=cfg.ssm_drop_rate, scan_backend=cfg.scan_backend)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, active=cfg.drop_path_rate > 0)  # rate 0 in block 0, same graph
         self.has_mlp = cfg.mlp_ratio > 0
         if self.has_mlp:
             self.norm2 = LayerNorm(dim, autocast_out=True, backend=cfg.scan_backend)

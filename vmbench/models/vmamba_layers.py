@@ -85,12 +85,14 @@ class DropPath(nn.Module):
     scale it by 1 / (1 - drop_prob), in training only) with the keep probability in a 0-dim buffer (not saved:
     the state_dict is timm's). A float attribute is a constant to torch.compile, guarded by value, so every
     block of a stage — each with its own rate — would be compiled again when blocks are compiled one by one
-    (`block.compile()`); as a buffer it is a graph input and the blocks share one graph."""
+    (`block.compile()`); as a buffer it is a graph input and the blocks share one graph. `active` (default:
+    drop_prob > 0) applies the mask even at rate 0 (a mask of ones): a model whose first block has rate 0 passes
+    True to every block, so that block too shares its stage's graph."""
 
-    def __init__(self, drop_prob: float = 0.0):
+    def __init__(self, drop_prob: float = 0.0, active: bool | None = None):
         super().__init__()
         self.drop_prob = float(drop_prob)
-        self.active = self.drop_prob > 0.0  # a bool: the same guard for every block with a rate
+        self.active = self.drop_prob > 0.0 if active is None else bool(active)  # a bool guard, alike in every block
         self.register_buffer("keep_prob", torch.tensor(1.0 - self.drop_prob), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
