@@ -177,3 +177,51 @@ def test_objective_split_is_the_same_step(use_mixup):
     assert targets.shape == ((6, 5) if use_mixup else (6,))
     loss2, hits2 = obj.loss(model, images, targets, labels, autocast)
     assert n == 6 and torch.equal(loss, loss2) and torch.equal(hits, hits2)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_the_captured_step_is_the_loops_step_and_reads_the_scheduled_lr(opt):
+    """graphed_step.train_step (what the graph captures), run with the groups' lr installed as tensors that
+    LrTensors refreshes from a warm-up + cosine schedule, trains exactly like train_one_epoch's eager step with
+    float lrs. SGD is made as on a GPU (fused=True); AdamW's capturable=True needs a GPU, so here its fused
+    form stands in (it also reads a tensor lr)."""
+    from timm.scheduler import CosineLRScheduler
+
+    from vmbench.engine.graphed_step import LrTensors, capturable_optimizer_kwargs, train_step
+    from vmbench.engine.train import param_groups, train_one_epoch
+    from vmbench.engine.train_loop import ClassificationObjective
+
+    def parts(graph_safe: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
+                                    torch.nn.Flatten(), torch.nn.Linear(6, 4))
+        kw = dict(momentum=0.9, nesterov=True) if opt == "sgd" else {}
+        if graph_safe:
+            kw.update(capturable_optimizer_kwargs(opt) if opt == "sgd" else dict(fused=True))
+        cls = torch.optim.SGD if opt == "sgd" else torch.optim.AdamW
+        optimizer = cls(param_groups(model, 0.05), lr=0.05, weight_decay=0.05, **kw)
+        sched = CosineLRScheduler(optimizer, t_initial=6, lr_min=1e-4, warmup_t=3, warmup_lr_init=1e-4,
+                                  warmup_prefix=True, t_in_epochs=False)
+        return model, optimizer, sched
+
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 4, (4,), generator=g)) for _ in range(9)]
+    objective = ClassificationObjective(label_smoothing=0.1)
+
+    model, optimizer, sched = parts(False)
+    eager = [train_one_epoch(model, [b], optimizer, "cpu", scheduler=sched, start_step=i, clip_grad=1.0,
+                             objective=objective)["train_loss"] for i, b in enumerate(batches)]
+    gmodel, goptimizer, gsched = parts(True)
+    lrs = LrTensors(goptimizer, torch.device("cpu"))
+    graphed = []
+    for i, b in enumerate(batches):
+        goptimizer.zero_grad(set_to_none=True)
+        with lrs.installed():  # as in the capture: the step reads the tensors
+            loss, _ = train_step(gmodel, goptimizer, objective, objective.inputs(b, torch.device("cpu")),
+                                 torch.autocast("cpu", enabled=False), clip_grad=1.0)
+        graphed.append(loss.item())
+        gsched.step_update(num_updates=i + 1)
+    assert graphed == pytest.approx(eager, rel=1e-5)
+    for a, b in zip(model.parameters(), gmodel.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(isinstance(x["lr"], float) for x in goptimizer.param_groups)  # floats again outside the step

@@ -32,7 +32,7 @@ import torch
 
 from . import SpecError
 
-__all__ = ["GraphedStep", "capturable_optimizer_kwargs", "LrTensors", "WARMUP_STEPS"]
+__all__ = ["GraphedStep", "train_step", "capturable_optimizer_kwargs", "LrTensors", "WARMUP_STEPS"]
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's recipe for whole-network capture)
 
@@ -80,6 +80,21 @@ class LrTensors:
                 g["lr"] = lr
 
 
+def train_step(model, optimizer, objective, inputs, autocast, clip_grad: float | None = None,
+               params: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step on `inputs` = objective.inputs(batch): loss (forward under `autocast`), backward, clipping
+    of `params` (default: the model's) to the global norm `clip_grad`, optimizer step; returns (loss detached,
+    correct count). No host reads anywhere: this is what GraphedStep runs eagerly to warm up and then captures.
+    The gradients must be None or zero before it (it accumulates into existing ones, as backward does)."""
+    loss, hits = objective.loss(model, *inputs, autocast)
+    loss.backward()
+    if clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(params if params is not None else list(model.parameters()), clip_grad,
+                                       foreach=True)
+    optimizer.step()
+    return loss.detach(), hits
+
+
 class GraphedStep:
     """One training step (forward, loss, backward, clipping, optimizer step) of `model` on a batch, replayed from a
     CUDA graph after WARMUP_STEPS eager steps (see the module docstring).
@@ -119,13 +134,8 @@ class GraphedStep:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False)
 
     def _body(self, images, targets, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step itself, eager or under capture: no host reads anywhere in it."""
-        loss, hits = self.objective.loss(self.model, images, targets, labels, self._autocast())
-        loss.backward()
-        if self.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad, foreach=True)
-        self.optimizer.step()
-        return loss.detach(), hits
+        return train_step(self.model, self.optimizer, self.objective, (images, targets, labels), self._autocast(),
+                          self.clip_grad, self.params)
 
     def _eager(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """A warm-up step on a side stream, ordered after and before the current stream's work."""
