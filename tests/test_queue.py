@@ -157,3 +157,21 @@ def test_judge_exit_and_backoff():
     outcome, why = judge_exit(1, False, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")
     assert outcome == "retry" and "out of memory" in why
     assert [backoff_s(f, 10) for f in (1, 2, 3)] == [10, 20, 40] and backoff_s(30, 10) == 3600
+
+
+def test_a_field_added_to_runspec_keeps_planned_runs_identical():
+    """The hash covers the fields that differ from RunSpec's defaults: a new field with a default (a later
+    vmbench) leaves every planned run's identity unchanged, while a changed value changes it."""
+    import dataclasses
+
+    from vmbench.config import RunSpec
+    from vmbench.scheduler.queue import spec_identity
+
+    spec = RunSpec(model="vmamba_t", dataset="shapes", epochs=3, seed=2)
+    Later = dataclasses.make_dataclass("Later", [("new_knob", bool, dataclasses.field(default=False))],
+                                       bases=(RunSpec,))
+    later = Later(model="vmamba_t", dataset="shapes", epochs=3, seed=2)
+    assert spec_hash("train", spec_identity(later)) == spec_hash("train", spec_identity(spec))
+    assert spec_identity(spec)["seed"] == 2 and "lr" not in spec_identity(spec)
+    changed = Later(model="vmamba_t", dataset="shapes", epochs=3, seed=2, new_knob=True)
+    assert spec_hash("train", spec_identity(changed)) != spec_hash("train", spec_identity(spec))

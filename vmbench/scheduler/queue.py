@@ -26,10 +26,24 @@ def spec_hash(kind: str, spec: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def spec_identity(spec) -> dict[str, Any]:
+    """The fields of a RunSpec that differ from RunSpec's defaults: what a planned run is. A field added to RunSpec
+    later (with a default) leaves the identity, and so the hash, of every run planned before it unchanged."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(spec):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = getattr(spec, f.name)
+        if default is dataclasses.MISSING or value != default:
+            out[f.name] = dataclasses.asdict(spec)[f.name] if dataclasses.is_dataclass(value) else value
+    return out
+
+
 def train_item(model: str, dataset: str, args: list[str], spec) -> dict[str, Any]:
     """A queue item for `vmbench run MODEL DATASET *args`, whose resolved RunSpec is `spec`."""
     d = spec.to_dict()
-    return {"kind": "train", "spec_hash": spec_hash("train", d), "model": model, "dataset": dataset,
+    return {"kind": "train", "spec_hash": spec_hash("train", spec_identity(spec)), "model": model, "dataset": dataset,
             "args": [model, dataset, *args], "spec": d, "gpus": int(d.get("world_size") or 1)}
 
 
