@@ -76,6 +76,8 @@ def test_checkpoints_of_the_other_task_are_refused(det_run, tmp_path):
         (["test_resnet", "shapes-det", "--weights", str(cls_ckpt)], "is a detection dataset"),
         (["test_resnet", "shapes", "--task", "detection", "--weights", str(det_ckpt)], "has no boxes"),
         (["resnet18", "shapes-det", "--task", "detection", "--weights", str(det_ckpt)], "is a checkpoint of"),
+        (["test_resnet", "shapes-det", "--task", "detection", "--weights", str(det_ckpt), "--channels-last"],
+         "classification evaluation only"),
     ]
     for args, message in cases:
         r = _invoke(["eval", *args, "--device", "cpu", "--db", str(db)])

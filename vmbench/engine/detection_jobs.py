@@ -50,6 +50,11 @@ class DetectionWeightsEval:
         if self.dataset.kind not in DETECTION_KINDS:
             raise SpecError(f"dataset {self.dataset.name} has no boxes: --task detection needs shapes-det, coco or "
                             "a COCO-format folder")
+        given = [flag for flag, on in (("--val-resize", spec.val_resize is not None),
+                                        ("--channels-last", spec.channels_last),
+                                        ("--skip-bad-images", spec.skip_bad_images)) if on]
+        if given:
+            raise SpecError(f"{', '.join(given)}: classification evaluation only (the detector resizes its inputs)")
         self.device = resolve_device(spec.device)
         self.scan_backend = resolve_scan_backend(spec.scan_backend, self.device)
         self.amp = bool(spec.amp) and self.device.type == "cuda"
