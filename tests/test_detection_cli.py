@@ -76,6 +76,8 @@ def test_checkpoints_of_the_other_task_are_refused(det_run, tmp_path):
         (["test_resnet", "shapes-det", "--weights", str(cls_ckpt)], "is a detection dataset"),
         (["test_resnet", "shapes", "--task", "detection", "--weights", str(det_ckpt)], "has no boxes"),
         (["resnet18", "shapes-det", "--task", "detection", "--weights", str(det_ckpt)], "is a checkpoint of"),
+        (["test_resnet", "shapes-det", "--task", "detection", "--weights", str(det_ckpt), "--channels-last"],
+         "classification evaluation only"),
     ]
     for args, message in cases:
         r = _invoke(["eval", *args, "--device", "cpu", "--db", str(db)])
@@ -91,10 +93,12 @@ def test_bench_detection_at_h_x_w_is_stored_with_its_protocol(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["task"] == "detection" and (out["res"], out["res_w"]) == (96, 128) and out["flops_res"] == "96x128"
+    assert out["num_classes"] == 80
     assert out["img_s"] > 0 and out["params_m"] > 0 and out["gflops"] > 0 and out["peak_mem_mb"] is not None
     with Store(str(db)) as store:
         run = store.get_run(out["id"])
         assert run.kind == "bench" and run.params["task"] == "detection" and run.params["res_w"] == 128
+        assert run.params["num_classes"] == 80
     r = _invoke(["compare", "--db", str(db), "--format", "json"])
     assert r.exit_code == 0, r.output
     rows = [row for row in json.loads(r.stdout) if row["model"] == "test_resnet"]

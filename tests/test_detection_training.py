@@ -1,6 +1,7 @@
 """Detection training for real on the CPU: a light Mask R-CNN on shapes-det moves COCO box AP well above the same
-detector untrained (measured here, on the same validation images), and a deterministic detection run SIGKILLed
-after its first epoch, resumed, ends with exactly the metrics of an uninterrupted one."""
+detector untrained (measured here, on the same validation images), and `vmbench eval --task detection` of its
+checkpoint gives the run's AP; a deterministic detection run SIGKILLed after its first epoch, resumed, ends with
+exactly the metrics of an uninterrupted one."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from vmbench import checkpoint as ck
@@ -41,8 +44,8 @@ def test_training_moves_box_ap_above_an_untrained_detector(tmp_path):
             "--deterministic",
             "--img-size", str(LEARN["img_size"]), "--batch-size", str(LEARN["batch_size"]), "--lr", str(LEARN["lr"]),
             "--epochs", str(LEARN["epochs"]), "--max-train-batches", str(LEARN_CAPS["max_train_batches"]),
-            "--max-val-batches", str(LEARN_CAPS["max_val_batches"]), "--set", "det_head='light'",
-            "--db", str(tmp_path / "x.db"), "--json"]
+            "--max-val-batches", str(LEARN_CAPS["max_val_batches"]), "--set", "det_head='light'", "--set",
+            "checkpoints=true", "--db", str(tmp_path / "x.db"), "--json"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     after = json.loads(r.stdout)
@@ -52,6 +55,16 @@ def test_training_moves_box_ap_above_an_untrained_detector(tmp_path):
     assert after["box_ap50"] > max(before["box_ap50"] + 7.0, 10 * before["box_ap50"]), (before["box_ap50"],
                                                                                         after["box_ap50"])
     assert after["mask_ap"] > before["mask_ap"], (before["mask_ap"], after["mask_ap"])
+    # `vmbench eval --task detection` of the run's best.pt on the same images gives the run's AP.
+    best = Path(Store(str(tmp_path / "x.db")).get_run(after["id"]).checkpoint_dir) / ck.BEST
+    r = CliRunner().invoke(main, ["eval", "test_resnet", "shapes-det", "--task", "detection", "--weights", str(best),
+                                  "--batch-size", "4", "--max-val-batches", "4", "--device", "cpu",
+                                  "--db", str(tmp_path / "x.db"), "--json"])
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.stdout)
+    assert ev["images"] == 16 and ev["img_size"] == LEARN["img_size"]
+    for k in ("box_ap", "box_ap50", "mask_ap"):
+        assert ev[k] == pytest.approx(after[k], abs=1e-6), k
 
 
 RESUME = ["run", "test_resnet", "shapes-det", "--task", "detection", "--deterministic", "--epochs", "3",

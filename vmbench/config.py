@@ -18,6 +18,7 @@ SCHEDULERS = ("cosine", "step", "multistep")
 AMP_DTYPES = ("bf16", "fp16")
 TASKS = ("classification", "detection")
 DET_HEADS = ("standard", "light")  # detector sizes (vmbench.engine.detection.DET_HEADS)
+DETECTION_BENCH_CLASSES = 80  # `bench --task detection`: COCO's classes (the heads' size)
 DEFAULT_DB = "experiments.db"
 
 

@@ -5,7 +5,7 @@ import contextlib
 
 import click
 
-from ..config import TASKS, parse_img_size
+from ..config import DETECTION_BENCH_CLASSES, TASKS, parse_img_size
 from ._common import (DEVICES, PRECISIONS, SCAN_BACKENDS, _console, _json_out, _run_errors, _text, _user_error,
                       db_option, default_data_root, json_option, main)
 from .options import WORKERS, batch_size_option, build_spec, img_size_option, run_options
@@ -233,7 +233,8 @@ def bench(model, suite, img_size, task, batch_size, precision, device, scan_back
         spec = BenchSpec(model=model, res=res, batch=batch, precision=precision, device=device,
                          scan_backend=scan_backend, warmup=warmup, repeats=repeats, channels_last=channels_last,
                          compile=compile_, cuda_graph=cuda_graph, tags=list(tags), task=task,
-                         res_w=res_w if detection else None)
+                         res_w=res_w if detection else None,
+                         **({"num_classes": DETECTION_BENCH_CLASSES} if detection else {}))
     from ..scheduler.local import execute_bench
 
     with _run_errors("bench run"):

@@ -18,10 +18,9 @@ from .bench import PeakMemory, recorded_scan_backend, resolve_device, resolve_sc
 from .detection import (DETECTION_METRICS, build_detector, det_head_of, detector_cost, detector_throughput,
                         evaluate_detection, is_detector_state)
 
-__all__ = ["DetectionWeightsEval", "detection_benchmark", "DETECTION_CLASSES"]
+__all__ = ["DetectionWeightsEval", "detection_benchmark"]
 
 Progress = Callable[[str, int, int], None]
-DETECTION_CLASSES = 80  # `bench --task detection`: COCO's classes (the heads' size; speed hardly depends on it)
 
 
 def _eval_max_size(min_size: int) -> int:
@@ -50,6 +49,11 @@ class DetectionWeightsEval:
         if self.dataset.kind not in DETECTION_KINDS:
             raise SpecError(f"dataset {self.dataset.name} has no boxes: --task detection needs shapes-det, coco or "
                             "a COCO-format folder")
+        given = [flag for flag, on in (("--val-resize", spec.val_resize is not None),
+                                        ("--channels-last", spec.channels_last),
+                                        ("--skip-bad-images", spec.skip_bad_images)) if on]
+        if given:
+            raise SpecError(f"{', '.join(given)}: classification evaluation only (the detector resizes its inputs)")
         self.device = resolve_device(spec.device)
         self.scan_backend = resolve_scan_backend(spec.scan_backend, self.device)
         self.amp = bool(spec.amp) and self.device.type == "cuda"
@@ -115,9 +119,9 @@ class DetectionWeightsEval:
 
 
 def detection_benchmark(spec, progress: Progress | None = None) -> dict:
-    """Inference speed of MODEL's Mask R-CNN (random weights, DETECTION_CLASSES classes) on `spec.batch` random
-    images of H × W = spec.hw (a BenchSpec with task="detection"; the detector's resize keeps that size):
-    img/s and latency (median of spec.repeats calls after spec.warmup), peak memory over the timed calls
+    """Inference speed of MODEL's Mask R-CNN (random weights, spec.num_classes classes: the CLI gives COCO's 80) on
+    `spec.batch` random images of H × W = spec.hw (a BenchSpec with task="detection"; the detector's resize keeps
+    that size): img/s and latency (median of spec.repeats calls after spec.warmup), peak memory over the timed calls
     (CUDA: allocated; CPU: RSS growth), params of the whole detector and GFLOPs of backbone + FPN at that size."""
     from vmbench.models import create_model, resolve_model_name
     from vmbench.models.features import size_free_kwargs
@@ -132,9 +136,10 @@ def detection_benchmark(spec, progress: Progress | None = None) -> dict:
         raise SpecError("bench --task detection measures fp32 or amp_bf16 eager inference: --precision amp_fp16, "
                         "--channels-last, --compile and --cuda-graph do not apply")
     hw = spec.hw
-    cost = detector_cost(name, DETECTION_CLASSES, hw)
-    backbone = create_model(name, num_classes=DETECTION_CLASSES, scan_backend=backend, **size_free_kwargs(name))
-    det = build_detector(backbone, DETECTION_CLASSES, min_size=min(hw), max_size=max(hw))
+    classes = spec.num_classes
+    cost = detector_cost(name, classes, hw)
+    backbone = create_model(name, num_classes=classes, scan_backend=backend, **size_free_kwargs(name))
+    det = build_detector(backbone, classes, min_size=min(hw), max_size=max(hw))
     det.to(device)
     load_before = load_average()
     with PeakMemory(device, delta=device.type != "cuda") as pm:
@@ -147,6 +152,6 @@ def detection_benchmark(spec, progress: Progress | None = None) -> dict:
         peak_mem_mb=pm.mb, peak_mem_source=pm.source, device=device.type,
         gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         torch_threads=torch.get_num_threads(), precision=spec.precision, res=hw[0], res_w=hw[1],
-        batch=spec.batch, num_classes=DETECTION_CLASSES,
+        batch=spec.batch, num_classes=classes,
         scan_backend=recorded_scan_backend(name, backend), channels_last=False, compile=False, cuda_graph=False,
         warmup=spec.warmup, repeats=spec.repeats, iters=1, **_load_fields(load_before))
