@@ -4,6 +4,7 @@ unchanged); detector throughput at an H x W stored as a bench run whose protocol
 before torch is imported."""
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
@@ -45,7 +46,7 @@ def det_run(tmp_path_factory):
 
 def test_eval_of_a_detector_checkpoint_is_stored_as_an_eval_run(det_run):
     db, run_id, trained = det_run
-    best = Path(Store(str(db)).get_run(run_id).checkpoint_dir) / "best.pt"
+    best = _checkpoint(db, run_id)
     r = _invoke(["eval", "test_resnet", "shapes-det", "--task", "detection", "--weights", str(best), "--batch-size",
                  "2", "--max-val-batches", "2", "--device", "cpu", "--db", str(db), "--json"])
     assert r.exit_code == 0, r.output
@@ -61,14 +62,20 @@ def test_eval_of_a_detector_checkpoint_is_stored_as_an_eval_run(det_run):
         assert set(DETECTION_METRICS) <= set(results_dict(run))
 
 
+def _checkpoint(db, run_id) -> Path:
+    with Store(str(db)) as store:  # closed: no connection left to checkpoint the WAL later
+        return Path(store.get_run(run_id).checkpoint_dir) / "best.pt"
+
+
 def test_checkpoints_of_the_other_task_are_refused(det_run, tmp_path):
     db, run_id, _ = det_run
-    det_ckpt = Path(Store(str(db)).get_run(run_id).checkpoint_dir) / "best.pt"
+    det_ckpt = _checkpoint(db, run_id)
     r = _invoke(["run", "test_resnet", "shapes", "--epochs", "1", "--max-train-batches", "1", "--max-val-batches", "1",
                  "--img-size", "32", "--batch-size", "4", "--device", "cpu", "--set", "checkpoints=true",
                  "--db", str(db), "--json"])
     assert r.exit_code == 0, r.output
-    cls_ckpt = Path(Store(str(db)).get_run(json.loads(r.stdout)["id"]).checkpoint_dir) / "best.pt"
+    cls_ckpt = _checkpoint(db, json.loads(r.stdout)["id"])
+    gc.collect()  # any connection a finished command left behind closes now, not while the refusals run
     before = db_digest(db)
     cases = [
         (["test_resnet", "shapes-det", "--task", "detection", "--weights", str(cls_ckpt)], "holds classification"),

@@ -56,7 +56,8 @@ def test_training_moves_box_ap_above_an_untrained_detector(tmp_path):
                                                                                         after["box_ap50"])
     assert after["mask_ap"] > before["mask_ap"], (before["mask_ap"], after["mask_ap"])
     # `vmbench eval --task detection` of the run's best.pt on the same images gives the run's AP.
-    best = Path(Store(str(tmp_path / "x.db")).get_run(after["id"]).checkpoint_dir) / ck.BEST
+    with Store(str(tmp_path / "x.db")) as store:
+        best = Path(store.get_run(after["id"]).checkpoint_dir) / ck.BEST
     r = CliRunner().invoke(main, ["eval", "test_resnet", "shapes-det", "--task", "detection", "--weights", str(best),
                                   "--batch-size", "4", "--max-val-batches", "4", "--device", "cpu",
                                   "--db", str(tmp_path / "x.db"), "--json"])
@@ -79,8 +80,9 @@ def _cli(args, **kw):
 
 def _epochs(db, run_id):
     by_epoch: dict = {}
-    for m in Store(str(db)).get_run(run_id).metrics:
-        by_epoch.setdefault(m.epoch, {})[m.key] = m.value
+    with Store(str(db)) as store:
+        for m in store.get_run(run_id).metrics:
+            by_epoch.setdefault(m.epoch, {})[m.key] = m.value
     return {e: {k: v.get(k) for k in SAME} for e, v in sorted(by_epoch.items())}
 
 
@@ -111,7 +113,8 @@ def test_sigkilled_detection_run_resumes_to_identical_metrics(tmp_path):
 
     db = tmp_path / "killed" / "x.db"
     _killed_after_first_checkpoint(db)
-    run = Store(str(db)).get_run(1)
+    with Store(str(db)) as store:
+        run = store.get_run(1)
     assert run.status == "running"  # SIGKILL: nothing recorded; shown as interrupted
     assert ck.load_checkpoint(ck.latest_good(run.checkpoint_dir))["epochs_done"] in (1, 2)
 
@@ -122,4 +125,5 @@ def test_sigkilled_detection_run_resumes_to_identical_metrics(tmp_path):
     for key in ("box_ap", "box_ap50", "mask_ap", "train_loss"):
         assert out[key] == ref_out[key], key
     assert _epochs(db, 1) == _epochs(ref_db, ref_out["id"])
-    assert Store(str(db)).get_run(1).status == "completed"
+    with Store(str(db)) as store:
+        assert store.get_run(1).status == "completed"
