@@ -94,7 +94,8 @@ def build(path: Path) -> None:
 
 
 def time_command(args: list[str], repeats: int) -> list[float]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # as installed: bytecode cached (the warm-up run writes it), whatever this shell's PYTHONDONTWRITEBYTECODE says
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "vmbench.cli", *args]
     subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=True)  # warm-up (and: it works)
     times = []
