@@ -134,3 +134,24 @@ def test_bad_sizes_exit_2_before_torch(tmp_path, args, message):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not db.exists()
+
+
+def test_compare_shows_box_and_mask_ap_for_a_detection_dataset(det_run):
+    """A detection dataset's leaderboard: COCO AP columns (the store's listing columns hold every metric the
+    detector reports), no top-1 / top-5; a classification section keeps top-1."""
+    from vmbench.store.tables import DETECTION_AP
+
+    assert DETECTION_AP == DETECTION_METRICS
+    db, run_id, trained = det_run
+    r = _invoke(["compare", "--db", str(db), "--dataset", "shapes-det", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    row = next(x for x in json.loads(r.stdout) if x["run_id"] == run_id)
+    assert row["task"] == "detection"
+    for k in DETECTION_AP:  # a size range with no objects has no AP (NaN, stored as none)
+        want = None if isinstance(trained[k], float) and math.isnan(trained[k]) else trained[k]
+        assert _same(row[k], want), (k, row[k], trained[k])
+    table = _invoke(["compare", "--db", str(db), "--dataset", "shapes-det", "--format", "markdown"]).stdout
+    assert "| box AP |" in table and "| mask AP_L |" in table and "top-1" not in table
+    r = _invoke(["compare", "--db", str(db), "--dataset", "shapes-det", "--sort", "box_ap50", "--columns",
+                 "box_ap,mask_ap", "--format", "csv"])
+    assert r.exit_code == 0 and "box_ap" in r.stdout.splitlines()[0]

@@ -13,11 +13,13 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from ..store.tables import DETECTION_AP
+
 BENCH_GROUP = "(benchmark)"
 PAPER_GROUP = "(paper, quoted)"
 AGGS = ("mean", "best", "latest")
 # Columns where a larger value is better / a smaller one is (for highlighting the best value and sorting).
-HIGHER = ("top1", "top5", "img_s", "train_img_s")
+HIGHER = ("top1", "top5", "img_s", "train_img_s", *DETECTION_AP)
 LOWER = ("loss",)
 
 
@@ -189,7 +191,8 @@ def _pick(grp: list[dict], agg: str, metric: str) -> list[dict]:
 
 
 def _accuracy_row(grp: list[dict], proto: dict, agg: str, bench_by_key: dict) -> dict[str, Any]:
-    used = _pick(grp, agg, "top1")
+    detection = any(_parts(r, "box_ap")[0] for r in grp)  # a detection run's results are COCO AP, not top-1
+    used = _pick(grp, agg, "box_ap" if detection else "top1")
     first = used[0]
     classes = _num(first.get("num_classes"))
     few = classes is not None and classes <= 5
@@ -200,7 +203,10 @@ def _accuracy_row(grp: list[dict], proto: dict, agg: str, bench_by_key: dict) ->
         if col == "top5" and few:
             mean = std = None  # top-5 of 5 classes or fewer is 100 % by construction
         row[col], row[f"{col}_std"] = mean, std
-    row["top5_note"] = f"{int(classes)} classes" if few else None
+    row["top5_note"] = f"{int(classes)} classes" if few and not detection else None
+    row["task"] = "detection" if detection else "classification"
+    for key in DETECTION_AP:
+        row[key], row[f"{key}_std"], _ = _gstats(used, key)
     row["runs"] = _n_runs(used)
     row["runs_in_group"] = _n_runs(grp)
     row["seeds"] = _seeds(used)
@@ -313,12 +319,13 @@ def mark_best(rows: list[dict]) -> None:
 
 def sort_rows(rows: list[dict], column: str | None) -> list[dict]:
     """Sections in order (datasets by name, then benchmarks, then quoted paper rows); inside one, by `column`
-    (top-1 for accuracy, img/s for benchmarks by default): larger first for HIGHER columns, else smaller first."""
+    (top-1 for accuracy, box AP for detection, img/s for benchmarks by default): larger first for HIGHER columns, else smaller first."""
     def section_key(r):
         return ({BENCH_GROUP: 1, PAPER_GROUP: 2}.get(r["section"], 0), str(r["section"]))
 
     def value_key(r):
-        col = column or ("img_s" if r["section"] == BENCH_GROUP else "top1")
+        col = column or ("img_s" if r["section"] == BENCH_GROUP else "box_ap" if r.get("task") == "detection"
+                         else "top1")
         v = r.get(col)
         missing = v is None
         if isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -47,7 +47,7 @@ e = html.escape
 
 
 def _table(section: str, grp: list[dict]) -> str:
-    cols = tables.section_columns(section, None)
+    cols = tables.section_columns(section, None, grp)
     cols = [c for c in cols if c == "model" or any(tables.cell(r, c) != "—" for r in grp)]
     out = [f"<h3>{e(tables.section_title(section))}</h3>", '<div class="wrap"><table class="sortable"><thead><tr>']
     out += [f"<th>{e(tables.COLUMNS[c][0])}</th>" for c in cols]

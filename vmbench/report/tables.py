@@ -9,6 +9,7 @@ import csv
 import io
 import json
 
+from ..store.tables import DETECTION_AP
 from .aggregate import BENCH_GROUP, PAPER_GROUP
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
@@ -26,6 +27,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "latency_ms": ("latency ms", "{:.2f}"), "peak_mem_mb": ("peak MB", "{:.0f}"),
     "mem_delta_mb": ("RSS growth MB", "{:.0f}"), "wall_s": ("wall s", "{:.0f}"),
     "epochs_done": ("epochs done", "{:.0f}"), "run_id": ("run", "{}"),
+    **{k: (k.replace("_", " ").replace("ap", "AP", 1).replace("APs", "AP_S").replace("APm", "AP_M")
+           .replace("APl", "AP_L"), "{:.1f}") for k in DETECTION_AP},
 }
 _ACCURACY = ["model", "source", "trained_on", "start", "img_size", "val_resize", "train_resize", "epochs", "recipe", "top1",
              "top5", "loss", "runs", "seeds", "params_m", "gflops", "img_s", "train_img_s", "peak_mem_mb",
@@ -33,12 +36,18 @@ _ACCURACY = ["model", "source", "trained_on", "start", "img_size", "val_resize",
              "scan_backend", "run_id"]
 _BENCH = ["model", "mode", "device", "gpu", "precision", "batch", "res", "scan_backend", "runs", "img_s",
           "latency_ms", "params_m", "gflops", "peak_mem_mb", "mem_delta_mb", "run_id"]
+# A detection dataset's section: COCO box / mask AP in place of top-1 / top-5 / loss.
+_DETECTION = [c for c in _ACCURACY if c not in ("top1", "top5", "loss")]
+_DETECTION[_DETECTION.index("recipe") + 1:_DETECTION.index("recipe") + 1] = list(DETECTION_AP)
 _PAPER = ["model", "dataset", "img_size", "top1", "params_m", "gflops", "source"]
-_STD = ("top1", "top5", "loss", "img_s")
+_STD = ("top1", "top5", "loss", "img_s", "box_ap", "mask_ap")
 
 
-def section_columns(section: str, only: list[str] | None) -> list[str]:
-    cols = _BENCH if section == BENCH_GROUP else _PAPER if section == PAPER_GROUP else _ACCURACY
+def section_columns(section: str, only: list[str] | None, rows: list[dict] = ()) -> list[str]:
+    """The columns of one section (`rows`: its rows; a section of detection runs shows AP instead of top-1)."""
+    detection = any(r.get("task") == "detection" for r in rows)
+    cols = (_BENCH if section == BENCH_GROUP else _PAPER if section == PAPER_GROUP
+            else _DETECTION if detection else _ACCURACY)
     if only:
         cols = [c for c in cols if c in only or c == "model"]
     return cols
@@ -90,7 +99,7 @@ def _sections(rows: list[dict]) -> list[tuple[str, list[dict]]]:
 def to_markdown(rows: list[dict], only: list[str] | None = None) -> str:
     parts = []
     for section, grp in _sections(rows):
-        cols = section_columns(section, only)
+        cols = section_columns(section, only, grp)
         lines = [f"**{section_title(section)}**", "", "| " + " | ".join(COLUMNS[c][0] for c in cols) + " |",
                  "|" + "---|" * len(cols)]
         for r in grp:
@@ -116,7 +125,7 @@ def to_latex(rows: list[dict], only: list[str] | None = None) -> str:
     """One booktabs tabular per section (\\usepackage{booktabs}); best values in bold."""
     parts = []
     for section, grp in _sections(rows):
-        cols = section_columns(section, only)
+        cols = section_columns(section, only, grp)
         lines = [f"% {latex_escape(section_title(section))}", r"\begin{tabular}{" + "l" * len(cols) + "}",
                  r"\toprule", " & ".join(latex_escape(COLUMNS[c][0]) for c in cols) + r" \\", r"\midrule"]
         for r in grp:
@@ -164,7 +173,7 @@ def render_table(rows: list[dict], console, only: list[str] | None = None) -> No
     from rich.text import Text
 
     for section, grp in _sections(rows):
-        cols = [c for c in section_columns(section, only)
+        cols = [c for c in section_columns(section, only, grp)
                 if c == "model" or only or any(cell(r, c) != "—" for r in grp)]
         t = Table(title=Text(section_title(section)), title_justify="left", header_style="bold")
         for c in cols:

@@ -137,7 +137,8 @@ def _m0004_run_results(conn: Connection) -> None:
     """`run_results`: the results the listings show as columns, one row per run (store.tables), filled from
     `results` for the runs already recorded."""
     num = ("top1", "top5", "val_loss", "params_m", "gflops", "img_s", "latency_ms", "peak_mem_mb", "train_time_s",
-           "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch")
+           "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch",
+           *(f"{t}_ap{s}" for t in ("box", "mask") for s in ("", "50", "75", "s", "m", "l")))
     text = ("peak_mem_source", "gpu_name", "precision")
     md = sa.MetaData()
     sa.Table("runs", md, sa.Column("id", sa.Integer, primary_key=True))  # referenced, not created
