@@ -5,7 +5,7 @@ trained on (for evaluations of a checkpoint), image size, crop / resize, epochs 
 name, precision, batch, resolution, compiled / CUDA graph / channels-last, scan backend, and whether a training
 step or an inference was timed. Runs of different protocols never share a row.
 
-Entry point: `compare_rows(run_rows, trained, agg)` over `queries.select_runs` rows; `paper_rows(models)`.
+Entry point: `compare_rows(run_rows, agg)` over `queries.select_runs` rows; `paper_rows(models)`.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def _start(r: dict) -> str:
     return "scratch"
 
 
-def accuracy_protocol(r: dict, trained: dict[str, dict]) -> dict[str, Any]:
+def accuracy_protocol(r: dict) -> dict[str, Any]:
     img = _num(r.get("img_size")) or r.get("p_img_size")
     proto = {"source": r["kind"], "img_size": int(img) if img is not None else None,
              "val_resize": r.get("p_val_resize"), "train_resize": r.get("p_train_resize") if r["kind"] == "train"
@@ -120,19 +120,18 @@ def accuracy_protocol(r: dict, trained: dict[str, dict]) -> dict[str, Any]:
     if r["kind"] == "eval":
         # Checkpoints of train runs group by what they were trained on (like seeds); an outside file is its own
         # protocol (by content hash, else path).
-        src = trained.get(r.get("p_weights_path") or "")
-        proto["trained_on"] = src["dataset"] if src else "external weights"
-        proto["epochs"] = src["epochs"] if src else None
+        src = bool(r.get("src_ids"))  # the checkpoint's train run (queries._weights_source)
+        proto["trained_on"] = r.get("src_dataset") if src else "external weights"
+        proto["epochs"] = r.get("src_epochs") if src else None
         proto["weights"] = "train run checkpoint" if src else (r.get("p_weights_sha256") or r.get("p_weights_path"))
     return proto
 
 
-def _weights_label(grp: list[dict], trained: dict[str, dict]) -> str | None:
-    """How an eval row names its weights: "run N" (or "runs N, M", or "K runs: N, M, …, Z")
-    for train-run checkpoints, else the file."""
-    srcs = [trained.get(r.get("p_weights_path") or "") for r in grp]
-    if all(srcs):
-        ids = sorted({s["run_id"] for s in srcs})
+def _weights_label(grp: list[dict]) -> str | None:
+    """How an eval row names its weights: "run N" (or "runs N, M", or "K runs: N, M, …, Z") for train-run
+    checkpoints, else the file."""
+    if all(r.get("src_ids") for r in grp):
+        ids = sorted({i for r in grp for i in r["src_ids"]})
         if len(ids) > 4:  # a long sweep's evaluations: the count and the ends, not every id in one cell
             return f"{len(ids)} runs: {ids[0]}, {ids[1]}, …, {ids[-1]}"
         return ("run " if len(ids) == 1 else "runs ") + ", ".join(map(str, ids))
@@ -252,8 +251,7 @@ def _speed_row(grp: list[dict], proto: dict, agg: str) -> dict[str, Any]:
     return row
 
 
-def compare_rows(run_rows: Iterable[dict], trained: dict[str, dict], agg: str = "mean",
-                 include_bench: bool = True) -> list[dict]:
+def compare_rows(run_rows: Iterable[dict], agg: str = "mean", include_bench: bool = True) -> list[dict]:
     """Rows of `compare` from runs (select_runs) or groups of identical runs (select_groups): accuracy rows per
     (model, dataset, accuracy protocol) — their speed columns only when all their runs were timed under one speed
     protocol, else a note — and, with `include_bench`, speed rows per (model, speed protocol)."""
@@ -270,7 +268,7 @@ def compare_rows(run_rows: Iterable[dict], trained: dict[str, dict], agg: str = 
             speed.setdefault(key, []).append(r)
             protos[("s", *key)] = p
         else:
-            p = accuracy_protocol(r, trained)
+            p = accuracy_protocol(r)
             key = (r["model"], r["dataset"], tuple(sorted((k, str(v)) for k, v in p.items())))
             acc.setdefault(key, []).append(r)
             protos[("a", *key)] = p
@@ -278,7 +276,7 @@ def compare_rows(run_rows: Iterable[dict], trained: dict[str, dict], agg: str = 
     for key, grp in acc.items():
         row = _accuracy_row(grp, protos[("a", *key)], agg, speed)
         if row["kind"] == "eval":
-            row["weights"] = _weights_label(_pick(grp, agg, "top1"), trained)
+            row["weights"] = _weights_label(_pick(grp, agg, "top1"))
         rows.append(row)
     if include_bench:
         rows += [_speed_row(grp, protos[("s", *key)], agg) for key, grp in speed.items()]

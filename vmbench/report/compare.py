@@ -57,10 +57,8 @@ def compare_report(engine, flt: queries.RunFilter, *, agg: str = "mean", paper: 
             run_rows = queries.select_groups(conn, flt)  # runs of identical settings summed up in SQL
         else:
             run_rows = queries.select_runs(conn, flt)
-        evals = [r.get("p_weights_path") for r in run_rows if r["kind"] == "eval"]
-        trained = queries.trained_on(conn, evals)
     bench = include_bench and not flt.datasets and not flt.recipes
-    rows = aggregate.compare_rows(run_rows, trained, agg, include_bench=bench)
+    rows = aggregate.compare_rows(run_rows, agg, include_bench=bench)
     if paper:
         from ..models import list_models
 

@@ -2,7 +2,7 @@
 results of each run are pivoted into columns in SQL, and the per-epoch metrics are read only when asked for.
 
 Entry points: `RunFilter`, `select_runs(conn, flt)` (one row per run, results as columns), `metric_rows`,
-`result_rows`, `known_values`, `trained_on`. Nothing here writes and nothing imports torch.
+`result_rows`, `known_values`. Nothing here writes and nothing imports torch.
 """
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ from ..store.tables import NUM_RESULTS, TEXT_RESULTS, metrics, results, run_resu
 PARAMS = {"epochs": "int", "batch_size": "int", "img_size": "int", "val_resize": "int", "train_resize": "int",
           "res": "int", "batch": "int", "precision": "str", "section": "str", "kind": "str", "compile": "bool",
           "compiled": "bool", "cuda_graph": "bool", "channels_last": "bool", "amp": "bool", "amp_dtype": "str",
-          "weights_path": "str", "weights_sha256": "str", "bench_batch": "int", "init": "str", "weights": "str",
+          "bench_batch": "int", "init": "str", "weights": "str",
           "pretrained": "bool", "task": "str", "res_w": "int"}
+# An evaluation's weights file: select_runs reads these with PARAMS; select_groups only for files that are no
+# train run's checkpoint (those group by their source run's dataset and epochs instead).
+WEIGHTS_PARAMS = ("weights_path", "weights_sha256")
 RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "pid_started", "host", "device",
                "scan_backend", "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir",
                "run_uuid", "git_sha", "git_dirty", "error")
@@ -120,16 +123,41 @@ def _result_joins(keys: Sequence[str]):
     return src, cols
 
 
+def _weights_source(conn: sa.Connection):
+    """(subquery `src` with eval_id, id, dataset, epochs; ON clause against runs): for each evaluation, the train
+    run whose checkpoint folder holds its weights file (the file's folder is that run's checkpoint_dir, looked up
+    by index). Evaluations of other files, and other runs, find none."""
+    ev, train = runs.alias("ev"), runs.alias("train")
+    path = ev.c.params["weights_path"].as_string()
+    if conn.dialect.name == "sqlite":  # the folder: strip the name after the last "/", then the "/"
+        folder = sa.func.rtrim(path, sa.func.replace(path, "/", ""))
+        folder = sa.func.substr(folder, 1, sa.func.length(folder) - 1)
+    else:
+        folder = sa.func.regexp_replace(path, "/[^/]*$", "")
+    src = (sa.select(ev.c.id.label("eval_id"), train.c.id, train.c.dataset,
+                     train.c.params["epochs"].as_integer().label("epochs"))
+           .join_from(ev, train, train.c.checkpoint_dir == folder)
+           .where(ev.c.kind == "eval", train.c.kind == "train").subquery("src"))
+    return src, src.c.eval_id == runs.c.id
+
+
+def _source_columns(src) -> list:
+    """The weights' source train run of an evaluation: its id, dataset and epochs (None without one)."""
+    return [src.c.id.label("src_id"), src.c.dataset.label("src_dataset"), src.c.epochs.label("src_epochs")]
+
+
 def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = True) -> list[dict[str, Any]]:
     """One dict per run matching `flt`, newest first: the run's columns, `status` as it really is (a dead
     `running` run is `interrupted`), `p_<name>` for the PARAMS settings and, with `with_results`, the results
     (NUM_RESULTS by name, TEXT_RESULTS as `r_<name>`; absent ones None)."""
     stored, recheck = stored_statuses(flt.statuses)
     cols = [runs.c[c] for c in RUN_COLUMNS] + _params_columns(conn)
+    cols += [runs.c.params[n].as_string().label(f"p_{n}") for n in WEIGHTS_PARAMS]
     q = sa.select(*cols).where(*_where(flt, stored)).order_by(runs.c.id.desc())
     if with_results:
-        src, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS)
-        q = q.add_columns(*rcols).select_from(src)
+        joined, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS)
+        src, on = _weights_source(conn)
+        q = q.add_columns(*rcols, *_source_columns(src)).select_from(joined.outerjoin(src, on))
     if flt.limit is not None and not recheck:
         q = q.limit(flt.limit)
     out = []
@@ -142,6 +170,8 @@ def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = Tru
             continue
         if isinstance(d.get("tags"), str):
             d["tags"] = json.loads(d["tags"])
+        if with_results:
+            d["src_ids"] = [d["src_id"]] if d["src_id"] is not None else []
         out.append(d)
         if flt.limit is not None and len(out) >= flt.limit:
             break
@@ -156,28 +186,40 @@ def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
     """Like `select_runs` (stored statuses only: no `running` / `interrupted` in `flt.statuses`), but runs with
     identical settings (every column, setting and protocol result except id, seed, tags, times, host, pid) are
     aggregated in SQL: one dict per such group with `n_runs`, `ids`, `seeds`, and for each measured result k
-    its mean as k plus `k__n`, `k__sum`, `k__sq` (count, sum, sum of squares) to merge groups exactly."""
+    `k__n`, `k__sum`, `k__sq` (count, sum, sum of squares: groups merge exactly) and its mean as k. Evaluations of
+    train runs' checkpoints group by the source runs' dataset and epochs (`src_dataset`, `src_epochs`, `src_ids`),
+    not by file; those of other files by the file."""
     assert not stored_statuses(flt.statuses)[1], "effective statuses need select_runs"
-    src, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS)
+    joined, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS)
+    src, on = _weights_source(conn)
+    own_file = src.c.id.is_(None)
     keys = [runs.c[c] for c in ("kind", "model", "dataset", "recipe", "status", "device", "scan_backend")]
     keys += _params_columns(conn)
+    keys += [sa.case((own_file, runs.c.params[n].as_string())).label(f"p_{n}") for n in WEIGHTS_PARAMS]
+    keys += _source_columns(src)[1:]
     keys += [c for c in rcols if c.name not in NUM_RESULTS or c.name in PROTOCOL_RESULTS]
     measured = [c for c in rcols if c.name in NUM_RESULTS and c.name not in PROTOCOL_RESULTS]
     aggs = [sa.func.count().label("n_runs"), sa.func.max(runs.c.id).label("id"),
             sa.func.aggregate_strings(sa.cast(runs.c.id, sa.Text), ",").label("ids"),
-            sa.func.aggregate_strings(sa.cast(runs.c.seed, sa.Text), ",").label("seeds_")]
+            sa.func.aggregate_strings(sa.cast(runs.c.seed, sa.Text), ",").label("seeds_"),
+            sa.func.aggregate_strings(sa.cast(src.c.id, sa.Text), ",").label("src_ids")]
     for c in measured:
-        v = c.element if hasattr(c, "element") else c
-        aggs += [sa.func.avg(v).label(c.name), sa.func.count(v).label(f"{c.name}__n"),
-                 sa.func.sum(v).label(f"{c.name}__sum"), sa.func.sum(v * v).label(f"{c.name}__sq")]
-    q = (sa.select(*keys, *aggs).select_from(src).where(*_where(flt, stored_statuses(flt.statuses)[0]))
+        v = c.element
+        aggs += [sa.func.count(v).label(f"{c.name}__n"), sa.func.sum(v).label(f"{c.name}__sum"),
+                 sa.func.sum(v * v).label(f"{c.name}__sq")]
+    q = (sa.select(*keys, *aggs).select_from(joined.outerjoin(src, on))
+         .where(*_where(flt, stored_statuses(flt.statuses)[0]))
          .group_by(*[k.element if hasattr(k, "element") else k for k in keys]))
+    names = [c.name for c in measured]
     out = []
     for row in conn.execute(q).all():
         d = dict(row._mapping)
         _unpack_params(d)
-        d["ids"] = sorted(int(x) for x in (d["ids"] or "").split(",") if x)
+        d["ids"] = sorted(map(int, d["ids"].split(",")))
         d["seeds"] = sorted({int(x) for x in (d.pop("seeds_") or "").split(",") if x})
+        d["src_ids"] = sorted({int(x) for x in (d["src_ids"] or "").split(",") if x})
+        for k in names:
+            d[k] = d[f"{k}__sum"] / d[f"{k}__n"] if d[f"{k}__n"] else None
         out.append(d)
     return out
 
@@ -235,23 +277,3 @@ def metric_rows(conn: sa.Connection, run_ids: Iterable[int], keys: Sequence[str]
         row = out[run_id].setdefault(slot, {"epoch": epoch, "step": step})
         row[key] = value
     return {i: list(rows.values()) for i, rows in out.items()}
-
-
-def trained_on(conn: sa.Connection, weights_paths: Iterable[str]) -> dict[str, dict]:
-    """For weights files that lie in a train run's checkpoint folder: path -> {"run_id", "dataset", "epochs"}
-    of that run (files from elsewhere are left out)."""
-    import posixpath
-
-    by_dir: dict[str, list[str]] = {}
-    for p in weights_paths:
-        if p:
-            by_dir.setdefault(posixpath.dirname(p), []).append(p)
-    if not by_dir:
-        return {}
-    q = (sa.select(runs.c.id, runs.c.dataset, runs.c.checkpoint_dir, _param("epochs", "int").label("epochs"))
-         .where(runs.c.kind == "train", runs.c.checkpoint_dir.in_(list(by_dir))))
-    out = {}
-    for r in conn.execute(q):
-        for p in by_dir.get(r.checkpoint_dir, []):
-            out[p] = {"run_id": r.id, "dataset": r.dataset, "epochs": r.epochs}
-    return out

@@ -135,7 +135,7 @@ def _m0003_queue(conn: Connection) -> None:
 
 def _m0004_run_results(conn: Connection) -> None:
     """`run_results`: the results the listings show as columns, one row per run (store.tables), filled from
-    `results` for the runs already recorded."""
+    `results` for the runs already recorded; an index on runs.checkpoint_dir."""
     num = ("top1", "top5", "val_loss", "params_m", "gflops", "img_s", "latency_ms", "peak_mem_mb", "train_time_s",
            "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch",
            *(f"{t}_ap{s}" for t in ("box", "mask") for s in ("", "50", "75", "s", "m", "l")))
@@ -151,6 +151,9 @@ def _m0004_run_results(conn: Connection) -> None:
     pick += [sa.func.max(sa.case((results.c.key == k, results.c.text))).label(k) for k in text]
     rows = sa.select(results.c.run_id, *pick).where(results.c.key.in_(num + text)).group_by(results.c.run_id)
     conn.execute(table.insert().from_select(["run_id", *num, *text], rows))
+    # the reports find the train run of an evaluated checkpoint by its folder
+    sa.Index("ix_runs_checkpoint_dir", sa.Table("runs", sa.MetaData(), sa.Column("checkpoint_dir", sa.String(1024)))
+             .c.checkpoint_dir).create(conn)
 
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [

@@ -45,7 +45,7 @@ runs = sa.Table(
     sa.Column("seed", sa.Integer),
     sa.Column("tags", sa.JSON, nullable=False, default=list),
     sa.Column("parent_id", sa.ForeignKey("runs.id")),
-    sa.Column("checkpoint_dir", sa.String(1024)),
+    sa.Column("checkpoint_dir", sa.String(1024), index=True),  # an evaluation's weights -> their train run
     sa.Column("run_uuid", sa.String(32), unique=True),  # never repeats: names the run's folder
     sa.Column("pid_started", sa.Float),  # the process's start time (epoch s): pid reuse
 )
