@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from vmbench.scheduler.slurm import job_state, parse_time
@@ -76,6 +77,12 @@ def test_slurm_job_requeues_on_signal_and_resumes(slurm, tmp_path):
         _wait(lambda: _epochs(db) >= 1, 300, "the run's first epoch in the job", w)
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
         _wait(lambda: _restarts(job)[0] >= 1 and _restarts(job)[1] == "PENDING", 180, "the requeue", w)
+        # The job's first start may still be tearing down (srun waits up to 12 s for its step): a start forced
+        # before it is gone fails at once. Wait until no process of that start is left.
+        folder = f"{os.sep}{job}"
+        _wait(lambda: not any(folder in " ".join(p.info["cmdline"] or []) and "queue-logs" in
+                              " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])),
+              60, "the first start's processes to end", w)
         # SLURM holds a requeued job for about two minutes before it may start again; skip that wait.
         subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=60)
         stdout, stderr = w.communicate(timeout=400)
