@@ -127,3 +127,21 @@ def test_sigkilled_detection_run_resumes_to_identical_metrics(tmp_path):
     assert _epochs(db, 1) == _epochs(ref_db, ref_out["id"])
     with Store(str(db)) as store:
         assert store.get_run(1).status == "completed"
+
+
+def test_two_process_detection_run_records_one_run_with_ap_per_epoch(tmp_path):
+    """`run --task detection --gpus 2` (torchrun + DDP, gloo on the CPU): the two ranks train one detector and
+    rank 0 alone writes one completed run with its COCO AP per epoch and its checkpoints."""
+    db = tmp_path / "x.db"
+    r = subprocess.run([sys.executable, "-m", "vmbench.cli", "run", "test_resnet", "shapes-det", "--task", "detection",
+                        "--epochs", "2", "--max-train-batches", "3", "--max-val-batches", "2", "--img-size", "64",
+                        "--batch-size", "2", "--device", "cpu", "--set", "det_head='light'", "--set",
+                        "checkpoints=true", "--gpus", "2", "--db", str(db), "--json"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with Store(str(db), create=False) as store:
+        assert store.count_runs() == 1
+        run = store.get_run(json.loads(r.stdout)["id"])
+        assert run.status == "completed" and run.params["world_size"] == 2
+        assert sorted({m.epoch for m in run.metrics if m.key == "box_ap"}) == [1, 2]
+        assert (Path(run.checkpoint_dir) / "last.pt").exists()
