@@ -56,7 +56,7 @@ def compare_report(engine, flt: queries.RunFilter, *, agg: str = "mean", paper: 
         if agg == "mean" and not queries.stored_statuses(flt.statuses)[1]:
             run_rows = queries.select_groups(conn, flt)  # runs of identical settings summed up in SQL
         else:
-            run_rows = queries.select_runs(conn, flt)
+            run_rows = queries.select_runs(conn, flt, with_source=True)
     bench = include_bench and not flt.datasets and not flt.recipes
     rows = aggregate.compare_rows(run_rows, agg, include_bench=bench)
     if paper:

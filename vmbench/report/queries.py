@@ -1,5 +1,5 @@
 """The reports' read queries, in SQLAlchemy Core over the store's tables: filters and limits run in SQL, the
-results of each run are pivoted into columns in SQL, and the per-epoch metrics are read only when asked for.
+results of each run come as columns from `run_results`, and the per-epoch metrics are read only when asked for.
 
 Entry points: `RunFilter`, `select_runs(conn, flt)` (one row per run, results as columns), `metric_rows`,
 `result_rows`, `known_values`. Nothing here writes and nothing imports torch.
@@ -112,15 +112,11 @@ def _unpack_params(d: dict) -> None:
         d[f"p_{name}"] = v
 
 
-def _result_joins(keys: Sequence[str]):
-    """(FROM clause, columns): runs LEFT JOIN run_results (a primary-key lookup per run), the `keys` as
-    columns (numbers by name, texts as `r_<name>`)."""
-    src = runs.outerjoin(run_results, run_results.c.run_id == runs.c.id)
-    cols = []
-    for key in keys:
-        assert key in NUM_RESULTS or key in TEXT_RESULTS, key
-        cols.append(run_results.c[key].label(key if key in NUM_RESULTS else f"r_{key}"))
-    return src, cols
+def _with_results(src):
+    """(FROM clause, columns): `src` LEFT JOIN run_results (a primary-key lookup per run), NUM_RESULTS as columns
+    by their own name and TEXT_RESULTS as `r_<name>`."""
+    cols = [run_results.c[k].label(k) for k in NUM_RESULTS] + [run_results.c[k].label(f"r_{k}") for k in TEXT_RESULTS]
+    return src.outerjoin(run_results, run_results.c.run_id == runs.c.id), cols
 
 
 def _weights_source(conn: sa.Connection):
@@ -141,23 +137,26 @@ def _weights_source(conn: sa.Connection):
     return src, src.c.eval_id == runs.c.id
 
 
-def _source_columns(src) -> list:
-    """The weights' source train run of an evaluation: its id, dataset and epochs (None without one)."""
-    return [src.c.id.label("src_id"), src.c.dataset.label("src_dataset"), src.c.epochs.label("src_epochs")]
-
-
-def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = True) -> list[dict[str, Any]]:
+def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = True,
+                with_source: bool = False) -> list[dict[str, Any]]:
     """One dict per run matching `flt`, newest first: the run's columns, `status` as it really is (a dead
     `running` run is `interrupted`), `p_<name>` for the PARAMS settings and, with `with_results`, the results
-    (NUM_RESULTS by name, TEXT_RESULTS as `r_<name>`; absent ones None)."""
+    (NUM_RESULTS by name, TEXT_RESULTS as `r_<name>`; absent ones None); with `with_source`, an evaluation's
+    source train run (`src_ids`: [its id] or [], `src_dataset`, `src_epochs`)."""
     stored, recheck = stored_statuses(flt.statuses)
     cols = [runs.c[c] for c in RUN_COLUMNS] + _params_columns(conn)
     cols += [runs.c.params[n].as_string().label(f"p_{n}") for n in WEIGHTS_PARAMS]
     q = sa.select(*cols).where(*_where(flt, stored)).order_by(runs.c.id.desc())
+    frm = runs
     if with_results:
-        joined, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS)
+        frm, rcols = _with_results(frm)
+        q = q.add_columns(*rcols)
+    if with_source:
         src, on = _weights_source(conn)
-        q = q.add_columns(*rcols, *_source_columns(src)).select_from(joined.outerjoin(src, on))
+        frm = frm.outerjoin(src, on)
+        q = q.add_columns(src.c.id.label("src_id"), src.c.dataset.label("src_dataset"),
+                          src.c.epochs.label("src_epochs"))
+    q = q.select_from(frm)
     if flt.limit is not None and not recheck:
         q = q.limit(flt.limit)
     out = []
@@ -170,7 +169,7 @@ def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = Tru
             continue
         if isinstance(d.get("tags"), str):
             d["tags"] = json.loads(d["tags"])
-        if with_results:
+        if with_source:
             d["src_ids"] = [d["src_id"]] if d["src_id"] is not None else []
         out.append(d)
         if flt.limit is not None and len(out) >= flt.limit:
@@ -190,13 +189,13 @@ def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
     train runs' checkpoints group by the source runs' dataset and epochs (`src_dataset`, `src_epochs`, `src_ids`),
     not by file; those of other files by the file."""
     assert not stored_statuses(flt.statuses)[1], "effective statuses need select_runs"
-    joined, rcols = _result_joins(NUM_RESULTS + TEXT_RESULTS)
     src, on = _weights_source(conn)
+    joined, rcols = _with_results(runs.outerjoin(src, on))
     own_file = src.c.id.is_(None)
     keys = [runs.c[c] for c in ("kind", "model", "dataset", "recipe", "status", "device", "scan_backend")]
     keys += _params_columns(conn)
     keys += [sa.case((own_file, runs.c.params[n].as_string())).label(f"p_{n}") for n in WEIGHTS_PARAMS]
-    keys += _source_columns(src)[1:]
+    keys += [src.c.dataset.label("src_dataset"), src.c.epochs.label("src_epochs")]
     keys += [c for c in rcols if c.name not in NUM_RESULTS or c.name in PROTOCOL_RESULTS]
     measured = [c for c in rcols if c.name in NUM_RESULTS and c.name not in PROTOCOL_RESULTS]
     aggs = [sa.func.count().label("n_runs"), sa.func.max(runs.c.id).label("id"),
@@ -207,7 +206,7 @@ def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
         v = c.element
         aggs += [sa.func.count(v).label(f"{c.name}__n"), sa.func.sum(v).label(f"{c.name}__sum"),
                  sa.func.sum(v * v).label(f"{c.name}__sq")]
-    q = (sa.select(*keys, *aggs).select_from(joined.outerjoin(src, on))
+    q = (sa.select(*keys, *aggs).select_from(joined)
          .where(*_where(flt, stored_statuses(flt.statuses)[0]))
          .group_by(*[k.element if hasattr(k, "element") else k for k in keys]))
     names = [c.name for c in measured]
