@@ -17,6 +17,10 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "multistep")
 AMP_DTYPES = ("bf16", "fp16")
 TASKS = ("classification", "detection")
+# COCOeval's first six stats, per IoU type: AP at IoU .50:.95, AP50, AP75, AP small / medium / large; a detection
+# run reports them in percent as box_ap … mask_apl.
+DETECTION_STATS = ("ap", "ap50", "ap75", "aps", "apm", "apl")
+DETECTION_METRICS = tuple(f"{t}_{s}" for t in ("box", "mask") for s in DETECTION_STATS)
 DET_HEADS = ("standard", "light")  # detector sizes (vmbench.engine.detection.DET_HEADS)
 DETECTION_BENCH_CLASSES = 80  # `bench --task detection`: COCO's classes (the heads' size)
 DEFAULT_DB = "experiments.db"

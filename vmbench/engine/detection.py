@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..config import DETECTION_METRICS, DETECTION_STATS
 from .train_loop import Objective
 
 __all__ = ["build_detector", "DET_HEADS", "is_detector_state", "det_head_of", "DetectionObjective", "predict",
@@ -28,9 +29,6 @@ __all__ = ["build_detector", "DET_HEADS", "is_detector_state", "det_head_of", "D
 
 Progress = Callable[[str, int, int], None]
 
-# COCOeval's first six stats, per IoU type: AP at IoU .50:.95, AP50, AP75, AP small / medium / large.
-_STAT_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
-DETECTION_METRICS = tuple(f"{t}_{s}" for t in ("box", "mask") for s in _STAT_NAMES)
 FPN_CHANNELS = 256
 
 
@@ -199,7 +197,7 @@ def coco_metrics(coco_gt, results: list[dict], image_ids: list[int]) -> dict:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-            for name, v in zip(_STAT_NAMES, ev.stats[:6]):
+            for name, v in zip(DETECTION_STATS, ev.stats[:6]):
                 out[f"{prefix}_{name}"] = 100.0 * float(v) if v >= 0 else float("nan")
     return out
 

@@ -9,11 +9,12 @@ import csv
 import io
 import json
 
-from ..store.tables import DETECTION_AP
+from ..config import DETECTION_METRICS, DETECTION_STATS
 from .aggregate import BENCH_GROUP, PAPER_GROUP
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 
+_SIZED_AP = {"aps": "AP_S", "apm": "AP_M", "apl": "AP_L"}  # COCO AP of small / medium / large objects
 # key -> (header, number format)
 COLUMNS: dict[str, tuple[str, str]] = {
     "model": ("model", "{}"), "dataset": ("dataset", "{}"), "source": ("source", "{}"),
@@ -27,8 +28,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "latency_ms": ("latency ms", "{:.2f}"), "peak_mem_mb": ("peak MB", "{:.0f}"),
     "mem_delta_mb": ("RSS growth MB", "{:.0f}"), "wall_s": ("wall s", "{:.0f}"),
     "epochs_done": ("epochs done", "{:.0f}"), "run_id": ("run", "{}"),
-    **{k: (k.replace("_", " ").replace("ap", "AP", 1).replace("APs", "AP_S").replace("APm", "AP_M")
-           .replace("APl", "AP_L"), "{:.1f}") for k in DETECTION_AP},
+    **{f"{t}_{s}": (f"{t} {_SIZED_AP.get(s, s.upper())}", "{:.1f}") for t in ("box", "mask") for s in DETECTION_STATS},
 }
 _ACCURACY = ["model", "source", "trained_on", "start", "img_size", "val_resize", "train_resize", "epochs", "recipe", "top1",
              "top5", "loss", "runs", "seeds", "params_m", "gflops", "img_s", "train_img_s", "peak_mem_mb",
@@ -38,7 +38,7 @@ _BENCH = ["model", "mode", "device", "gpu", "precision", "batch", "res", "scan_b
           "latency_ms", "params_m", "gflops", "peak_mem_mb", "mem_delta_mb", "run_id"]
 # A detection dataset's section: COCO box / mask AP in place of top-1 / top-5 / loss.
 _DETECTION = [c for c in _ACCURACY if c not in ("top1", "top5", "loss")]
-_DETECTION[_DETECTION.index("recipe") + 1:_DETECTION.index("recipe") + 1] = list(DETECTION_AP)
+_DETECTION[_DETECTION.index("recipe") + 1:_DETECTION.index("recipe") + 1] = list(DETECTION_METRICS)
 _PAPER = ["model", "dataset", "img_size", "top1", "params_m", "gflops", "source"]
 _STD = ("top1", "top5", "loss", "img_s", "box_ap", "mask_ap")
 

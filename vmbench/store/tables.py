@@ -9,6 +9,8 @@ import datetime as dt
 
 import sqlalchemy as sa
 
+from ..config import DETECTION_METRICS
+
 RUN_KINDS = ("train", "bench", "eval")
 # What a run can be: a `running` run whose process is gone is *shown* as
 # `interrupted` (see store.liveness.effective_status), never trusted blindly.
@@ -74,10 +76,8 @@ results = sa.Table(
 # The results the listings show as columns, kept once more as one row per run in `run_results` (written in the
 # same transaction as `results` by store.api; `results` stays the record): reading a leaderboard over 10 000
 # runs is then one primary-key join per run instead of one per key.
-# COCO box and mask AP of a detection run (percent), as engine.detection names them.
-DETECTION_AP = tuple(f"{t}_ap{s}" for t in ("box", "mask") for s in ("", "50", "75", "s", "m", "l"))
 NUM_RESULTS = ("top1", "top5", "val_loss", "params_m", "gflops", "img_s", "latency_ms", "peak_mem_mb", "train_time_s",
-               "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch", *DETECTION_AP)
+               "epochs_done", "num_classes", "img_size", "res", "batch", "bench_batch", *DETECTION_METRICS)
 TEXT_RESULTS = ("peak_mem_source", "gpu_name", "precision")
 
 
