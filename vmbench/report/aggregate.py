@@ -13,13 +13,13 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from ..store.tables import DETECTION_AP
+from ..config import DETECTION_METRICS
 
 BENCH_GROUP = "(benchmark)"
 PAPER_GROUP = "(paper, quoted)"
 AGGS = ("mean", "best", "latest")
 # Columns where a larger value is better / a smaller one is (for highlighting the best value and sorting).
-HIGHER = ("top1", "top5", "img_s", "train_img_s", *DETECTION_AP)
+HIGHER = ("top1", "top5", "img_s", "train_img_s", *DETECTION_METRICS)
 LOWER = ("loss",)
 
 
@@ -204,7 +204,9 @@ def _accuracy_row(grp: list[dict], proto: dict, agg: str, bench_by_key: dict) ->
         row[col], row[f"{col}_std"] = mean, std
     row["top5_note"] = f"{int(classes)} classes" if few and not detection else None
     row["task"] = "detection" if detection else "classification"
-    for key in DETECTION_AP:
+    if first["kind"] == "eval":
+        row["weights"] = _weights_label(used)
+    for key in DETECTION_METRICS:
         row[key], row[f"{key}_std"], _ = _gstats(used, key)
     row["runs"] = _n_runs(used)
     row["runs_in_group"] = _n_runs(grp)
@@ -274,10 +276,7 @@ def compare_rows(run_rows: Iterable[dict], agg: str = "mean", include_bench: boo
             protos[("a", *key)] = p
     rows = []
     for key, grp in acc.items():
-        row = _accuracy_row(grp, protos[("a", *key)], agg, speed)
-        if row["kind"] == "eval":
-            row["weights"] = _weights_label(_pick(grp, agg, "top1"))
-        rows.append(row)
+        rows.append(_accuracy_row(grp, protos[("a", *key)], agg, speed))
     if include_bench:
         rows += [_speed_row(grp, protos[("s", *key)], agg) for key, grp in speed.items()]
     return rows
@@ -317,7 +316,8 @@ def mark_best(rows: list[dict]) -> None:
 
 def sort_rows(rows: list[dict], column: str | None) -> list[dict]:
     """Sections in order (datasets by name, then benchmarks, then quoted paper rows); inside one, by `column`
-    (top-1 for accuracy, box AP for detection, img/s for benchmarks by default): larger first for HIGHER columns, else smaller first."""
+    (top-1 for accuracy, box AP for detection, img/s for benchmarks by default): larger first for HIGHER columns,
+    else smaller first."""
     def section_key(r):
         return ({BENCH_GROUP: 1, PAPER_GROUP: 2}.get(r["section"], 0), str(r["section"]))
 

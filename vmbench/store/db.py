@@ -1,8 +1,9 @@
 """Opening the results database: SQLite (WAL + busy_timeout) or any SQLAlchemy URL (PostgreSQL on clusters).
 
-`make_engine(target, create, readonly)` is the entry point; `Reader` wraps it for reading commands. Write transactions ask for `BEGIN IMMEDIATE` through
-the execution option `vmbench_begin_immediate=True` (store.api does for every write); `readonly` opens a SQLite
-file with `mode=ro` (and `immutable=1` where even the WAL's shared memory cannot be made: a read-only folder).
+`make_engine(target, create, readonly)` is the entry point; `Reader` wraps it for reading commands. Write
+transactions ask for `BEGIN IMMEDIATE` through the execution option `vmbench_begin_immediate=True` (store.api does
+for every write); `readonly` opens a SQLite file with `mode=ro` (and `immutable=1` where even the WAL's shared
+memory cannot be made: a read-only folder).
 """
 from __future__ import annotations
 
