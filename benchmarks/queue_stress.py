@@ -63,6 +63,12 @@ def read_trace(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+def outcome(db: str, trace: Path) -> tuple[list[dict], dict, list]:
+    """What a finished pass left: the trace's lines, the queue's counts by status, every attempt."""
+    with Queue(db) as q:
+        return read_trace(trace), q.counts(), q.attempts()
+
+
 def holds(db: str, pid: int) -> bool:
     """Whether worker `pid` holds a claim now (an attempt of its without an end)."""
     with Queue(db) as q:
@@ -87,10 +93,7 @@ def throughput(args) -> dict:
                 p.wait(timeout=3600)
             wall = time.perf_counter() - t0
             lat = [ms for i in range(args.workers) for ms in json.loads((folder / f"w{i}.json").read_text())["claim_ms"]]
-            lines = read_trace(trace)
-            with Queue(db) as q:
-                counts = q.counts()
-                attempts = q.attempts()
+            lines, counts, attempts = outcome(db, trace)
         finally:
             cleanup()
     starts: dict[int, int] = {}
@@ -129,10 +132,7 @@ def kill_trials(args) -> dict:
                 killed_at = time.time()
                 for p in procs:
                     p.wait(timeout=600)
-                lines = read_trace(trace)
-                with Queue(db) as q:
-                    counts = q.counts()
-                    attempts = q.attempts()
+                lines, counts, attempts = outcome(db, trace)
             finally:
                 cleanup()
             worker_of = {a.claim_token: a.worker for a in attempts}

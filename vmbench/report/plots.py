@@ -58,10 +58,7 @@ def _resolution(axes, rows: list[dict]) -> bool:
     for label, pts in sorted(lines.items()):
         pts.sort(key=lambda r: r["res"])
         ax_speed.plot([r["res"] for r in pts], [r["img_s"] for r in pts], marker="o", label=label)
-        mem = [(r["res"], r.get("peak_mem_mb") or r.get("mem_delta_mb")) for r in pts]
-        mem = [m for m in mem if m[1] is not None]
-        if mem:
-            ax_mem.plot([m[0] for m in mem], [m[1] for m in mem], marker="o", label=label)
+        _line(ax_mem, [(r["res"], r.get("peak_mem_mb") or r.get("mem_delta_mb")) for r in pts], label, "o")
     ax_speed.set_xlabel("resolution")
     ax_speed.set_ylabel("img/s")
     ax_speed.set_title("throughput vs resolution")
@@ -73,19 +70,21 @@ def _resolution(axes, rows: list[dict]) -> bool:
     return bool(lines)
 
 
+def _line(ax, points: list[tuple], label: str, marker: str) -> bool:
+    """Plot the (x, y) points whose y is known; whether there was any."""
+    points = [p for p in points if p[1] is not None]
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=label)
+    return bool(points)
+
+
 def _curves(axes, curves: dict[str, list[dict]]) -> bool:
     ax_acc, ax_loss = axes
     drawn = False
     for label, pts in curves.items():
         ep = [p for p in pts if p.get("epoch") is not None]
-        acc = [(p["epoch"], p["val_top1"]) for p in ep if p.get("val_top1") is not None]
-        loss = [(p["epoch"], p["train_loss"]) for p in ep if p.get("train_loss") is not None]
-        if acc:
-            ax_acc.plot([a[0] for a in acc], [a[1] for a in acc], marker=".", label=label)
-            drawn = True
-        if loss:
-            ax_loss.plot([a[0] for a in loss], [a[1] for a in loss], marker=".", label=label)
-            drawn = True
+        drawn |= _line(ax_acc, [(p["epoch"], p.get("val_top1")) for p in ep], label, ".")
+        drawn |= _line(ax_loss, [(p["epoch"], p.get("train_loss")) for p in ep], label, ".")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("val top-1 %")
     ax_loss.set_xlabel("epoch")
