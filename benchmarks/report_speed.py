@@ -30,7 +30,7 @@ N_RUNS, EPOCHS = 10_000, 300
 def build(path: Path) -> None:
     sys.path.insert(0, str(ROOT))
     from vmbench.store import Store
-    from vmbench.store.tables import NUM_RESULTS, TEXT_RESULTS, run_results_rows
+    from vmbench.store.tables import NUM_RESULTS, TEXT_RESULTS, run_results_rows, settings_columns
 
     Store(str(path)).close()  # the schema, through the migrations
     rng = random.Random(0)
@@ -70,7 +70,7 @@ def build(path: Path) -> None:
         runs.append((rid, kind, model, dataset, "imagenet_vmamba" if kind == "train" else None, json.dumps(params),
                      "completed", 1, "bench-host", "cuda", "triton", started, started, started, json.dumps(env),
                      rid % 3 if kind == "train" else None, json.dumps(["sweep"] if rid % 7 == 0 else []),
-                     f"/ckpt/{rid}" if kind == "train" else None))
+                     f"/ckpt/{rid}" if kind == "train" else None, *settings_columns(params).values()))
         for k, v in res.items():
             results.append((rid, k, v, None) if isinstance(v, (int, float)) else (rid, k, None, v))
         for e in range(EPOCHS):
@@ -79,8 +79,8 @@ def build(path: Path) -> None:
             con.executemany("INSERT INTO metrics (run_id, epoch, key, value, time) VALUES (?,?,?,?,?)", metrics)
             metrics.clear()
     con.executemany("INSERT INTO runs (id, kind, model, dataset, recipe, params, status, pid, host, device, "
-                    "scan_backend, started_at, ended_at, heartbeat_at, env, seed, tags, checkpoint_dir) VALUES "
-                    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
+                    "scan_backend, started_at, ended_at, heartbeat_at, env, seed, tags, checkpoint_dir, settings, weights) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
     con.executemany("INSERT INTO results (run_id, key, value, text) VALUES (?,?,?,?)", results)
     # the listing columns, as the store writes them beside the results
     wide = run_results_rows([dict(run_id=r, key=k, value=v, text=t) for r, k, v, t in results])

@@ -367,3 +367,41 @@ def test_migration_0004_fills_run_results_from_existing_results(tmp_path):
     engine.dispose()
     with Store(str(db)) as store:
         assert _pivot(store.engine) == {1: {"top1": 70.5, "params_m": 30.0}, 2: {"precision": "fp32"}}
+
+
+def test_run_settings_follow_params_and_migration_0005_fills_them(tmp_path):
+    """runs.settings / runs.weights (what the reports group by) are written with params, by create_run and by a
+    params update, and filled for the runs of a database recorded before the columns existed; the migration's
+    settings list is the current one."""
+    from vmbench.store.migrations import MIGRATIONS as ALL, SETTINGS_0005, _ledger
+    from vmbench.store.tables import SETTINGS
+
+    assert SETTINGS == SETTINGS_0005  # a change of tables.SETTINGS needs a migration that recomputes the column
+
+    def columns(engine):
+        with engine.connect() as c:
+            return {r.id: (json.loads(r.settings), r.weights and json.loads(r.weights))
+                    for r in c.execute(sa.text("SELECT id, settings, weights FROM runs"))}
+
+    db = tmp_path / "old.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as c:
+        _ledger.create(c)
+        for name, fn in ALL[:4]:
+            fn(c)
+            c.execute(_ledger.insert().values(name=name, applied_at=dt.datetime(2026, 1, 1)))
+        c.execute(sa.text("INSERT INTO runs (id, kind, model, params, status, started_at, env, tags) VALUES "
+                          "(1, 'train', 'm', '{\"epochs\": 30, \"amp\": true, \"lr\": 0.1}', 'completed', "
+                          "'2026-01-01', '{}', '[]'), (2, 'eval', 'm', '{\"weights_path\": \"/c/best.pt\"}', "
+                          "'completed', '2026-01-01', '{}', '[]')"))
+    engine.dispose()
+    blank = [None] * len(SETTINGS)
+    with Store(str(db)) as store:
+        filled = columns(store.engine)
+        assert filled[1][0][SETTINGS.index("epochs")] == 30 and filled[1][0][SETTINGS.index("amp")] is True
+        assert sum(v is not None for v in filled[1][0]) == 2 and filled[1][1] is None  # lr is no setting
+        assert filled[2] == (blank, ["/c/best.pt", None])
+        run = store.create_run("bench", "m", None, {"res": 384, "precision": "fp32", "batch": 1})
+        assert columns(store.engine)[run][0][SETTINGS.index("res")] == 384
+        store.update_run(run, params={"res": 512, "weights_path": "/w.pt", "weights_sha256": "ab"})
+        assert columns(store.engine)[run] == ([512 if n == "res" else None for n in SETTINGS], ["/w.pt", "ab"])

@@ -14,20 +14,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..config import DETECTION_METRICS
 from ..store.liveness import effective_status
-from ..store.tables import NUM_RESULTS, TEXT_RESULTS, metrics, results, run_results, runs
+from ..store.tables import NUM_RESULTS, SETTINGS, TEXT_RESULTS, WEIGHTS, metrics, results, run_results, runs
 
 # Results shown as columns of a run row come from `run_results` (one row per run): NUM_RESULTS by their own
-# name, TEXT_RESULTS as `r_<name>`.
-# Run settings read out of the params JSON in SQL (name -> type).
-PARAMS = {"epochs": "int", "batch_size": "int", "img_size": "int", "val_resize": "int", "train_resize": "int",
-          "res": "int", "batch": "int", "precision": "str", "section": "str", "kind": "str", "compile": "bool",
-          "compiled": "bool", "cuda_graph": "bool", "channels_last": "bool", "amp": "bool", "amp_dtype": "str",
-          "bench_batch": "int", "init": "str", "weights": "str",
-          "pretrained": "bool", "task": "str", "res_w": "int"}
-# An evaluation's weights file: select_runs reads these with PARAMS; select_groups only for files that are no
-# train run's checkpoint (those group by their source run's dataset and epochs instead).
-WEIGHTS_PARAMS = ("weights_path", "weights_sha256")
+# name, TEXT_RESULTS as `r_<name>`. Run settings (`p_<name>`) come from runs.settings (SETTINGS, one JSON array)
+# and, for an evaluation, runs.weights (WEIGHTS).
 RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "pid_started", "host", "device",
                "scan_backend", "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir",
                "run_uuid", "git_sha", "git_dirty", "error")
@@ -48,11 +41,6 @@ class RunFilter:
     ids: Sequence[int] = ()
     limit: int | None = None
     extra: dict = field(default_factory=dict)
-
-
-def _param(name: str, typ: str):
-    expr = runs.c.params[name]
-    return {"int": expr.as_integer, "str": expr.as_string, "bool": expr.as_boolean, "float": expr.as_float}[typ]()
 
 
 def _like_escape(text: str) -> str:
@@ -92,24 +80,12 @@ def stored_statuses(statuses: Sequence[str]) -> tuple[list[str] | None, bool]:
     return sorted(stored), False
 
 
-def _params_columns(conn: sa.Connection) -> list:
-    """The PARAMS settings out of the params JSON: on SQLite one json_extract of all paths (the document is
-    parsed once per row; a JSON array comes back), elsewhere one JSON path expression per setting."""
-    if conn.dialect.name == "sqlite":
-        paths = [f'$."{n}"' for n in PARAMS]
-        return [sa.func.json_extract(runs.c.params, *paths).label("p__all")]
-    return [_param(n, t).label(f"p_{n}") for n, t in PARAMS.items()]
-
-
-def _unpack_params(d: dict) -> None:
-    packed = d.pop("p__all", None)
-    if packed is None and "p__all" not in d and any(k.startswith("p_") for k in d):
-        return
-    values = json.loads(packed) if isinstance(packed, str) else [None] * len(PARAMS)
-    for (name, typ), v in zip(PARAMS.items(), values):
-        if typ == "bool" and v is not None:
-            v = bool(v)
-        d[f"p_{name}"] = v
+def _unpack_settings(d: dict) -> None:
+    """`settings` and `weights` (JSON arrays) -> `p_<name>` for each of SETTINGS and WEIGHTS."""
+    for names, packed in ((SETTINGS, d.pop("settings", None)), (WEIGHTS, d.pop("weights", None))):
+        values = json.loads(packed) if packed else ()
+        for i, name in enumerate(names):
+            d[f"p_{name}"] = values[i] if i < len(values) else None
 
 
 def _with_results(src):
@@ -140,12 +116,11 @@ def _weights_source(conn: sa.Connection):
 def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = True,
                 with_source: bool = False) -> list[dict[str, Any]]:
     """One dict per run matching `flt`, newest first: the run's columns, `status` as it really is (a dead
-    `running` run is `interrupted`), `p_<name>` for the PARAMS settings and, with `with_results`, the results
-    (NUM_RESULTS by name, TEXT_RESULTS as `r_<name>`; absent ones None); with `with_source`, an evaluation's
-    source train run (`src_ids`: [its id] or [], `src_dataset`, `src_epochs`)."""
+    `running` run is `interrupted`), `p_<name>` for the settings (SETTINGS, WEIGHTS) and, with `with_results`,
+    the results (NUM_RESULTS by name, TEXT_RESULTS as `r_<name>`; absent ones None); with `with_source`, an
+    evaluation's source train run (`src_ids`: [its id] or [], `src_dataset`, `src_epochs`)."""
     stored, recheck = stored_statuses(flt.statuses)
-    cols = [runs.c[c] for c in RUN_COLUMNS] + _params_columns(conn)
-    cols += [runs.c.params[n].as_string().label(f"p_{n}") for n in WEIGHTS_PARAMS]
+    cols = [runs.c[c] for c in (*RUN_COLUMNS, "settings", "weights")]
     q = sa.select(*cols).where(*_where(flt, stored)).order_by(runs.c.id.desc())
     frm = runs
     if with_results:
@@ -162,7 +137,7 @@ def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = Tru
     out = []
     for row in conn.execute(q).all():
         d = dict(row._mapping)
-        _unpack_params(d)
+        _unpack_settings(d)
         d["stored_status"] = d["status"]
         d["status"] = effective_status(row)
         if recheck and d["status"] not in flt.statuses:
@@ -179,13 +154,22 @@ def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = Tru
 
 # Results that are part of a run's protocol (grouped by) rather than measured values (averaged).
 PROTOCOL_RESULTS = ("img_size", "res", "batch", "bench_batch", "num_classes")
+# Measured results the reports show with their spread (std): the others are summed but not squared.
+SPREAD_RESULTS = ("top1", "top5", "val_loss", "img_s", *DETECTION_METRICS)
+
+
+def _has_detection(conn: sa.Connection) -> bool:
+    """Whether any run has COCO AP results (else select_groups leaves the twelve AP sums out)."""
+    return conn.execute(sa.select(run_results.c.run_id).where(run_results.c.box_ap.is_not(None)).limit(1)).first() \
+        is not None
 
 
 def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
     """Like `select_runs` (stored statuses only: no `running` / `interrupted` in `flt.statuses`), but runs with
     identical settings (every column, setting and protocol result except id, seed, tags, times, host, pid) are
     aggregated in SQL: one dict per such group with `n_runs`, `ids`, `seeds`, and for each measured result k
-    `k__n`, `k__sum`, `k__sq` (count, sum, sum of squares: groups merge exactly) and its mean as k. Evaluations of
+    `k__n`, `k__sum`, for SPREAD_RESULTS `k__sq` (count, sum, sum of squares: groups merge exactly) and its mean
+    as k (COCO AP only where some run has it). Evaluations of
     train runs' checkpoints group by the source runs' dataset and epochs (`src_dataset`, `src_epochs`, `src_ids`),
     not by file; those of other files by the file."""
     assert not stored_statuses(flt.statuses)[1], "effective statuses need select_runs"
@@ -193,19 +177,20 @@ def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
     joined, rcols = _with_results(runs.outerjoin(src, on))
     own_file = src.c.id.is_(None)
     keys = [runs.c[c] for c in ("kind", "model", "dataset", "recipe", "status", "device", "scan_backend")]
-    keys += _params_columns(conn)
-    keys += [sa.case((own_file, runs.c.params[n].as_string())).label(f"p_{n}") for n in WEIGHTS_PARAMS]
+    keys += [runs.c.settings, sa.case((own_file, runs.c.weights)).label("weights")]
     keys += [src.c.dataset.label("src_dataset"), src.c.epochs.label("src_epochs")]
     keys += [c for c in rcols if c.name not in NUM_RESULTS or c.name in PROTOCOL_RESULTS]
-    measured = [c for c in rcols if c.name in NUM_RESULTS and c.name not in PROTOCOL_RESULTS]
+    skip = () if _has_detection(conn) else DETECTION_METRICS
+    measured = [c for c in rcols if c.name in NUM_RESULTS and c.name not in (*PROTOCOL_RESULTS, *skip)]
     aggs = [sa.func.count().label("n_runs"), sa.func.max(runs.c.id).label("id"),
             sa.func.aggregate_strings(sa.cast(runs.c.id, sa.Text), ",").label("ids"),
             sa.func.aggregate_strings(sa.cast(runs.c.seed, sa.Text), ",").label("seeds_"),
             sa.func.aggregate_strings(sa.cast(src.c.id, sa.Text), ",").label("src_ids")]
     for c in measured:
         v = c.element
-        aggs += [sa.func.count(v).label(f"{c.name}__n"), sa.func.sum(v).label(f"{c.name}__sum"),
-                 sa.func.sum(v * v).label(f"{c.name}__sq")]
+        aggs += [sa.func.count(v).label(f"{c.name}__n"), sa.func.sum(v).label(f"{c.name}__sum")]
+        if c.name in SPREAD_RESULTS:
+            aggs.append(sa.func.sum(v * v).label(f"{c.name}__sq"))
     q = (sa.select(*keys, *aggs).select_from(joined)
          .where(*_where(flt, stored_statuses(flt.statuses)[0]))
          .group_by(*[k.element if hasattr(k, "element") else k for k in keys]))
@@ -213,7 +198,7 @@ def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
     out = []
     for row in conn.execute(q).all():
         d = dict(row._mapping)
-        _unpack_params(d)
+        _unpack_settings(d)
         d["ids"] = sorted(map(int, d["ids"].split(",")))
         d["seeds"] = sorted({int(x) for x in (d.pop("seeds_") or "").split(",") if x})
         d["src_ids"] = sorted({int(x) for x in (d["src_ids"] or "").split(",") if x})

@@ -168,19 +168,27 @@ def to_json(rows: list[dict], only: list[str] | None = None) -> str:
 
 def render_table(rows: list[dict], console, only: list[str] | None = None) -> None:
     """Rich tables, one per section; the best value of each column in bold green. A column with no value in any
-    row of a section is left out of that section's table (the other formats keep it)."""
+    row of a section is left out of that section's table (the other formats keep it). Where a table fits the
+    console, its column widths are given (the longest cell), which spares rich measuring every cell."""
+    from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
 
     for section, grp in _sections(rows):
-        cols = [c for c in section_columns(section, only, grp)
-                if c == "model" or only or any(cell(r, c) != "—" for r in grp)]
+        cols = section_columns(section, only, grp)
+        cells = [[cell(r, c) for c in cols] for r in grp]
+        keep = [i for i, c in enumerate(cols) if c == "model" or only or any(row[i] != "—" for row in cells)]
+        cols, cells = [cols[i] for i in keep], [[row[i] for i in keep] for row in cells]
+        heads = [COLUMNS[c][0] for c in cols]
+        widths = [max(cell_len(h), *(cell_len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+        fits = sum(w + 3 for w in widths) + 1 <= console.width  # a cell's padding and its border
         t = Table(title=Text(section_title(section)), title_justify="left", header_style="bold")
-        for c in cols:
-            t.add_column(Text(COLUMNS[c][0]), justify="left" if COLUMNS[c][1] == "{}" else "right",
-                         no_wrap=c == "model")
-        for r in grp:
-            t.add_row(*[Text(cell(r, c), style="bold green" if c in r.get("best", ()) else "") for c in cols])
+        for c, h, w in zip(cols, heads, widths):
+            t.add_column(Text(h), justify="left" if COLUMNS[c][1] == "{}" else "right", no_wrap=fits or c == "model",
+                         width=w if fits else None)
+        for r, row in zip(grp, cells):
+            best = r.get("best", ())
+            t.add_row(*[Text(v, style="bold green" if c in best else "") for c, v in zip(cols, row)])
         console.print(t)
     notes = sorted({r["speed_note"] for r in rows if r.get("speed_note")})
     for n in notes:

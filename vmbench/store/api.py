@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, selectinload
 from .db import Reader
 from .liveness import STALE_AFTER, effective_status, process_alive, process_started, stale_after  # noqa: F401
 from .schema import RUN_KINDS, RUN_STATUSES, Metric, Run, utcnow
-from .tables import results, run_results, run_results_rows
+from .tables import results, run_results, run_results_rows, settings_columns
 
 T = TypeVar("T")
 
@@ -114,7 +114,7 @@ class Store(Reader):
                   pid=os.getpid(), pid_started=process_started(), host=socket.gethostname(), gpus=gpus,
                   device=device, scan_backend=scan_backend, started_at=now, heartbeat_at=now, git_sha=git_sha,
                   git_dirty=git_dirty, env=dict(env or {}), seed=seed, tags=list(tags), parent_id=parent_id,
-                  checkpoint_dir=checkpoint_dir, run_uuid=run_uuid or uuid.uuid4().hex)
+                  checkpoint_dir=checkpoint_dir, run_uuid=run_uuid or uuid.uuid4().hex, **settings_columns(params))
         self.write(lambda s: s.add(run))
         return run.id
 
@@ -122,6 +122,8 @@ class Store(Reader):
         self.write(lambda s: s.execute(sa.update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow())))
 
     def update_run(self, run_id: int, **fields: Any) -> None:
+        if "params" in fields:
+            fields.update(settings_columns(fields["params"]))
         self.write(lambda s: s.execute(sa.update(Run).where(Run.id == run_id).values(**fields)))
 
     def log_metrics(self, run_id: int, values: Mapping[str, Any], *, epoch: int | None = None,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .tables import utcnow
+from .tables import settings_columns, utcnow
 
 _PG_LOCK_ID = 0x766D62  # "vmb"
 
@@ -156,11 +156,47 @@ def _m0004_run_results(conn: Connection) -> None:
              .c.checkpoint_dir).create(conn)
 
 
+# The settings list as migration 0005 wrote it (tables.SETTINGS must equal the newest such list: a change there
+# adds a migration that calls fill_settings with the new one).
+SETTINGS_0005 = ("epochs", "batch_size", "img_size", "val_resize", "train_resize", "res", "batch", "precision",
+                 "section", "kind", "compile", "compiled", "cuda_graph", "channels_last", "amp", "amp_dtype",
+                 "bench_batch", "init", "weights", "pretrained", "task", "res_w")
+
+
+def fill_settings(conn: Connection, names: tuple[str, ...], chunk: int = 5000) -> None:
+    """Recompute runs.settings and runs.weights out of every run's params (tables.settings_columns)."""
+    runs = sa.table("runs", sa.column("id", sa.Integer), sa.column("params", sa.JSON), sa.column("settings"),
+                    sa.column("weights"))
+    update = (sa.update(runs).where(runs.c.id == sa.bindparam("rid"))
+              .values(settings=sa.bindparam("s"), weights=sa.bindparam("w")))
+    last = 0
+    while True:
+        rows = conn.execute(sa.select(runs.c.id, runs.c.params).where(runs.c.id > last)
+                            .order_by(runs.c.id).limit(chunk)).all()
+        if not rows:
+            return
+        values = []
+        for rid, params in rows:
+            cols = settings_columns(params or {}, names)
+            values.append({"rid": rid, "s": cols["settings"], "w": cols["weights"]})
+        conn.execute(update, values)
+        last = rows[-1][0]
+
+
+def _m0005_run_settings(conn: Connection) -> None:
+    """runs.settings / runs.weights: the settings the reports group by, out of params, as one text column each
+    (store.tables.SETTINGS), filled for the runs already recorded."""
+    conn.execute(sa.text("ALTER TABLE runs ADD COLUMN settings TEXT"))
+    conn.execute(sa.text("ALTER TABLE runs ADD COLUMN weights TEXT"))
+    fill_settings(conn, SETTINGS_0005)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_run_uuid_and_liveness", _m0002_run_uuid_and_liveness),
     ("0003_queue", _m0003_queue),
     ("0004_run_results", _m0004_run_results),
+    ("0005_run_settings", _m0005_run_settings),
 ]
 
 _ledger = sa.Table(

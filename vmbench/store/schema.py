@@ -48,6 +48,8 @@ class Run(Base):
     checkpoint_dir: Mapped[str | None]
     run_uuid: Mapped[str | None]
     pid_started: Mapped[float | None]
+    settings: Mapped[str | None]
+    weights: Mapped[str | None]
 
     metrics: Mapped[list["Metric"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                    order_by="Metric.id")

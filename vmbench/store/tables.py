@@ -6,6 +6,9 @@ onto the same Table objects. The migrations create them; a test checks the two a
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -50,7 +53,30 @@ runs = sa.Table(
     sa.Column("checkpoint_dir", sa.String(1024), index=True),  # an evaluation's weights -> their train run
     sa.Column("run_uuid", sa.String(32), unique=True),  # never repeats: names the run's folder
     sa.Column("pid_started", sa.Float),  # the process's start time (epoch s): pid reuse
+    sa.Column("settings", sa.Text),  # SETTINGS out of params, a compact JSON array (settings_columns)
+    sa.Column("weights", sa.Text),  # an evaluation's [weights_path, weights_sha256] out of params, or NULL
 )
+
+# The run settings the reports show and group runs by, in this order. They live in `params`; `runs.settings`
+# keeps them once more as one compact JSON array, written with params (store.api), so that a leaderboard over
+# 10 000 runs groups by one text column instead of parsing every run's params document. Changing this list
+# needs a migration that recomputes the column (migrations.fill_settings).
+SETTINGS = ("epochs", "batch_size", "img_size", "val_resize", "train_resize", "res", "batch", "precision", "section",
+            "kind", "compile", "compiled", "cuda_graph", "channels_last", "amp", "amp_dtype", "bench_batch", "init",
+            "weights", "pretrained", "task", "res_w")
+WEIGHTS = ("weights_path", "weights_sha256")
+
+
+def _compact(values: list) -> str:
+    return json.dumps(values, separators=(",", ":"), default=str)
+
+
+def settings_columns(params: Mapping[str, Any], names: tuple[str, ...] = SETTINGS,
+                     weights: tuple[str, ...] = WEIGHTS) -> dict[str, str | None]:
+    """The `settings` and `weights` column values of a run with these params."""
+    w = [params.get(n) for n in weights]
+    return {"settings": _compact([params.get(n) for n in names]),
+            "weights": _compact(w) if any(v is not None for v in w) else None}
 
 # One value logged during a run (per epoch or per step).
 metrics = sa.Table(
