@@ -370,7 +370,7 @@ def test_migration_0004_fills_run_results_from_existing_results(tmp_path):
 
 
 def test_run_settings_follow_params_and_migration_0005_fills_them(tmp_path):
-    """runs.settings / runs.weights (what the reports group by) are written with params, by create_run and by a
+    """runs.settings / runs.weights_file (what the reports group by) are written with params, by create_run and by a
     params update, and filled for the runs of a database recorded before the columns existed; the migration's
     settings list is the current one."""
     from vmbench.store.migrations import MIGRATIONS as ALL, SETTINGS_0005, _ledger
@@ -380,8 +380,8 @@ def test_run_settings_follow_params_and_migration_0005_fills_them(tmp_path):
 
     def columns(engine):
         with engine.connect() as c:
-            return {r.id: (json.loads(r.settings), r.weights and json.loads(r.weights))
-                    for r in c.execute(sa.text("SELECT id, settings, weights FROM runs"))}
+            return {r.id: (json.loads(r.settings), r.weights_file and json.loads(r.weights_file))
+                    for r in c.execute(sa.text("SELECT id, settings, weights_file FROM runs"))}
 
     db = tmp_path / "old.db"
     engine = sa.create_engine(f"sqlite:///{db}")

@@ -20,7 +20,7 @@ from ..store.tables import NUM_RESULTS, SETTINGS, TEXT_RESULTS, WEIGHTS, metrics
 
 # Results shown as columns of a run row come from `run_results` (one row per run): NUM_RESULTS by their own
 # name, TEXT_RESULTS as `r_<name>`. Run settings (`p_<name>`) come from runs.settings (SETTINGS, one JSON array)
-# and, for an evaluation, runs.weights (WEIGHTS).
+# and, for an evaluation, runs.weights_file (WEIGHTS).
 RUN_COLUMNS = ("id", "kind", "model", "dataset", "recipe", "status", "pid", "pid_started", "host", "device",
                "scan_backend", "started_at", "ended_at", "heartbeat_at", "seed", "tags", "parent_id", "checkpoint_dir",
                "run_uuid", "git_sha", "git_dirty", "error")
@@ -81,8 +81,8 @@ def stored_statuses(statuses: Sequence[str]) -> tuple[list[str] | None, bool]:
 
 
 def _unpack_settings(d: dict) -> None:
-    """`settings` and `weights` (JSON arrays) -> `p_<name>` for each of SETTINGS and WEIGHTS."""
-    for names, packed in ((SETTINGS, d.pop("settings", None)), (WEIGHTS, d.pop("weights", None))):
+    """`settings` and `weights_file` (JSON arrays) -> `p_<name>` for each of SETTINGS and WEIGHTS."""
+    for names, packed in ((SETTINGS, d.pop("settings", None)), (WEIGHTS, d.pop("weights_file", None))):
         values = json.loads(packed) if packed else ()
         for i, name in enumerate(names):
             d[f"p_{name}"] = values[i] if i < len(values) else None
@@ -120,7 +120,7 @@ def select_runs(conn: sa.Connection, flt: RunFilter, *, with_results: bool = Tru
     the results (NUM_RESULTS by name, TEXT_RESULTS as `r_<name>`; absent ones None); with `with_source`, an
     evaluation's source train run (`src_ids`: [its id] or [], `src_dataset`, `src_epochs`)."""
     stored, recheck = stored_statuses(flt.statuses)
-    cols = [runs.c[c] for c in (*RUN_COLUMNS, "settings", "weights")]
+    cols = [runs.c[c] for c in (*RUN_COLUMNS, "settings", "weights_file")]
     q = sa.select(*cols).where(*_where(flt, stored)).order_by(runs.c.id.desc())
     frm = runs
     if with_results:
@@ -177,7 +177,7 @@ def select_groups(conn: sa.Connection, flt: RunFilter) -> list[dict[str, Any]]:
     joined, rcols = _with_results(runs.outerjoin(src, on))
     own_file = src.c.id.is_(None)
     keys = [runs.c[c] for c in ("kind", "model", "dataset", "recipe", "status", "device", "scan_backend")]
-    keys += [runs.c.settings, sa.case((own_file, runs.c.weights)).label("weights")]
+    keys += [runs.c.settings, sa.case((own_file, runs.c.weights_file)).label("weights_file")]
     keys += [src.c.dataset.label("src_dataset"), src.c.epochs.label("src_epochs")]
     keys += [c for c in rcols if c.name not in NUM_RESULTS or c.name in PROTOCOL_RESULTS]
     skip = () if _has_detection(conn) else DETECTION_METRICS

@@ -164,11 +164,11 @@ SETTINGS_0005 = ("epochs", "batch_size", "img_size", "val_resize", "train_resize
 
 
 def fill_settings(conn: Connection, names: tuple[str, ...], chunk: int = 5000) -> None:
-    """Recompute runs.settings and runs.weights out of every run's params (tables.settings_columns)."""
+    """Recompute runs.settings and runs.weights_file out of every run's params (tables.settings_columns)."""
     runs = sa.table("runs", sa.column("id", sa.Integer), sa.column("params", sa.JSON), sa.column("settings"),
-                    sa.column("weights"))
+                    sa.column("weights_file"))
     update = (sa.update(runs).where(runs.c.id == sa.bindparam("rid"))
-              .values(settings=sa.bindparam("s"), weights=sa.bindparam("w")))
+              .values(settings=sa.bindparam("s"), weights_file=sa.bindparam("w")))
     last = 0
     while True:
         rows = conn.execute(sa.select(runs.c.id, runs.c.params).where(runs.c.id > last)
@@ -178,16 +178,16 @@ def fill_settings(conn: Connection, names: tuple[str, ...], chunk: int = 5000) -
         values = []
         for rid, params in rows:
             cols = settings_columns(params or {}, names)
-            values.append({"rid": rid, "s": cols["settings"], "w": cols["weights"]})
+            values.append({"rid": rid, "s": cols["settings"], "w": cols["weights_file"]})
         conn.execute(update, values)
         last = rows[-1][0]
 
 
 def _m0005_run_settings(conn: Connection) -> None:
-    """runs.settings / runs.weights: the settings the reports group by, out of params, as one text column each
+    """runs.settings / runs.weights_file: the settings the reports group by, out of params, as one text column each
     (store.tables.SETTINGS), filled for the runs already recorded."""
     conn.execute(sa.text("ALTER TABLE runs ADD COLUMN settings TEXT"))
-    conn.execute(sa.text("ALTER TABLE runs ADD COLUMN weights TEXT"))
+    conn.execute(sa.text("ALTER TABLE runs ADD COLUMN weights_file TEXT"))
     fill_settings(conn, SETTINGS_0005)
 
 

@@ -49,7 +49,7 @@ class Run(Base):
     run_uuid: Mapped[str | None]
     pid_started: Mapped[float | None]
     settings: Mapped[str | None]
-    weights: Mapped[str | None]
+    weights_file: Mapped[str | None]
 
     metrics: Mapped[list["Metric"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                    order_by="Metric.id")

@@ -54,7 +54,7 @@ runs = sa.Table(
     sa.Column("run_uuid", sa.String(32), unique=True),  # never repeats: names the run's folder
     sa.Column("pid_started", sa.Float),  # the process's start time (epoch s): pid reuse
     sa.Column("settings", sa.Text),  # SETTINGS out of params, a compact JSON array (settings_columns)
-    sa.Column("weights", sa.Text),  # an evaluation's [weights_path, weights_sha256] out of params, or NULL
+    sa.Column("weights_file", sa.Text),  # an evaluation's [weights_path, weights_sha256] out of params, or NULL
 )
 
 # The run settings the reports show and group runs by, in this order. They live in `params`; `runs.settings`
@@ -64,7 +64,7 @@ runs = sa.Table(
 SETTINGS = ("epochs", "batch_size", "img_size", "val_resize", "train_resize", "res", "batch", "precision", "section",
             "kind", "compile", "compiled", "cuda_graph", "channels_last", "amp", "amp_dtype", "bench_batch", "init",
             "weights", "pretrained", "task", "res_w")
-WEIGHTS = ("weights_path", "weights_sha256")
+WEIGHTS = ("weights_path", "weights_sha256")  # runs.weights_file
 
 
 def _compact(values: list) -> str:
@@ -73,10 +73,10 @@ def _compact(values: list) -> str:
 
 def settings_columns(params: Mapping[str, Any], names: tuple[str, ...] = SETTINGS,
                      weights: tuple[str, ...] = WEIGHTS) -> dict[str, str | None]:
-    """The `settings` and `weights` column values of a run with these params."""
+    """The `settings` and `weights_file` column values of a run with these params."""
     w = [params.get(n) for n in weights]
     return {"settings": _compact([params.get(n) for n in names]),
-            "weights": _compact(w) if any(v is not None for v in w) else None}
+            "weights_file": _compact(w) if any(v is not None for v in w) else None}
 
 # One value logged during a run (per epoch or per step).
 metrics = sa.Table(
