@@ -79,8 +79,8 @@ def build(path: Path) -> None:
             con.executemany("INSERT INTO metrics (run_id, epoch, key, value, time) VALUES (?,?,?,?,?)", metrics)
             metrics.clear()
     con.executemany("INSERT INTO runs (id, kind, model, dataset, recipe, params, status, pid, host, device, "
-                    "scan_backend, started_at, ended_at, heartbeat_at, env, seed, tags, checkpoint_dir, settings, weights_file) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
+                    "scan_backend, started_at, ended_at, heartbeat_at, env, seed, tags, checkpoint_dir, settings, "
+                    "weights_file) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
     con.executemany("INSERT INTO results (run_id, key, value, text) VALUES (?,?,?,?)", results)
     # the listing columns, as the store writes them beside the results
     wide = run_results_rows([dict(run_id=r, key=k, value=v, text=t) for r, k, v, t in results])

@@ -348,32 +348,39 @@ def test_run_results_mirror_the_results_written(tmp_path):
         assert n == 5  # top1, img_s, gpu_name, classes, note: results keeps every key
 
 
-def test_migration_0004_fills_run_results_from_existing_results(tmp_path):
-    """A database written before run_results existed gets it filled from its results when it is opened."""
-    from vmbench.store.migrations import MIGRATIONS as ALL, _ledger
+def _old_database(tmp_path, n_migrations: int, *inserts: str):
+    """A SQLite file at the schema of the first `n_migrations` migrations, holding the rows `inserts` write."""
+    from vmbench.store.migrations import MIGRATIONS, _ledger
 
     db = tmp_path / "old.db"
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.begin() as c:
         _ledger.create(c)
-        for name, fn in ALL[:3]:
+        for name, fn in MIGRATIONS[:n_migrations]:
             fn(c)
             c.execute(_ledger.insert().values(name=name, applied_at=dt.datetime(2026, 1, 1)))
-        c.execute(sa.text("INSERT INTO runs (id, kind, model, params, status, started_at, env, tags) VALUES "
-                          "(1, 'train', 'm', '{}', 'completed', '2026-01-01', '{}', '[]'), "
-                          "(2, 'bench', 'm', '{}', 'completed', '2026-01-01', '{}', '[]')"))
-        c.execute(sa.text("INSERT INTO results (run_id, key, value, text) VALUES (1, 'top1', 70.5, NULL), "
-                          "(1, 'params_m', 30.0, NULL), (1, 'other', 1.0, NULL), (2, 'precision', NULL, 'fp32')"))
+        for sql in inserts:
+            c.execute(sa.text(sql))
     engine.dispose()
+    return db
+
+
+def test_migration_0004_fills_run_results_from_existing_results(tmp_path):
+    """A database written before run_results existed gets it filled from its results when it is opened."""
+    db = _old_database(tmp_path, 3, "INSERT INTO runs (id, kind, model, params, status, started_at, env, tags) "
+                       "VALUES (1, 'train', 'm', '{}', 'completed', '2026-01-01', '{}', '[]'), "
+                       "(2, 'bench', 'm', '{}', 'completed', '2026-01-01', '{}', '[]')",
+                       "INSERT INTO results (run_id, key, value, text) VALUES (1, 'top1', 70.5, NULL), "
+                       "(1, 'params_m', 30.0, NULL), (1, 'other', 1.0, NULL), (2, 'precision', NULL, 'fp32')")
     with Store(str(db)) as store:
         assert _pivot(store.engine) == {1: {"top1": 70.5, "params_m": 30.0}, 2: {"precision": "fp32"}}
 
 
 def test_run_settings_follow_params_and_migration_0005_fills_them(tmp_path):
-    """runs.settings / runs.weights_file (what the reports group by) are written with params, by create_run and by a
-    params update, and filled for the runs of a database recorded before the columns existed; the migration's
-    settings list is the current one."""
-    from vmbench.store.migrations import MIGRATIONS as ALL, SETTINGS_0005, _ledger
+    """runs.settings / runs.weights_file (what the reports group by) are written with params, by create_run and
+    by a params update, and filled for the runs of a database recorded before the columns existed; the
+    migration's settings list is the current one."""
+    from vmbench.store.migrations import SETTINGS_0005
     from vmbench.store.tables import SETTINGS
 
     assert SETTINGS == SETTINGS_0005  # a change of tables.SETTINGS needs a migration that recomputes the column
@@ -383,18 +390,10 @@ def test_run_settings_follow_params_and_migration_0005_fills_them(tmp_path):
             return {r.id: (json.loads(r.settings), r.weights_file and json.loads(r.weights_file))
                     for r in c.execute(sa.text("SELECT id, settings, weights_file FROM runs"))}
 
-    db = tmp_path / "old.db"
-    engine = sa.create_engine(f"sqlite:///{db}")
-    with engine.begin() as c:
-        _ledger.create(c)
-        for name, fn in ALL[:4]:
-            fn(c)
-            c.execute(_ledger.insert().values(name=name, applied_at=dt.datetime(2026, 1, 1)))
-        c.execute(sa.text("INSERT INTO runs (id, kind, model, params, status, started_at, env, tags) VALUES "
-                          "(1, 'train', 'm', '{\"epochs\": 30, \"amp\": true, \"lr\": 0.1}', 'completed', "
-                          "'2026-01-01', '{}', '[]'), (2, 'eval', 'm', '{\"weights_path\": \"/c/best.pt\"}', "
-                          "'completed', '2026-01-01', '{}', '[]')"))
-    engine.dispose()
+    db = _old_database(tmp_path, 4, "INSERT INTO runs (id, kind, model, params, status, started_at, env, tags) "
+                       "VALUES (1, 'train', 'm', '{\"epochs\": 30, \"amp\": true, \"lr\": 0.1}', 'completed', "
+                       "'2026-01-01', '{}', '[]'), (2, 'eval', 'm', '{\"weights_path\": \"/c/best.pt\"}', "
+                       "'completed', '2026-01-01', '{}', '[]')")
     blank = [None] * len(SETTINGS)
     with Store(str(db)) as store:
         filled = columns(store.engine)
