@@ -78,7 +78,7 @@ def compare(model, dataset, tag, recipe, since, status, fmt, agg, sort, columns,
     if fmt == "table" and not rows:
         click.echo("no completed runs match", err=True)
         return
-    text = emit(rows, fmt, _wide_console(), only)
+    text = emit(rows, fmt, _wide_console() if fmt == "table" else None, only)
     if text is not None:
         click.echo(text, nl=not text.endswith("\n"))
 

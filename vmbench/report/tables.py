@@ -196,7 +196,7 @@ def render_table(rows: list[dict], console, only: list[str] | None = None) -> No
 
 
 def emit(rows: list[dict], fmt: str, console, only: list[str] | None = None) -> str | None:
-    """The text of `rows` in `fmt` (None for "table", which prints to `console` itself)."""
+    """The text of `rows` in `fmt` (None for "table", which prints to `console` itself; other formats take None)."""
     assert fmt in FORMATS, fmt
     if fmt == "table":
         render_table(rows, console, only)
