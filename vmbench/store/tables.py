@@ -78,6 +78,7 @@ def settings_columns(params: Mapping[str, Any], names: tuple[str, ...] = SETTING
     return {"settings": _compact([params.get(n) for n in names]),
             "weights_file": _compact(w) if any(v is not None for v in w) else None}
 
+
 # One value logged during a run (per epoch or per step).
 metrics = sa.Table(
     "metrics", metadata,
