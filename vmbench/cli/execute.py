@@ -141,13 +141,11 @@ def _check_dataset(dataset: str, data_root: str | None):
 
 def _check_task(info, task: str, verb: str) -> None:
     """A detection dataset needs --task detection and only it (ValueError otherwise), before torch is imported."""
-    from ..data import DETECTION_KINDS
+    from ..data import task_mismatch
 
-    if task == "detection" and info.kind not in DETECTION_KINDS:
-        raise ValueError(f"dataset {info.name} has no boxes: --task detection needs shapes-det, coco or a "
-                         "COCO-format folder")
-    if task != "detection" and info.kind in DETECTION_KINDS:
-        raise ValueError(f"dataset {info.name} is a detection dataset: {verb} it with --task detection")
+    why = task_mismatch(info, task, verb)
+    if why:
+        raise ValueError(why)
 
 
 def _print_summary(run_id: int | None, model: str, dataset: str, results: dict) -> None:

@@ -16,7 +16,8 @@ start fast); the functions that build data import it.
 """
 from __future__ import annotations
 
-from ._common import DETECTION_KINDS, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, BadImageError, DataError, DatasetInfo
+from ._common import (DETECTION_KINDS, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, BadImageError, DataError,
+                      DatasetInfo, task_mismatch)
 from .builtin import (
     FAKE_CLASSES, FAKE_IMG_SIZE, FAKE_TRAIN_SIZE, FAKE_VAL_SIZE, HARD_SHAPES, SHAPE_CLASSES, SHAPES_IMG_SIZE,
     SHAPES_SEED, SHAPES_STYLE, SHAPES_TRAIN_SIZE, SHAPES_VAL_SIZE, FakeDataset, ShapesDataset, ShapesDetDataset,
@@ -36,4 +37,5 @@ __all__ = [
     "list_datasets", "make_split", "stratified_split", "split_tag", "SPLITS_DIR", "build_loaders",
     "build_datasets", "SkipBadImages", "bad_image_count", "bad_image_paths", "resolve_workers", "cpus_per_process",
     "ShapesDetDataset", "build_detection_loaders", "detection_collate", "detection_source", "DETECTION_KINDS",
+    "task_mismatch",
 ]

@@ -17,6 +17,17 @@ GENERATED = ("builtin", "synthetic")  # DatasetInfo.kind of the generated tensor
 DETECTION_KINDS = ("builtin-det", "coco")  # DatasetInfo.kind of the detection datasets (shapes-det, COCO format)
 
 
+def task_mismatch(info: DatasetInfo, task: str, verb: str) -> str | None:
+    """Why a dataset does not fit a task (a detection dataset needs --task detection and only it), as one line
+    naming `verb` (run / evaluate), or None."""
+    if task == "detection" and info.kind not in DETECTION_KINDS:
+        return (f"dataset {info.name} has no boxes: --task detection needs shapes-det, coco or a COCO-format folder "
+                "(annotations/instances_{train,val}2017.json)")
+    if task != "detection" and info.kind in DETECTION_KINDS:
+        return f"dataset {info.name} is a detection dataset: {verb} it with --task detection"
+    return None
+
+
 class DataError(ValueError):
     """A dataset the user named cannot be used (missing, wrong layout, unreadable file).
 

@@ -66,16 +66,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def _check_task(task: str, dataset, spec) -> None:
     """SpecError (one line) when the dataset or the recipe does not fit the task."""
-    from vmbench.data import DETECTION_KINDS
+    from vmbench.data import task_mismatch
 
-    if task == "detection":
-        if dataset.kind not in DETECTION_KINDS:
-            raise SpecError(f"dataset {dataset.name} has no boxes: --task detection needs shapes-det, coco or a "
-                            f"COCO-format folder (annotations/instances_{{train,val}}2017.json)")
-        if getattr(spec, "mixup", 0.0) > 0 or getattr(spec, "cutmix", 0.0) > 0:
-            raise SpecError("mixup/cutmix apply to classification only (set mixup=0 and cutmix=0 for --task detection)")
-    elif dataset.kind in DETECTION_KINDS:
-        raise SpecError(f"dataset {dataset.name} is a detection dataset: run it with --task detection")
+    why = task_mismatch(dataset, task, "run")
+    if why:
+        raise SpecError(why)
+    if task == "detection" and (getattr(spec, "mixup", 0.0) > 0 or getattr(spec, "cutmix", 0.0) > 0):
+        raise SpecError("mixup/cutmix apply to classification only (set mixup=0 and cutmix=0 for --task detection)")
 
 
 class TrainerSetup:
