@@ -24,8 +24,8 @@ from ..config import DETECTION_METRICS, DETECTION_STATS
 from .train_loop import Objective
 
 __all__ = ["build_detector", "DET_HEADS", "is_detector_state", "det_head_of", "DetectionObjective", "predict",
-           "coco_metrics", "evaluate_detection",
-           "DETECTION_METRICS", "empty_metrics", "detection_sizes", "detector_cost", "detector_throughput"]
+           "coco_metrics", "evaluate_detection", "DETECTION_METRICS", "empty_metrics", "detection_sizes",
+           "default_max_size", "detector_cost", "detector_throughput"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -220,13 +220,18 @@ def evaluate_detection(model: nn.Module, loader, device, amp: bool = False, max_
     return {**metrics, "images": len(ids)}
 
 
+def default_max_size(min_size: int) -> int:
+    """The longer-side cap for a shorter side `min_size`: the 1x schedule's ratio (800 -> 1333)."""
+    return int(round(min_size * 1333 / 800))
+
+
 def detection_sizes(spec, dataset) -> tuple[int | tuple[int, ...], int, int]:
     """(min_size for training — a tuple for multi-scale —, max_size, evaluation shorter side) of a detection
     RunSpec: img_size (default: the dataset's; shapes-det draws its images at that size) is the evaluation's
     shorter side, max_size its cap on the longer one (default: img_size * 1333 / 800, the 1x ratio), train_sizes
     the shorter sides drawn per training image when set (multi-scale training)."""
     size = int(spec.img_size or dataset.img_size)
-    max_size = int(getattr(spec, "max_size", None) or round(size * 1333 / 800))
+    max_size = int(getattr(spec, "max_size", None) or default_max_size(size))
     train_sizes = getattr(spec, "train_sizes", None)
     train_min = tuple(int(s) for s in train_sizes) if train_sizes else size
     return train_min, max_size, size
@@ -291,29 +296,22 @@ class _FpnOnly(nn.Module):
 
 def detector_throughput(model: nn.Module, batch: int, hw: tuple[int, int], device, amp: bool = False,
                         warmup: int = 1, repeats: int = 3) -> dict:
-    """Inference img/s of a detector on `batch` random (3, H, W) images (the model's own resize applies): the
-    median of `repeats` timed calls after `warmup`. Returns {img_s, latency_ms}."""
+    """Inference img/s of a detector on `batch` random (3, H, W) images (the model's own resize applies), timed
+    by vmbench's one timing loop (engine.bench.timed_runs): `warmup` untimed calls (at least one: the first),
+    then the median of `repeats` timed calls. Returns {img_s, latency_ms}."""
     import statistics
-    import time
+
+    from .bench import timed_runs
 
     device = torch.device(device)
     use_amp = bool(amp) and device.type == "cuda"
     images = [torch.rand(3, *hw, device=device) for _ in range(batch)]
     was_training = model.training
     model.eval()
-    times = []
     try:
         with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            for k in range(warmup + repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                model(images)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if k >= warmup:
-                    times.append(time.perf_counter() - t0)
+            _, ms = timed_runs(lambda: model(images), device, warmup=max(warmup - 1, 0), repeats=repeats, iters=1)
     finally:
         model.train(was_training)
-    t = statistics.median(times)
+    t = statistics.median(ms) / 1000.0
     return dict(img_s=batch / t, latency_ms=1000.0 * t)

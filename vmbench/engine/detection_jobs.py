@@ -15,17 +15,12 @@ import torch
 
 from . import SpecError
 from .bench import PeakMemory, recorded_scan_backend, resolve_device, resolve_scan_backend
-from .detection import (DETECTION_METRICS, build_detector, det_head_of, detector_cost, detector_throughput,
-                        evaluate_detection, is_detector_state)
+from .detection import (DETECTION_METRICS, build_detector, default_max_size, det_head_of, detector_cost,
+                        detector_throughput, evaluate_detection, is_detector_state)
 
 __all__ = ["DetectionWeightsEval", "detection_benchmark"]
 
 Progress = Callable[[str, int, int], None]
-
-
-def _eval_max_size(min_size: int) -> int:
-    """The longer-side cap at evaluation: the 1x ratio (800 -> 1333), as detection_sizes' default."""
-    return int(round(min_size * 1333 / 800))
 
 
 class DetectionWeightsEval:
@@ -40,15 +35,15 @@ class DetectionWeightsEval:
     """
 
     def __init__(self, spec):
-        from vmbench.data import DETECTION_KINDS, get_dataset_info
+        from vmbench.data import get_dataset_info, task_mismatch
         from vmbench.models import resolve_model_name
 
         self.spec = spec
         self.model_name = resolve_model_name(spec.model)
         self.dataset = get_dataset_info(spec.dataset, spec.data_root)
-        if self.dataset.kind not in DETECTION_KINDS:
-            raise SpecError(f"dataset {self.dataset.name} has no boxes: --task detection needs shapes-det, coco or "
-                            "a COCO-format folder")
+        why = task_mismatch(self.dataset, "detection", "evaluate")
+        if why:
+            raise SpecError(why)
         given = [flag for flag, on in (("--val-resize", spec.val_resize is not None),
                                         ("--channels-last", spec.channels_last),
                                         ("--skip-bad-images", spec.skip_bad_images)) if on]
@@ -83,7 +78,7 @@ class DetectionWeightsEval:
         if head is None:
             raise SpecError(f"{weights.path}: a detector of a size vmbench does not build (its FPN / box head)")
         min_size = int(spec.img_size or meta.get("img_size") or self.dataset.img_size)
-        max_size = _eval_max_size(min_size)
+        max_size = default_max_size(min_size)
         backbone = create_model(self.model_name, num_classes=self.dataset.num_classes,
                                 scan_backend=self.scan_backend, **size_free_kwargs(self.model_name))
         model = build_detector(backbone, self.dataset.num_classes, min_size, max_size, head=head)
