@@ -47,19 +47,18 @@ e = html.escape
 
 
 def _table(section: str, grp: list[dict]) -> str:
-    cols = tables.section_columns(section, None, grp)
-    cols = [c for c in cols if c == "model" or any(tables.cell(r, c) != "—" for r in grp)]
+    cols, cells = tables.shown_cells(section, grp)
     out = [f"<h3>{e(tables.section_title(section))}</h3>", '<div class="wrap"><table class="sortable"><thead><tr>']
     out += [f"<th>{e(tables.COLUMNS[c][0])}</th>" for c in cols]
     out.append("</tr></thead><tbody>")
-    for r in grp:
+    for r, texts in zip(grp, cells):
         out.append("<tr>")
-        for c in cols:
+        for c, text in zip(cols, texts):
             v = r.get(c)
             num = isinstance(v, (int, float)) and not isinstance(v, bool)
             cls = ("best" if c in r.get("best", ()) else "") + ("" if num else " text")
             data = f' data-v="{e(repr(float(v)))}"' if num else ""
-            out.append(f'<td class="{cls.strip()}"{data}>{e(tables.cell(r, c))}</td>')
+            out.append(f'<td class="{cls.strip()}"{data}>{e(text)}</td>')
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)

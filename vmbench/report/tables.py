@@ -166,6 +166,15 @@ def to_json(rows: list[dict], only: list[str] | None = None) -> str:
     return json.dumps([{k: r.get(k) for k in fields} for r in rows], indent=2, default=str)
 
 
+def shown_cells(section: str, grp: list[dict], only: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(columns, each row's cell texts) of a section as the table and the HTML page show it: a column with no value
+    in any row is left out (model always; every column of `only`)."""
+    cols = section_columns(section, only, grp)
+    cells = [[cell(r, c) for c in cols] for r in grp]
+    keep = [i for i, c in enumerate(cols) if c == "model" or only or any(row[i] != "—" for row in cells)]
+    return [cols[i] for i in keep], [[row[i] for i in keep] for row in cells]
+
+
 def render_table(rows: list[dict], console, only: list[str] | None = None) -> None:
     """Rich tables, one per section; the best value of each column in bold green. A column with no value in any
     row of a section is left out of that section's table (the other formats keep it). Where a table fits the
@@ -175,10 +184,7 @@ def render_table(rows: list[dict], console, only: list[str] | None = None) -> No
     from rich.text import Text
 
     for section, grp in _sections(rows):
-        cols = section_columns(section, only, grp)
-        cells = [[cell(r, c) for c in cols] for r in grp]
-        keep = [i for i, c in enumerate(cols) if c == "model" or only or any(row[i] != "—" for row in cells)]
-        cols, cells = [cols[i] for i in keep], [[row[i] for i in keep] for row in cells]
+        cols, cells = shown_cells(section, grp, only)
         heads = [COLUMNS[c][0] for c in cols]
         widths = [max(cell_len(h), *(cell_len(row[i]) for row in cells)) for i, h in enumerate(heads)]
         fits = sum(w + 3 for w in widths) + 1 <= console.width  # a cell's padding and its border
