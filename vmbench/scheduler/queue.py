@@ -36,7 +36,7 @@ def spec_identity(spec) -> dict[str, Any]:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         value = getattr(spec, f.name)
         if default is dataclasses.MISSING or value != default:
-            out[f.name] = dataclasses.asdict(spec)[f.name] if dataclasses.is_dataclass(value) else value
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
     return out
 
 
