@@ -16,7 +16,7 @@ import torch
 from . import SpecError
 from .bench import PeakMemory, recorded_scan_backend, resolve_device, resolve_scan_backend
 from .detection import (DETECTION_METRICS, build_detector, default_max_size, det_head_of, detector_cost,
-                        detector_throughput, evaluate_detection, is_detector_state)
+                        detector_throughput, evaluate_detection)
 
 __all__ = ["DetectionWeightsEval", "detection_benchmark"]
 
@@ -61,19 +61,13 @@ class DetectionWeightsEval:
         from vmbench.data import build_detection_loaders, resolve_workers
         from vmbench.models import create_model
         from vmbench.models.features import size_free_kwargs
-        from vmbench.weights import load_strict, read_weights
+        from vmbench.weights import load_strict
+
+        from .evaluate import read_eval_weights
 
         spec = self.spec
-        try:
-            weights = read_weights(spec.weights, ema=spec.ema, trust=spec.trust_checkpoint)
-        except ValueError as e:
-            raise SpecError(str(e)) from None
-        if not is_detector_state(weights.state_dict):
-            raise SpecError(f"{weights.path} holds classification weights (no RPN / RoI heads), not a detector's: "
-                            "evaluate it without --task detection")
+        weights = read_eval_weights(spec, self.model_name, detector=True)
         meta = weights.meta
-        if weights.format == "vmbench" and meta.get("model_name") not in (None, self.model_name):
-            raise SpecError(f"{weights.path} is a checkpoint of {meta['model_name']}, not {self.model_name}")
         head = det_head_of(weights.state_dict)
         if head is None:
             raise SpecError(f"{weights.path}: a detector of a size vmbench does not build (its FPN / box head)")

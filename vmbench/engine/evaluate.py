@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from . import SpecError
 from .bench import recorded_scan_backend
 
-__all__ = ["evaluate", "WeightsEval"]
+__all__ = ["evaluate", "WeightsEval", "read_eval_weights"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -81,6 +81,28 @@ def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device | st
     return dict(top1=100.0 * correct1 / n, top5=100.0 * correct5 / n, loss=loss_sum / n, images=n)
 
 
+def read_eval_weights(spec, model_name: str, detector: bool):
+    """The weights file of an evaluation (EvalSpec), read; SpecError (one line) when it does not read, holds the
+    other task's weights (a detector's for a classification evaluation, or the reverse), or is a vmbench checkpoint
+    of another model than `model_name`."""
+    from vmbench.weights import read_weights
+
+    from .detection import is_detector_state
+
+    try:
+        weights = read_weights(spec.weights, ema=spec.ema, trust=spec.trust_checkpoint)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    if is_detector_state(weights.state_dict) != detector:
+        raise SpecError(f"{weights.path} holds classification weights (no RPN / RoI heads), not a detector's: "
+                        "evaluate it without --task detection" if detector else
+                        f"{weights.path} is a detector's (Mask R-CNN) checkpoint: evaluate it with --task detection")
+    meta = weights.meta
+    if weights.format == "vmbench" and meta.get("model_name") not in (None, model_name):
+        raise SpecError(f"{weights.path} is a checkpoint of {meta['model_name']}, not {model_name}")
+    return weights
+
+
 class WeightsEval:
     """`vmbench eval`: one weights file (vmbench.weights formats) on a dataset's validation split.
 
@@ -115,21 +137,11 @@ class WeightsEval:
         DataError) for anything wrong with the file, its fit to the model, or the data."""
         from vmbench.data import Augment, build_loaders, check_augment, eval_transform_info, resolve_workers
         from vmbench.models import create_model
-        from vmbench.weights import load_strict, read_weights
+        from vmbench.weights import load_strict
 
         spec = self.spec
-        try:
-            weights = read_weights(spec.weights, ema=spec.ema, trust=spec.trust_checkpoint)
-        except ValueError as e:
-            raise SpecError(str(e)) from None
-        from .detection import is_detector_state
-
-        if is_detector_state(weights.state_dict):
-            raise SpecError(f"{weights.path} is a detector's (Mask R-CNN) checkpoint: evaluate it with "
-                            "--task detection")
+        weights = read_eval_weights(spec, self.model_name, detector=False)
         meta = weights.meta
-        if weights.format == "vmbench" and meta.get("model_name") not in (None, self.model_name):
-            raise SpecError(f"{weights.path} is a checkpoint of {meta['model_name']}, not {self.model_name}")
         img_size = int(spec.img_size or meta.get("img_size") or self.dataset.img_size)
         val_resize = spec.val_resize if spec.val_resize is not None else meta.get("val_resize")
         aug = Augment(val_resize=val_resize)
