@@ -175,6 +175,19 @@ def shown_cells(section: str, grp: list[dict], only: list[str] | None = None) ->
     return [cols[i] for i in keep], [[row[i] for i in keep] for row in cells]
 
 
+def _cell_text(value: str, style: str, width: int, right: bool):
+    """A cell of a table that fits: `value` (in `style`) justified to `width` cells, one unstyled space each side."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    fill = " " * (width - cell_len(value))
+    before = " " + fill if right else " "
+    text = Text(before + value + (" " if right else fill + " "))
+    if style:
+        text.stylize(style, len(before), len(before) + len(value))
+    return text
+
+
 def render_table(rows: list[dict], console, only: list[str] | None = None) -> None:
     """Rich tables, one per section; the best value of each column in bold green. A column with no value in any
     row of a section is left out of that section's table (the other formats keep it). Where a table fits the
@@ -188,13 +201,19 @@ def render_table(rows: list[dict], console, only: list[str] | None = None) -> No
         heads = [COLUMNS[c][0] for c in cols]
         widths = [max(cell_len(h), *(cell_len(row[i]) for row in cells)) for i, h in enumerate(heads)]
         fits = sum(w + 3 for w in widths) + 1 <= console.width  # a cell's padding and its border
-        t = Table(title=Text(section_title(section)), title_justify="left", header_style="bold")
-        for c, h, w in zip(cols, heads, widths):
-            t.add_column(Text(h), justify="left" if COLUMNS[c][1] == "{}" else "right", no_wrap=fits or c == "model",
-                         width=w if fits else None)
+        # A table that fits gets its cells padded and justified as text (one space each side, as rich pads):
+        # the same output, without rich measuring, justifying and padding every cell.
+        t = Table(title=Text(section_title(section)), title_justify="left", header_style="bold",
+                  padding=0 if fits else (0, 1))
+        right = [COLUMNS[c][1] != "{}" for c in cols]
+        for c, h, w, r in zip(cols, heads, widths, right):
+            t.add_column(_cell_text(h, "", w, r) if fits else Text(h), justify="right" if r and not fits else "left",
+                         no_wrap=fits or c == "model", width=w + 2 if fits else None)
         for r, row in zip(grp, cells):
             best = r.get("best", ())
-            t.add_row(*[Text(v, style="bold green" if c in best else "") for c, v in zip(cols, row)])
+            styles = ["bold green" if c in best else "" for c in cols]
+            t.add_row(*[_cell_text(v, st, w, rj) if fits else Text(v, style=st)
+                        for v, st, w, rj in zip(row, styles, widths, right)])
         console.print(t)
     notes = sorted({r["speed_note"] for r in rows if r.get("speed_note")})
     for n in notes:
