@@ -421,3 +421,38 @@ def test_kept_autocast_casts_equal_autocast(kind):
     assert all(not m._casts for m in copy.deepcopy(model).modules() if isinstance(m, (Linear, Conv2d)))
     with torch.no_grad():
         model(x)  # no autocast: the base classes' forward
+
+
+def test_graph_replay_bookkeeping_on_the_cpu():
+    """VMamba's CUDA-graph replays (tests/test_graph_replay_gpu.py on a GPU): CPU calls stay eager, copies start
+    without graphs, and every change VSSM makes or sees drops the graphs it holds."""
+    import copy
+    import io
+
+    from vmbench.models.vmamba import set_scan_backend, vmamba_t
+
+    model = vmamba_t(num_classes=10, depths=(1, 1, 1, 1), dims=48).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    assert len(model.graph_replay.graphs) == 0  # not CUDA: eager
+    drops = {
+        "train()": lambda m: m.train(),
+        "eval()": lambda m: m.eval(),
+        ".to()": lambda m: m.to(torch.float64),
+        "load_state_dict": lambda m: m.load_state_dict(m.state_dict()),
+        "reset_classifier": lambda m: m.reset_classifier(5),
+        "set_scan_backend": lambda m: set_scan_backend(m, "torch"),
+    }
+    for what, change in drops.items():
+        model.graph_replay.graphs["recorded"] = object()
+        change(model)
+        assert not model.graph_replay.graphs, what
+    model.graph_replay.graphs["recorded"] = object()
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
+        assert other.graph_replay is not model.graph_replay and not other.graph_replay.graphs
+    model.graph_replay.graphs.clear()

@@ -20,6 +20,7 @@ from timm.models._features import feature_take_indices  # timm 1.0.x: stage indi
 
 from vmbench.kernels import LayerNorm
 
+from .graph_replay import GraphReplay
 from .registry import SCAN_BACKENDS, register_model
 from .vmamba_blocks import K_DIRECTIONS, SS2D, VSSBlock, VSSLayer
 from .vmamba_config import GLOBAL_POOLS, VMambaConfig
@@ -76,9 +77,21 @@ class VSSM(nn.Module):
         ))
         self.apply(self._init_weights)
         self.register_load_state_dict_pre_hook(official_compat_hook)
+        self.register_load_state_dict_post_hook(_drop_graphs)  # load_state_dict(assign=True) replaces tensors
         # The drop-path keep probabilities (buffers, see DropPath) are equal on every rank: DDP need not broadcast
         # them before every forward, as it does with other buffers.
         self._ddp_params_and_buffers_to_ignore = [n for n, _ in self.named_buffers() if n.endswith(".keep_prob")]
+        # no-gradient CUDA calls in eval mode replay CUDA graphs (graph_replay.py); dropped at every change below
+        self.graph_replay = GraphReplay()
+
+    def train(self, mode: bool = True):
+        """nn.Module.train; also drops the CUDA graphs of eval calls (and the memory they hold)."""
+        self.graph_replay.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half(): parameters move, graphs go
+        self.graph_replay.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def scan_backend(self) -> str:
@@ -132,6 +145,7 @@ class VSSM(nn.Module):
             if global_pool not in GLOBAL_POOLS:
                 raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
             self.classifier.pool = make_pool(global_pool)
+        self.graph_replay.clear()
         ref = self.patch_embed[0].weight  # device and dtype for the new head
         head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(head)
@@ -195,6 +209,7 @@ class VSSM(nn.Module):
         """Drop the stages (and the downsample) after the last of `indices`; the classifier norm / head too
         when asked. Returns the absolute indices kept (what timm's FeatureGetterNet calls)."""
         take, max_index = feature_take_indices(len(self.layers), indices)
+        self.graph_replay.clear()
         self.layers = self.layers[:max_index + 1]
         self.layers[-1].downsample = nn.Identity()
         if prune_norm:
@@ -210,6 +225,11 @@ class VSSM(nn.Module):
         return x if pre_logits else c.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and x.is_cuda and not torch.compiler.is_compiling():
+            return self.graph_replay(self, self._forward, x)  # the eager forward where a replay does not apply
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
@@ -229,7 +249,14 @@ def set_scan_backend(model: nn.Module, name: str) -> nn.Module:
             m.backend = name
     if n == 0:
         raise ValueError(f"{type(model).__name__} has no SS2D module; scan backends apply to VMamba models only")
+    for m in model.modules():
+        if isinstance(m, VSSM):
+            m.graph_replay.clear()  # graphs recorded with the previous kernels
     return model
+
+
+def _drop_graphs(module: nn.Module, _incompatible) -> None:
+    module.graph_replay.clear()
 
 
 def convert_official_state_dict(model: nn.Module, sd: dict) -> dict:
