@@ -5,6 +5,7 @@
     python benchmarks/peers.py --compile --freezing --modes plain   # + Inductor freezing (parameters as constants)
     python benchmarks/peers.py --res 1024 --batch 4 --amp fp16 --models vmamba_t,convnext_t --peer convnext_t
     python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
+    python benchmarks/peers.py --replay on,off                   # VMamba with and without its graph replays
 
 Modes (`--modes`, default plain,bench,train):
   plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
@@ -18,6 +19,9 @@ CUDA-event timing of `--iters` calls, median of `--repeats` runs after at least 
 seconds (the first call's seconds reported apart: compile time; in the graph modes, the first replay after a
 side-stream warm-up and the capture), peak memory (torch.cuda.max_memory_allocated, weights included).
 Prints a markdown table (img/s, peak GB, ratio to `--peer`) and, with $OUT set, writes $OUT/<name>.md / .json.
+VMamba replays its no-gradient eval calls from CUDA graphs (vmbench/models/graph_replay.py): the plain and bench
+rows include that. `--replay on,off` times each VMamba row both ways in one process (rows "MODEL/eager": replays
+off, every call eager).
 `--dry-run` runs every path once on the CPU with tiny shapes (checks the script, times mean nothing).
 """
 from __future__ import annotations
@@ -167,6 +171,8 @@ def main(argv=None) -> int:
                     "(in a fresh process the first seconds of eager VMamba calls ran up to 1.5x slower)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--replay", default="on", help="on, off or on,off: VMamba's CUDA-graph replays of no-gradient "
+                    "calls (off: every call eager; rows MODEL/eager)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
@@ -179,6 +185,9 @@ def main(argv=None) -> int:
     models = args.models.split(",")
     if args.peer not in models:
         models.append(args.peer)
+    replays = args.replay.split(",")
+    if not replays or set(replays) - {"on", "off"}:
+        ap.error("--replay takes on, off or on,off")
 
     import torch
 
@@ -201,17 +210,23 @@ def main(argv=None) -> int:
         except Exception as e:  # e.g. a window size that does not tile the input
             rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
             continue
+        replay = getattr(model, "graph_replay", None)
         for mode in modes:
-            try:
-                r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
-                              warmup=args.warmup, repeats=args.repeats, iters=args.iters, warmup_s=args.warmup_s)
-            except Exception as e:  # one failing path must not lose the table
-                r = {"error": f"{type(e).__name__}: {e}"}
-            r.update(model=name, mode=mode, **(_dynamo_stats() if args.compile else {}))
-            rows.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "ms_runs"}), file=sys.stderr, flush=True)
-            if args.compile:
-                torch._dynamo.reset()
+            for on in ([r == "on" for r in replays] if replay is not None else [True]):
+                if replay is not None:
+                    replay.enabled = on
+                try:
+                    r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
+                                  warmup=args.warmup, repeats=args.repeats, iters=args.iters,
+                                  warmup_s=args.warmup_s)
+                except Exception as e:  # one failing path must not lose the table
+                    r = {"error": f"{type(e).__name__}: {e}"}
+                r.update(model=name if on else f"{name}/eager", mode=mode,
+                         **(_dynamo_stats() if args.compile else {}))
+                rows.append(r)
+                print(json.dumps({k: v for k, v in r.items() if k != "ms_runs"}), file=sys.stderr, flush=True)
+                if args.compile:
+                    torch._dynamo.reset()
         del model
         gc.collect()
         if device.type == "cuda":
@@ -219,7 +234,8 @@ def main(argv=None) -> int:
     head = (f"{card}, torch {torch.__version__}: {'torch.compile' if args.compile else 'eager'}"
             f"{' + freezing' if args.freezing else ''}, "
             f"batch {args.batch}, {args.res}², AMP-{args.amp}; img/s (peak GB)")
-    md = to_markdown(rows, models, modes, args.peer, head)
+    labels = list(dict.fromkeys(r["model"] for r in rows))
+    md = to_markdown(rows, labels, modes, args.peer, head)
     print(md)
     save(args.name, md, {"card": card, "torch": torch.__version__, "args": vars(args), "rows": rows})
     return 0
