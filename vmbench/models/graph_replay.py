@@ -1,24 +1,17 @@
-"""A model's no-gradient CUDA calls replayed from CUDA graphs: a plain `model(x)` at the speed of its GPU work.
+"""CUDA-graph replays of a model's calls: a plain `model(x)` or a training step at the speed of its GPU work.
 
-Eager VMamba issues about 1700 dispatcher ops and 100 Triton launches per forward, and on a fast GPU its host
-time is about its GPU time (benchmarks/RESULTS.md). `GraphReplay` records the forward for one input signature
-into a CUDA graph once that signature has come `warm` calls in a row, then serves later calls by copying the
-input into the graph's own, replaying, and returning a copy of the output: the same kernels, no host work.
-
-It steps aside (the eager forward runs) unless every one of these holds: an input on the current CUDA device; no
-gradient recorded (`torch.no_grad()` or `inference_mode`); the model in eval mode; no torch.compile / tracing /
-stream capture in progress; no forward hook or pre-hook in the model (a replay would not run them). A signature is
-the input's shape, strides, dtype and device with the grad mode, autocast and TF32 settings, so any of those
-changing records or picks another graph (at most `keep`, the least recently used dropped). A graph is dropped when
-a recorded parameter or buffer moved (`.data =`); in-place updates (load_state_dict, an optimizer step, EMA) are
-read by the replay as by an eager call. VSSM drops every graph at train() / eval(), `.to()` and its own changes
-(scan backend, classifier). What it cannot see is a module attribute or submodule changed from outside after the
-last eval(): call `clear()` then. Graphs hold their memory until dropped; `enabled = False` turns replays off.
-Entry point: `GraphReplay`, kept by VSSM as `graph_replay`.
+Eager VMamba's host time is about its GPU time on a fast GPU (~1700 dispatcher ops and 100 Triton launches per
+forward). `GraphReplay` records a model's call for one input signature into CUDA graphs once that signature has
+come `warm` calls in a row, and serves later calls from them: an eval call without gradients replays the forward
+and returns a copy of its output; a training call replays the forward, and its backward the recorded backward
+(`_Replayed`, one autograd node; gradients reach `.grad` through autograd as usual). Wherever a replay could
+differ from the eager call the eager forward runs (`GraphReplay.signature`); README "CUDA-graph replays of
+VMamba's calls" has the rules. Entry point: `GraphReplay`, kept by VSSM as `graph_replay`.
 """
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -35,38 +28,56 @@ def _global_hooks() -> bool:
     return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks)
 
 
+def _hooked(mods) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 class _Graph:
-    """One recorded forward: its static input and output and the model tensors it read."""
+    """What both kinds of recorded call share: the static input, the model tensors read, the forward to record."""
 
     def __init__(self, module: nn.Module, forward, x: torch.Tensor, autocast: tuple[bool, torch.dtype]):
-        dev = x.device
         self.mods = list(module.modules())
         self.tensors = _tensors(self.mods)
         self.ptrs = [t.data_ptr() for t in self.tensors]
+        self.needs = [t.requires_grad for t in self.tensors]
         self.x = torch.empty_like(x)
         self.x.copy_(x)
-        enabled, dtype = autocast
+        self.forward, (self.amp, self.amp_dtype) = forward, autocast
 
-        def run():
-            # autocast's cast cache off: a graph must not read casts that belong to the caller's autocast region
-            with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
-                return forward(self.x)
+    def run(self) -> torch.Tensor:
+        # autocast's cast cache off: a graph must not read casts that belong to the caller's autocast region
+        with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp, cache_enabled=False):
+            return self.forward(self.x)
 
-        side = torch.cuda.Stream(dev)  # a warm-up call off the capturing stream, as capture requires
-        side.wait_stream(torch.cuda.current_stream(dev))
+    def warm_up(self, call) -> None:
+        """One `call()` on a side stream before capture (kernels chosen and compiled, lazy state made)."""
+        side = torch.cuda.Stream(self.x.device)
+        side.wait_stream(torch.cuda.current_stream(self.x.device))
         with torch.cuda.stream(side):
-            run()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.y = run()
+            call()
+        torch.cuda.current_stream(self.x.device).wait_stream(side)
 
     def current(self) -> bool:
-        """Do the recorded modules have no hooks and the recorded tensors, at the recorded addresses? (A module
-        added or replaced since is not seen here: VSSM drops its graphs where it does that itself, and at every
-        train() / eval() / to() call.)"""
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.mods) and all(
-            t.data_ptr() == p for t, p in zip(self.tensors, self.ptrs))
+        """Do the recorded modules have no hooks and the recorded tensors, at the recorded addresses, needing the
+        gradients they needed? (A module added or replaced since is not seen here: VSSM drops its graphs where it
+        does that itself, and at every train() / eval() / to() call.)"""
+        return not _hooked(self.mods) and all(
+            t.data_ptr() == p and t.requires_grad == n for t, p, n in zip(self.tensors, self.ptrs, self.needs))
+
+
+class _EvalGraph(_Graph):
+    """A recorded no-gradient forward."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.warm_up(self.run)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.y = self.run()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.x.copy_(x)
@@ -74,9 +85,78 @@ class _Graph:
         return self.y.clone()  # the next replay overwrites self.y; a caller may keep what it got
 
 
+class _TrainGraph(_Graph):
+    """A recorded training forward and its backward (parameter gradients for any gradient of the output), as
+    torch.cuda.make_graphed_callables records a callable; served through `_Replayed`, one autograd node."""
+
+    def __init__(self, module: nn.Module, *args):
+        super().__init__(module, *args)
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        # Recorded through stand-ins for the parameters: new leaves on the same storage, so the graphs read the
+        # parameters' current values and autograd's nodes for the real ones (alive while an earlier step's loss
+        # is, and tied to the stream they were made on) take no part in the capture.
+        stand_ins = {n: p.detach().requires_grad_() for n, p in named}
+        inputs = list(stand_ins.values())
+
+        def run():
+            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp, cache_enabled=False):
+                return torch.func.functional_call(module, stand_ins, (self.x,))
+
+        def step():
+            out = run()
+            torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
+        self.warm_up(step)
+        self.fwd, self.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.fwd):
+            self.y = run()
+        self.gy = torch.empty_like(self.y)
+        with torch.cuda.graph(self.bwd, pool=self.fwd.pool()):
+            self.grads = list(torch.autograd.grad(self.y, inputs, self.gy, allow_unused=True))
+        self.pending = False  # a replayed forward whose autograd node is alive: its activations are still needed
+
+    def release(self) -> None:
+        self.pending = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = _Replayed.apply(self, x, *self.params)
+        self.pending = True
+        weakref.finalize(out.grad_fn, self.release)  # the node goes after its backward, or with the graph
+        return out
+
+
+class _Replayed(torch.autograd.Function):
+    """The training graph as one autograd node: forward replays the recorded forward, backward the recorded
+    backward, returning the recorded gradient buffers (autograd copies or adds them into `.grad`, never keeps
+    them: the graph holds a reference too)."""
+
+    @staticmethod
+    def forward(ctx, graph: _TrainGraph, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.graph = graph
+        graph.x.copy_(x)
+        graph.fwd.replay()
+        return graph.y.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # a replay is not differentiable again: create_graph raises
+    def backward(ctx, gy: torch.Tensor):
+        graph = ctx.graph
+        graph.gy.copy_(gy)
+        graph.bwd.replay()
+        if not _keeps_graph():  # the activations are done with unless a retain_graph backward may come again
+            graph.release()
+        return (None, None, *graph.grads)
+
+
+def _keeps_graph() -> bool:
+    """Was this backward called with retain_graph? (True where torch cannot tell: the safe answer.)"""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else bool(keep())
+
+
 class GraphReplay:
-    """CUDA-graph replays of a model's no-gradient forward (see the module docstring). `warm`: calls of one input
-    signature in a row before its graph is recorded; `keep`: graphs kept."""
+    """CUDA-graph replays of a model's forward (see the module docstring). `warm`: calls of one input signature in
+    a row before its graph is recorded; `keep`: graphs kept."""
 
     def __init__(self, enabled: bool = True, warm: int = 2, keep: int = 2):
         self.enabled, self.warm, self.keep = enabled, warm, keep
@@ -92,17 +172,27 @@ class GraphReplay:
         return type(self), (self.enabled, self.warm, self.keep)
 
     def clear(self) -> None:
-        """Drop every graph (and its memory); the next calls run eager until a signature is warm again."""
+        """Drop every graph (and its memory, once no pending backward needs it); the next calls run eager until a
+        signature is warm again."""
         self.graphs.clear()
         self.last, self.seen = None, 0
 
     def signature(self, module: nn.Module, x: torch.Tensor):
-        """The key of `x`'s graph, or None where a replay does not apply (the eager forward runs)."""
-        if not (self.enabled and not self.failed and x.is_cuda and not module.training) or torch.is_grad_enabled() \
-                or x.device.index != torch.cuda.current_device() or torch.jit.is_tracing() \
-                or torch.cuda.is_current_stream_capturing() or _global_hooks():
+        """The key of `x`'s graphs (shape, strides, dtype, device, grad mode, autocast and TF32 settings), or None
+        where a replay does not apply and the eager forward runs: replays off or turned off by a failed capture;
+        an input off the current CUDA device or its default stream (side-stream warm-ups of other graph captures);
+        tracing or a capture in progress; global forward hooks; eval mode with gradients or training without; in
+        training, an input that needs a gradient, gradient checkpointing or a torch.distributed process group."""
+        if not (self.enabled and not self.failed and x.is_cuda) or x.device.index != torch.cuda.current_device() \
+                or torch.jit.is_tracing() or torch.cuda.is_current_stream_capturing() or _global_hooks() \
+                or torch.cuda.current_stream() != torch.cuda.default_stream():
             return None
-        return (tuple(x.shape), x.stride(), x.dtype, x.device, torch.is_inference_mode_enabled(),
+        grad = torch.is_grad_enabled()
+        if module.training != grad:  # eval calls without gradients, training calls with them
+            return None
+        if grad and (x.requires_grad or getattr(module, "grad_checkpointing", False) or _distributed()):
+            return None
+        return (tuple(x.shape), x.stride(), x.dtype, x.device, grad, torch.is_inference_mode_enabled(),
                 torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
                 torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
 
@@ -113,16 +203,18 @@ class GraphReplay:
             return forward(x)
         graph = self.graphs.get(sig)
         if graph is not None:
+            if getattr(graph, "pending", False):  # the last replay's backward has not run: its activations stay
+                return forward(x)
             if graph.current():
                 self.graphs.move_to_end(sig)
                 return graph(x)
             del self.graphs[sig]  # hooks now, or tensors moved since it was recorded
         self.seen = self.seen + 1 if sig == self.last else 1
         self.last = sig
-        if self.seen < self.warm or any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()):
+        if self.seen < self.warm or _hooked(module.modules()):
             return forward(x)
         try:
-            graph = _Graph(module, forward, x, sig[5:7])
+            graph = (_TrainGraph if sig[4] else _EvalGraph)(module, forward, x, sig[6:8])
         except Exception as e:  # an op that cannot be captured: this model stays eager
             self.failed = True
             warnings.warn(f"{type(module).__name__}: CUDA graph replays turned off, capture failed: {e}")

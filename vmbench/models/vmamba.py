@@ -81,11 +81,11 @@ class VSSM(nn.Module):
         # The drop-path keep probabilities (buffers, see DropPath) are equal on every rank: DDP need not broadcast
         # them before every forward, as it does with other buffers.
         self._ddp_params_and_buffers_to_ignore = [n for n, _ in self.named_buffers() if n.endswith(".keep_prob")]
-        # no-gradient CUDA calls in eval mode replay CUDA graphs (graph_replay.py); dropped at every change below
+        # CUDA calls replay CUDA graphs (graph_replay.py), eval and training; dropped at every change below
         self.graph_replay = GraphReplay()
 
     def train(self, mode: bool = True):
-        """nn.Module.train; also drops the CUDA graphs of eval calls (and the memory they hold)."""
+        """nn.Module.train; also drops the CUDA graphs of earlier calls (and the memory they hold)."""
         self.graph_replay.clear()
         return super().train(mode)
 
@@ -225,7 +225,7 @@ class VSSM(nn.Module):
         return x if pre_logits else c.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and x.is_cuda and not torch.compiler.is_compiling():
+        if x.is_cuda and not torch.compiler.is_compiling():
             return self.graph_replay(self, self._forward, x)  # the eager forward where a replay does not apply
         return self._forward(x)
 
