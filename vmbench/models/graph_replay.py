@@ -25,11 +25,13 @@ def _tensors(mods: list[nn.Module]) -> list[torch.Tensor]:
 def _global_hooks() -> bool:
     from torch.nn.modules import module as mod
 
-    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks)
+    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks or mod._global_backward_hooks
+                or mod._global_backward_pre_hooks)
 
 
 def _hooked(mods) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+    """Has any module a forward or backward hook? (A replay runs no submodule's call, so none of them would run.)"""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in mods)
 
 
 def _distributed() -> bool:
@@ -181,8 +183,9 @@ class GraphReplay:
         """The key of `x`'s graphs (shape, strides, dtype, device, grad mode, autocast and TF32 settings), or None
         where a replay does not apply and the eager forward runs: replays off or turned off by a failed capture;
         an input off the current CUDA device or its default stream (side-stream warm-ups of other graph captures);
-        tracing or a capture in progress; global forward hooks; eval mode with gradients or training without; in
-        training, an input that needs a gradient, gradient checkpointing or a torch.distributed process group."""
+        tracing or a capture in progress; global module hooks; eval mode with gradients or training without; in
+        training, an input that needs a gradient, gradient checkpointing or a torch.distributed process group.
+        (Module hooks and parameters needing no gradient are checked where a graph is recorded or replayed.)"""
         if not (self.enabled and not self.failed and x.is_cuda) or x.device.index != torch.cuda.current_device() \
                 or torch.jit.is_tracing() or torch.cuda.is_current_stream_capturing() or _global_hooks() \
                 or torch.cuda.current_stream() != torch.cuda.default_stream():
@@ -211,7 +214,8 @@ class GraphReplay:
             del self.graphs[sig]  # hooks now, or tensors moved since it was recorded
         self.seen = self.seen + 1 if sig == self.last else 1
         self.last = sig
-        if self.seen < self.warm or _hooked(module.modules()):
+        if self.seen < self.warm or _hooked(module.modules()) or (
+                sig[4] and not any(p.requires_grad for p in module.parameters())):  # training with nothing to train
             return forward(x)
         try:
             graph = (_TrainGraph if sig[4] else _EvalGraph)(module, forward, x, sig[6:8])
