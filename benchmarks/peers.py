@@ -19,8 +19,8 @@ CUDA-event timing of `--iters` calls, median of `--repeats` runs after at least 
 seconds (the first call's seconds reported apart: compile time; in the graph modes, the first replay after a
 side-stream warm-up and the capture), peak memory (torch.cuda.max_memory_allocated, weights included).
 Prints a markdown table (img/s, peak GB, ratio to `--peer`) and, with $OUT set, writes $OUT/<name>.md / .json.
-VMamba replays its no-gradient eval calls from CUDA graphs (vmbench/models/graph_replay.py): the plain and bench
-rows include that. `--replay on,off` times each VMamba row both ways in one process (rows "MODEL/eager": replays
+VMamba replays its calls from CUDA graphs (vmbench/models/graph_replay.py): the plain, bench and train rows
+include that. `--replay on,off` times each VMamba row both ways in one process (rows "MODEL/eager": replays
 off, every call eager).
 `--dry-run` runs every path once on the CPU with tiny shapes (checks the script, times mean nothing).
 """
@@ -171,8 +171,8 @@ def main(argv=None) -> int:
                     "(in a fresh process the first seconds of eager VMamba calls ran up to 1.5x slower)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--replay", default="on", help="on, off or on,off: VMamba's CUDA-graph replays of no-gradient "
-                    "calls (off: every call eager; rows MODEL/eager)")
+    ap.add_argument("--replay", default="on", help="on, off or on,off: VMamba's CUDA-graph replays of its calls "
+                    "(off: every call eager; rows MODEL/eager)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)

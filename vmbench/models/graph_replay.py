@@ -156,15 +156,18 @@ def _keeps_graph() -> bool:
     return True if keep is None else bool(keep())
 
 
+MOVES = 8  # graphs dropped because the model's tensors moved before replays are turned off for the model
+
+
 class GraphReplay:
-    """CUDA-graph replays of a model's forward (see the module docstring). `warm`: calls of one input signature in
-    a row before its graph is recorded; `keep`: graphs kept."""
+    """CUDA-graph replays of a model's calls (see the module docstring). `warm`: calls of one input signature in a
+    row before its graph is recorded; `keep`: graphs kept."""
 
     def __init__(self, enabled: bool = True, warm: int = 2, keep: int = 2):
         self.enabled, self.warm, self.keep = enabled, warm, keep
         self.graphs: OrderedDict = OrderedDict()
         self.last, self.seen = None, 0
-        self.failed = False
+        self.failed, self.moved = False, 0
 
     # derived state: copies of a model (EMA, deepcopy, pickling) start without graphs
     def __deepcopy__(self, memo):
@@ -183,17 +186,19 @@ class GraphReplay:
         """The key of `x`'s graphs (shape, strides, dtype, device, grad mode, autocast and TF32 settings), or None
         where a replay does not apply and the eager forward runs: replays off or turned off by a failed capture;
         an input off the current CUDA device or its default stream (side-stream warm-ups of other graph captures);
-        tracing or a capture in progress; global module hooks; eval mode with gradients or training without; in
-        training, an input that needs a gradient, gradient checkpointing or a torch.distributed process group.
-        (Module hooks and parameters needing no gradient are checked where a graph is recorded or replayed.)"""
+        tracing or a capture in progress; global module hooks; a torch.distributed process group (DDP, FSDP) or a
+        DataParallel replica; eval mode with gradients or training without; in training, an input that needs a
+        gradient or gradient checkpointing. (Module hooks and parameters needing no gradient are checked where a
+        graph is recorded or replayed.)"""
         if not (self.enabled and not self.failed and x.is_cuda) or x.device.index != torch.cuda.current_device() \
                 or torch.jit.is_tracing() or torch.cuda.is_current_stream_capturing() or _global_hooks() \
-                or torch.cuda.current_stream() != torch.cuda.default_stream():
+                or torch.cuda.current_stream() != torch.cuda.default_stream() \
+                or getattr(module, "_is_replica", False) or _distributed():
             return None
         grad = torch.is_grad_enabled()
         if module.training != grad:  # eval calls without gradients, training calls with them
             return None
-        if grad and (x.requires_grad or getattr(module, "grad_checkpointing", False) or _distributed()):
+        if grad and (x.requires_grad or getattr(module, "grad_checkpointing", False)):
             return None
         return (tuple(x.shape), x.stride(), x.dtype, x.device, grad, torch.is_inference_mode_enabled(),
                 torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
@@ -212,6 +217,11 @@ class GraphReplay:
                 self.graphs.move_to_end(sig)
                 return graph(x)
             del self.graphs[sig]  # hooks now, or tensors moved since it was recorded
+            self.moved += 1
+            if self.moved > MOVES:  # parameters that move at every call: recording again would only cost
+                self.failed = True
+                warnings.warn(f"{type(module).__name__}: CUDA graph replays turned off, its parameters keep moving")
+                return forward(x)
         self.seen = self.seen + 1 if sig == self.last else 1
         self.last = sig
         if self.seen < self.warm or _hooked(module.modules()) or (
