@@ -144,3 +144,43 @@ def test_data_is_never_markup(db):
     r = CliRunner().invoke(main, ["show", "8", "--db", db])
     assert MARKUP in r.output  # the failure reason, verbatim
     assert "[/red]" in r.output  # the checkpoint folder's name too
+
+
+@pytest.mark.parametrize("color", [False, True])
+def test_a_table_that_fits_prints_as_rich_pads_it(db, color):
+    """A table that fits the console has its cells padded and justified by vmbench (report.tables): the text
+    is what rich prints when it pads and justifies every cell itself, bold green where a value is best."""
+    import re
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from vmbench.report import queries, tables
+    from vmbench.report.compare import compare_report
+    from vmbench.store.db import make_engine
+
+    rows = compare_report(make_engine(db, create=False, readonly=True), queries.RunFilter())
+
+    def console():
+        return Console(file=io.StringIO(), width=1000, force_terminal=color, color_system="truecolor" if color else None)
+
+    ours = console()
+    tables.render_table(rows, ours)
+    theirs = console()
+    for section, grp in tables._sections(rows):
+        cols, cells = tables.shown_cells(section, grp)
+        t = Table(title=Text(tables.section_title(section)), title_justify="left", header_style="bold")
+        for c in cols:
+            t.add_column(Text(tables.COLUMNS[c][0]), justify="left" if tables.COLUMNS[c][1] == "{}" else "right",
+                         no_wrap=True)
+        for r, row in zip(grp, cells):
+            t.add_row(*[Text(v, style="bold green" if c in r.get("best", ()) else "") for c, v in zip(cols, row)])
+        theirs.print(t)
+    for n in sorted({r["speed_note"] for r in rows if r.get("speed_note")}):
+        theirs.print(Text(f"note: {n}"))
+    plain = re.compile(r"\x1b\[[0-9;]*m")
+    a, b = ours.file.getvalue(), theirs.file.getvalue()
+    assert plain.sub("", a) == plain.sub("", b) and "│" in a
+    if color:  # the best values' style (the header's codes group differently: the same bold)
+        assert a.count("\x1b[1;32m") == b.count("\x1b[1;32m") > 0

@@ -191,7 +191,8 @@ def _cell_text(value: str, style: str, width: int, right: bool):
 def render_table(rows: list[dict], console, only: list[str] | None = None) -> None:
     """Rich tables, one per section; the best value of each column in bold green. A column with no value in any
     row of a section is left out of that section's table (the other formats keep it). Where a table fits the
-    console, its column widths are given (the longest cell), which spares rich measuring every cell."""
+    console, vmbench sizes, justifies and pads its cells (the longest cell sets a column's width), which spares rich
+    measuring and padding every cell; the text is the same."""
     from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
@@ -206,8 +207,8 @@ def render_table(rows: list[dict], console, only: list[str] | None = None) -> No
         t = Table(title=Text(section_title(section)), title_justify="left", header_style="bold",
                   padding=0 if fits else (0, 1))
         right = [COLUMNS[c][1] != "{}" for c in cols]
-        for c, h, w, r in zip(cols, heads, widths, right):
-            t.add_column(_cell_text(h, "", w, r) if fits else Text(h), justify="right" if r and not fits else "left",
+        for c, h, w, rj in zip(cols, heads, widths, right):
+            t.add_column(_cell_text(h, "", w, rj) if fits else Text(h), justify="right" if rj and not fits else "left",
                          no_wrap=fits or c == "model", width=w + 2 if fits else None)
         for r, row in zip(grp, cells):
             best = r.get("best", ())
