@@ -456,3 +456,23 @@ def test_graph_replay_bookkeeping_on_the_cpu():
     for other in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
         assert other.graph_replay is not model.graph_replay and not other.graph_replay.graphs
     model.graph_replay.graphs.clear()
+
+
+def test_replayed_backward_returns_gradients_of_its_own():
+    """The training replay's backward hands autograd copies of the recorded gradient buffers: a caller that keeps
+    torch.autograd.grad's result across steps is not changed by the next replay. (The CUDA graphs themselves are
+    tested on a GPU, tests/test_graph_replay_gpu.py; here stand-ins record nothing and replay nothing.)"""
+    from types import SimpleNamespace
+
+    from vmbench.models.graph_replay import _Replayed
+
+    w = torch.nn.Parameter(torch.randn(3))
+    buffers = [torch.full((3,), 2.0), None]
+    graph = SimpleNamespace(x=torch.zeros(2), y=torch.ones(2), gy=torch.zeros(2), grads=buffers,
+                            fwd=SimpleNamespace(replay=lambda: None), bwd=SimpleNamespace(replay=lambda: None),
+                            release=lambda: None)
+    out = _Replayed.apply(graph, torch.ones(2), w, torch.nn.Parameter(torch.randn(1)))
+    (g,) = torch.autograd.grad(out.sum(), [w])
+    assert torch.equal(g, buffers[0]) and g.data_ptr() != buffers[0].data_ptr()
+    buffers[0].fill_(5.0)  # what the next replay would do
+    assert torch.equal(g, torch.full((3,), 2.0))

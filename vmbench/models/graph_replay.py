@@ -129,8 +129,8 @@ class _TrainGraph(_Graph):
 
 class _Replayed(torch.autograd.Function):
     """The training graph as one autograd node: forward replays the recorded forward, backward the recorded
-    backward, returning the recorded gradient buffers (autograd copies or adds them into `.grad`, never keeps
-    them: the graph holds a reference too)."""
+    backward and returns copies of its gradient buffers (one multi-tensor op), which the next replay overwrites:
+    `.grad` or a caller of torch.autograd.grad may keep what it got."""
 
     @staticmethod
     def forward(ctx, graph: _TrainGraph, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,13 @@ class _Replayed(torch.autograd.Function):
         graph.bwd.replay()
         if not _keeps_graph():  # the activations are done with unless a retain_graph backward may come again
             graph.release()
-        return (None, None, *graph.grads)
+        return (None, None, *_copies(graph.grads))
+
+
+def _copies(tensors: list) -> list:
+    """New tensors equal to `tensors` (None kept), made by one multi-tensor op."""
+    made = iter(torch._foreach_mul([t for t in tensors if t is not None], 1.0))
+    return [None if t is None else next(made) for t in tensors]
 
 
 def _keeps_graph() -> bool:
