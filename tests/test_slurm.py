@@ -99,7 +99,7 @@ def test_slurm_job_requeues_on_signal_and_resumes(slurm, tmp_path):
             w.wait()
         if job:
             subprocess.run(["scancel", job], capture_output=True, timeout=60)
-    assert json.loads(stdout)["outcomes"] == {"done": 1}
+    assert json.loads(stdout)["outcomes"] == {"done": 1}, stderr[-4000:]  # the worker's lines say why
     with Queue(db) as q:
         item = q.get(1)
         assert item.status == "done" and item.slurm_job_id == job and item.run_id == 1
@@ -122,3 +122,16 @@ def test_slurm_options_are_checked(slurm, tmp_path):
     for args in (["--time", "x"], ["--sbatch", "novalue"]):
         out = _cli("worker", "--executor", "slurm", "--db", db, *args)
         assert out.returncode == 2 and out.stderr.startswith("error:"), out.stderr
+
+
+def test_job_state_tells_a_forgotten_job_from_a_controller_that_cannot_answer(slurm, tmp_path, monkeypatch):
+    """Only "Invalid job id" means SLURM has forgotten a job; any other scontrol failure (a busy or restarting
+    controller) leaves the job live, to be asked about again, instead of counting its attempt as failed."""
+    assert job_state("999999999") is None
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out on send/recv' >&2\n"
+                                   "exit 1\n")
+    (fake / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    assert job_state("1") == "UNKNOWN"

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from .process import cli_argv, die_with_parent
 
+# UNKNOWN: scontrol could not answer (a busy or restarting controller); the job is asked about again later
 _LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "SUSPENDED",
-         "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+         "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "UNKNOWN"}
 
 
 def parse_time(text: str) -> int:
@@ -51,10 +52,15 @@ def parse_time(text: str) -> int:
 
 
 def job_state(job_id: str) -> str | None:
-    """The job's state from `scontrol show job` (None once SLURM has forgotten it)."""
-    out = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)], capture_output=True, text=True, timeout=60)
+    """The job's state from `scontrol show job`: None once SLURM has forgotten it ("Invalid job id"), "UNKNOWN"
+    when scontrol fails otherwise (a controller that is busy, restarting or unreachable is no sign the job ended)."""
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)], capture_output=True, text=True,
+                             timeout=60)
+    except subprocess.TimeoutExpired:
+        return "UNKNOWN"
     if out.returncode != 0:
-        return None
+        return None if "Invalid job id" in out.stderr else "UNKNOWN"
     for field in out.stdout.split():
         if field.startswith("JobState="):
             return field.split("=", 1)[1]
