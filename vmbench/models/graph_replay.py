@@ -100,18 +100,15 @@ class _TrainGraph(_Graph):
         # is, and tied to the stream they were made on) take no part in the capture.
         stand_ins = {n: p.detach().requires_grad_() for n, p in named}
         inputs = list(stand_ins.values())
-
-        def run():
-            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp, cache_enabled=False):
-                return torch.func.functional_call(module, stand_ins, (self.x,))
+        self.forward = lambda x: torch.func.functional_call(module, stand_ins, (x,))
 
         def step():
-            out = run()
+            out = self.run()
             torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
         self.warm_up(step)
         self.fwd, self.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.fwd):
-            self.y = run()
+            self.y = self.run()
         self.gy = torch.empty_like(self.y)
         with torch.cuda.graph(self.bwd, pool=self.fwd.pool()):
             self.grads = list(torch.autograd.grad(self.y, inputs, self.gy, allow_unused=True))

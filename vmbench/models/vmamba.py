@@ -247,11 +247,10 @@ def set_scan_backend(model: nn.Module, name: str) -> nn.Module:
             n += 1
         elif isinstance(m, LayerNorm):
             m.backend = name
+        elif isinstance(m, VSSM):
+            m.graph_replay.clear()  # graphs recorded with the previous kernels
     if n == 0:
         raise ValueError(f"{type(model).__name__} has no SS2D module; scan backends apply to VMamba models only")
-    for m in model.modules():
-        if isinstance(m, VSSM):
-            m.graph_replay.clear()  # graphs recorded with the previous kernels
     return model
 
 
