@@ -476,3 +476,49 @@ def test_replayed_backward_returns_gradients_of_its_own():
     assert torch.equal(g, buffers[0]) and g.data_ptr() != buffers[0].data_ptr()
     buffers[0].fill_(5.0)  # what the next replay would do
     assert torch.equal(g, torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+@pytest.mark.parametrize("amp", [False, True])
+def test_gelu_linear_matches_plain_ops_and_saves_less(amp, device):
+    """The MLP's GELU -> fc2 with gradients: the same output and gradients as the plain ops (autocast's casts
+    included, gradients in the parameters' dtypes) while autograd keeps h and the weight, not gelu(h) too."""
+    import contextlib
+
+    from vmbench.models.vmamba_layers import Mlp, gelu_linear, gelu_linear_ref
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if amp else torch.float32
+    h = torch.randn(2, 3, 5, 16, dtype=dtype, device=device, requires_grad=True)  # fc1's output: autocast's dtype
+    w = torch.randn(8, 16, device=device, requires_grad=True)
+    b = torch.randn(8, device=device, requires_grad=True)
+    gy = torch.randn(2, 3, 5, 8, dtype=dtype, device=device)
+
+    def run(fn):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), \
+                (torch.autocast(device, torch.bfloat16) if amp else contextlib.nullcontext()):
+            y = fn(h, w, b)
+        return y, torch.autograd.grad(y, (h, w, b), gy), sum(t.numel() * t.element_size() for t in saved)
+
+    y, grads, saved = run(gelu_linear)
+    y_ref, grads_ref, saved_ref = run(gelu_linear_ref)
+    assert y.dtype == y_ref.dtype == dtype and torch.equal(y, y_ref)
+    for g, g_ref, leaf in zip(grads, grads_ref, (h, w, b)):
+        assert g.dtype == g_ref.dtype == leaf.dtype
+        torch.testing.assert_close(g, g_ref, rtol=1e-2 if amp else 1e-5, atol=1e-2 if amp else 1e-5)
+    assert saved == saved_ref - h.numel() * h.element_size()  # gelu(h) is not kept
+
+    mlp = Mlp(16, 32).to(device)  # the module takes that path only with gradients and no dropout
+    x = torch.randn(4, 16, device=device)
+    with torch.no_grad():
+        assert torch.equal(mlp(x), mlp.fc2(mlp.act(mlp.fc1(x))))
+    y = mlp(x)
+    assert type(y.grad_fn).__name__ == "_GeluLinearBackward"
+    y.square().sum().backward()
+    got = [p.grad.clone() for p in mlp.parameters()]
+    mlp.zero_grad()
+    mlp.fc2(mlp.act(mlp.fc1(x))).square().sum().backward()
+    for g, p in zip(got, mlp.parameters()):
+        torch.testing.assert_close(g, p.grad)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from vmbench.kernels import LayerNorm, ParamCache, derived
-from vmbench.kernels._backend import needs_grad
+from vmbench.kernels._backend import graph_capture, needs_grad
 from vmbench.kernels.layer_norm import autocast_dtype
 
 from .vmamba_config import VMambaConfig
@@ -105,8 +105,54 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
+class _GeluLinear(torch.autograd.Function):
+    """linear(gelu(h), weight, bias) that saves h for the backward, not gelu(h): the backward recomputes the GELU
+    (one pointwise pass over h) so a training MLP keeps one hidden-size activation per position instead of two
+    (about a fifth of a VMamba block's saved activations). `dtype`: the dtype the GEMM runs in (autocast's, or
+    None to use the operands as they are); the gradients come back in the parameters' own dtypes, as autocast's
+    casts would return them."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, dtype):
+        w = weight if dtype is None else weight.to(dtype)
+        b = bias if dtype is None or bias is None else bias.to(dtype)
+        a = nn.functional.gelu(h)
+        y = nn.functional.linear(a if dtype is None else a.to(dtype), w, b)
+        ctx.save_for_backward(h, w)
+        ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        h, w = ctx.saved_tensors
+        need_h, need_w, need_b, _ = ctx.needs_input_grad
+        g2 = gy.reshape(-1, gy.shape[-1])  # (positions, C)
+        gh = gw = gb = None
+        if need_h:
+            ga = torch.mm(g2, w).view(*gy.shape[:-1], w.shape[1])  # (..., hidden)
+            gh = torch.ops.aten.gelu_backward(ga.to(h.dtype), h)
+        if need_w:
+            a = nn.functional.gelu(h).reshape(-1, h.shape[-1]).to(gy.dtype)  # recomputed, not saved
+            gw = torch.mm(g2.t(), a).to(ctx.param_dtypes[0])
+        if need_b:
+            gb = g2.sum(0, dtype=torch.float32).to(ctx.param_dtypes[1])  # fp32 sums, as cuBLAS's bias epilogue
+        return gh, gw, gb, None
+
+
+def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`linear(gelu(h), weight, bias)` (autocast applied as eager would) keeping only h for the backward."""
+    return _GeluLinear.apply(h, weight, bias, autocast_dtype(h.device.type))
+
+
+def gelu_linear_ref(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`gelu_linear` in plain torch ops (saves both h and gelu(h))."""
+    return nn.functional.linear(nn.functional.gelu(h), weight, bias)
+
+
 class Mlp(nn.Module):
-    """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2."""
+    """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2. With gradients (eager, no dropout) GELU -> fc2 runs
+    as `gelu_linear`, which recomputes the GELU in the backward instead of saving its output; compiled or traced,
+    the plain ops (Inductor's partitioner makes that choice itself)."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
@@ -116,8 +162,10 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()  # no op call per use when off
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(self.fc1(x)))  # (B, H, W, hidden)
-        return self.drop(self.fc2(x))  # (B, H, W, C)
+        h = self.fc1(x)  # (B, H, W, hidden)
+        if isinstance(self.drop, nn.Identity) and not graph_capture() and needs_grad(h, self.fc2.weight, self.fc2.bias):
+            return gelu_linear(h, self.fc2.weight, self.fc2.bias)  # (B, H, W, C)
+        return self.drop(self.fc2(self.drop(self.act(h))))
 
 
 class PatchMerging2D(nn.Module):
