@@ -522,3 +522,31 @@ def test_gelu_linear_matches_plain_ops_and_saves_less(amp, device):
     mlp.fc2(mlp.act(mlp.fc1(x))).square().sum().backward()
     for g, p in zip(got, mlp.parameters()):
         torch.testing.assert_close(g, p.grad)
+
+
+def test_compiled_mlp_saves_what_eager_saves():
+    """Compiled, the MLP still goes through gelu_linear (one graph, no break): AOTAutograd's partitioner would keep
+    the GELU's output as well as fc1's (benchmarks/NOTES-compile.md); the compiled step keeps what eager keeps."""
+    from vmbench.models.vmamba_layers import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64)
+    x = torch.randn(2, 5, 5, 16, requires_grad=True)
+
+    def saved_bytes(fn):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = fn(x)
+        return y, sum(t.numel() * t.element_size() for t in saved)
+
+    y, eager = saved_bytes(mlp)
+    torch._dynamo.reset()
+    y_c, compiled = saved_bytes(torch.compile(mlp, backend="aot_eager_decomp_partition", fullgraph=True))
+    _, plain = saved_bytes(torch.compile(lambda t: mlp.fc2(mlp.act(mlp.fc1(t))), backend="aot_eager_decomp_partition",
+                                         fullgraph=True))
+    assert compiled == eager == plain - 2 * 5 * 5 * 64 * 4  # fc1's output kept, the GELU's (fp32) not
+    torch.testing.assert_close(y_c, y)
+    g = torch.randn_like(y)
+    leaves = [x, *mlp.parameters()]
+    for a, b in zip(torch.autograd.grad(y_c, leaves, g), torch.autograd.grad(y, leaves, g)):
+        torch.testing.assert_close(a, b)

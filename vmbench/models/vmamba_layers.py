@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from vmbench.kernels import LayerNorm, ParamCache, derived
-from vmbench.kernels._backend import graph_capture, needs_grad
+from vmbench.kernels._backend import needs_grad
 from vmbench.kernels.layer_norm import autocast_dtype
 
 from .vmamba_config import VMambaConfig
@@ -150,9 +150,10 @@ def gelu_linear_ref(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 class Mlp(nn.Module):
-    """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2. With gradients (eager, no dropout) GELU -> fc2 runs
-    as `gelu_linear`, which recomputes the GELU in the backward instead of saving its output; compiled or traced,
-    the plain ops (what Inductor then saves: benchmarks/NOTES-compile.md)."""
+    """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2. With gradients and no dropout, GELU -> fc2 runs as
+    `gelu_linear`, which recomputes the GELU in the backward instead of saving its output, eager and compiled
+    (Inductor's partitioner would save both: benchmarks/NOTES-compile.md); under torch.jit.trace (fvcore's FLOP
+    count) the plain ops."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
@@ -163,7 +164,8 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)  # (B, H, W, hidden)
-        if isinstance(self.drop, nn.Identity) and not graph_capture() and needs_grad(h, self.fc2.weight, self.fc2.bias):
+        if isinstance(self.drop, nn.Identity) and not torch.jit.is_tracing() \
+                and needs_grad(h, self.fc2.weight, self.fc2.bias):
             return gelu_linear(h, self.fc2.weight, self.fc2.bias)  # (B, H, W, C)
         return self.drop(self.fc2(self.drop(self.act(h))))
 
