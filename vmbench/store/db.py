@@ -8,6 +8,8 @@ memory cannot be made: a read-only folder).
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -36,7 +38,7 @@ def _sqlite_hooks(engine: sa.Engine, readonly: bool = False) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not readonly:
-            cur.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cur)
             cur.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: a crash loses no committed transaction
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -45,6 +47,24 @@ def _sqlite_hooks(engine: sa.Engine, readonly: bool = False) -> None:
     def _on_begin(conn):
         immediate = conn.get_execution_options().get("vmbench_begin_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+WAL_TRIES = 12  # about 4.5 s of backoff in all
+
+
+def _set_wal(cur) -> None:
+    """PRAGMA journal_mode = WAL, asked again while the file is busy. Two connections switching one new (rollback
+    journal) file at once each hold a shared lock and ask to upgrade it: SQLite answers one of them "database is
+    locked" at once, without the busy handler (it would deadlock); by the next try the other has switched the file
+    and the pragma has nothing left to do."""
+    for attempt in range(WAL_TRIES):
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == WAL_TRIES - 1:
+                raise
+            time.sleep(0.01 * 2 ** min(attempt, 6))
 
 
 def _check_sqlite_path(path: Path, create: bool) -> None:
