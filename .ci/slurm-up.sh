@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A single-node SLURM cluster on this machine (as root): munge with a generated key, slurmctld + slurmd, one node
-# with the machine's CPUs and memory, jobs may requeue (and start again 16 s after). Idempotent: a running cluster is left as it is.
+# with the machine's CPUs and memory, jobs may requeue (and start again 16 s after). Idempotent: a running cluster
+# is left as it is.
 # Needs: apt-get install -y slurm-wlm munge.
 set -euo pipefail
 if sinfo -h >/dev/null 2>&1 && [ "$(sinfo -h -o %t | head -1)" = "idle" -o "$(sinfo -h -o %t | head -1)" = "mix" -o "$(sinfo -h -o %t | head -1)" = "alloc" ]; then
