@@ -57,7 +57,7 @@ def test_concurrent_first_open_migrates_once(tmp_path):
 
 def test_wal_switch_races_on_a_new_file(tmp_path):
     """8 connections switching one new file to WAL at the same moment (a barrier just before): without asking
-    again, 5 to 8 rounds in 100 had a connection answered "database is locked" at once (measured here)."""
+    again, 5 to 8 connections in 100 rounds were answered "database is locked" at once (measured here)."""
     import threading
 
     from vmbench.store.db import BUSY_TIMEOUT_MS, _set_wal
