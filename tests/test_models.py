@@ -478,6 +478,14 @@ def test_replayed_backward_returns_gradients_of_its_own():
     assert torch.equal(g, torch.full((3,), 2.0))
 
 
+def _saved_bytes(fn, *args):
+    """(fn(*args), the bytes autograd saved for its backward)."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fn(*args)
+    return y, sum(t.numel() * t.element_size() for t in saved)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
 @pytest.mark.parametrize("amp", [False, True])
@@ -496,11 +504,9 @@ def test_gelu_linear_matches_plain_ops_and_saves_less(amp, device):
     gy = torch.randn(2, 3, 5, 8, dtype=dtype, device=device)
 
     def run(fn):
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), \
-                (torch.autocast(device, torch.bfloat16) if amp else contextlib.nullcontext()):
-            y = fn(h, w, b)
-        return y, torch.autograd.grad(y, (h, w, b), gy), sum(t.numel() * t.element_size() for t in saved)
+        with torch.autocast(device, torch.bfloat16) if amp else contextlib.nullcontext():
+            y, saved = _saved_bytes(fn, h, w, b)
+        return y, torch.autograd.grad(y, (h, w, b), gy), saved
 
     y, grads, saved = run(gelu_linear)
     y_ref, grads_ref, saved_ref = run(gelu_linear_ref)
@@ -533,17 +539,11 @@ def test_compiled_mlp_saves_what_eager_saves():
     mlp = Mlp(16, 64)
     x = torch.randn(2, 5, 5, 16, requires_grad=True)
 
-    def saved_bytes(fn):
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            y = fn(x)
-        return y, sum(t.numel() * t.element_size() for t in saved)
-
-    y, eager = saved_bytes(mlp)
+    y, eager = _saved_bytes(mlp, x)
     torch._dynamo.reset()
-    y_c, compiled = saved_bytes(torch.compile(mlp, backend="aot_eager_decomp_partition", fullgraph=True))
-    _, plain = saved_bytes(torch.compile(lambda t: mlp.fc2(mlp.act(mlp.fc1(t))), backend="aot_eager_decomp_partition",
-                                         fullgraph=True))
+    y_c, compiled = _saved_bytes(torch.compile(mlp, backend="aot_eager_decomp_partition", fullgraph=True), x)
+    _, plain = _saved_bytes(torch.compile(lambda t: mlp.fc2(mlp.act(mlp.fc1(t))), backend="aot_eager_decomp_partition",
+                                          fullgraph=True), x)
     assert compiled == eager == plain - 2 * 5 * 5 * 64 * 4  # fc1's output kept, the GELU's (fp32) not
     torch.testing.assert_close(y_c, y)
     g = torch.randn_like(y)
