@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu.sh overhead    # vmbench's training loop vs a bare loop; JPEG / fake loader speed
 #   bash benchmarks/gpu.sh ddp         # `vmbench run --gpus N` scaling, 1 -> 2 GPUs (benchmarks/ddp_scaling.py)
 #   bash benchmarks/gpu.sh where       # torch.profiler: where VMamba-T's inference and training time goes
+#   bash benchmarks/gpu.sh compiled    # the same for torch.compile'd VMamba-T and Swin-T (kernel tables side by side),
+#                                      #   then compiled VMamba-T / Swin-T training steps timed (peers.py --compile)
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh graph       # the same, eager and as CUDA-graph replays (host overhead removed)
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections (MODELS_SECTIONS,
@@ -40,6 +42,9 @@ for what in "$@"; do
     overhead) step overhead 240 python3 benchmarks/overhead.py ;;
     ddp)     step ddp_scaling 360 python3 benchmarks/ddp_scaling.py ${DDP_ARGS:-} ;;
     where)   step where 200 python3 benchmarks/profile_model.py --model vmamba_t --host --python ;;
+    compiled) step where_vmamba_compiled 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --top 45
+               step where_swin_compiled 170 python3 benchmarks/profile_model.py --model swin_t --compile --top 45
+               step peers_compiled_train 220 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \

@@ -1,6 +1,6 @@
 """Where a model's time goes on CUDA: torch.profiler over inference and training steps.
 
-    python benchmarks/profile_model.py [--model vmamba_t] [--batch 128] [--res 224] [--top 30]
+    python benchmarks/profile_model.py [--model vmamba_t] [--batch 128] [--res 224] [--top 30] [--compile]
 
 AMP-bf16, channels-last input, random data. Prints, for inference (no grad) and for a training step
 (forward + cross-entropy + backward, no optimizer), the CUDA kernels sorted by total time with their
@@ -8,8 +8,10 @@ share of the step, and the step's wall-clock time (a step slower than its GPU ti
 --host adds the host-side self time per op; --python adds cProfile's tables of the Python functions that
 take the host's time in an inference and a training step (Triton's launcher, our wrappers, autograd) and the
 step's wall time in the setups that differ between this script and benchmarks/models.py (model in
-channels_last memory or not; inference under no_grad or inference_mode). Writes the tables to
-$OUT/profile_<model>.md when $OUT is set.
+channels_last memory or not; inference under no_grad or inference_mode). --compile profiles
+torch.compile(model) (default mode; the first calls compile, untimed). Any model of the registry (swin_t, ...).
+VMamba's CUDA-graph replays are off here: every kernel is listed, and the wall time is the eager call's.
+Writes the tables to $OUT/profile_<model>[_compiled].md when $OUT is set.
 """
 from __future__ import annotations
 
@@ -136,11 +138,14 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--ln-backend", choices=("auto", "torch", "triton"), default=None,
                     help="override the backend of vmbench LayerNorm modules (comparisons)")
+    ap.add_argument("--compile", action="store_true", help="profile torch.compile(model) (default mode)")
     ap.add_argument("--host", action="store_true", help="also profile host (CPU) time per op: launch overhead")
     ap.add_argument("--python", action="store_true",
                     help="also cProfile the Python of an inference and a training step, and time the setups "
                          "models.py differs in")
     args = ap.parse_args(argv)
+    if args.python and args.compile:
+        ap.error("--python profiles the eager model's Python; drop --compile")
     if not torch.cuda.is_available():
         print("benchmarks/profile_model.py needs CUDA", file=sys.stderr)
         return 2
@@ -158,25 +163,32 @@ def main(argv=None) -> int:
                 m.backend = args.ln_backend
     x = torch.randn(args.batch, 3, args.res, args.res, device="cuda").to(memory_format=torch.channels_last)
     target = torch.randint(1000, (args.batch,), device="cuda")
+    if getattr(model, "graph_replay", None) is not None:
+        model.graph_replay.enabled = False  # every kernel in the profile, not graph launches
+    run = torch.compile(model) if args.compile else model
 
     def infer():
-        _infer_step(model, x)
+        _infer_step(run, x)
 
     def train():
-        _train_step(model, x, target)
+        _train_step(run, x, target)
 
-    md = [f"# {args.model}, batch {args.batch}, {args.res}², AMP-bf16 — {torch.cuda.get_device_name()}"
+    md = [f"# {args.model}{' (torch.compile)' if args.compile else ''}, batch {args.batch}, {args.res}², AMP-bf16 — "
+          f"{torch.cuda.get_device_name()}"
           + (f" (LayerNorm backend {args.ln_backend})" if args.ln_backend else "")]
     steps = 5
     for name, fn in (("inference", infer), ("training step", train)):
         model.train(name != "inference")
+        torch.cuda.reset_peak_memory_stats()
         wall = _wall_ms(fn, steps)
+        peak = torch.cuda.max_memory_allocated() / 1e9
         acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.host else [])
         with profile(activities=acts) as prof:
             for _ in range(steps):
                 fn()
             torch.cuda.synchronize()
-        md += ["", f"## {name}: {wall:.2f} ms per step wall-clock (unprofiled)", "", _table(prof, steps, args.top)]
+        md += ["", f"## {name}: {wall:.2f} ms per step wall-clock (unprofiled), peak {peak:.2f} GB", "",
+               _table(prof, steps, args.top)]
         if args.host:
             md += ["", _table(prof, steps, args.top, host=True)]
         print("\n".join(md[-5:]), flush=True)
@@ -187,7 +199,8 @@ def main(argv=None) -> int:
         model.train()
         md += ["", _python_profile(train, "training step", steps, args.top), "", _setups(args, x, steps)]
         print("\n".join(md[-5:]), flush=True)
-    save(f"profile_{args.model}" + (f"_ln-{args.ln_backend}" if args.ln_backend else ""), "\n".join(md))
+    save(f"profile_{args.model}" + (f"_ln-{args.ln_backend}" if args.ln_backend else "")
+         + ("_compiled" if args.compile else ""), "\n".join(md))
     return 0
 
 
