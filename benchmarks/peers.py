@@ -173,6 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--replay", default="on", help="on, off or on,off: VMamba's CUDA-graph replays of its calls "
                     "(off: every call eager; rows MODEL/eager)")
+    ap.add_argument("--ss2d-map", default="off", help="on, off or on,off: VMamba's inference SS2D on the map-layout "
+                    "scan (kernels/_ss2d_map_triton.py; rows MODEL/map)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
@@ -188,8 +190,13 @@ def main(argv=None) -> int:
     replays = args.replay.split(",")
     if not replays or set(replays) - {"on", "off"}:
         ap.error("--replay takes on, off or on,off")
+    maps = args.ss2d_map.split(",")
+    if not maps or set(maps) - {"on", "off"}:
+        ap.error("--ss2d-map takes on, off or on,off")
 
     import torch
+
+    from vmbench.kernels import _ss2d_map_triton as _map
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.dry_run:
@@ -211,17 +218,19 @@ def main(argv=None) -> int:
             rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
             continue
         replay = getattr(model, "graph_replay", None)
+        variants = [(r == "on", m == "on") for m in maps for r in replays] if replay is not None else [(True, False)]
         for mode in modes:
-            for on in ([r == "on" for r in replays] if replay is not None else [True]):
+            for on, use_map in variants:
                 if replay is not None:
                     replay.enabled = on
+                _map.USE_MAP = use_map
                 try:
                     r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
                                   warmup=args.warmup, repeats=args.repeats, iters=args.iters,
                                   warmup_s=args.warmup_s)
                 except Exception as e:  # one failing path must not lose the table
                     r = {"error": f"{type(e).__name__}: {e}"}
-                r.update(model=name if on else f"{name}/eager", mode=mode,
+                r.update(model=name + ("" if on else "/eager") + ("/map" if use_map else ""), mode=mode,
                          **(_dynamo_stats() if args.compile else {}))
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "ms_runs"}), file=sys.stderr, flush=True)

@@ -145,9 +145,11 @@ _TRITON_CHILD = r"""
 import json, torch
 from torch._dynamo.utils import counters
 from vmbench.models.vmamba import _create_vmamba
+from vmbench.kernels import _ss2d_map_triton
 
 out = {}
-for mode in ("eval", "train"):
+for mode in ("eval", "train", "map"):
+    _ss2d_map_triton.USE_MAP = mode == "map"
     torch._dynamo.reset(); counters.clear()
     torch.manual_seed(0)
     model = _create_vmamba(dict(dims=16, depths=(1, 1, 2, 1)), num_classes=10, scan_backend="triton",
@@ -181,8 +183,9 @@ def test_triton_path_is_one_graph_with_the_registered_ops():
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
     out = json.loads(line[0][len("RESULT "):])
-    for mode, op in (("eval", "vmbench.ss2d_scan_infer"), ("train", "vmbench.ss2d_scan")):
+    for mode, op in (("eval", "vmbench.ss2d_scan_infer"), ("train", "vmbench.ss2d_scan"),
+                     ("map", "vmbench.ss2d_map_scan")):  # map: kernels/_ss2d_map_triton.py, opted in
         r = out[mode]
         assert (r["graphs"], r["breaks"]) == (1, 0), r
-        assert op in r["ops"] and len([o for o in r["ops"] if "ss2d_scan" in o]) == 1, r["ops"]
+        assert op in r["ops"] and len([o for o in r["ops"] if "_scan" in o]) == 1, r["ops"]
         assert r["max_diff"] < 1e-5, r  # compiled, the norms are torch's (eager: the Triton LayerNorm)

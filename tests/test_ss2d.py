@@ -336,6 +336,67 @@ def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
     assert not any("kernel_params" in k for k in m.state_dict())
 
 
+def _map_inputs(inputs):
+    """(x, p, wdt, A, Ds, bias, r, n): the SS2D core's inputs in the form its kernels take (`_ss2d_mapwise`)."""
+    from vmbench.kernels.ss2d import _check, _kernel_params
+
+    x, *params = inputs
+    b, h, w, d, k, r, n = _check(x, *params[:2], params[3])
+    xw, wdt, A, Ds, bias = _kernel_params(x, *params, k, r, n)
+    p = torch.mm(x.reshape(b * h * w, d), xw).view(b, h, w, -1)
+    return x.contiguous(), p, wdt, A, Ds, bias, r, n
+
+
+def _check_map_forward(inputs):
+    """The map-layout forward against the composition's inference forward and float64."""
+    from vmbench.kernels import _ss2d_recompute as R
+    from vmbench.kernels._ss2d_map_triton import ss2d_map_forward
+    from vmbench.kernels import ss2d_core_ref
+
+    args = _map_inputs(inputs)
+    with torch.no_grad():
+        y = ss2d_map_forward(*args)
+        y_comp = R._forward(*args, states=False)[0]
+        y64 = ss2d_core_ref(*fp64(inputs))
+        y_ref = ss2d_core_ref(*inputs)
+    assert y.dtype == y_comp.dtype == inputs[0].dtype and y.shape == y_comp.shape
+    assert not y.isnan().any()
+    assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, (rel(y, y64), rel(y_ref, y64))
+    assert rel(y, y_comp) <= (1e-6 if y.dtype == torch.float32 else 1e-2), rel(y, y_comp)
+
+
+@interp
+@pytest.mark.parametrize("case", [(1, 5, 7, 20, 1, 2), (2, 3, 6, 16, 1, 1), (1, 1, 9, 16, 1, 4), (1, 6, 1, 17, 1, 3),
+                                  (2, 8, 9, 40, 1, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_map_layout_forward(triton_cpu, case, dtype):
+    """kernels/_ss2d_map_triton.py: every direction read from and written to the map (H != W, H = 1, W = 1, several
+    chunks and channel blocks) gives the composition's output."""
+    _check_map_forward(make_inputs(*case, dtype=dtype))
+
+
+@interp
+def test_map_layout_forward_in_the_model(triton_cpu, monkeypatch):
+    """Opted in (`USE_MAP`), a VMamba's calls without gradients take the map-layout forward; with gradients the
+    composition still runs (the map layout has no backward yet)."""
+    from vmbench.kernels import _ss2d_map_triton as M
+    from vmbench.models.vmamba import _create_vmamba
+
+    torch.manual_seed(0)
+    model = _create_vmamba(dict(dims=16, depths=(1, 1, 2, 1)), num_classes=10, scan_backend="triton").eval()
+    x = torch.randn(1, 3, 32, 32)
+    calls = []
+    with torch.no_grad():
+        y0 = model(x)
+        monkeypatch.setattr(M, "USE_MAP", True)
+        monkeypatch.setattr(M, "map_scan_launch", lambda *a, f=M.map_scan_launch: calls.append(1) or f(*a))
+        y1 = model(x)
+    assert len(calls) == 5  # one per block
+    assert rel(y1, y0) < 1e-5, rel(y1, y0)
+    model(x).sum().backward()
+    assert len(calls) == 5
+
+
 def test_torch_backend_is_the_reference():
     from vmbench.kernels import ss2d_core, ss2d_core_ref
 
@@ -371,6 +432,15 @@ def test_gpu_fused_forward_stage_shapes(stage, dtype):
         xst.POISON = False
     assert not y.isnan().any()
     assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, (rel(y, y64), rel(y_ref, y64))
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("stage", [(96, 56), (192, 28), (384, 14), (768, 7)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_map_layout_forward_stage_shapes(stage, dtype):
+    d, hw = stage
+    _check_map_forward(make_inputs(4, hw, hw, d, 1, math.ceil(d / 16), dtype, device="cuda"))
 
 
 @gpu

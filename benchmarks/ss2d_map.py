@@ -1,0 +1,110 @@
+"""Benchmark: the SS2D inference forward with directional copies (cross-scan, scan, cross-merge: the path models
+run) against the map-layout forward (kernels/_ss2d_map_triton.py), at VMamba-T's stage shapes, in one process.
+
+    python benchmarks/ss2d_map.py [--sweep] [--dry-run]
+    python benchmarks/ss2d_map.py --sass            # no GPU needed: the map scan compiled for sm_90 (scan_sass.py)
+
+Batch 128, bf16, D = 96 * 2**i, H = W = 56 / 28 / 14 / 7, K = 4, N = 1, R = ceil(D / 16). Both start from the
+same x and x_proj output p and end with y (B, H, W, D) in bf16; each is checked against the other first. Timing:
+triton.testing.do_bench (CUDA events, median). --sweep also times the map scan's (BLOCK_D, BLOCK_L, warps)
+choices. Prints a markdown table; writes $OUT/ss2d_map.md when $OUT is set. --dry-run: CPU interpreter, tiny
+shapes, one call each (checks the script; times mean nothing). --sass: registers, layout conversions and SASS
+instructions per element of the map scan's loop for each --sweep tile at stages 1 and 3, compiled for sm_90 with
+triton's own ptxas (benchmarks/scan_sass.py prints the same for the scan the models run now).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
+
+STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
+SWEEP = [(32, 32, 4), (32, 32, 2), (32, 32, 1), (32, 16, 1), (64, 32, 2), (64, 16, 2), (64, 32, 4), (128, 16, 4),
+         (16, 64, 2)]  # (BLOCK_D, BLOCK_L, warps)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--sass", action="store_true")
+    args = ap.parse_args(argv)
+    if args.sass:
+        return _sass()
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    from _shared import gpu_ms, once_ms, save
+    from vmbench.kernels import _ss2d_map_triton as M
+    from vmbench.kernels import _ss2d_recompute as R
+    from vmbench.kernels.ss2d import _kernel_params
+
+    dev = "cpu" if args.dry_run else "cuda"
+    bench = once_ms if args.dry_run else gpu_ms
+    batch, stages = (1, [(16, 5), (32, 3)]) if args.dry_run else (128, STAGES)
+    card = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
+    lines = [f"SS2D inference forward, {card}, torch {torch.__version__}, batch {batch}, bf16 (ms, median)", "",
+             "| stage (D, H·W) | composition | map layout | composition / map | rel. difference |", "|---|---|---|---|---|"]
+    sweep_lines = []
+    for d, hw in stages:
+        g = torch.Generator().manual_seed(0)
+        r, n, k = math.ceil(d / 16), 1, 4
+        x = torch.randn(batch, hw, hw, d, generator=g).to(dev, torch.bfloat16)
+        xp = (torch.randn(k, r + 2 * n, d, generator=g) / math.sqrt(d)).to(dev)
+        dtw = (torch.randn(k, d, r, generator=g) / math.sqrt(r)).to(dev)
+        dtb = (torch.rand(k, d, generator=g) * 2 - 3).to(dev)
+        al = torch.log(torch.rand(k * d, n, generator=g) * 3 + 0.5).to(dev)
+        ds = torch.randn(k * d, generator=g).to(dev)
+        xw, wdt, A, Ds, bias = _kernel_params(x, xp, dtw, dtb, al, ds, k, r, n)
+        p = torch.mm(x.reshape(-1, d), xw).view(batch, hw, hw, -1)
+        comp = lambda: R._forward(x, p, wdt, A, Ds, bias, r, n, states=False)[0]  # noqa: E731
+        fmap = lambda: M.ss2d_map_forward(x, p, wdt, A, Ds, bias, r, n)  # noqa: E731
+        with torch.no_grad():
+            a, b = comp(), fmap()
+            diff = float((a.double() - b.double()).norm() / b.double().norm())
+            t_comp, t_map = bench(comp), bench(fmap)
+            lines.append(f"| ({d}, {hw * hw}) | {t_comp:.3f} | {t_map:.3f} | **{t_comp / t_map:.2f}×** | {diff:.1e} |")
+            print(lines[-1], flush=True)
+            if args.sweep:
+                old = dict(M.MAP_CONFIG)
+                for bd, bl, w in SWEEP:
+                    M.MAP_CONFIG.update(block_d=bd, block_l=bl, warps=w)
+                    sweep_lines.append(f"| ({d}, {hw * hw}) | {bd} × {bl}, {w} | {bench(fmap):.3f} |")
+                    print(sweep_lines[-1], flush=True)
+                M.MAP_CONFIG.update(old)
+    if sweep_lines:
+        lines += ["", "| stage | map tile (BLOCK_D × BLOCK_L, warps) | ms |", "|---|---|---|", *sweep_lines]
+    save("ss2d_map", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def _sass() -> int:
+    import triton
+
+    import scan_sass
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    scan_sass._F32 |= {"y_ptr"}
+    print(f"map-layout scan for sm_90, triton {triton.__version__}, bf16 in / fp32 out\n")
+    print("| stage (D, H·W) | tile (BLOCK_D × BLOCK_L), warps | regs | spills | conversions in loop | loop SASS "
+          "| SASS per element |\n|---|---|---|---|---|---|---|")
+    for d, hw in (STAGES[0], STAGES[2]):
+        c = -(-(math.ceil(d / 16) + 2) // 8) * 8
+        L = hw * hw
+        for bd, bl, w in SWEEP:
+            ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=c - 2, BL=128 * L, n_chunks=-(-L // bl))
+            st = scan_sass.stats(scan_sass._compile(M._scan_fwd_map_kernel, ints,
+                                                    dict(BLOCK_D=bd, BLOCK_L=bl, FAST=True), w, "bf16"))
+            per = bd * bl // (32 * w)
+            print(f"| ({d}, {L}) | {bd} × {bl}, {w} | {st['regs']} | {st['spills']} | "
+                  f"{', '.join(st['conversions']) or 'none'} | {st['loop_sass']} | {st['loop_sass'] / per:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""SS2D forward without directional copies: the scan reads its four directions straight from the map.
+
+    p      = x @ xw                                  (B, H, W, K*C)   x_proj on the map (as `_ss2d_mapwise`)
+    delta  = bmm(p_k, wdt_k^T)                       (K, B, H*W, D)   dt_proj per direction, still on the map
+    ys[k]  = scan of direction k, each step t read at its map position pos_k(t) and written back there
+    y      = sum_k ys[k]                             (B, H, W, D)     the merge is a sum of four aligned maps
+
+The composition in kernels/_ss2d_recompute.py (`_forward`) cross-scans x into a (B, K, D, L) copy, runs dt_proj
+on the cross-scanned projections and cross-merges the scan's (B, K, D, L) output. Here no tensor is in direction
+order: a program owns one image, one direction and BLOCK_D channels, walks the positions of that direction in
+chunks, and gathers each chunk's [BLOCK_D, BLOCK_L] tile of x and delta from the channels-last maps (channels
+contiguous: BLOCK_D * 2 bytes per position). Programs of the four directions of one (image, channel block) are
+adjacent in the grid, so x's tile is read from HBM about once.
+
+Inference only (no states are written). Entry point: `ss2d_map_forward`, the same arguments and result as
+`_ss2d_recompute._forward(...)[0]`. While `USE_MAP` is True, `ss2d_scan_recompute` takes it for every call that
+needs no gradient (eager, and compiled as the registered op `vmbench::ss2d_map_scan`, whose four maps are summed
+by torch ops that Inductor can fuse into the LayerNorm after them).
+"""
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+
+from ._backend import cdiv, direct_launch, graph_capture, next_pow2, triton_interpret
+from ._selective_scan_triton import _add, _combine, _kernel, _softplus
+
+__all__ = ["ss2d_map_forward", "ss2d_map_delta", "map_scan_launch", "MAP_CONFIG", "USE_MAP"]
+
+MAP_CONFIG = dict(block_d=32, block_l=32, warps=4)  # tile and warps of the scan (not yet swept on a GPU)
+USE_MAP = False  # opt-in while it is measured: see the module docstring
+
+
+def _scan_fwd_map_kernel(
+    x_ptr, dt_ptr, p_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
+    H, W, Dk, KC, C, R, BL, n_chunks,  # BL = B * H * W: the stride of one direction in delta / y
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, FAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    k = pid % 4  # the four directions of one (image, channel block) are neighbours: x's tile stays in L2
+    rest = pid // 4
+    n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
+    dblk = rest % n_dblk
+    b = rest // n_dblk
+    L = H * W
+    offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dk
+    ch = k * Dk + offs_d  # channel index in K*D
+    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0) * 1.4426950408889634
+    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
+    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    rev = k >= 2
+    col = (k % 2) == 1
+    img = b.to(tl.int64) * L  # the image's first row of the (B*L, ...) maps
+    kdir = k.to(tl.int64) * BL  # direction k's first row of delta / y
+    lidx = tl.arange(0, BLOCK_L)
+    h = tl.full([BLOCK_D], 0.0, tl.float32)
+    # chunk 0's loads; in the loop, chunk c + 1's are issued before chunk c's arithmetic (latency overlapped)
+    t = lidx
+    tt = tl.where(rev, L - 1 - t, t)
+    pos = tl.where(t < L, tl.where(col, (tt % H) * W + tt // H, tt), 0)  # the map position (row-major) of step t
+    m2 = mask_d[:, None] & (t < L)[None, :]
+    nu = tl.load(x_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
+    ndt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
+    pr = p_ptr + (img + pos) * KC + k * C + R
+    nB = tl.load(pr, mask=t < L, other=0.0)
+    nC = tl.load(pr + 1, mask=t < L, other=0.0)
+    for c in range(n_chunks):
+        u, dt, Bv, Cv = nu.to(tl.float32), ndt.to(tl.float32), nB.to(tl.float32), nC.to(tl.float32)
+        krow = kdir + img + pos  # this chunk's rows of y
+        m2 = mask_d[:, None] & (t < L)[None, :]
+        t = t + BLOCK_L  # the next chunk
+        tt = tl.where(rev, L - 1 - t, t)
+        pos = tl.where(t < L, tl.where(col, (tt % H) * W + tt // H, tt), 0)
+        mn = mask_d[:, None] & (t < L)[None, :]
+        nu = tl.load(x_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=mn, other=0.0)
+        ndt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=mn, other=0.0)
+        pr = p_ptr + (img + pos) * KC + k * C + R
+        nB = tl.load(pr, mask=t < L, other=0.0)
+        nC = tl.load(pr + 1, mask=t < L, other=0.0)
+        dt, _ = _softplus(dt + bias[:, None], FAST)
+        dt = tl.where(m2, dt, 0.0)  # padding: a = 1, x = 0, so the state passes through
+        a = tl.exp2(dt * A2[:, None])
+        xx = dt * u * Bv[None, :]
+        sa, sx = tl.associative_scan((a, xx), axis=1, combine_fn=_combine)
+        hh = sx + sa * h[:, None]
+        y = hh * Cv[None, :] + Dv[:, None] * u
+        tl.store(y_ptr + krow[None, :] * Dk + offs_d[:, None], y, mask=m2)
+        h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, :], hh, 0.0), 1, _add)
+
+
+def _sum4_kernel(ys_ptr, y_ptr, N, BLOCK: tl.constexpr):
+    # y = ys[0] + ys[1] + ys[2] + ys[3] (fp32 sums, rounded once to y's dtype); ys (4, N) contiguous
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    acc = tl.load(ys_ptr + offs, mask=m, other=0.0)
+    acc += tl.load(ys_ptr + N + offs, mask=m, other=0.0)
+    acc += tl.load(ys_ptr + 2 * N + offs, mask=m, other=0.0)
+    acc += tl.load(ys_ptr + 3 * N + offs, mask=m, other=0.0)
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=m)
+
+
+def map_scan_launch(x, delta, p, A, Ds, bias, c: int, r: int) -> torch.Tensor:
+    """ys (K, B*H*W, D) fp32: each direction's scan output on the map. x (B, H, W, D), p (B, H, W, K*C) contiguous,
+    delta (K, B*H*W, D) from `ss2d_map_delta`; A, Ds, bias (K*D,) fp32; C rows per direction, B / C at rows R, R+1."""
+    b, h, w, d = x.shape
+    k, L = delta.shape[0], h * w
+    ys = torch.empty((k, b * L, d), dtype=torch.float32, device=x.device)
+    bd = min(MAP_CONFIG["block_d"], next_pow2(d))
+    bl = min(MAP_CONFIG["block_l"], max(16, next_pow2(L)))
+    _kernel(_scan_fwd_map_kernel)[(b * cdiv(d, bd) * k,)](
+        x, delta, p, A.reshape(-1), Ds, bias, ys, h, w, d, k * c, c, r, b * L, cdiv(L, bl),
+        BLOCK_D=bd, BLOCK_L=bl, FAST=not triton_interpret(), num_warps=MAP_CONFIG["warps"])
+    return ys
+
+
+@torch.library.triton_op("vmbench::ss2d_map_scan", mutates_args=())
+def _map_scan_op(x: torch.Tensor, delta: torch.Tensor, p: torch.Tensor, A: torch.Tensor, Ds: torch.Tensor,
+                 bias: torch.Tensor, c: int, r: int) -> torch.Tensor:
+    return map_scan_launch(x, delta, p, A, Ds, bias, c, r)
+
+
+def ss2d_map_delta(p: torch.Tensor, wdt: torch.Tensor) -> torch.Tensor:
+    """dt_proj of every direction on the map: (K, B*H*W, D) from p (B, H, W, K*C) and wdt (K, D, C)."""
+    b, h, w, kc = p.shape
+    k, d, c = wdt.shape
+    assert kc == k * c, (p.shape, wdt.shape)
+    return torch.bmm(p.reshape(b * h * w, k, c).transpose(0, 1), wdt.transpose(1, 2))
+
+
+def ss2d_map_forward(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
+    """y (B, H, W, D) in x's dtype: `_ss2d_recompute._forward(x, p, wdt, A, Ds, bias, r, n)[0]` computed on
+    the map (module docstring). x (B, H, W, D) and p (B, H, W, K*C) contiguous; wdt (K, D, C) in x's dtype;
+    A (K*D, 1), Ds and bias (K*D,) fp32; N = 1."""
+    assert n == 1, "the map-layout scan is written for d_state = 1"
+    b, h, w, d = x.shape
+    k, _, c = wdt.shape
+    assert k == 4 and p.shape == (b, h, w, k * c) and x.is_contiguous() and p.is_contiguous()
+    delta = ss2d_map_delta(p, wdt)  # (K, B*L, D)
+    if graph_capture():  # the merge as torch ops: Inductor fuses the sum into the LayerNorm that follows
+        ys = torch.ops.vmbench.ss2d_map_scan(x, delta, p, A, Ds, bias, c, r)
+        return ys.sum(0).view(b, h, w, d).to(x.dtype)
+    y = torch.empty_like(x)
+    with direct_launch():
+        ys = map_scan_launch(x, delta, p, A, Ds, bias, c, r)
+        n_el = y.numel()
+        _kernel(_sum4_kernel)[(cdiv(n_el, 1024),)](ys, y, n_el, BLOCK=1024, num_warps=4)  # the merge
+    return y
