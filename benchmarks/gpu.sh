@@ -13,7 +13,7 @@
 #                                      #   then compiled VMamba-T / Swin-T training steps timed (peers.py --compile)
 #   bash benchmarks/gpu.sh map         # the map-layout SS2D inference forward: its GPU tests, the op against the
 #                                      #   composition (benchmarks/ss2d_map.py --sweep), VMamba-T eager and compiled
-#                                      #   with and without it (peers.py --ss2d-map on,off)
+#                                      #   with and without it (peers.py --ss2d-map off,...; MAP_VARIANTS picks)
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh graph       # the same, eager and as CUDA-graph replays (host overhead removed)
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections (MODELS_SECTIONS,
@@ -51,9 +51,9 @@ for what in "$@"; do
     map)     step map_tests 150 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d.py -k map
                step ss2d_map 120 python3 benchmarks/ss2d_map.py --sweep
                step peers_map 150 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench,graph \
-                 --ss2d-map on,off --name peers_map
+                 --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map
                step peers_map_compiled 170 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes plain \
-                 --ss2d-map on,off --name peers_map_compiled ;;
+                 --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map_compiled ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \

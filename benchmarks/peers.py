@@ -173,8 +173,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--replay", default="on", help="on, off or on,off: VMamba's CUDA-graph replays of its calls "
                     "(off: every call eager; rows MODEL/eager)")
-    ap.add_argument("--ss2d-map", default="off", help="on, off or on,off: VMamba's inference SS2D on the map-layout "
-                    "scan (kernels/_ss2d_map_triton.py; rows MODEL/map)")
+    ap.add_argument("--ss2d-map", default="off", help="comma-separated: off, or DELTA-YS (gemm-fp32, dot-fp32, "
+                    "gemm-input, dot-input): VMamba's inference SS2D on the map-layout scan with that MAP_CONFIG "
+                    "(kernels/_ss2d_map_triton.py; rows MODEL/map-DELTA-YS)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
@@ -191,8 +192,8 @@ def main(argv=None) -> int:
     if not replays or set(replays) - {"on", "off"}:
         ap.error("--replay takes on, off or on,off")
     maps = args.ss2d_map.split(",")
-    if not maps or set(maps) - {"on", "off"}:
-        ap.error("--ss2d-map takes on, off or on,off")
+    if not maps or set(maps) - {"off", "gemm-fp32", "dot-fp32", "gemm-input", "dot-input"}:
+        ap.error("--ss2d-map takes off and DELTA-YS variants: gemm-fp32, dot-fp32, gemm-input, dot-input")
 
     import torch
 
@@ -218,19 +219,22 @@ def main(argv=None) -> int:
             rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
             continue
         replay = getattr(model, "graph_replay", None)
-        variants = [(r == "on", m == "on") for m in maps for r in replays] if replay is not None else [(True, False)]
+        variants = [(r == "on", m) for m in maps for r in replays] if replay is not None else [(True, "off")]
         for mode in modes:
             for on, use_map in variants:
                 if replay is not None:
                     replay.enabled = on
-                _map.USE_MAP = use_map
+                _map.USE_MAP = use_map != "off"
+                if _map.USE_MAP:
+                    _map.MAP_CONFIG.update(zip(("delta", "ys"), use_map.split("-")))
                 try:
                     r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
                                   warmup=args.warmup, repeats=args.repeats, iters=args.iters,
                                   warmup_s=args.warmup_s)
                 except Exception as e:  # one failing path must not lose the table
                     r = {"error": f"{type(e).__name__}: {e}"}
-                r.update(model=name + ("" if on else "/eager") + ("/map" if use_map else ""), mode=mode,
+                label = name + ("" if on else "/eager") + ("" if use_map == "off" else f"/map-{use_map}")
+                r.update(model=label, mode=mode,
                          **(_dynamo_stats() if args.compile else {}))
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "ms_runs"}), file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
 STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
+VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input")  # MAP_CONFIG delta-ys
 SWEEP = [(32, 32, 4), (32, 32, 2), (32, 32, 1), (32, 16, 1), (64, 32, 2), (64, 16, 2), (64, 32, 4), (128, 16, 4),
          (16, 64, 2)]  # (BLOCK_D, BLOCK_L, warps)
 
@@ -47,8 +48,10 @@ def main(argv=None) -> int:
     bench = once_ms if args.dry_run else gpu_ms
     batch, stages = (1, [(16, 5), (32, 3)]) if args.dry_run else (128, STAGES)
     card = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
-    lines = [f"SS2D inference forward, {card}, torch {torch.__version__}, batch {batch}, bf16 (ms, median)", "",
-             "| stage (D, H·W) | composition | map layout | composition / map | rel. difference |", "|---|---|---|---|---|"]
+    lines = [f"SS2D inference forward, {card}, torch {torch.__version__}, batch {batch}, bf16 (ms, median); map "
+             "variants DELTA-YS: delta from a GEMM or formed in the scan, the four maps in fp32 or bf16", "",
+             "| stage (D, H·W) | composition | " + " | ".join(f"map {v}" for v in VARIANTS) + " | composition / best map "
+             "| largest rel. difference |", "|---" * (4 + len(VARIANTS)) + "|"]
     sweep_lines = []
     for d, hw in stages:
         g = torch.Generator().manual_seed(0)
@@ -64,20 +67,26 @@ def main(argv=None) -> int:
         comp = lambda: R._forward(x, p, wdt, A, Ds, bias, r, n, states=False)[0]  # noqa: E731
         fmap = lambda: M.ss2d_map_forward(x, p, wdt, A, Ds, bias, r, n)  # noqa: E731
         with torch.no_grad():
-            a, b = comp(), fmap()
-            diff = float((a.double() - b.double()).norm() / b.double().norm())
-            t_comp, t_map = bench(comp), bench(fmap)
-            lines.append(f"| ({d}, {hw * hw}) | {t_comp:.3f} | {t_map:.3f} | **{t_comp / t_map:.2f}×** | {diff:.1e} |")
+            ref = comp()
+            t_comp, times, diff = bench(comp), [], 0.0
+            for v in VARIANTS:
+                M.MAP_CONFIG.update(zip(("delta", "ys"), v.split("-")))
+                y = fmap()
+                diff = max(diff, float((y.double() - ref.double()).norm() / ref.double().norm()))
+                times.append(bench(fmap))
+            lines.append(f"| ({d}, {hw * hw}) | {t_comp:.3f} | " + " | ".join(f"{t:.3f}" for t in times)
+                         + f" | **{t_comp / min(times):.2f}×** | {diff:.1e} |")
             print(lines[-1], flush=True)
             if args.sweep:
                 old = dict(M.MAP_CONFIG)
-                for bd, bl, w in SWEEP:
-                    M.MAP_CONFIG.update(block_d=bd, block_l=bl, warps=w)
-                    sweep_lines.append(f"| ({d}, {hw * hw}) | {bd} × {bl}, {w} | {bench(fmap):.3f} |")
-                    print(sweep_lines[-1], flush=True)
+                for v in ("gemm-fp32", "dot-input"):
+                    for bd, bl, w in SWEEP:
+                        M.MAP_CONFIG.update(zip(("delta", "ys"), v.split("-")), block_d=bd, block_l=bl, warps=w)
+                        sweep_lines.append(f"| ({d}, {hw * hw}) | {v} | {bd} × {bl}, {w} | {bench(fmap):.3f} |")
+                        print(sweep_lines[-1], flush=True)
                 M.MAP_CONFIG.update(old)
     if sweep_lines:
-        lines += ["", "| stage | map tile (BLOCK_D × BLOCK_L, warps) | ms |", "|---|---|---|", *sweep_lines]
+        lines += ["", "| stage | map variant | tile (BLOCK_D × BLOCK_L, warps) | ms |", "|---|---|---|---|", *sweep_lines]
     save("ss2d_map", "\n".join(lines))
     print("\n".join(lines))
     return 0
@@ -89,20 +98,28 @@ def _sass() -> int:
     import scan_sass
     from vmbench.kernels import _ss2d_map_triton as M
 
-    scan_sass._F32 |= {"y_ptr"}
-    print(f"map-layout scan for sm_90, triton {triton.__version__}, bf16 in / fp32 out\n")
-    print("| stage (D, H·W) | tile (BLOCK_D × BLOCK_L), warps | regs | spills | conversions in loop | loop SASS "
-          "| SASS per element |\n|---|---|---|---|---|---|---|")
+    print(f"map-layout scan for sm_90, triton {triton.__version__}, bf16 in; gemm-fp32: delta read, fp32 maps out; "
+          "dot-input: delta formed by tl.dot, bf16 maps out\n")
+    print("| stage (D, H·W) | variant | tile (BLOCK_D × BLOCK_L), warps | regs | spills | conversions in loop "
+          "| loop SASS | SASS per element |\n|---|---|---|---|---|---|---|---|")
     for d, hw in (STAGES[0], STAGES[2]):
         c = -(-(math.ceil(d / 16) + 2) // 8) * 8
         L = hw * hw
-        for bd, bl, w in SWEEP:
-            ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=c - 2, BL=128 * L, n_chunks=-(-L // bl))
-            st = scan_sass.stats(scan_sass._compile(M._scan_fwd_map_kernel, ints,
-                                                    dict(BLOCK_D=bd, BLOCK_L=bl, FAST=True), w, "bf16"))
-            per = bd * bl // (32 * w)
-            print(f"| ({d}, {L}) | {bd} × {bl}, {w} | {st['regs']} | {st['spills']} | "
-                  f"{', '.join(st['conversions']) or 'none'} | {st['loop_sass']} | {st['loop_sass'] / per:.0f} |")
+        for v in ("gemm-fp32", "dot-input"):
+            dot = v.startswith("dot")
+            scan_sass._F32.discard("y_ptr")
+            if not dot:
+                scan_sass._F32.add("y_ptr")
+            for bd, bl, w in SWEEP:
+                if dot and min(bd, bl) < 16:
+                    continue
+                ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=c - 2, BL=128 * L, n_chunks=-(-L // bl))
+                consts = dict(BLOCK_D=bd, BLOCK_L=bl, FAST=True, DELTA_DOT=dot, CP=max(16, 1 << (c - 1).bit_length()),
+                              DOT_F32=False)
+                st = scan_sass.stats(scan_sass._compile(M._scan_fwd_map_kernel, ints, consts, w, "bf16"))
+                per = bd * bl // (32 * w)
+                print(f"| ({d}, {L}) | {v} | {bd} × {bl}, {w} | {st['regs']} | {st['spills']} | "
+                      f"{', '.join(st['conversions']) or 'none'} | {st['loop_sass']} | {st['loop_sass'] / per:.0f} |")
     return 0
 
 

@@ -19,6 +19,8 @@ by torch ops that Inductor can fuse into the LayerNorm after them).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton.language as tl
 
@@ -27,14 +29,19 @@ from ._selective_scan_triton import _add, _combine, _kernel, _softplus
 
 __all__ = ["ss2d_map_forward", "ss2d_map_delta", "map_scan_launch", "MAP_CONFIG", "USE_MAP"]
 
-MAP_CONFIG = dict(block_d=32, block_l=32, warps=4)  # tile and warps of the scan (not yet swept on a GPU)
+# The scan's tile and warps (not yet swept on a GPU); delta: "gemm" (a bmm on the map, read by the scan) or "dot"
+# (formed in the scan, a tensor-core dot per chunk); ys: the four maps in "fp32" or in x's dtype ("input", as the
+# official kernel writes its output; the sum is still taken in fp32).
+MAP_CONFIG = dict(block_d=32, block_l=32, warps=4, delta="gemm", ys="fp32")
 USE_MAP = False  # opt-in while it is measured: see the module docstring
 
 
 def _scan_fwd_map_kernel(
-    x_ptr, dt_ptr, p_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
+    x_ptr, dt_ptr, w_ptr, p_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
     H, W, Dk, KC, C, R, BL, n_chunks,  # BL = B * H * W: the stride of one direction in delta / y
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, FAST: tl.constexpr,
+    DELTA_DOT: tl.constexpr, CP: tl.constexpr,  # delta formed here: wdt_k (BLOCK_D x C) @ p_k (C x BLOCK_L), C <= CP
+    DOT_F32: tl.constexpr,
 ):
     pid = tl.program_id(0)
     k = pid % 4  # the four directions of one (image, channel block) are neighbours: x's tile stays in L2
@@ -55,18 +62,33 @@ def _scan_fwd_map_kernel(
     kdir = k.to(tl.int64) * BL  # direction k's first row of delta / y
     lidx = tl.arange(0, BLOCK_L)
     h = tl.full([BLOCK_D], 0.0, tl.float32)
+    offs_c = tl.arange(0, CP)
+    mask_c = offs_c < C
+    if DELTA_DOT:  # this program's rows of dt_proj's weight (K, D, C), zero columns past C
+        wk = tl.load(w_ptr + ch[:, None] * C + offs_c[None, :], mask=mask_d[:, None] & mask_c[None, :], other=0.0)
     # chunk 0's loads; in the loop, chunk c + 1's are issued before chunk c's arithmetic (latency overlapped)
     t = lidx
     tt = tl.where(rev, L - 1 - t, t)
     pos = tl.where(t < L, tl.where(col, (tt % H) * W + tt // H, tt), 0)  # the map position (row-major) of step t
     m2 = mask_d[:, None] & (t < L)[None, :]
     nu = tl.load(x_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
-    ndt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
+    if DELTA_DOT:  # the chunk's projections, all C rows of direction k: [CP, BLOCK_L]
+        ndt = tl.load(p_ptr + (img + pos)[None, :] * KC + k * C + offs_c[:, None],
+                      mask=mask_c[:, None] & (t < L)[None, :], other=0.0)
+    else:
+        ndt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
     pr = p_ptr + (img + pos) * KC + k * C + R
     nB = tl.load(pr, mask=t < L, other=0.0)
     nC = tl.load(pr + 1, mask=t < L, other=0.0)
     for c in range(n_chunks):
-        u, dt, Bv, Cv = nu.to(tl.float32), ndt.to(tl.float32), nB.to(tl.float32), nC.to(tl.float32)
+        if DELTA_DOT:  # [BLOCK_D, BLOCK_L] fp32. DOT_F32: fp32 operands (fp32 x; the interpreter's bf16 dot is wrong)
+            if DOT_F32:
+                dt = tl.dot(wk.to(tl.float32), ndt.to(tl.float32), input_precision="ieee")
+            else:
+                dt = tl.dot(wk, ndt)
+        else:
+            dt = ndt.to(tl.float32)
+        u, Bv, Cv = nu.to(tl.float32), nB.to(tl.float32), nC.to(tl.float32)
         krow = kdir + img + pos  # this chunk's rows of y
         m2 = mask_d[:, None] & (t < L)[None, :]
         t = t + BLOCK_L  # the next chunk
@@ -74,7 +96,11 @@ def _scan_fwd_map_kernel(
         pos = tl.where(t < L, tl.where(col, (tt % H) * W + tt // H, tt), 0)
         mn = mask_d[:, None] & (t < L)[None, :]
         nu = tl.load(x_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=mn, other=0.0)
-        ndt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=mn, other=0.0)
+        if DELTA_DOT:
+            ndt = tl.load(p_ptr + (img + pos)[None, :] * KC + k * C + offs_c[:, None],
+                          mask=mask_c[:, None] & (t < L)[None, :], other=0.0)
+        else:
+            ndt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=mn, other=0.0)
         pr = p_ptr + (img + pos) * KC + k * C + R
         nB = tl.load(pr, mask=t < L, other=0.0)
         nC = tl.load(pr + 1, mask=t < L, other=0.0)
@@ -85,39 +111,47 @@ def _scan_fwd_map_kernel(
         sa, sx = tl.associative_scan((a, xx), axis=1, combine_fn=_combine)
         hh = sx + sa * h[:, None]
         y = hh * Cv[None, :] + Dv[:, None] * u
-        tl.store(y_ptr + krow[None, :] * Dk + offs_d[:, None], y, mask=m2)
+        tl.store(y_ptr + krow[None, :] * Dk + offs_d[:, None], y.to(y_ptr.dtype.element_ty), mask=m2)
         h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, :], hh, 0.0), 1, _add)
 
 
 def _sum4_kernel(ys_ptr, y_ptr, N, BLOCK: tl.constexpr):
-    # y = ys[0] + ys[1] + ys[2] + ys[3] (fp32 sums, rounded once to y's dtype); ys (4, N) contiguous
+    # y = ys[0] + ys[1] + ys[2] + ys[3] (fp32 sums, rounded once to y's dtype); ys (4, N) contiguous, any float
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
-    acc = tl.load(ys_ptr + offs, mask=m, other=0.0)
-    acc += tl.load(ys_ptr + N + offs, mask=m, other=0.0)
-    acc += tl.load(ys_ptr + 2 * N + offs, mask=m, other=0.0)
-    acc += tl.load(ys_ptr + 3 * N + offs, mask=m, other=0.0)
+    acc = tl.load(ys_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    acc += tl.load(ys_ptr + N + offs, mask=m, other=0.0).to(tl.float32)
+    acc += tl.load(ys_ptr + 2 * N + offs, mask=m, other=0.0).to(tl.float32)
+    acc += tl.load(ys_ptr + 3 * N + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=m)
 
 
-def map_scan_launch(x, delta, p, A, Ds, bias, c: int, r: int) -> torch.Tensor:
-    """ys (K, B*H*W, D) fp32: each direction's scan output on the map. x (B, H, W, D), p (B, H, W, K*C) contiguous,
-    delta (K, B*H*W, D) from `ss2d_map_delta`; A, Ds, bias (K*D,) fp32; C rows per direction, B / C at rows R, R+1."""
+def map_scan_launch(x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bias, c: int, r: int,
+                    ys_fp32: bool = True) -> torch.Tensor:
+    """ys (K, B*H*W, D), fp32 or (ys_fp32=False) x's dtype: each direction's scan output on the map.
+    x (B, H, W, D), p (B, H, W, K*C) contiguous; delta (K, B*H*W, D) from `ss2d_map_delta`, or None to form it
+    in the scan from p and wdt (K, D, C); A, Ds, bias (K*D,) fp32; B / C of direction k at its rows R, R + 1."""
     b, h, w, d = x.shape
-    k, L = delta.shape[0], h * w
-    ys = torch.empty((k, b * L, d), dtype=torch.float32, device=x.device)
+    k, L = wdt.shape[0], h * w
+    ys = torch.empty((k, b * L, d), dtype=torch.float32 if ys_fp32 else x.dtype, device=x.device)
+    dot = delta is None
     bd = min(MAP_CONFIG["block_d"], next_pow2(d))
     bl = min(MAP_CONFIG["block_l"], max(16, next_pow2(L)))
+    if dot:  # tl.dot takes no dimension under 16
+        bd, bl = max(bd, 16), max(bl, 16)
     _kernel(_scan_fwd_map_kernel)[(b * cdiv(d, bd) * k,)](
-        x, delta, p, A.reshape(-1), Ds, bias, ys, h, w, d, k * c, c, r, b * L, cdiv(L, bl),
-        BLOCK_D=bd, BLOCK_L=bl, FAST=not triton_interpret(), num_warps=MAP_CONFIG["warps"])
+        x, x if dot else delta, wdt.contiguous() if dot else x, p, A.reshape(-1), Ds, bias, ys,
+        h, w, d, k * c, c, r, b * L, cdiv(L, bl),
+        BLOCK_D=bd, BLOCK_L=bl, FAST=not triton_interpret(), DELTA_DOT=dot, CP=max(16, next_pow2(c)),
+        DOT_F32=triton_interpret() or x.dtype == torch.float32,
+        num_warps=MAP_CONFIG["warps"])
     return ys
 
 
 @torch.library.triton_op("vmbench::ss2d_map_scan", mutates_args=())
-def _map_scan_op(x: torch.Tensor, delta: torch.Tensor, p: torch.Tensor, A: torch.Tensor, Ds: torch.Tensor,
-                 bias: torch.Tensor, c: int, r: int) -> torch.Tensor:
-    return map_scan_launch(x, delta, p, A, Ds, bias, c, r)
+def _map_scan_op(x: torch.Tensor, delta: Optional[torch.Tensor], wdt: torch.Tensor, p: torch.Tensor,
+                 A: torch.Tensor, Ds: torch.Tensor, bias: torch.Tensor, c: int, r: int, ys_fp32: bool) -> torch.Tensor:
+    return map_scan_launch(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)
 
 
 def ss2d_map_delta(p: torch.Tensor, wdt: torch.Tensor) -> torch.Tensor:
@@ -136,13 +170,14 @@ def ss2d_map_forward(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     b, h, w, d = x.shape
     k, _, c = wdt.shape
     assert k == 4 and p.shape == (b, h, w, k * c) and x.is_contiguous() and p.is_contiguous()
-    delta = ss2d_map_delta(p, wdt)  # (K, B*L, D)
+    delta = None if MAP_CONFIG["delta"] == "dot" else ss2d_map_delta(p, wdt)  # (K, B*L, D)
+    ys_fp32 = MAP_CONFIG["ys"] == "fp32"
     if graph_capture():  # the merge as torch ops: Inductor fuses the sum into the LayerNorm that follows
-        ys = torch.ops.vmbench.ss2d_map_scan(x, delta, p, A, Ds, bias, c, r)
-        return ys.sum(0).view(b, h, w, d).to(x.dtype)
+        ys = torch.ops.vmbench.ss2d_map_scan(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)
+        return ys.sum(0, dtype=torch.float32).view(b, h, w, d).to(x.dtype)
     y = torch.empty_like(x)
     with direct_launch():
-        ys = map_scan_launch(x, delta, p, A, Ds, bias, c, r)
+        ys = map_scan_launch(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)
         n_el = y.numel()
         _kernel(_sum4_kernel)[(cdiv(n_el, 1024),)](ys, y, n_el, BLOCK=1024, num_warps=4)  # the merge
     return y

@@ -148,8 +148,9 @@ from vmbench.models.vmamba import _create_vmamba
 from vmbench.kernels import _ss2d_map_triton
 
 out = {}
-for mode in ("eval", "train", "map"):
-    _ss2d_map_triton.USE_MAP = mode == "map"
+for mode in ("eval", "train", "map", "map_dot"):
+    _ss2d_map_triton.USE_MAP = mode.startswith("map")
+    _ss2d_map_triton.MAP_CONFIG.update(delta="dot" if mode == "map_dot" else "gemm")
     torch._dynamo.reset(); counters.clear()
     torch.manual_seed(0)
     model = _create_vmamba(dict(dims=16, depths=(1, 1, 2, 1)), num_classes=10, scan_backend="triton",
@@ -184,7 +185,7 @@ def test_triton_path_is_one_graph_with_the_registered_ops():
     assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
     out = json.loads(line[0][len("RESULT "):])
     for mode, op in (("eval", "vmbench.ss2d_scan_infer"), ("train", "vmbench.ss2d_scan"),
-                     ("map", "vmbench.ss2d_map_scan")):  # map: kernels/_ss2d_map_triton.py, opted in
+                     ("map", "vmbench.ss2d_map_scan"), ("map_dot", "vmbench.ss2d_map_scan")):  # opted in
         r = out[mode]
         assert (r["graphs"], r["breaks"]) == (1, 0), r
         assert op in r["ops"] and len([o for o in r["ops"] if "_scan" in o]) == 1, r["ops"]

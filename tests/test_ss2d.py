@@ -369,9 +369,16 @@ def _check_map_forward(inputs):
 @pytest.mark.parametrize("case", [(1, 5, 7, 20, 1, 2), (2, 3, 6, 16, 1, 1), (1, 1, 9, 16, 1, 4), (1, 6, 1, 17, 1, 3),
                                   (2, 8, 9, 40, 1, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_map_layout_forward(triton_cpu, case, dtype):
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
+def test_map_layout_forward(triton_cpu, monkeypatch, case, dtype, variant):
     """kernels/_ss2d_map_triton.py: every direction read from and written to the map (H != W, H = 1, W = 1, several
-    chunks and channel blocks) gives the composition's output."""
+    chunks and channel blocks) gives the composition's output, with delta from the GEMM or formed in the scan, the
+    four maps in fp32 or in x's dtype."""
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    delta, ys = variant.split("-")
+    monkeypatch.setitem(M.MAP_CONFIG, "delta", delta)
+    monkeypatch.setitem(M.MAP_CONFIG, "ys", ys)
     _check_map_forward(make_inputs(*case, dtype=dtype))
 
 
@@ -438,7 +445,13 @@ def test_gpu_fused_forward_stage_shapes(stage, dtype):
 @needs_cuda
 @pytest.mark.parametrize("stage", [(96, 56), (192, 28), (384, 14), (768, 7)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gpu_map_layout_forward_stage_shapes(stage, dtype):
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
+def test_gpu_map_layout_forward_stage_shapes(monkeypatch, stage, dtype, variant):
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    delta, ys = variant.split("-")
+    monkeypatch.setitem(M.MAP_CONFIG, "delta", delta)
+    monkeypatch.setitem(M.MAP_CONFIG, "ys", ys)
     d, hw = stage
     _check_map_forward(make_inputs(4, hw, hw, d, 1, math.ceil(d / 16), dtype, device="cuda"))
 
