@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     card = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
     lines = [f"SS2D inference forward, {card}, torch {torch.__version__}, batch {batch}, bf16 (ms, median); map "
              "variants DELTA-YS: delta from a GEMM or formed in the scan, the four maps in fp32 or bf16", "",
-             "| stage (D, H·W) | composition | " + " | ".join(f"map {v}" for v in VARIANTS) + " | composition / best map "
-             "| largest rel. difference |", "|---" * (4 + len(VARIANTS)) + "|"]
+             "| stage (D, H·W) | composition | " + " | ".join(f"map {v}" for v in VARIANTS)
+             + " | composition / best map | largest rel. difference |", "|---" * (4 + len(VARIANTS)) + "|"]
     sweep_lines = []
     for d, hw in stages:
         g = torch.Generator().manual_seed(0)
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
                         print(sweep_lines[-1], flush=True)
                 M.MAP_CONFIG.update(old)
     if sweep_lines:
-        lines += ["", "| stage | map variant | tile (BLOCK_D × BLOCK_L, warps) | ms |", "|---|---|---|---|", *sweep_lines]
+        lines += ["", "| stage | map variant | tile (BLOCK_D × BLOCK_L, warps) | ms |", "|---|---|---|---|",
+                  *sweep_lines]
     save("ss2d_map", "\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -1,21 +1,22 @@
-"""SS2D forward without directional copies: the scan reads its four directions straight from the map.
+"""SS2D inference forward without directional copies: the scan reads its four directions straight from the map.
 
-    p      = x @ xw                                  (B, H, W, K*C)   x_proj on the map (as `_ss2d_mapwise`)
-    delta  = bmm(p_k, wdt_k^T)                       (K, B, H*W, D)   dt_proj per direction, still on the map
+    p      = x @ xw                            (B, H, W, K*C)   x_proj on the map (as `_ss2d_mapwise`)
+    delta  = bmm(p_k, wdt_k^T)                 (K, B, H*W, D)   dt_proj per direction on the map ("gemm"),
+                                                                or formed in the scan by a tensor-core dot ("dot")
     ys[k]  = scan of direction k, each step t read at its map position pos_k(t) and written back there
-    y      = sum_k ys[k]                             (B, H, W, D)     the merge is a sum of four aligned maps
+    y      = sum_k ys[k]                       (B, H, W, D)     the merge: a sum of four aligned maps
 
-The composition in kernels/_ss2d_recompute.py (`_forward`) cross-scans x into a (B, K, D, L) copy, runs dt_proj
-on the cross-scanned projections and cross-merges the scan's (B, K, D, L) output. Here no tensor is in direction
-order: a program owns one image, one direction and BLOCK_D channels, walks the positions of that direction in
-chunks, and gathers each chunk's [BLOCK_D, BLOCK_L] tile of x and delta from the channels-last maps (channels
-contiguous: BLOCK_D * 2 bytes per position). Programs of the four directions of one (image, channel block) are
-adjacent in the grid, so x's tile is read from HBM about once.
+The composition in kernels/_ss2d_recompute.py (`_forward`) cross-scans x into a (B, K, D, L) copy, runs dt_proj on
+the cross-scanned projections and cross-merges the scan's (B, K, D, L) output with transposes. Here no tensor is in
+direction order: a program owns one image, one direction and BLOCK_D channels, walks that direction's positions in
+chunks, and gathers each chunk's [BLOCK_D, BLOCK_L] tile from the channels-last maps (channels contiguous). The
+four directions of one (image, channel block) are neighbours in the grid, so x's tile is read from HBM about once.
+`MAP_CONFIG` holds the tile, the delta form and the dtype of the four maps (benchmarks/NOTES-ss2d.md).
 
-Inference only (no states are written). Entry point: `ss2d_map_forward`, the same arguments and result as
-`_ss2d_recompute._forward(...)[0]`. While `USE_MAP` is True, `ss2d_scan_recompute` takes it for every call that
-needs no gradient (eager, and compiled as the registered op `vmbench::ss2d_map_scan`, whose four maps are summed
-by torch ops that Inductor can fuse into the LayerNorm after them).
+No backward: `ss2d_scan_recompute` takes `ss2d_map_forward` for calls that need no gradient while `USE_MAP` is set
+(eager; compiled as the registered op `vmbench::ss2d_map_scan`, the 4-way sum left to Inductor next to out_norm).
+Off by default until it is timed on a GPU. `ss2d_map_forward` has the arguments and result of
+`_ss2d_recompute._forward(...)[0]`; `ss2d_map_forward_ref` is its plain-torch twin.
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ import torch
 import triton.language as tl
 
 from ._backend import cdiv, direct_launch, graph_capture, next_pow2, triton_interpret
+from .cross_scan import cross_merge_ref, cross_scan_diag_ref, cross_scan_ref
+from .selective_scan import selective_scan_ref
 from ._selective_scan_triton import _add, _combine, _kernel, _softplus
 
-__all__ = ["ss2d_map_forward", "ss2d_map_delta", "map_scan_launch", "MAP_CONFIG", "USE_MAP"]
+__all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "ss2d_map_delta", "map_scan_launch", "MAP_CONFIG", "USE_MAP"]
 
 # The scan's tile and warps (not yet swept on a GPU); delta: "gemm" (a bmm on the map, read by the scan) or "dot"
 # (formed in the scan, a tensor-core dot per chunk); ys: the four maps in "fp32" or in x's dtype ("input", as the
@@ -181,3 +184,15 @@ def ss2d_map_forward(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
         n_el = y.numel()
         _kernel(_sum4_kernel)[(cdiv(n_el, 1024),)](ys, y, n_el, BLOCK=1024, num_warps=4)  # the merge
     return y
+
+
+def ss2d_map_forward_ref(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
+    """`ss2d_map_forward` in plain torch, in fp32: the directions gathered (cross_scan_ref), delta from each
+    direction's projections, selective_scan_ref, the four outputs merged (cross_merge_ref); y in x's dtype."""
+    b, h, w, d = x.shape
+    k = wdt.shape[0]
+    ps = cross_scan_diag_ref(p.float())  # (B, K, C, L): direction k's own projection rows, in its order
+    u = cross_scan_ref(x.float()).reshape(b, k * d, h * w)
+    delta = torch.einsum("kdc,bkcl->bkdl", wdt.float(), ps).reshape(b, k * d, h * w)
+    ys = selective_scan_ref(u, delta, A, ps[:, :, r:r + n], ps[:, :, r + n:r + 2 * n], Ds, bias, True, True)
+    return cross_merge_ref(ys.view(b, k, d, h * w), h, w).to(x.dtype)

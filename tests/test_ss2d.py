@@ -348,14 +348,16 @@ def _map_inputs(inputs):
 
 
 def _check_map_forward(inputs):
-    """The map-layout forward against the composition's inference forward and float64."""
+    """The map-layout forward against its twin, the composition's inference forward and float64."""
     from vmbench.kernels import _ss2d_recompute as R
-    from vmbench.kernels._ss2d_map_triton import ss2d_map_forward
+    from vmbench.kernels._ss2d_map_triton import ss2d_map_forward, ss2d_map_forward_ref
     from vmbench.kernels import ss2d_core_ref
 
     args = _map_inputs(inputs)
     with torch.no_grad():
         y = ss2d_map_forward(*args)
+        if y.dtype == torch.float32:  # the twin, same signature
+            assert rel(y, ss2d_map_forward_ref(*args)) <= 1e-5, rel(y, ss2d_map_forward_ref(*args))
         y_comp = R._forward(*args, states=False)[0]
         y64 = ss2d_core_ref(*fp64(inputs))
         y_ref = ss2d_core_ref(*inputs)
