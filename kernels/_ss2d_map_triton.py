@@ -28,7 +28,7 @@ import triton.language as tl
 from ._backend import cdiv, direct_launch, graph_capture, next_pow2, triton_interpret
 from .cross_scan import cross_merge_ref, cross_scan_diag_ref, cross_scan_ref
 from .selective_scan import selective_scan_ref
-from ._selective_scan_triton import _add, _combine, _kernel, _softplus
+from ._selective_scan_triton import _Helper, _add, _combine, _kernel, _softplus
 
 __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "ss2d_map_delta", "map_scan_launch", "MAP_CONFIG", "USE_MAP"]
 
@@ -37,6 +37,27 @@ __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "ss2d_map_delta", "map_sc
 # official kernel writes its output; the sum is still taken in fp32).
 MAP_CONFIG = dict(block_d=32, block_l=32, warps=4, delta="gemm", ys="fp32")
 USE_MAP = False  # opt-in while it is measured: see the module docstring
+
+
+def _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col, offs_d, mask_d, offs_c, mask_c,
+               DELTA_DOT: tl.constexpr):
+    # Steps t of direction k: their map positions (row-major; 0 past L) and, in the stored dtypes, the [BLOCK_D,
+    # BLOCK_L] tile of x, delta's tile (or, DELTA_DOT, the [CP, BLOCK_L] tile of direction k's projection rows) and
+    # the B and C values of each step.
+    tt = tl.where(rev, L - 1 - t, t)
+    pos = tl.where(t < L, tl.where(col, (tt % H) * W + tt // H, tt), 0)
+    m2 = mask_d[:, None] & (t < L)[None, :]
+    u = tl.load(x_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
+    if DELTA_DOT:
+        dt = tl.load(p_ptr + (img + pos)[None, :] * KC + k * C + offs_c[:, None],
+                     mask=mask_c[:, None] & (t < L)[None, :], other=0.0)
+    else:
+        dt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
+    pr = p_ptr + (img + pos) * KC + k * C + R
+    return pos, u, dt, tl.load(pr, mask=t < L, other=0.0), tl.load(pr + 1, mask=t < L, other=0.0)
+
+
+_map_loads = _Helper(_map_loads)
 
 
 def _scan_fwd_map_kernel(
@@ -71,18 +92,8 @@ def _scan_fwd_map_kernel(
         wk = tl.load(w_ptr + ch[:, None] * C + offs_c[None, :], mask=mask_d[:, None] & mask_c[None, :], other=0.0)
     # chunk 0's loads; in the loop, chunk c + 1's are issued before chunk c's arithmetic (latency overlapped)
     t = lidx
-    tt = tl.where(rev, L - 1 - t, t)
-    pos = tl.where(t < L, tl.where(col, (tt % H) * W + tt // H, tt), 0)  # the map position (row-major) of step t
-    m2 = mask_d[:, None] & (t < L)[None, :]
-    nu = tl.load(x_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
-    if DELTA_DOT:  # the chunk's projections, all C rows of direction k: [CP, BLOCK_L]
-        ndt = tl.load(p_ptr + (img + pos)[None, :] * KC + k * C + offs_c[:, None],
-                      mask=mask_c[:, None] & (t < L)[None, :], other=0.0)
-    else:
-        ndt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
-    pr = p_ptr + (img + pos) * KC + k * C + R
-    nB = tl.load(pr, mask=t < L, other=0.0)
-    nC = tl.load(pr + 1, mask=t < L, other=0.0)
+    pos, nu, ndt, nB, nC = _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col,
+                                      offs_d, mask_d, offs_c, mask_c, DELTA_DOT)
     for c in range(n_chunks):
         if DELTA_DOT:  # [BLOCK_D, BLOCK_L] fp32. DOT_F32: fp32 operands (fp32 x; the interpreter's bf16 dot is wrong)
             if DOT_F32:
@@ -95,18 +106,8 @@ def _scan_fwd_map_kernel(
         krow = kdir + img + pos  # this chunk's rows of y
         m2 = mask_d[:, None] & (t < L)[None, :]
         t = t + BLOCK_L  # the next chunk
-        tt = tl.where(rev, L - 1 - t, t)
-        pos = tl.where(t < L, tl.where(col, (tt % H) * W + tt // H, tt), 0)
-        mn = mask_d[:, None] & (t < L)[None, :]
-        nu = tl.load(x_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=mn, other=0.0)
-        if DELTA_DOT:
-            ndt = tl.load(p_ptr + (img + pos)[None, :] * KC + k * C + offs_c[:, None],
-                          mask=mask_c[:, None] & (t < L)[None, :], other=0.0)
-        else:
-            ndt = tl.load(dt_ptr + (kdir + img + pos)[None, :] * Dk + offs_d[:, None], mask=mn, other=0.0)
-        pr = p_ptr + (img + pos) * KC + k * C + R
-        nB = tl.load(pr, mask=t < L, other=0.0)
-        nC = tl.load(pr + 1, mask=t < L, other=0.0)
+        pos, nu, ndt, nB, nC = _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col,
+                                          offs_d, mask_d, offs_c, mask_c, DELTA_DOT)
         dt, _ = _softplus(dt + bias[:, None], FAST)
         dt = tl.where(m2, dt, 0.0)  # padding: a = 1, x = 0, so the state passes through
         a = tl.exp2(dt * A2[:, None])
