@@ -48,11 +48,11 @@ for what in "$@"; do
     compiled) step where_vmamba_compiled 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --top 45
                step where_swin_compiled 170 python3 benchmarks/profile_model.py --model swin_t --compile --top 45
                step peers_compiled_train 220 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train ;;
-    map)     step map_tests 150 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d.py -k map
+    map)     step map_tests 100 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d.py -k map
                step ss2d_map 120 python3 benchmarks/ss2d_map.py --sweep
-               step peers_map 150 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench,graph \
+               step peers_map 140 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench,graph \
                  --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map
-               step peers_map_compiled 170 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes plain \
+               step peers_map_compiled 230 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes plain \
                  --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map_compiled ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;

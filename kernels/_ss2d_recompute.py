@@ -10,7 +10,9 @@ block's saved activations. This Function saves x (kept alive anyway by x_proj's 
 with an inner dimension of C) in the backward: a few percent more GPU work for ~30 % less
 activation memory. Eager calls run it as an autograd.Function; under graph capture (torch.compile, jit.trace)
 it runs as the registered ops `vmbench::ss2d_scan` / `vmbench::ss2d_scan_bwd`, the same launchers, and where no
-input needs a gradient as `vmbench::ss2d_scan_infer` (the eager inference path's launches: no chunk states).
+input needs a gradient as `vmbench::ss2d_scan_infer` (the eager inference path's launches: no chunk states). Where
+no input needs a gradient and `_ss2d_map_triton.USE_MAP` is set (opt-in, untimed), the map-layout forward of
+kernels/_ss2d_map_triton.py runs instead.
 
 It also keeps the small per-direction projections in one piece: p (B, H, W, K*C) from x_proj's GEMM on the
 map goes in, each direction's block is cross-scanned on its own (no copy of all K blocks in all K orders),
