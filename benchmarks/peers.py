@@ -224,6 +224,7 @@ def main(argv=None) -> int:
             for on, use_map in variants:
                 if replay is not None:
                     replay.enabled = on
+                    replay.clear()  # a graph recorded in another row may have run the other SS2D forward
                 _map.USE_MAP = use_map != "off"
                 if _map.USE_MAP:
                     _map.MAP_CONFIG.update(zip(("delta", "ys"), use_map.split("-")))
