@@ -191,13 +191,13 @@ def main(argv=None) -> int:
     replays = args.replay.split(",")
     if not replays or set(replays) - {"on", "off"}:
         ap.error("--replay takes on, off or on,off")
+    from vmbench.kernels import _ss2d_map_triton as _map
+
     maps = args.ss2d_map.split(",")
-    if not maps or set(maps) - {"off", "gemm-fp32", "dot-fp32", "gemm-input", "dot-input"}:
-        ap.error("--ss2d-map takes off and DELTA-YS variants: gemm-fp32, dot-fp32, gemm-input, dot-input")
+    if not maps or set(maps) - {"off", *_map.VARIANTS}:
+        ap.error(f"--ss2d-map takes off and DELTA-YS variants: {', '.join(_map.VARIANTS)}")
 
     import torch
-
-    from vmbench.kernels import _ss2d_map_triton as _map
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.dry_run:
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                     replay.clear()  # a graph recorded in another row may have run the other SS2D forward
                 _map.USE_MAP = use_map != "off"
                 if _map.USE_MAP:
-                    _map.MAP_CONFIG.update(zip(("delta", "ys"), use_map.split("-")))
+                    _map.MAP_CONFIG.update(_map.variant_config(use_map))
                 try:
                     r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
                                   warmup=args.warmup, repeats=args.repeats, iters=args.iters,

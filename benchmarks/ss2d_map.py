@@ -22,7 +22,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
 STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
-VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input")  # MAP_CONFIG delta-ys
 SWEEP = [(32, 32, 4), (32, 32, 2), (32, 32, 1), (32, 16, 1), (64, 32, 2), (64, 16, 2), (64, 32, 4), (128, 16, 4),
          (16, 64, 2)]  # (BLOCK_D, BLOCK_L, warps)
 
@@ -50,8 +49,8 @@ def main(argv=None) -> int:
     card = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
     lines = [f"SS2D inference forward, {card}, torch {torch.__version__}, batch {batch}, bf16 (ms, median); map "
              "variants DELTA-YS: delta from a GEMM or formed in the scan, the four maps in fp32 or bf16", "",
-             "| stage (D, H·W) | composition | " + " | ".join(f"map {v}" for v in VARIANTS)
-             + " | composition / best map | largest rel. difference |", "|---" * (4 + len(VARIANTS)) + "|"]
+             "| stage (D, H·W) | composition | " + " | ".join(f"map {v}" for v in M.VARIANTS)
+             + " | composition / best map | largest rel. difference |", "|---" * (4 + len(M.VARIANTS)) + "|"]
     sweep_lines = []
     for d, hw in stages:
         g = torch.Generator().manual_seed(0)
@@ -69,8 +68,8 @@ def main(argv=None) -> int:
         with torch.no_grad():
             ref = comp()
             t_comp, times, diff = bench(comp), [], 0.0
-            for v in VARIANTS:
-                M.MAP_CONFIG.update(zip(("delta", "ys"), v.split("-")))
+            for v in M.VARIANTS:
+                M.MAP_CONFIG.update(M.variant_config(v))
                 y = fmap()
                 diff = max(diff, float((y.double() - ref.double()).norm() / ref.double().norm()))
                 times.append(bench(fmap))
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
                 old = dict(M.MAP_CONFIG)
                 for v in ("gemm-fp32", "dot-input"):
                     for bd, bl, w in SWEEP:
-                        M.MAP_CONFIG.update(zip(("delta", "ys"), v.split("-")), block_d=bd, block_l=bl, warps=w)
+                        M.MAP_CONFIG.update(M.variant_config(v), block_d=bd, block_l=bl, warps=w)
                         sweep_lines.append(f"| ({d}, {hw * hw}) | {v} | {bd} × {bl}, {w} | {bench(fmap):.3f} |")
                         print(sweep_lines[-1], flush=True)
                 M.MAP_CONFIG.update(old)
@@ -98,13 +97,15 @@ def _sass() -> int:
 
     import scan_sass
     from vmbench.kernels import _ss2d_map_triton as M
+    from vmbench.kernels.ss2d import _rows8
 
     print(f"map-layout scan for sm_90, triton {triton.__version__}, bf16 in; gemm-fp32: delta read, fp32 maps out; "
           "dot-input: delta formed by tl.dot, bf16 maps out\n")
     print("| stage (D, H·W) | variant | tile (BLOCK_D × BLOCK_L), warps | regs | spills | conversions in loop "
           "| loop SASS | SASS per element |\n|---|---|---|---|---|---|---|---|")
     for d, hw in (STAGES[0], STAGES[2]):
-        c = -(-(math.ceil(d / 16) + 2) // 8) * 8
+        r = math.ceil(d / 16)
+        c = _rows8(r, 1)
         L = hw * hw
         for v in ("gemm-fp32", "dot-input"):
             dot = v.startswith("dot")
@@ -114,9 +115,8 @@ def _sass() -> int:
             for bd, bl, w in SWEEP:
                 if dot and min(bd, bl) < 16:
                     continue
-                ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=c - 2, BL=128 * L, n_chunks=-(-L // bl))
-                consts = dict(BLOCK_D=bd, BLOCK_L=bl, FAST=True, DELTA_DOT=dot, CP=max(16, 1 << (c - 1).bit_length()),
-                              DOT_F32=False)
+                ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=r, BL=128 * L, n_chunks=-(-L // bl))
+                consts = dict(BLOCK_D=bd, BLOCK_L=bl, FAST=True, DELTA_DOT=dot, CP=M.dot_rows(c), DOT_F32=False)
                 st = scan_sass.stats(scan_sass._compile(M._scan_fwd_map_kernel, ints, consts, w, "bf16"))
                 per = bd * bl // (32 * w)
                 print(f"| ({d}, {L}) | {v} | {bd} × {bl}, {w} | {st['regs']} | {st['spills']} | "

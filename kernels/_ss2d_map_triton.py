@@ -30,13 +30,28 @@ from .cross_scan import cross_merge_ref, cross_scan_diag_ref, cross_scan_ref
 from .selective_scan import selective_scan_ref
 from ._selective_scan_triton import _Helper, _add, _combine, _kernel, _softplus
 
-__all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "ss2d_map_delta", "map_scan_launch", "MAP_CONFIG", "USE_MAP"]
+__all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "ss2d_map_delta", "map_scan_launch", "variant_config",
+           "dot_rows", "MAP_CONFIG", "USE_MAP", "VARIANTS"]
 
 # The scan's tile and warps (not yet swept on a GPU); delta: "gemm" (a bmm on the map, read by the scan) or "dot"
 # (formed in the scan, a tensor-core dot per chunk); ys: the four maps in "fp32" or in x's dtype ("input", as the
 # official kernel writes its output; the sum is still taken in fp32).
 MAP_CONFIG = dict(block_d=32, block_l=32, warps=4, delta="gemm", ys="fp32")
 USE_MAP = False  # opt-in while it is measured: see the module docstring
+VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input")  # "DELTA-YS": the two MAP_CONFIG choices by name
+
+
+def variant_config(name: str) -> dict:
+    """The MAP_CONFIG entries of a variant named "DELTA-YS" (one of VARIANTS)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown map variant {name!r}; choose from {', '.join(VARIANTS)}")
+    delta, ys = name.split("-")
+    return dict(delta=delta, ys=ys)
+
+
+def dot_rows(c: int) -> int:
+    """CP, the projection rows a delta-forming dot takes: C rounded up to a power of 2, at least 16 (tl.dot's least)."""
+    return max(16, next_pow2(c))
 
 
 def _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col, offs_d, mask_d, offs_c, mask_c,
@@ -146,7 +161,7 @@ def map_scan_launch(x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bias, c: in
     _kernel(_scan_fwd_map_kernel)[(b * cdiv(d, bd) * k,)](
         x, x if dot else delta, wdt.contiguous() if dot else x, p, A.reshape(-1), Ds, bias, ys,
         h, w, d, k * c, c, r, b * L, cdiv(L, bl),
-        BLOCK_D=bd, BLOCK_L=bl, FAST=not triton_interpret(), DELTA_DOT=dot, CP=max(16, next_pow2(c)),
+        BLOCK_D=bd, BLOCK_L=bl, FAST=not triton_interpret(), DELTA_DOT=dot, CP=dot_rows(c),
         DOT_F32=triton_interpret() or x.dtype == torch.float32,
         num_warps=MAP_CONFIG["warps"])
     return ys

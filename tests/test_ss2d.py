@@ -347,6 +347,13 @@ def _map_inputs(inputs):
     return x.contiguous(), p, wdt, A, Ds, bias, r, n
 
 
+def _use_map_variant(monkeypatch, variant: str) -> None:
+    """MAP_CONFIG set to a map variant ("DELTA-YS") for this test."""
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    monkeypatch.setattr(M, "MAP_CONFIG", {**M.MAP_CONFIG, **M.variant_config(variant)})
+
+
 def _check_map_forward(inputs):
     """The map-layout forward against its twin, the composition's inference forward and float64."""
     from vmbench.kernels import _ss2d_recompute as R
@@ -357,7 +364,8 @@ def _check_map_forward(inputs):
     with torch.no_grad():
         y = ss2d_map_forward(*args)
         if y.dtype == torch.float32:  # the twin, same signature
-            assert rel(y, ss2d_map_forward_ref(*args)) <= 1e-5, rel(y, ss2d_map_forward_ref(*args))
+            twin = rel(y, ss2d_map_forward_ref(*args))
+            assert twin <= 1e-5, twin
         y_comp = R._forward(*args, states=False)[0]
         y64 = ss2d_core_ref(*fp64(inputs))
         y_ref = ss2d_core_ref(*inputs)
@@ -376,11 +384,7 @@ def test_map_layout_forward(triton_cpu, monkeypatch, case, dtype, variant):
     """kernels/_ss2d_map_triton.py: every direction read from and written to the map (H != W, H = 1, W = 1, several
     chunks and channel blocks) gives the composition's output, with delta from the GEMM or formed in the scan, the
     four maps in fp32 or in x's dtype."""
-    from vmbench.kernels import _ss2d_map_triton as M
-
-    delta, ys = variant.split("-")
-    monkeypatch.setitem(M.MAP_CONFIG, "delta", delta)
-    monkeypatch.setitem(M.MAP_CONFIG, "ys", ys)
+    _use_map_variant(monkeypatch, variant)
     _check_map_forward(make_inputs(*case, dtype=dtype))
 
 
@@ -449,11 +453,7 @@ def test_gpu_fused_forward_stage_shapes(stage, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
 def test_gpu_map_layout_forward_stage_shapes(monkeypatch, stage, dtype, variant):
-    from vmbench.kernels import _ss2d_map_triton as M
-
-    delta, ys = variant.split("-")
-    monkeypatch.setitem(M.MAP_CONFIG, "delta", delta)
-    monkeypatch.setitem(M.MAP_CONFIG, "ys", ys)
+    _use_map_variant(monkeypatch, variant)
     d, hw = stage
     _check_map_forward(make_inputs(4, hw, hw, d, 1, math.ceil(d / 16), dtype, device="cuda"))
 
