@@ -1,4 +1,4 @@
-"""SS2D inference forward without directional copies: the scan reads its four directions straight from the map.
+"""The SS2D scan without directional copies: forward and backward read the four directions straight from the map.
 
     p      = x @ xw                            (B, H, W, K*C)   x_proj on the map (as `_ss2d_mapwise`)
     delta  = bmm(p_k, wdt_k^T)                 (K, B, H*W, D)   dt_proj per direction on the map ("gemm"),
@@ -13,10 +13,16 @@ chunks, and gathers each chunk's [BLOCK_D, BLOCK_L] tile from the channels-last 
 four directions of one (image, channel block) are neighbours in the grid, so x's tile is read from HBM about once.
 `MAP_CONFIG` holds the tile, the delta form and the dtype of the four maps (benchmarks/NOTES-ss2d.md).
 
-No backward: `ss2d_scan_recompute` takes `ss2d_map_forward` for calls that need no gradient while `USE_MAP` is set
-(eager; compiled as the registered op `vmbench::ss2d_map_scan`, the 4-way sum left to Inductor next to out_norm).
-Off by default until it is timed on a GPU. `ss2d_map_forward` has the arguments and result of
-`_ss2d_recompute._forward(...)[0]`; `ss2d_map_forward_ref` is its plain-torch twin.
+The backward (`_scan_bwd_map_kernel`) is the same program walking its chunks from the last: it recomputes each
+chunk's states from the state the forward saved at its start, reads the gradient of y in place (the four
+directions read the same map) and writes du and ddelta on direction k's map; dx is their 4-way sum, and dt_proj's
+adjoint and weight gradient are batched GEMMs on the map (`map_backward`). Nothing in direction order is saved or
+formed: the forward keeps x, p and the chunk states.
+
+While `USE_MAP` is set (off by default until it is timed on a GPU), `ss2d_scan_recompute` takes `ss2d_map_forward`
+for calls that need no gradient (compiled: the registered op `vmbench::ss2d_map_scan`, the 4-way sum left to
+Inductor next to out_norm), and its autograd.Function / registered ops run `map_train_forward` and `map_backward`
+for calls that do. `ss2d_map_forward_ref` is the plain-torch twin of both (same signature; differentiable).
 """
 from __future__ import annotations
 
@@ -28,15 +34,18 @@ import triton.language as tl
 from ._backend import cdiv, direct_launch, graph_capture, next_pow2, triton_interpret
 from .cross_scan import cross_merge_ref, cross_scan_diag_ref, cross_scan_ref
 from .selective_scan import selective_scan_ref
-from ._selective_scan_triton import _Helper, _add, _combine, _kernel, _softplus
+from ._selective_scan_triton import _Helper, _add, _bwd_chunk, _combine, _div, _kernel, _softplus
 
-__all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "ss2d_map_delta", "map_scan_launch", "variant_config",
-           "dot_rows", "MAP_CONFIG", "USE_MAP", "VARIANTS"]
+__all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map_backward", "ss2d_map_delta",
+           "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "dot_rows", "MAP_CONFIG",
+           "USE_MAP", "VARIANTS"]
 
-# The scan's tile and warps (not yet swept on a GPU); delta: "gemm" (a bmm on the map, read by the scan) or "dot"
-# (formed in the scan, a tensor-core dot per chunk); ys: the four maps in "fp32" or in x's dtype ("input", as the
-# official kernel writes its output; the sum is still taken in fp32).
-MAP_CONFIG = dict(block_d=32, block_l=32, warps=4, delta="gemm", ys="fp32")
+# The forward's and the backward's tile and warps (not yet swept on a GPU; the backward's has the fewest sm_90
+# instructions per element in benchmarks/ss2d_map.py --sass); delta: "gemm" (a bmm on the map, read by the scan) or
+# "dot" (formed in the scan, a tensor-core dot per chunk); ys: the forward's four maps in "fp32" or in x's dtype
+# ("input", as the official kernel writes its output; the sum is still taken in fp32).
+MAP_CONFIG = dict(block_d=32, block_l=32, warps=4, delta="gemm", ys="fp32", bwd_block_d=16, bwd_block_l=16,
+                  bwd_warps=1)
 USE_MAP = False  # opt-in while it is measured: see the module docstring
 VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input")  # "DELTA-YS": the two MAP_CONFIG choices by name
 
@@ -47,6 +56,11 @@ def variant_config(name: str) -> dict:
         raise ValueError(f"unknown map variant {name!r}; choose from {', '.join(VARIANTS)}")
     delta, ys = name.split("-")
     return dict(delta=delta, ys=ys)
+
+
+def variant_name() -> str:
+    """The variant MAP_CONFIG holds now ("DELTA-YS")."""
+    return f"{MAP_CONFIG['delta']}-{MAP_CONFIG['ys']}"
 
 
 def dot_rows(c: int) -> int:
@@ -75,23 +89,47 @@ def _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev
 _map_loads = _Helper(_map_loads)
 
 
-def _scan_fwd_map_kernel(
-    x_ptr, dt_ptr, w_ptr, p_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
-    H, W, Dk, KC, C, R, BL, n_chunks,  # BL = B * H * W: the stride of one direction in delta / y
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, FAST: tl.constexpr,
-    DELTA_DOT: tl.constexpr, CP: tl.constexpr,  # delta formed here: wdt_k (BLOCK_D x C) @ p_k (C x BLOCK_L), C <= CP
-    DOT_F32: tl.constexpr,
-):
+def _map_program(Dk, BLOCK_D: tl.constexpr):
+    # What a program of the map scans owns: direction k of channel block dblk (of n_dblk) of image b, its channels
+    # offs_d (ch in K*D). The four directions of one image and channel block are neighbours in the grid, so x's
+    # tile stays in L2 between them.
     pid = tl.program_id(0)
-    k = pid % 4  # the four directions of one (image, channel block) are neighbours: x's tile stays in L2
+    k = pid % 4
     rest = pid // 4
     n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
     dblk = rest % n_dblk
-    b = rest // n_dblk
-    L = H * W
     offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < Dk
-    ch = k * Dk + offs_d  # channel index in K*D
+    return k, dblk, n_dblk, rest // n_dblk, offs_d, offs_d < Dk, k * Dk + offs_d
+
+
+_map_program = _Helper(_map_program)
+
+
+def _delta(wk, dt, DELTA_DOT: tl.constexpr, DOT_F32: tl.constexpr):
+    # A chunk's delta before the bias, fp32 [BLOCK_D, BLOCK_L]: the loaded tile, or (DELTA_DOT) wdt_k @ p_k on tensor
+    # cores from the loaded projection rows; DOT_F32: fp32 operands (fp32 x; the interpreter's bf16 dot is wrong).
+    if DELTA_DOT:
+        if DOT_F32:
+            return tl.dot(wk.to(tl.float32), dt.to(tl.float32), input_precision="ieee")
+        else:
+            return tl.dot(wk, dt)
+    else:
+        return dt.to(tl.float32)
+
+
+_delta = _Helper(_delta)
+
+
+def _scan_fwd_map_kernel(
+    x_ptr, dt_ptr, w_ptr, p_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr,
+    H, W, Dk, KC, C, R, BL, n_chunks, n_saved,  # BL = B * H * W: the stride of one direction in delta / y
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, FAST: tl.constexpr,
+    DELTA_DOT: tl.constexpr, CP: tl.constexpr,  # delta formed here: wdt_k (BLOCK_D x C) @ p_k (C x BLOCK_L), C <= CP
+    DOT_F32: tl.constexpr,
+    SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr,  # hs (B, K, n_saved, D): the state entering every
+):                                                        # SAVE_EVERY steps (the backward's chunks)
+    k, dblk, n_dblk, b, offs_d, mask_d, ch = _map_program(Dk, BLOCK_D)
+    L = H * W
     A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0) * 1.4426950408889634
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
@@ -103,20 +141,18 @@ def _scan_fwd_map_kernel(
     h = tl.full([BLOCK_D], 0.0, tl.float32)
     offs_c = tl.arange(0, CP)
     mask_c = offs_c < C
+    wk = None
     if DELTA_DOT:  # this program's rows of dt_proj's weight (K, D, C), zero columns past C
         wk = tl.load(w_ptr + ch[:, None] * C + offs_c[None, :], mask=mask_d[:, None] & mask_c[None, :], other=0.0)
+    hs_row = (b * 4 + k).to(tl.int64) * n_saved * Dk + offs_d
+    if SAVE_STATES:
+        tl.store(hs_ptr + hs_row, h, mask=mask_d)  # the state entering step 0
     # chunk 0's loads; in the loop, chunk c + 1's are issued before chunk c's arithmetic (latency overlapped)
     t = lidx
     pos, nu, ndt, nB, nC = _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col,
                                       offs_d, mask_d, offs_c, mask_c, DELTA_DOT)
     for c in range(n_chunks):
-        if DELTA_DOT:  # [BLOCK_D, BLOCK_L] fp32. DOT_F32: fp32 operands (fp32 x; the interpreter's bf16 dot is wrong)
-            if DOT_F32:
-                dt = tl.dot(wk.to(tl.float32), ndt.to(tl.float32), input_precision="ieee")
-            else:
-                dt = tl.dot(wk, ndt)
-        else:
-            dt = ndt.to(tl.float32)
+        dt = _delta(wk, ndt, DELTA_DOT, DOT_F32)
         u, Bv, Cv = nu.to(tl.float32), nB.to(tl.float32), nC.to(tl.float32)
         krow = kdir + img + pos  # this chunk's rows of y
         m2 = mask_d[:, None] & (t < L)[None, :]
@@ -131,7 +167,82 @@ def _scan_fwd_map_kernel(
         hh = sx + sa * h[:, None]
         y = hh * Cv[None, :] + Dv[:, None] * u
         tl.store(y_ptr + krow[None, :] * Dk + offs_d[:, None], y.to(y_ptr.dtype.element_ty), mask=m2)
+        per: tl.constexpr = BLOCK_L // SAVE_EVERY
+        if SAVE_STATES:  # the state after step t enters t + 1: picked out of the tile by a row reduction
+            for j in tl.static_range(1, per):
+                hj = tl.reduce(tl.where((lidx == j * SAVE_EVERY - 1)[None, :], hh, 0.0), 1, _add)
+                tl.store(hs_ptr + hs_row + (c * per + j) * Dk, hj, mask=mask_d & (c * BLOCK_L + j * SAVE_EVERY < L))
         h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, :], hh, 0.0), 1, _add)
+        if SAVE_STATES:
+            tl.store(hs_ptr + hs_row + (c + 1) * per * Dk, h, mask=mask_d & ((c + 1) * BLOCK_L < L))
+
+
+def _scan_bwd_map_kernel(
+    x_ptr, dt_ptr, w_ptr, p_ptr, A_ptr, D_ptr, bias_ptr, gy_ptr, hs_ptr,
+    dxs_ptr, ddt_ptr, dbc_ptr, dP_ptr,
+    H, W, Dk, KC, C, R, BL, n_chunks,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, FAST: tl.constexpr,
+    DELTA_DOT: tl.constexpr, CP: tl.constexpr, DOT_F32: tl.constexpr,  # as in the forward
+):
+    # The forward's program (image, direction, BLOCK_D channels) walking its chunks from the last: each chunk's
+    # states are recomputed from the saved state entering it and its reverse scan run (`_bwd_chunk`). dy is gy at
+    # the step's map position (every direction reads the same gy in place); du and ddelta are written at that
+    # position of direction k's map (K, B*L, D); dB / dC (this channel block's partial sums) to dbc
+    # (K, n_dblk, 2, B*L); dA / dD / dbias of the image to dP (B, 3, K*D).
+    k, dblk, n_dblk, b, offs_d, mask_d, ch = _map_program(Dk, BLOCK_D)
+    L = H * W
+    Av = tl.load(A_ptr + ch, mask=mask_d, other=0.0)
+    A2 = Av * 1.4426950408889634
+    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
+    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    rev = k >= 2
+    col = (k % 2) == 1
+    img = b.to(tl.int64) * L
+    kdir = k.to(tl.int64) * BL
+    lidx = tl.arange(0, BLOCK_L)
+    offs_c = tl.arange(0, CP)
+    mask_c = offs_c < C
+    wk = None
+    if DELTA_DOT:
+        wk = tl.load(w_ptr + ch[:, None] * C + offs_c[None, :], mask=mask_d[:, None] & mask_c[None, :], other=0.0)
+    hs_row = (b * 4 + k).to(tl.int64) * n_chunks * Dk + offs_d
+    part = ((k * n_dblk + dblk) * 2).to(tl.int64) * BL + img  # this program's dB row of dbc; dC's is BL further
+    carry = tl.full([BLOCK_D], 0.0, tl.float32)  # a_s g_s at the next chunk's first step s
+    dA_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    dD_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    dbias_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    for ci in range(n_chunks):
+        c = n_chunks - 1 - ci
+        t = c * BLOCK_L + lidx
+        pos, u, dt_raw, Bv, Cv = _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col,
+                                            offs_d, mask_d, offs_c, mask_c, DELTA_DOT)
+        m2 = mask_d[:, None] & (t < L)[None, :]
+        at = (img + pos)[None, :] * Dk + offs_d[:, None]  # the chunk's [BLOCK_D, BLOCK_L] tile of a (B*L, D) map
+        dy = tl.load(gy_ptr + at, mask=m2, other=0.0).to(tl.float32)
+        h0 = tl.load(hs_ptr + hs_row + c * Dk, mask=mask_d, other=0.0)  # the state entering the chunk
+        dt_raw = _delta(wk, dt_raw, DELTA_DOT, DOT_F32) + bias[:, None]
+        u, Bv, Cv = u.to(tl.float32), Bv.to(tl.float32), Cv.to(tl.float32)
+        dt, z = _softplus(dt_raw, FAST)
+        dt = tl.where(m2, dt, 0.0)
+        a = tl.exp2(dt * A2[:, None])
+        dtu = dt * u
+        hh, g, carry, gah = _bwd_chunk(a, dtu * Bv[None, :], Cv, dy, h0, carry, lidx, BLOCK_D, BLOCK_L)
+        tl.store(dbc_ptr + part + pos, tl.reduce(g * dtu, 0, _add), mask=t < L)
+        tl.store(dbc_ptr + part + BL + pos, tl.reduce(hh * dy, 0, _add), mask=t < L)
+        gB = g * Bv[None, :]
+        ddt = gB * u + gah * Av[:, None]
+        dA_acc += tl.reduce(gah * dt, 1, _add)
+        du = gB * dt + Dv[:, None] * dy
+        dD_acc += tl.reduce(dy * u, 1, _add)
+        ddt = ddt * _div(tl.where(dt_raw >= 0.0, 1.0, z), 1.0 + z, FAST)  # softplus' = sigmoid
+        ddt = tl.where(m2, ddt, 0.0)
+        dbias_acc += tl.reduce(ddt, 1, _add)
+        tl.store(dxs_ptr + kdir * Dk + at, du.to(dxs_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddt_ptr + kdir * Dk + at, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+    pp = b.to(tl.int64) * 12 * Dk + ch  # dP[b, 0, ch]
+    tl.store(dP_ptr + pp, dA_acc, mask=mask_d)
+    tl.store(dP_ptr + pp + 4 * Dk, dD_acc, mask=mask_d)
+    tl.store(dP_ptr + pp + 8 * Dk, dbias_acc, mask=mask_d)
 
 
 def _sum4_kernel(ys_ptr, y_ptr, N, BLOCK: tl.constexpr):
@@ -145,32 +256,77 @@ def _sum4_kernel(ys_ptr, y_ptr, N, BLOCK: tl.constexpr):
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=m)
 
 
+def _tiles(d: int, L: int, dot: bool, backward: bool) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_L) of the forward or backward map scan; the backward's BLOCK_L divides the forward's
+    (both powers of 2): the forward saves the state entering each backward chunk."""
+    bd = min(MAP_CONFIG["bwd_block_d" if backward else "block_d"], next_pow2(d))
+    bl = min(MAP_CONFIG["block_l"], max(16, next_pow2(L)))
+    if backward:
+        bl = min(bl, MAP_CONFIG["bwd_block_l"])
+    if dot:  # tl.dot takes no dimension under 16
+        bd, bl = max(bd, 16), max(bl, 16)
+    return bd, bl
+
+
 def map_scan_launch(x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bias, c: int, r: int,
-                    ys_fp32: bool = True) -> torch.Tensor:
-    """ys (K, B*H*W, D), fp32 or (ys_fp32=False) x's dtype: each direction's scan output on the map.
+                    ys_fp32: bool = True, states: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(ys, hs). ys (K, B*H*W, D), fp32 or (ys_fp32=False) x's dtype: each direction's scan output on the map;
+    hs (B, K, n_saved, D) fp32, the state entering each of the backward's chunks (None unless `states`).
     x (B, H, W, D), p (B, H, W, K*C) contiguous; delta (K, B*H*W, D) from `ss2d_map_delta`, or None to form it
     in the scan from p and wdt (K, D, C); A, Ds, bias (K*D,) fp32; B / C of direction k at its rows R, R + 1."""
     b, h, w, d = x.shape
     k, L = wdt.shape[0], h * w
     ys = torch.empty((k, b * L, d), dtype=torch.float32 if ys_fp32 else x.dtype, device=x.device)
     dot = delta is None
-    bd = min(MAP_CONFIG["block_d"], next_pow2(d))
-    bl = min(MAP_CONFIG["block_l"], max(16, next_pow2(L)))
-    if dot:  # tl.dot takes no dimension under 16
-        bd, bl = max(bd, 16), max(bl, 16)
+    bd, bl = _tiles(d, L, dot, backward=False)
+    save_every = _tiles(d, L, dot, backward=True)[1]
+    n_saved = cdiv(L, save_every)
+    hs = torch.empty((b, k, n_saved, d), dtype=torch.float32, device=x.device) if states else None
     _kernel(_scan_fwd_map_kernel)[(b * cdiv(d, bd) * k,)](
         x, x if dot else delta, wdt.contiguous() if dot else x, p, A.reshape(-1), Ds, bias, ys,
-        h, w, d, k * c, c, r, b * L, cdiv(L, bl),
+        ys if hs is None else hs,
+        h, w, d, k * c, c, r, b * L, cdiv(L, bl), n_saved,
         BLOCK_D=bd, BLOCK_L=bl, FAST=not triton_interpret(), DELTA_DOT=dot, CP=dot_rows(c),
-        DOT_F32=triton_interpret() or x.dtype == torch.float32,
+        DOT_F32=triton_interpret() or x.dtype == torch.float32, SAVE_STATES=states, SAVE_EVERY=save_every,
         num_warps=MAP_CONFIG["warps"])
-    return ys
+    return ys, hs
+
+
+def map_scan_bwd_launch(gy, x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bias, hs, c: int, r: int):
+    """(dxs, ddelta, dbc, dP): the map scan's backward from gy (B, H, W, D) contiguous and the forward's hs.
+    dxs, ddelta (K, B*H*W, D) in x's dtype: direction k's du and ddelta on the map; dbc (K, 2, B*H*W) fp32: dB
+    and dC of each direction's projection rows R and R + 1; dP (3, K*D) fp32: dA, dD, dbias. Other arguments
+    as `map_scan_launch`'s."""
+    b, h, w, d = x.shape
+    k, L = wdt.shape[0], h * w
+    dot = delta is None
+    bd, bl = _tiles(d, L, dot, backward=True)
+    n_dblk, n_chunks = cdiv(d, bd), cdiv(L, bl)
+    assert hs.shape == (b, k, n_chunks, d), (hs.shape, n_chunks)  # saved under the same MAP_CONFIG
+    dxs = torch.empty((k, b * L, d), dtype=x.dtype, device=x.device)
+    ddelta = torch.empty((k, b * L, d), dtype=x.dtype, device=x.device)
+    dbc = torch.empty((k, n_dblk, 2, b * L), dtype=torch.float32, device=x.device)  # per channel block
+    dP = torch.empty((b, 3, k * d), dtype=torch.float32, device=x.device)  # per image
+    _kernel(_scan_bwd_map_kernel)[(b * n_dblk * k,)](
+        x, x if dot else delta, wdt.contiguous() if dot else x, p, A.reshape(-1), Ds, bias, gy, hs,
+        dxs, ddelta, dbc, dP, h, w, d, k * c, c, r, b * L, n_chunks,
+        BLOCK_D=bd, BLOCK_L=bl, FAST=not triton_interpret(), DELTA_DOT=dot, CP=dot_rows(c),
+        DOT_F32=triton_interpret() or x.dtype == torch.float32, num_warps=MAP_CONFIG["bwd_warps"])
+    return dxs, ddelta, dbc.sum(1), dP.sum(0)
+
+
+def _sum4(ys: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """ys[0] + ... + ys[3] in like's shape and dtype (fp32 sums, rounded once): the four maps merged."""
+    y = torch.empty_like(like)
+    n_el = y.numel()
+    _kernel(_sum4_kernel)[(cdiv(n_el, 1024),)](ys, y, n_el, BLOCK=1024, num_warps=4)
+    return y
 
 
 @torch.library.triton_op("vmbench::ss2d_map_scan", mutates_args=())
 def _map_scan_op(x: torch.Tensor, delta: Optional[torch.Tensor], wdt: torch.Tensor, p: torch.Tensor,
                  A: torch.Tensor, Ds: torch.Tensor, bias: torch.Tensor, c: int, r: int, ys_fp32: bool) -> torch.Tensor:
-    return map_scan_launch(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)
+    return map_scan_launch(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)[0]
 
 
 def ss2d_map_delta(p: torch.Tensor, wdt: torch.Tensor) -> torch.Tensor:
@@ -178,33 +334,66 @@ def ss2d_map_delta(p: torch.Tensor, wdt: torch.Tensor) -> torch.Tensor:
     b, h, w, kc = p.shape
     k, d, c = wdt.shape
     assert kc == k * c, (p.shape, wdt.shape)
-    return torch.bmm(p.reshape(b * h * w, k, c).transpose(0, 1), wdt.transpose(1, 2))
+    return torch.bmm(_by_direction(p, k), wdt.transpose(1, 2))
+
+
+def _by_direction(p: torch.Tensor, k: int) -> torch.Tensor:
+    """p (B, H, W, K*C) as K matrices (K, B*H*W, C): a strided view, no copy."""
+    return p.reshape(-1, k, p.shape[-1] // k).transpose(0, 1)
 
 
 def ss2d_map_forward(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     """y (B, H, W, D) in x's dtype: `_ss2d_recompute._forward(x, p, wdt, A, Ds, bias, r, n)[0]` computed on
-    the map (module docstring). x (B, H, W, D) and p (B, H, W, K*C) contiguous; wdt (K, D, C) in x's dtype;
-    A (K*D, 1), Ds and bias (K*D,) fp32; N = 1."""
-    assert n == 1, "the map-layout scan is written for d_state = 1"
-    b, h, w, d = x.shape
-    k, _, c = wdt.shape
-    assert k == 4 and p.shape == (b, h, w, k * c) and x.is_contiguous() and p.is_contiguous()
+    the map (module docstring), for calls that need no gradient. x (B, H, W, D) and p (B, H, W, K*C) contiguous;
+    wdt (K, D, C) in x's dtype; A (K*D, 1), Ds and bias (K*D,) fp32; N = 1."""
+    _check(x, p, wdt, n)
+    c = wdt.shape[2]
     delta = None if MAP_CONFIG["delta"] == "dot" else ss2d_map_delta(p, wdt)  # (K, B*L, D)
     ys_fp32 = MAP_CONFIG["ys"] == "fp32"
     if graph_capture():  # the merge as torch ops: Inductor fuses the sum into the LayerNorm that follows
         ys = torch.ops.vmbench.ss2d_map_scan(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)
-        return ys.sum(0, dtype=torch.float32).view(b, h, w, d).to(x.dtype)
-    y = torch.empty_like(x)
+        return ys.sum(0, dtype=torch.float32).view(x.shape).to(x.dtype)
     with direct_launch():
-        ys = map_scan_launch(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)
-        n_el = y.numel()
-        _kernel(_sum4_kernel)[(cdiv(n_el, 1024),)](ys, y, n_el, BLOCK=1024, num_warps=4)  # the merge
-    return y
+        return _sum4(map_scan_launch(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)[0], x)
+
+
+def _check(x, p, wdt, n: int) -> None:
+    assert n == 1, "the map-layout scan is written for d_state = 1"
+    b, h, w, d = x.shape
+    k, _, c = wdt.shape
+    assert k == 4 and p.shape == (b, h, w, k * c) and x.is_contiguous() and p.is_contiguous()
+
+
+def map_train_forward(x, p, wdt, A, Ds, bias, r: int, n: int, variant: str):
+    """(y, hs): `ss2d_map_forward`'s y with the variant named (one of VARIANTS) and the states its backward
+    reads. Delta is not kept: `map_backward` forms it again."""
+    _check(x, p, wdt, n)
+    cfg = variant_config(variant)
+    delta = None if cfg["delta"] == "dot" else ss2d_map_delta(p, wdt)
+    ys, hs = map_scan_launch(x, delta, wdt, p, A, Ds, bias, wdt.shape[2], r, cfg["ys"] == "fp32", states=True)
+    return _sum4(ys, x), hs
+
+
+def map_backward(gy, x, p, wdt, A, Ds, bias, hs, r: int, n: int, variant: str):
+    """(dx, dp, dwdt, dA, dD, dbias) of `map_train_forward`'s y, gy its gradient; dA, dD and dbias may be views
+    of one buffer. dx is the scan's part of x's gradient (x_proj's is added by autograd)."""
+    b, h, w, d = x.shape
+    k, _, c = wdt.shape
+    dot = variant_config(variant)["delta"] == "dot"
+    delta = None if dot else ss2d_map_delta(p, wdt)  # formed again, not saved
+    dxs, ddelta, dbc, dP = map_scan_bwd_launch(gy.contiguous(), x, delta, wdt, p, A, Ds, bias, hs, c, r)
+    dpk = torch.bmm(ddelta, wdt)  # (K, B*L, C): dt_proj's adjoint, each direction's projection rows
+    dpk[:, :, r:r + 2 * n] += dbc.transpose(1, 2).to(dpk.dtype)  # the B and C rows
+    dp = dpk.transpose(0, 1).reshape(p.shape)
+    dwdt = torch.bmm(ddelta.transpose(1, 2), _by_direction(p, k))  # (K, D, C), fp32 accumulation over B*L
+    dA, dD, dbias = dP.unbind(0)
+    return _sum4(dxs, x), dp, dwdt.to(wdt.dtype), dA.view(k * d, 1), dD, dbias
 
 
 def ss2d_map_forward_ref(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     """`ss2d_map_forward` in plain torch, in fp32: the directions gathered (cross_scan_ref), delta from each
-    direction's projections, selective_scan_ref, the four outputs merged (cross_merge_ref); y in x's dtype."""
+    direction's projections, selective_scan_ref, the four outputs merged (cross_merge_ref); y in x's dtype.
+    Differentiable: the twin of the map path's gradients too."""
     b, h, w, d = x.shape
     k = wdt.shape[0]
     ps = cross_scan_diag_ref(p.float())  # (B, K, C, L): direction k's own projection rows, in its order

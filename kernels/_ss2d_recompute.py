@@ -10,9 +10,10 @@ block's saved activations. This Function saves x (kept alive anyway by x_proj's 
 with an inner dimension of C) in the backward: a few percent more GPU work for ~30 % less
 activation memory. Eager calls run it as an autograd.Function; under graph capture (torch.compile, jit.trace)
 it runs as the registered ops `vmbench::ss2d_scan` / `vmbench::ss2d_scan_bwd`, the same launchers, and where no
-input needs a gradient as `vmbench::ss2d_scan_infer` (the eager inference path's launches: no chunk states). Where
-no input needs a gradient and `_ss2d_map_triton.USE_MAP` is set (opt-in, untimed), the map-layout forward of
-kernels/_ss2d_map_triton.py runs instead.
+input needs a gradient as `vmbench::ss2d_scan_infer` (the eager inference path's launches: no chunk states). While
+`_ss2d_map_triton.USE_MAP` is set (opt-in, untimed), the map-layout scan of kernels/_ss2d_map_triton.py runs
+instead: its own forward without gradients, and with them this Function / these ops with the variant named (they
+then save p instead of ps).
 
 It also keeps the small per-direction projections in one piece: p (B, H, W, K*C) from x_proj's GEMM on the
 map goes in, each direction's block is cross-scanned on its own (no copy of all K blocks in all K orders),
@@ -47,8 +48,12 @@ def _inputs(x, ps, wdt, r: int, n: int):
     return u, delta, ps[:, :, r:r + n], ps[:, :, r + n:r + 2 * n]  # B / C: views, read in place for N = 1
 
 
-def _forward(x, p, wdt, A, Ds, bias, r: int, n: int, states: bool = True):
-    """(out, ps, hs): the result and what the backward needs besides the inputs (hs None unless `states`)."""
+def _forward(x, p, wdt, A, Ds, bias, r: int, n: int, states: bool = True, variant: str = ""):
+    """(out, ps, hs): the result and what the backward needs besides the inputs (hs None unless `states`).
+    `variant` (one of _ss2d_map_triton.VARIANTS): the map-layout scan, whose backward reads p itself (ps empty)."""
+    if variant:
+        y, hs = _map.map_train_forward(x, p, wdt, A, Ds, bias, r, n, variant)
+        return y, x.new_empty(0), hs
     b, h, w, d = x.shape
     ps = cross_scan_launch(p, True, diag=True)  # (B, K, C, L)
     u, delta, Bs, Cs = _inputs(x, ps, wdt, r, n)
@@ -56,8 +61,10 @@ def _forward(x, p, wdt, A, Ds, bias, r: int, n: int, states: bool = True):
     return cross_merge_launch(y.view(b, -1, d, h * w), h, w, True, out_dtype=x.dtype), ps, hs
 
 
-def _backward(gy, x, ps, wdt, A, Ds, bias, hs, r: int, n: int):
-    """(dx, dp, dwdt, dA, dD, dbias); dA, dD and dbias may be views of one buffer."""
+def _backward(gy, x, ps, wdt, A, Ds, bias, hs, r: int, n: int, variant: str = ""):
+    """(dx, dp, dwdt, dA, dD, dbias); dA, dD and dbias may be views of one buffer. For a map `variant`, ps is p."""
+    if variant:
+        return _map.map_backward(gy, x, ps, wdt, A, Ds, bias, hs, r, n, variant)
     b, h, w, d = x.shape
     k = ps.shape[1]
     u, delta, Bs, Cs = _inputs(x, ps, wdt, r, n)  # recomputed, not saved
@@ -76,32 +83,32 @@ class _SS2DScan(torch.autograd.Function):
     """Eager path: the launchers called directly (see _backend.direct_launch)."""
 
     @staticmethod
-    def forward(ctx, x, p, wdt, A, Ds, bias, r: int, n: int):
+    def forward(ctx, x, p, wdt, A, Ds, bias, r: int, n: int, variant: str):
         with direct_launch():
-            out, ps, hs = _forward(x, p, wdt, A, Ds, bias, r, n)
-        ctx.save_for_backward(x, ps, wdt, A, Ds, bias, hs)
-        ctx.rn = (r, n)
+            out, ps, hs = _forward(x, p, wdt, A, Ds, bias, r, n, variant=variant)
+        ctx.save_for_backward(x, p if variant else ps, wdt, A, Ds, bias, hs)
+        ctx.rn = (r, n, variant)
         return out
 
     @staticmethod
     def backward(ctx, gy):
         with direct_launch():
-            return (*_backward(gy, *ctx.saved_tensors, *ctx.rn), None, None)
+            return (*_backward(gy, *ctx.saved_tensors, *ctx.rn), None, None, None)
 
 
 # Graph capture (torch.compile, torch.export, jit.trace): the same computation as two registered ops, so a
 # compiled model also saves x, ps and the chunk states instead of the directional copies.
 @torch.library.triton_op("vmbench::ss2d_scan", mutates_args=())
 def _ss2d_scan_op(x: torch.Tensor, p: torch.Tensor, wdt: torch.Tensor, A: torch.Tensor, Ds: torch.Tensor,
-                  bias: torch.Tensor, r: int, n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward(x, p, wdt, A, Ds, bias, r, n)
+                  bias: torch.Tensor, r: int, n: int, variant: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(x, p, wdt, A, Ds, bias, r, n, variant=variant)
 
 
 @torch.library.triton_op("vmbench::ss2d_scan_bwd", mutates_args=())
 def _ss2d_scan_bwd_op(gy: torch.Tensor, x: torch.Tensor, ps: torch.Tensor, wdt: torch.Tensor, A: torch.Tensor,
-                      Ds: torch.Tensor, bias: torch.Tensor, hs: torch.Tensor, r: int, n: int
+                      Ds: torch.Tensor, bias: torch.Tensor, hs: torch.Tensor, r: int, n: int, variant: str
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dp, dwdt, dA, dD, dbias = _backward(gy, x, ps, wdt, A, Ds, bias, hs, r, n)
+    dx, dp, dwdt, dA, dD, dbias = _backward(gy, x, ps, wdt, A, Ds, bias, hs, r, n, variant)
     return dx, dp, dwdt, dA.clone(), dD.clone(), dbias.clone()  # an op's outputs may not alias one another
 
 
@@ -114,13 +121,13 @@ def _ss2d_scan_infer_op(x: torch.Tensor, p: torch.Tensor, wdt: torch.Tensor, A: 
 
 
 def _setup_context(ctx, inputs, output):
-    x, p, wdt, A, Ds, bias, r, n = inputs
-    ctx.save_for_backward(x, output[1], wdt, A, Ds, bias, output[2])
-    ctx.rn = (r, n)
+    x, p, wdt, A, Ds, bias, r, n, variant = inputs
+    ctx.save_for_backward(x, p if variant else output[1], wdt, A, Ds, bias, output[2])
+    ctx.rn = (r, n, variant)
 
 
 def _op_backward(ctx, gy, _dps, _dhs):
-    return (*torch.ops.vmbench.ss2d_scan_bwd(gy, *ctx.saved_tensors, *ctx.rn), None, None)
+    return (*torch.ops.vmbench.ss2d_scan_bwd(gy, *ctx.saved_tensors, *ctx.rn), None, None, None)
 
 
 _ss2d_scan_op.register_autograd(_op_backward, setup_context=_setup_context)
@@ -129,13 +136,15 @@ _ss2d_scan_op.register_autograd(_op_backward, setup_context=_setup_context)
 def ss2d_scan_recompute(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     """See the module docstring. Differentiable in x, p, wdt, A, Ds and bias."""
     grad = needs_grad(x, p, wdt, A, Ds, bias)
-    if not grad and n == 1 and wdt.shape[0] == 4 and _map.USE_MAP:
+    on_map = n == 1 and wdt.shape[0] == 4 and _map.USE_MAP
+    if not grad and on_map:
         return _map.ss2d_map_forward(x.contiguous(), p, wdt, A, Ds, bias, r, n)
+    variant = _map.variant_name() if on_map else ""
     if graph_capture():
         if not grad:
             return torch.ops.vmbench.ss2d_scan_infer(x, p, wdt, A, Ds, bias, r, n)
-        return torch.ops.vmbench.ss2d_scan(x, p, wdt, A, Ds, bias, r, n)[0]
+        return torch.ops.vmbench.ss2d_scan(x, p, wdt, A, Ds, bias, r, n, variant)[0]
     if not grad:  # inference: no autograd node, no saved states
         with direct_launch():
             return _forward(x, p, wdt, A, Ds, bias, r, n, states=False)[0]
-    return _SS2DScan.apply(x, p, wdt, A, Ds, bias, r, n)
+    return _SS2DScan.apply(x, p, wdt, A, Ds, bias, r, n, variant)

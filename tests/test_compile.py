@@ -148,9 +148,13 @@ from vmbench.models.vmamba import _create_vmamba
 from vmbench.kernels import _ss2d_map_triton
 
 out = {}
-for mode in ("eval", "train", "map", "map_dot"):
+bwd_calls = []
+launch = _ss2d_map_triton.map_scan_bwd_launch
+_ss2d_map_triton.map_scan_bwd_launch = lambda *a: bwd_calls.append(1) or launch(*a)
+for mode in ("eval", "train", "map", "map_dot", "map_train"):
     _ss2d_map_triton.USE_MAP = mode.startswith("map")
     _ss2d_map_triton.MAP_CONFIG.update(delta="dot" if mode == "map_dot" else "gemm")
+    bwd_calls.clear()
     torch._dynamo.reset(); counters.clear()
     torch.manual_seed(0)
     model = _create_vmamba(dict(dims=16, depths=(1, 1, 2, 1)), num_classes=10, scan_backend="triton",
@@ -161,32 +165,37 @@ for mode in ("eval", "train", "map", "map_dot"):
         return gm.forward
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(1, 3, 16, 16)
-    model.train(mode == "train")
-    with torch.set_grad_enabled(mode == "train"):
+    train = mode.endswith("train")
+    model.train(train)
+    with torch.set_grad_enabled(train):
         for _ in range(2):
             y = compiled(x)
-            if mode == "train":
+            if train:
                 y.sum().backward()
         ref = model(x)
     out[mode] = dict(graphs=counters["stats"]["unique_graphs"], breaks=sum(counters["graph_break"].values()),
                      ops=sorted({str(n.target) for g in graphs for n in g.graph.nodes
                                  if n.op == "call_function" and "vmbench" in str(n.target)}),
-                     max_diff=(y - ref).abs().max().item())
+                     max_diff=(y - ref).abs().max().item(), map_bwd=len(bwd_calls))
 print("RESULT " + json.dumps(out))
 """
 
 
 def test_triton_path_is_one_graph_with_the_registered_ops():
     """The GPU code path (scan_backend="triton"), captured on the CPU: one graph per mode, no break; inference
-    calls vmbench::ss2d_scan_infer (no chunk states), training vmbench::ss2d_scan; the eager output."""
+    calls vmbench::ss2d_scan_infer (no chunk states), training vmbench::ss2d_scan; the eager output. Opted in to
+    the map layout (`USE_MAP`), inference calls vmbench::ss2d_map_scan and training's vmbench::ss2d_scan runs
+    the map-layout backward."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-c", _TRITON_CHILD], capture_output=True, text=True, timeout=900, env=env)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
     out = json.loads(line[0][len("RESULT "):])
-    for mode, op in (("eval", "vmbench.ss2d_scan_infer"), ("train", "vmbench.ss2d_scan"),
-                     ("map", "vmbench.ss2d_map_scan"), ("map_dot", "vmbench.ss2d_map_scan")):  # opted in
+    for mode, op in (("eval", "vmbench.ss2d_scan_infer"), ("train", "vmbench.ss2d_scan"),  # opted in below
+                     ("map", "vmbench.ss2d_map_scan"), ("map_dot", "vmbench.ss2d_map_scan"),
+                     ("map_train", "vmbench.ss2d_scan")):
         r = out[mode]
         assert (r["graphs"], r["breaks"]) == (1, 0), r
+        assert r["map_bwd"] == (10 if mode == "map_train" else 0), r  # 5 blocks, 2 steps: the map backward
         assert op in r["ops"] and len([o for o in r["ops"] if "_scan" in o]) == 1, r["ops"]
         assert r["max_diff"] < 1e-5, r  # compiled, the norms are torch's (eager: the Triton LayerNorm)

@@ -1,94 +1,35 @@
-"""SS2D core: the fused Triton forward and the Triton training path against float64.
+"""SS2D core: the fused Triton forward and the Triton training path against float64 (the map-layout path:
+test_ss2d_map.py).
 
 CPU: Triton's interpreter, set up exactly as in tests/test_cross_scan.py (TRITON_INTERPRET=1
-before `triton` is first imported, else this file re-runs itself in a subprocess). Two
-interpreter-only accelerations are patched in per test (never on a GPU): the interpreter's
-generic associative scan and xor reduction loop over every element in Python; the patched
-versions fold along the axis on whole slices, which is the same sequential order, so results
-are unchanged.
-
-Tolerance (derived): ||kernel - fp64|| / ||fp64|| <= 2 * ||ref - fp64|| / ||fp64|| + FLOOR for the
-output and every gradient, `ref` = `ss2d_core_ref` on the same low-precision inputs, fp64 = the
-same function on those inputs upcast (parameters drawn in fp32, so upcasting is exact).
-Outputs and scratch buffers are poisoned with NaN before each launch.
+before `triton` is first imported, else this file re-runs itself in a subprocess), with the
+interpreter-only speed-ups and the tolerance of tests/ss2d_cases.py. Outputs and scratch buffers
+are poisoned with NaN before each launch.
 """
 from __future__ import annotations
 
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
-from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter, use_interpreter
-
-NAMES = ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds")
+from ss2d_cases import NAMES, check_grads, fast_interpreter, fp64, grads, make_inputs
+from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter
 
 
 INTERP = interpreter_ready("vmbench.kernels._ss2d_triton", "_ss2d_fwd_kernel")
 interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
 
 
-def _fast_scan(self, inputs):
-    datas = [a.handle.data for a in inputs]
-    ax = self.axis
-    outs = [np.empty_like(d) for d in datas]
-    acc = None
-    for i in range(datas[0].shape[ax]):
-        sl = tuple(slice(i, i + 1) if a == ax else slice(None) for a in range(datas[0].ndim))
-        cur = tuple(self.to_tensor(d[sl], inputs[j].dtype) for j, d in enumerate(datas))
-        if acc is None:
-            acc = cur
-        else:
-            ret = self.combine_fn.fn(*acc, *cur)
-            acc = ret if isinstance(ret, tuple) else (ret,)
-        for j, o in enumerate(outs):
-            o[sl] = acc[j].handle.data
-    return [self.to_tensor(o, inputs[j].dtype) for j, o in enumerate(outs)]
-
-
 @pytest.fixture
 def triton_cpu(monkeypatch):
-    import triton.language as tl
-    from triton.runtime import interpreter as ip
-
-    orig_reduce = ip.ReduceOps.apply_impl
-
-    def fast_reduce(self, inputs):
-        if self.combine_fn is tl.standard._xor_combine and self.axis is not None:
-            d = inputs[0].handle.data
-            return self.to_tensor(np.bitwise_xor.reduce(d, axis=self.axis, keepdims=self.keep_dims), inputs[0].dtype)
-        return orig_reduce(self, inputs)
-
-    monkeypatch.setattr(ip.ScanOps, "generic_scan", _fast_scan)
-    monkeypatch.setattr(ip.ReduceOps, "apply_impl", fast_reduce)
-    return use_interpreter(monkeypatch)
+    return fast_interpreter(monkeypatch)
 
 
 @pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")
 def test_interpreter_subprocess():
     """This file's interpreter tests, in a fresh process with TRITON_INTERPRET=1 from the start."""
     rerun_in_interpreter(__file__)
-
-
-def make_inputs(b, h, w, d, n, r, dtype, device="cpu", strided=False):
-    """Fresh random SS2D inputs: x in `dtype`, parameters fp32 (the module's storage dtype)."""
-    g = torch.Generator(device="cpu").manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
-    rn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    if strided:  # a (B, H, W, D) view of a (B, D, H, W) tensor: not channels-last contiguous
-        x = rn(b, d, h, w).to(dtype).permute(0, 2, 3, 1)
-    else:
-        x = rn(b, h, w, d).to(dtype)
-    xp = rn(4, r + 2 * n, d) / math.sqrt(d)
-    dtw = rn(4, d, r) / math.sqrt(r)
-    dtb = torch.rand(4, d, generator=g) * 2 - 3  # softplus -> ~0.05 .. 0.3
-    al = torch.log(torch.rand(4 * d, n, generator=g) * 3 + 0.5)
-    ds = rn(4 * d)
-    return [t.to(device) for t in (x, xp, dtw, dtb, al, ds)]
-
-
-def fp64(inputs):
-    return [t.detach().double() for t in inputs]
 
 
 FWD_CASES = [  # (B, H, W, D, N, R): H != W, odd, H = 1, W = 1, several chunks / d-blocks, N > 1
@@ -135,27 +76,6 @@ def test_composition_forward(triton_cpu, case):
     assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, (rel(y, y64), rel(y_ref, y64))
 
 
-def _grads(fn, inputs, gy):
-    ts = [t.detach().clone().requires_grad_(True) for t in inputs]
-    y = fn(*ts)
-    gs = torch.autograd.grad(y, ts, gy.to(y.dtype))
-    return y.detach(), gs
-
-
-def _check_grads(fn, case, dtype):
-    from vmbench.kernels import ss2d_core_ref
-
-    inputs = make_inputs(*case, dtype=dtype)
-    gy = torch.randn(inputs[0].shape)
-    y, gs = _grads(fn, inputs, gy)
-    y_r, gs_r = _grads(ss2d_core_ref, inputs, gy)
-    y64, gs64 = _grads(ss2d_core_ref, fp64(inputs), gy.double())
-    assert rel(y, y64) <= 2 * rel(y_r, y64) + FLOOR
-    for name, g, g_r, g64 in zip(NAMES, gs, gs_r, gs64):
-        assert g.shape == g64.shape and not g.isnan().any(), name
-        assert rel(g, g64) <= 2 * rel(g_r, g64) + FLOOR, (name, rel(g, g64), rel(g_r, g64))
-
-
 @interp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_cross_scan_merge_in_composition_gradients(triton_cpu, dtype):
@@ -167,7 +87,7 @@ def test_triton_cross_scan_merge_in_composition_gradients(triton_cpu, dtype):
     def fn(*a):
         return _ss2d(*a, selective_scan_ref, cross_scan_triton, cross_merge_triton)
 
-    _check_grads(fn, (1, 3, 5, 16, 2, 2), dtype)
+    check_grads(fn, (1, 3, 5, 16, 2, 2), dtype)
 
 
 @interp
@@ -180,7 +100,7 @@ def test_triton_backend_training_path_gradients(triton_cpu, dtype):
         pytest.skip(f"Triton selective scan not importable: {exc}")
     from vmbench.kernels import ss2d_core
 
-    _check_grads(lambda *a: ss2d_core(*a, backend="triton"), (1, 3, 5, 16, 1, 2), dtype)
+    check_grads(lambda *a: ss2d_core(*a, backend="triton"), (1, 3, 5, 16, 1, 2), dtype)
 
 
 @interp
@@ -207,7 +127,7 @@ def test_training_path_saves_no_directional_copy(triton_cpu, case):
         ss2d_core(*inputs, backend="triton").float().sum().backward()
     assert big == [], f"saved for backward: {big}"
     assert small == [-(-(r + 2 * n) // 8) * 8], small
-    _check_grads(lambda *a: ss2d_core(*a, backend="triton"), case, torch.bfloat16)
+    check_grads(lambda *a: ss2d_core(*a, backend="triton"), case, torch.bfloat16)
 
 
 @interp
@@ -221,9 +141,9 @@ def test_registered_op_matches_eager_function(triton_cpu, monkeypatch, case):
 
     inputs = make_inputs(*case, dtype=torch.bfloat16)
     gy = torch.randn(inputs[0].shape)
-    y1, g1 = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
+    y1, g1 = grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
     monkeypatch.setattr(R, "graph_capture", lambda: True)  # what torch.compile / jit.trace would see
-    y2, g2 = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
+    y2, g2 = grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
     assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
@@ -234,7 +154,7 @@ def test_inference_path_matches_training_forward(triton_cpu):
     from vmbench.kernels import ss2d_core
 
     inputs = make_inputs(2, 3, 5, 16, 1, 2, dtype=torch.bfloat16)
-    y1, _ = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, torch.randn(inputs[0].shape))
+    y1, _ = grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, torch.randn(inputs[0].shape))
     with torch.no_grad():
         y0 = ss2d_core(*inputs, backend="triton")
     assert torch.equal(y0, y1)
@@ -336,80 +256,6 @@ def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
     assert not any("kernel_params" in k for k in m.state_dict())
 
 
-def _map_inputs(inputs):
-    """(x, p, wdt, A, Ds, bias, r, n): the SS2D core's inputs in the form its kernels take (`_ss2d_mapwise`)."""
-    from vmbench.kernels.ss2d import _check, _kernel_params
-
-    x, *params = inputs
-    b, h, w, d, k, r, n = _check(x, *params[:2], params[3])
-    xw, wdt, A, Ds, bias = _kernel_params(x, *params, k, r, n)
-    p = torch.mm(x.reshape(b * h * w, d), xw).view(b, h, w, -1)
-    return x.contiguous(), p, wdt, A, Ds, bias, r, n
-
-
-def _use_map_variant(monkeypatch, variant: str) -> None:
-    """MAP_CONFIG set to a map variant ("DELTA-YS") for this test."""
-    from vmbench.kernels import _ss2d_map_triton as M
-
-    monkeypatch.setattr(M, "MAP_CONFIG", {**M.MAP_CONFIG, **M.variant_config(variant)})
-
-
-def _check_map_forward(inputs):
-    """The map-layout forward against its twin, the composition's inference forward and float64."""
-    from vmbench.kernels import _ss2d_recompute as R
-    from vmbench.kernels._ss2d_map_triton import ss2d_map_forward, ss2d_map_forward_ref
-    from vmbench.kernels import ss2d_core_ref
-
-    args = _map_inputs(inputs)
-    with torch.no_grad():
-        y = ss2d_map_forward(*args)
-        if y.dtype == torch.float32:  # the twin, same signature
-            twin = rel(y, ss2d_map_forward_ref(*args))
-            assert twin <= 1e-5, twin
-        y_comp = R._forward(*args, states=False)[0]
-        y64 = ss2d_core_ref(*fp64(inputs))
-        y_ref = ss2d_core_ref(*inputs)
-    assert y.dtype == y_comp.dtype == inputs[0].dtype and y.shape == y_comp.shape
-    assert not y.isnan().any()
-    assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, (rel(y, y64), rel(y_ref, y64))
-    assert rel(y, y_comp) <= (1e-6 if y.dtype == torch.float32 else 1e-2), rel(y, y_comp)
-
-
-@interp
-@pytest.mark.parametrize("case", [(1, 5, 7, 20, 1, 2), (2, 3, 6, 16, 1, 1), (1, 1, 9, 16, 1, 4), (1, 6, 1, 17, 1, 3),
-                                  (2, 8, 9, 40, 1, 3)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
-def test_map_layout_forward(triton_cpu, monkeypatch, case, dtype, variant):
-    """kernels/_ss2d_map_triton.py: every direction read from and written to the map (H != W, H = 1, W = 1, several
-    chunks and channel blocks) gives the composition's output, with delta from the GEMM or formed in the scan, the
-    four maps in fp32 or in x's dtype."""
-    _use_map_variant(monkeypatch, variant)
-    _check_map_forward(make_inputs(*case, dtype=dtype))
-
-
-@interp
-def test_map_layout_forward_in_the_model(triton_cpu, monkeypatch):
-    """Opted in (`USE_MAP`), a VMamba's calls without gradients take the map-layout forward; with gradients the
-    composition still runs (the map layout has no backward yet)."""
-    from vmbench.kernels import _ss2d_map_triton as M
-    from vmbench.models.vmamba import _create_vmamba
-
-    torch.manual_seed(0)
-    model = _create_vmamba(dict(dims=16, depths=(1, 1, 2, 1)), num_classes=10, scan_backend="triton").eval()
-    x = torch.randn(1, 3, 32, 32)
-    calls = []
-    with torch.no_grad():
-        y0 = model(x)
-        monkeypatch.setattr(M, "USE_MAP", True)
-        monkeypatch.setattr(M, "map_scan_launch", lambda *a, f=M.map_scan_launch: calls.append(1) or f(*a))
-        y1 = model(x)
-    assert len(calls) == 5  # one per block
-    assert rel(y1, y0) < 1e-5, rel(y1, y0)
-    model(x).sum().backward()
-    assert len(calls) == 5
-
-
 def test_torch_backend_is_the_reference():
     from vmbench.kernels import ss2d_core, ss2d_core_ref
 
@@ -449,28 +295,11 @@ def test_gpu_fused_forward_stage_shapes(stage, dtype):
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("stage", [(96, 56), (192, 28), (384, 14), (768, 7)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
-def test_gpu_map_layout_forward_stage_shapes(monkeypatch, stage, dtype, variant):
-    _use_map_variant(monkeypatch, variant)
-    d, hw = stage
-    _check_map_forward(make_inputs(4, hw, hw, d, 1, math.ceil(d / 16), dtype, device="cuda"))
-
-
-@gpu
-@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gpu_training_path_gradients(dtype):
-    from vmbench.kernels import ss2d_core, ss2d_core_ref
+    from vmbench.kernels import ss2d_core
 
-    inputs = make_inputs(2, 14, 14, 384, 1, 24, dtype, device="cuda")
-    gy = torch.randn(inputs[0].shape, device="cuda")
-    _, gs = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
-    _, gs_r = _grads(ss2d_core_ref, inputs, gy)
-    _, gs64 = _grads(ss2d_core_ref, fp64(inputs), gy.double())
-    for name, g, g_r, g64 in zip(NAMES, gs, gs_r, gs64):
-        assert rel(g, g64) <= 2 * rel(g_r, g64) + FLOOR, (name, rel(g, g64), rel(g_r, g64))
+    check_grads(lambda *a: ss2d_core(*a, backend="triton"), (2, 14, 14, 384, 1, 24), dtype, device="cuda")
 
 
 @gpu
@@ -494,8 +323,8 @@ def test_gpu_compile_training_path():
     inputs = make_inputs(2, 14, 14, 192, 1, 12, torch.bfloat16, device="cuda")
     gy = torch.randn(inputs[0].shape, device="cuda")
     f = torch.compile(lambda *a: ss2d_core(*a, backend="triton"), fullgraph=True)
-    y1, g1 = _grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
-    y2, g2 = _grads(f, inputs, gy)
+    y1, g1 = grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, gy)
+    y2, g2 = grads(f, inputs, gy)
     torch.testing.assert_close(y2, y1, rtol=2e-2, atol=2e-2)
     for name, a, b in zip(NAMES, g2, g1):
         assert rel(a, b) <= 2e-2, (name, rel(a, b))

@@ -1,0 +1,236 @@
+"""The map-layout SS2D (kernels/_ss2d_map_triton.py) against its twin, the composition and float64: the inference
+forward, the training path (output and six gradients), what the training path saves, its registered ops, and a
+model opted in.
+
+CPU: Triton's interpreter, as in test_ss2d.py (this file re-runs itself in a subprocess when Triton was imported
+in compiled mode), with the speed-ups and the tolerance of tests/ss2d_cases.py. The `gpu` tests run the same
+checks at VMamba-T's stage shapes on the tensor-core dot.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from ss2d_cases import NAMES, check_grads, fast_interpreter, fp64, grads, make_inputs
+from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter
+
+INTERP = interpreter_ready("vmbench.kernels._ss2d_map_triton", "_scan_fwd_map_kernel")
+interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
+# (B, H, W, D, N, R): H != W, H = 1, W = 1, several chunks (forward and backward) and channel blocks
+CASES = [(1, 5, 7, 20, 1, 2), (2, 3, 6, 16, 1, 1), (1, 1, 9, 16, 1, 4), (1, 6, 1, 17, 1, 3), (2, 8, 9, 40, 1, 3)]
+
+
+@pytest.fixture
+def triton_cpu(monkeypatch):
+    return fast_interpreter(monkeypatch)
+
+
+@pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")
+def test_interpreter_subprocess():
+    """This file's interpreter tests, in a fresh process with TRITON_INTERPRET=1 from the start."""
+    rerun_in_interpreter(__file__)
+
+
+def _map_inputs(inputs):
+    """(x, p, wdt, A, Ds, bias, r, n): the SS2D core's inputs in the form its kernels take (`_ss2d_mapwise`)."""
+    from vmbench.kernels.ss2d import _check, _kernel_params
+
+    x, *params = inputs
+    b, h, w, d, k, r, n = _check(x, *params[:2], params[3])
+    xw, wdt, A, Ds, bias = _kernel_params(x, *params, k, r, n)
+    p = torch.mm(x.reshape(b * h * w, d), xw).view(b, h, w, -1)
+    return x.contiguous(), p, wdt, A, Ds, bias, r, n
+
+
+@pytest.fixture
+def use_map(monkeypatch):
+    """Returns a setter: the map layout switched on (`USE_MAP`) with MAP_CONFIG set to a variant ("DELTA-YS");
+    `small`: 16-channel blocks, so that the interpreter's small shapes have several per direction."""
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    def set_variant(variant: str, small: bool = False) -> None:
+        monkeypatch.setattr(M, "USE_MAP", True)
+        tiles = dict(block_d=16, bwd_block_d=16) if small else {}
+        monkeypatch.setattr(M, "MAP_CONFIG", {**M.MAP_CONFIG, **M.variant_config(variant), **tiles})
+    return set_variant
+
+
+def _check_map_forward(inputs):
+    """The map-layout forward against its twin, the composition's inference forward and float64."""
+    from vmbench.kernels import _ss2d_recompute as R
+    from vmbench.kernels._ss2d_map_triton import ss2d_map_forward, ss2d_map_forward_ref
+    from vmbench.kernels import ss2d_core_ref
+
+    args = _map_inputs(inputs)
+    with torch.no_grad():
+        y = ss2d_map_forward(*args)
+        if y.dtype == torch.float32:  # the twin, same signature
+            twin = rel(y, ss2d_map_forward_ref(*args))
+            assert twin <= 1e-5, twin
+        y_comp = R._forward(*args, states=False)[0]
+        y64 = ss2d_core_ref(*fp64(inputs))
+        y_ref = ss2d_core_ref(*inputs)
+    assert y.dtype == y_comp.dtype == inputs[0].dtype and y.shape == y_comp.shape
+    assert not y.isnan().any()
+    assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, (rel(y, y64), rel(y_ref, y64))
+    assert rel(y, y_comp) <= (1e-6 if y.dtype == torch.float32 else 1e-2), rel(y, y_comp)
+
+
+@interp
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
+def test_forward(triton_cpu, use_map, case, dtype, variant):
+    """Every direction read from and written to the map gives the composition's output, with delta from the GEMM
+    or formed in the scan, the four maps in fp32 or in x's dtype."""
+    use_map(variant)
+    _check_map_forward(make_inputs(*case, dtype=dtype))
+
+
+def _core(*inputs):
+    from vmbench.kernels import ss2d_core
+
+    return ss2d_core(*inputs, backend="triton")
+
+
+F32, BF16 = torch.float32, torch.bfloat16
+TRAIN = [("gemm-fp32", CASES[0], F32), ("gemm-fp32", CASES[0], BF16), ("gemm-fp32", CASES[1], BF16),
+         ("gemm-fp32", CASES[2], BF16), ("gemm-fp32", CASES[3], F32),
+         ("dot-input", CASES[0], BF16), ("dot-input", CASES[2], F32), ("dot-input", CASES[3], BF16)]
+
+
+@interp
+@pytest.mark.parametrize("variant,case,dtype", TRAIN,
+                         ids=[f"{v}-{'x'.join(map(str, c[:4]))}-{str(d)[6:]}" for v, c, d in TRAIN])
+def test_training_gradients(triton_cpu, use_map, monkeypatch, variant, case, dtype):
+    """Opted in, a call with gradients runs the map-layout forward that saves chunk states and the map-layout
+    backward (gy read in place by the four directions): output and all six gradients against float64, and
+    against the composition (the same arithmetic in fp32: to rounding). Several chunks forward and backward,
+    several channel blocks (16-channel blocks on D = 20 and 17)."""
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    inputs = make_inputs(*case, dtype=dtype)
+    gy = torch.randn(inputs[0].shape)
+    y0, g0 = grads(_core, inputs, gy)  # the composition
+    use_map(variant, small=True)
+    calls = []
+    monkeypatch.setattr(M, "map_scan_bwd_launch", lambda *a, f=M.map_scan_bwd_launch: calls.append(1) or f(*a))
+    torch.manual_seed(1)
+    check_grads(_core, case, dtype)
+    assert calls == [1]
+    y1, g1 = grads(_core, inputs, gy)
+    if dtype == torch.float32:
+        for name, a, b in zip(("y",) + NAMES, (y1, *g1), (y0, *g0)):
+            assert rel(a, b) <= 1e-6, (name, rel(a, b))
+
+
+@interp
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32"])
+def test_twin_gradients(triton_cpu, use_map, variant):
+    """The kernels' entry (kernel-form arguments) against its plain-torch twin `ss2d_map_forward_ref`, same
+    signature: output and the six gradients in fp32."""
+    from vmbench.kernels._ss2d_map_triton import ss2d_map_forward_ref
+    from vmbench.kernels._ss2d_recompute import ss2d_scan_recompute
+
+    use_map(variant, small=True)
+    *ts, r, n = _map_inputs(make_inputs(*CASES[0], torch.float32))
+    gy = torch.randn(ts[0].shape)
+    y1, g1 = grads(lambda *a: ss2d_scan_recompute(*a, r, n), ts, gy)
+    y2, g2 = grads(lambda *a: ss2d_map_forward_ref(*a, r, n), ts, gy)
+    for name, a, b in zip(("y", "x", "p", "wdt", "A", "Ds", "bias"), (y1, *g1), (y2, *g2)):
+        assert rel(a, b) <= 1e-5, (name, rel(a, b))
+
+
+@interp
+def test_training_saves_the_map_only(triton_cpu, use_map):
+    """The map-layout training path keeps x, p (both alive anyway: x_proj's GEMM), the small parameters and the
+    chunk states: no directional copy of anything, not even the projections."""
+    b, h, w, d, n, r = 2, 3, 5, 16, 1, 2
+    use_map("gemm-fp32")
+    saved = []
+    inputs = [t.requires_grad_(True) for t in make_inputs(b, h, w, d, n, r, dtype=torch.bfloat16)]
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        _core(*inputs).float().sum().backward()
+    assert not [s for s in saved if math.prod(s) >= 4 * b * h * w * d], saved
+    assert (b, h, w, 4 * 8) in saved and (b, 4, 1, d) in saved, saved  # p; hs: one state per 16-step chunk
+
+
+@interp
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-input"])
+def test_registered_op_matches_eager_function(triton_cpu, use_map, monkeypatch, variant):
+    """Under graph capture the map training path runs as the registered ops vmbench::ss2d_scan / ss2d_scan_bwd
+    with the variant named; eagerly, as the autograd.Function. Output and all six gradients bit-identical."""
+    from vmbench.kernels import _ss2d_recompute as R
+
+    use_map(variant)
+    inputs = make_inputs(2, 3, 5, 16, 1, 2, dtype=torch.bfloat16)
+    gy = torch.randn(inputs[0].shape)
+    y1, g1 = grads(_core, inputs, gy)
+    monkeypatch.setattr(R, "graph_capture", lambda: True)  # what torch.compile / jit.trace would see
+    y2, g2 = grads(_core, inputs, gy)
+    assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+@interp
+def test_in_the_model(triton_cpu, use_map, monkeypatch):
+    """Opted in (`USE_MAP`), every SS2D call of a VMamba takes the map layout: the forward without gradients, the
+    forward and backward with them; outputs and parameter gradients as the composition's."""
+    from vmbench.kernels import _ss2d_map_triton as M
+    from vmbench.models.vmamba import _create_vmamba
+
+    torch.manual_seed(0)
+    model = _create_vmamba(dict(dims=16, depths=(1, 1, 2, 1)), num_classes=10, scan_backend="triton")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        y0 = model.eval()(x)
+    model.train()
+    torch.manual_seed(2)  # drop-path draws
+    model(x).square().sum().backward()
+    g0 = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    use_map("gemm-fp32")
+    calls = {"fwd": 0, "bwd": 0}
+    monkeypatch.setattr(M, "map_scan_launch", lambda *a, f=M.map_scan_launch, **k: calls.__setitem__(
+        "fwd", calls["fwd"] + 1) or f(*a, **k))
+    monkeypatch.setattr(M, "map_scan_bwd_launch", lambda *a, f=M.map_scan_bwd_launch: calls.__setitem__(
+        "bwd", calls["bwd"] + 1) or f(*a))
+    with torch.no_grad():
+        y1 = model.eval()(x)
+    assert calls == {"fwd": 5, "bwd": 0}  # one per block
+    assert rel(y1, y0) < 1e-5, rel(y1, y0)
+    model.train()
+    torch.manual_seed(2)
+    model(x).square().sum().backward()
+    assert calls == {"fwd": 10, "bwd": 5}
+    for (name, p), g in zip(model.named_parameters(), g0):
+        assert rel(p.grad, g) < 1e-4, (name, rel(p.grad, g))
+
+
+# ------------------------------------------------------------------------------------------ GPU
+
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]  # VMamba-T's (D, H = W)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
+def test_gpu_forward_stage_shapes(use_map, stage, dtype, variant):
+    use_map(variant)
+    d, hw = stage
+    _check_map_forward(make_inputs(4, hw, hw, d, 1, math.ceil(d / 16), dtype, device="cuda"))
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-input"])
+def test_gpu_training_stage_shapes(use_map, stage, variant):
+    use_map(variant)
+    d, hw = stage
+    check_grads(_core, (2, hw, hw, d, 1, math.ceil(d / 16)), torch.bfloat16, device="cuda")
