@@ -14,6 +14,8 @@
 #   bash benchmarks/gpu.sh map         # the map-layout SS2D inference forward: its GPU tests, the op against the
 #                                      #   composition (benchmarks/ss2d_map.py --sweep), VMamba-T eager and compiled
 #                                      #   with and without it (peers.py --ss2d-map off,...; MAP_VARIANTS picks)
+#   bash benchmarks/gpu.sh maptrain    # the same for the map-layout training path (forward + backward), with
+#                                      #   VMamba-T's eager and compiled training steps
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh graph       # the same, eager and as CUDA-graph replays (host overhead removed)
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections (MODELS_SECTIONS,
@@ -35,7 +37,7 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@"
 for what in "$@"; do
   case "$what" in
     tests)   step gpu_tests 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_selective_scan.py \
-               tests/test_cross_scan.py tests/test_ss2d.py tests/test_layer_norm.py ;;
+               tests/test_cross_scan.py tests/test_ss2d.py tests/test_ss2d_map.py tests/test_layer_norm.py ;;
     kernels) step kernels ${KERNEL_LIMIT:-150} python3 benchmarks/kernels.py ${SWEEP:-} ${KERNEL_ARGS:-} ;;
     ss2d)    step ss2d 150 python3 benchmarks/ss2d.py ${SWEEP:-} ${SS2D_ARGS:-} ;;
     ln)      step layer_norm 90 python3 benchmarks/layer_norm.py ;;
@@ -48,12 +50,19 @@ for what in "$@"; do
     compiled) step where_vmamba_compiled 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --top 45
                step where_swin_compiled 170 python3 benchmarks/profile_model.py --model swin_t --compile --top 45
                step peers_compiled_train 220 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train ;;
-    map)     step map_tests 100 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d.py -k map
-               step ss2d_map 120 python3 benchmarks/ss2d_map.py --sweep
+    map)     step map_tests 100 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d_map.py -k forward
+               step ss2d_map 120 python3 benchmarks/ss2d_map.py --sweep --parts infer
                step peers_map 140 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench,graph \
                  --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map
                step peers_map_compiled 230 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes plain \
                  --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map_compiled ;;
+    maptrain) step map_train_tests 120 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d_map.py \
+                 -k training
+               step ss2d_map_train 130 python3 benchmarks/ss2d_map.py --sweep --parts train
+               step peers_map_train 120 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes train \
+                 --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map_train
+               step peers_map_train_compiled 200 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t \
+                 --modes train --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map_train_compiled ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \

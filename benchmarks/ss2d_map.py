@@ -1,16 +1,19 @@
-"""Benchmark: the SS2D inference forward with directional copies (cross-scan, scan, cross-merge: the path models
-run) against the map-layout forward (kernels/_ss2d_map_triton.py), at VMamba-T's stage shapes, in one process.
+"""Benchmark: the SS2D core with directional copies (cross-scan, scan, cross-merge: the path models run) against
+the map-layout scan (kernels/_ss2d_map_triton.py), at VMamba-T's stage shapes, in one process: the inference
+forward, and the training path's forward and backward.
 
-    python benchmarks/ss2d_map.py [--sweep] [--dry-run]
+    python benchmarks/ss2d_map.py [--sweep] [--dry-run] [--parts infer,train]
     python benchmarks/ss2d_map.py --sass            # no GPU needed: the map scan compiled for sm_90 (scan_sass.py)
 
 Batch 128, bf16, D = 96 * 2**i, H = W = 56 / 28 / 14 / 7, K = 4, N = 1, R = ceil(D / 16). Both start from the
-same x and x_proj output p and end with y (B, H, W, D) in bf16; each is checked against the other first. Timing:
-triton.testing.do_bench (CUDA events, median). --sweep also times the map scan's (BLOCK_D, BLOCK_L, warps)
-choices. Prints a markdown table; writes $OUT/ss2d_map.md when $OUT is set. --dry-run: CPU interpreter, tiny
-shapes, one call each (checks the script; times mean nothing). --sass: registers, layout conversions and SASS
-instructions per element of the map scan's loop for each --sweep tile at stages 1 and 3, compiled for sm_90 with
-triton's own ptxas (benchmarks/scan_sass.py prints the same for the scan the models run now).
+same x and x_proj output p and end with y (B, H, W, D) in bf16; each is checked against the other first (training:
+y and the six gradients). Timing: triton.testing.do_bench (CUDA events, median). --sweep also times the map scan's
+inference (BLOCK_D, BLOCK_L, warps) choices and the backward's. Prints markdown tables; writes $OUT/ss2d_map.md
+(--parts train: ss2d_map_train.md) when $OUT is set. --dry-run: CPU interpreter, tiny shapes, one call each
+(checks the script; times mean nothing). --sass: registers, layout conversions and SASS instructions per element
+of the map scans' loops (forward for each --sweep tile, backward for each BWD_SWEEP tile) at stages 1 and 3,
+compiled for sm_90 with triton's own ptxas (benchmarks/scan_sass.py prints the same for the scan the models run
+now).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
 SWEEP = [(32, 32, 4), (32, 32, 2), (32, 32, 1), (32, 16, 1), (64, 32, 2), (64, 16, 2), (64, 32, 4), (128, 16, 4),
          (16, 64, 2)]  # (BLOCK_D, BLOCK_L, warps)
+BWD_SWEEP = [(32, 16, 2), (32, 16, 4), (16, 16, 1), (16, 32, 2), (64, 16, 4), (32, 32, 4)]
 
 
 def main(argv=None) -> int:
@@ -31,7 +35,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--sass", action="store_true")
+    ap.add_argument("--parts", default="infer,train", help="infer, train or both: the inference forward's table, "
+                    "the training path's (forward + backward)")
     args = ap.parse_args(argv)
+    parts = args.parts.split(",")
+    if not parts or set(parts) - {"infer", "train"}:
+        ap.error("--parts takes infer, train or infer,train")
     if args.sass:
         return _sass()
     if args.dry_run:
@@ -41,7 +50,6 @@ def main(argv=None) -> int:
     from _shared import gpu_ms, once_ms, save
     from vmbench.kernels import _ss2d_map_triton as M
     from vmbench.kernels import _ss2d_recompute as R
-    from vmbench.kernels.ss2d import _kernel_params
 
     dev = "cpu" if args.dry_run else "cuda"
     bench = once_ms if args.dry_run else gpu_ms
@@ -51,27 +59,21 @@ def main(argv=None) -> int:
              "variants DELTA-YS: delta from a GEMM or formed in the scan, the four maps in fp32 or bf16", "",
              "| stage (D, H·W) | composition | " + " | ".join(f"map {v}" for v in M.VARIANTS)
              + " | composition / best map | largest rel. difference |", "|---" * (4 + len(M.VARIANTS)) + "|"]
-    sweep_lines = []
+    sweep_lines, train_lines = [], []
     for d, hw in stages:
-        g = torch.Generator().manual_seed(0)
-        r, n, k = math.ceil(d / 16), 1, 4
-        x = torch.randn(batch, hw, hw, d, generator=g).to(dev, torch.bfloat16)
-        xp = (torch.randn(k, r + 2 * n, d, generator=g) / math.sqrt(d)).to(dev)
-        dtw = (torch.randn(k, d, r, generator=g) / math.sqrt(r)).to(dev)
-        dtb = (torch.rand(k, d, generator=g) * 2 - 3).to(dev)
-        al = torch.log(torch.rand(k * d, n, generator=g) * 3 + 0.5).to(dev)
-        ds = torch.randn(k * d, generator=g).to(dev)
-        xw, wdt, A, Ds, bias = _kernel_params(x, xp, dtw, dtb, al, ds, k, r, n)
-        p = torch.mm(x.reshape(-1, d), xw).view(batch, hw, hw, -1)
+        x, p, wdt, A, Ds, bias, r, n = _inputs(batch, d, hw, dev)
         comp = lambda: R._forward(x, p, wdt, A, Ds, bias, r, n, states=False)[0]  # noqa: E731
         fmap = lambda: M.ss2d_map_forward(x, p, wdt, A, Ds, bias, r, n)  # noqa: E731
+        if "train" in parts:
+            train_lines += _training(M, R, bench, args.sweep, (x, p, wdt, A, Ds, bias), r, n, f"({d}, {hw * hw})")
+        if "infer" not in parts:
+            continue
         with torch.no_grad():
             ref = comp()
             t_comp, times, diff = bench(comp), [], 0.0
             for v in M.VARIANTS:
                 M.MAP_CONFIG.update(M.variant_config(v))
-                y = fmap()
-                diff = max(diff, float((y.double() - ref.double()).norm() / ref.double().norm()))
+                diff = max(diff, _rel(fmap(), ref))
                 times.append(bench(fmap))
             lines.append(f"| ({d}, {hw * hw}) | {t_comp:.3f} | " + " | ".join(f"{t:.3f}" for t in times)
                          + f" | **{t_comp / min(times):.2f}×** | {diff:.1e} |")
@@ -87,9 +89,77 @@ def main(argv=None) -> int:
     if sweep_lines:
         lines += ["", "| stage | map variant | tile (BLOCK_D × BLOCK_L, warps) | ms |", "|---|---|---|---|",
                   *sweep_lines]
-    save("ss2d_map", "\n".join(lines))
+    if "infer" not in parts:
+        lines = [f"SS2D core, {card}, torch {torch.__version__}, batch {batch}, bf16"]
+    if train_lines:
+        lines += ["", "Training path: forward with gradients + backward (ms, median); the map rows use the backward "
+                  "tile MAP_CONFIG holds unless named", "",
+                  "| stage (D, H·W) | composition | map variant | backward tile | ms | composition / map "
+                  "| largest rel. difference (y, 6 grads) |", "|---" * 7 + "|", *train_lines]
+    save("ss2d_map" if "infer" in parts else "ss2d_map_train", "\n".join(lines))
     print("\n".join(lines))
     return 0
+
+
+def _inputs(batch: int, d: int, hw: int, dev: str):
+    """(x, p, wdt, A, Ds, bias, r, n): one stage's bf16 input and x_proj output, parameters in kernel form."""
+    import torch
+
+    from vmbench.kernels.ss2d import _kernel_params
+
+    g = torch.Generator().manual_seed(0)
+    r, n, k = math.ceil(d / 16), 1, 4
+    x = torch.randn(batch, hw, hw, d, generator=g).to(dev, torch.bfloat16)
+    xp = (torch.randn(k, r + 2 * n, d, generator=g) / math.sqrt(d)).to(dev)
+    dtw = (torch.randn(k, d, r, generator=g) / math.sqrt(r)).to(dev)
+    dtb = (torch.rand(k, d, generator=g) * 2 - 3).to(dev)
+    al = torch.log(torch.rand(k * d, n, generator=g) * 3 + 0.5).to(dev)
+    ds = torch.randn(k * d, generator=g).to(dev)
+    xw, wdt, A, Ds, bias = _kernel_params(x, xp, dtw, dtb, al, ds, k, r, n)
+    p = torch.mm(x.reshape(-1, d), xw).view(batch, hw, hw, -1)
+    return x, p, wdt, A, Ds, bias, r, n
+
+
+def _rel(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm())
+
+
+def _training(M, R, bench, sweep: bool, ins, r: int, n: int, stage: str) -> list[str]:
+    """Rows of the training table for one stage: the composition's forward + backward, then each map variant's
+    (with --sweep, each BWD_SWEEP backward tile too)."""
+    import torch
+
+    leaves = [t.detach().requires_grad_(True) for t in ins]
+    gy = torch.randn_like(ins[0])
+
+    def step():
+        y = R.ss2d_scan_recompute(*leaves, r, n)
+        return (y, *torch.autograd.grad(y, leaves, gy))
+
+    old = dict(M.MAP_CONFIG)
+    M.USE_MAP = False
+    ref = step()
+    t_comp = bench(step)
+    rows = []
+    M.USE_MAP = True
+    try:
+        for v in ("gemm-fp32", "gemm-input", "dot-input"):
+            tiles = [None] + (BWD_SWEEP if sweep and v != "gemm-input" else [])
+            for tile in tiles:
+                M.MAP_CONFIG.update(old, **M.variant_config(v))
+                if tile:
+                    M.MAP_CONFIG.update(bwd_block_d=tile[0], bwd_block_l=tile[1], bwd_warps=tile[2])
+                diff = max(_rel(a, b) for a, b in zip(step(), ref))
+                t = bench(step)
+                name = "{} × {}, {}".format(*tile) if tile else "default"
+                rows.append(f"| {stage} | {t_comp:.3f} | {v} | {name} | {t:.3f} | **{t_comp / t:.2f}×** "
+                            f"| {diff:.1e} |")
+                print(rows[-1], flush=True)
+    finally:
+        M.USE_MAP = False
+        M.MAP_CONFIG.update(old)
+    return rows
 
 
 def _sass() -> int:
@@ -99,10 +169,11 @@ def _sass() -> int:
     from vmbench.kernels import _ss2d_map_triton as M
     from vmbench.kernels.ss2d import _rows8
 
-    print(f"map-layout scan for sm_90, triton {triton.__version__}, bf16 in; gemm-fp32: delta read, fp32 maps out; "
-          "dot-input: delta formed by tl.dot, bf16 maps out\n")
-    print("| stage (D, H·W) | variant | tile (BLOCK_D × BLOCK_L), warps | regs | spills | conversions in loop "
-          "| loop SASS | SASS per element |\n|---|---|---|---|---|---|---|---|")
+    print(f"map-layout scans for sm_90, triton {triton.__version__}, bf16 in; gemm-fp32: delta read, fp32 maps out; "
+          "dot-input: delta formed by tl.dot, bf16 maps out; the backward writes bf16 du / ddelta maps\n")
+    print("| stage (D, H·W) | kernel | variant | tile (BLOCK_D × BLOCK_L), warps | regs | spills "
+          "| conversions in loop | loop SASS | SASS per element |\n|---|---|---|---|---|---|---|---|---|")
+    scan_sass._F32.add("dbc_ptr")
     for d, hw in (STAGES[0], STAGES[2]):
         r = math.ceil(d / 16)
         c = _rows8(r, 1)
@@ -112,15 +183,21 @@ def _sass() -> int:
             scan_sass._F32.discard("y_ptr")
             if not dot:
                 scan_sass._F32.add("y_ptr")
-            for bd, bl, w in SWEEP:
-                if dot and min(bd, bl) < 16:
-                    continue
-                ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=r, BL=128 * L, n_chunks=-(-L // bl))
-                consts = dict(BLOCK_D=bd, BLOCK_L=bl, FAST=True, DELTA_DOT=dot, CP=M.dot_rows(c), DOT_F32=False)
-                st = scan_sass.stats(scan_sass._compile(M._scan_fwd_map_kernel, ints, consts, w, "bf16"))
-                per = bd * bl // (32 * w)
-                print(f"| ({d}, {L}) | {v} | {bd} × {bl}, {w} | {st['regs']} | {st['spills']} | "
-                      f"{', '.join(st['conversions']) or 'none'} | {st['loop_sass']} | {st['loop_sass'] / per:.0f} |")
+            for kernel, tiles in (("forward", SWEEP), ("backward", BWD_SWEEP)):
+                for bd, bl, w in tiles:
+                    if dot and min(bd, bl) < 16:
+                        continue
+                    ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=r, BL=128 * L, n_chunks=-(-L // bl))
+                    consts = dict(BLOCK_D=bd, BLOCK_L=bl, FAST=True, DELTA_DOT=dot, CP=M.dot_rows(c), DOT_F32=False)
+                    if kernel == "forward":
+                        ints["n_saved"] = -(-L // 16)
+                        consts.update(SAVE_STATES=False, SAVE_EVERY=16)
+                    fn = M._scan_fwd_map_kernel if kernel == "forward" else M._scan_bwd_map_kernel
+                    st = scan_sass.stats(scan_sass._compile(fn, ints, consts, w, "bf16"))
+                    per = bd * bl // (32 * w)
+                    print(f"| ({d}, {L}) | {kernel} | {v} | {bd} × {bl}, {w} | {st['regs']} | {st['spills']} | "
+                          f"{', '.join(st['conversions']) or 'none'} | {st['loop_sass']} | "
+                          f"{st['loop_sass'] / per:.0f} |", flush=True)
     return 0
 
 
