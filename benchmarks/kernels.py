@@ -204,10 +204,10 @@ def sweep(stages):
 
 def kernel_stats():
     """Registers, spills and shared memory of every compiled scan kernel variant in this process."""
-    from vmbench.kernels import _selective_scan_triton as T
+    from vmbench.kernels._scan_helpers import _KERNELS
 
     out = []
-    for (name, interp), fn in T._KERNELS.items():
+    for (name, interp), fn in _KERNELS.items():
         caches = getattr(fn, "device_caches", None)
         kernels = []
         if caches:

@@ -28,84 +28,22 @@ previous version, kept for same-run comparisons).
 
 Registered as `vmbench::selective_scan_triton` (forward, returns (y, hs)) and
 `vmbench::selective_scan_triton_bwd` with `torch.library.triton_op`, so `torch.compile` traces
-through without graph breaks and `torch.jit.trace` shows one node.
+through without graph breaks and `torch.jit.trace` shows one node. The kernels' jit helpers are in
+kernels/_scan_helpers.py, the chunk / tile / warp choices in kernels/_scan_config.py.
 """
 from __future__ import annotations
-
-import contextlib
 
 from typing import Optional, Tuple
 
 import torch
 import triton.language as tl
-from triton.language.extra import libdevice
-from triton.runtime.jit import JITFunction
 
-from ._backend import (cdiv, direct_launch, graph_capture, interpreted, needs_grad, next_pow2, traceable,
-                       triton_interpret)
+from ._backend import cdiv, direct_launch, graph_capture, needs_grad
+from ._scan_config import _blocks, _n1_hints, _use_n1, scan_config
+from ._scan_helpers import _add, _bwd_chunk, _combine, _div, _kernel, _softplus
 from .selective_scan import _check_shapes
 
 __all__ = ["selective_scan_triton", "scan_config"]
-
-LOG2E = 1.4426950408889634
-
-
-def _combine(a1, x1, a2, x2):
-    # (a1, x1) then (a2, x2) for h -> a * h + x: the composed map is (a1 a2, a2 x1 + x2).
-    return a1 * a2, a2 * x1 + x2
-
-
-# The jit wrapper keeps the function's own name: torch.compile (Inductor) re-emits helpers by
-# __name__, and the kernels call it as `_combine`.
-_combine = JITFunction(_combine)
-# Inside the kernels only builtins are used (tl.full, tl.reduce with our own `_add`) rather than
-# the jit-decorated helpers tl.zeros / tl.sum / tl.cdiv: those are fixed as compiled or interpreted
-# when triton is imported, which would break TRITON_INTERPRET=1 switched on later.
-def _add(a, b):
-    return a + b
-
-
-_add = JITFunction(_add)
-
-
-class _Helper(JITFunction):
-    """A jit helper that kernels call directly: compiled kernels inline it like any @triton.jit function;
-    interpreted ones (TRITON_INTERPRET=1, possibly switched on after import) run its Python body."""
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
-
-
-def _div(a, b, FAST: tl.constexpr):
-    # a / b. FAST (compiled kernels): div.approx.ftz, one reciprocal and a multiply, 2 ulp for |b| in
-    # [2^-126, 2^126]; the interpreter has no such instruction and divides exactly.
-    if FAST:
-        return libdevice.fast_dividef(a, b)
-    else:
-        return a / b
-
-
-_div = _Helper(_div)
-
-
-def _softplus(x, FAST: tl.constexpr):
-    # (softplus(x), z) with z = exp(-|x|) in (0, 1]: softplus(x) = max(x, 0) + log1p(z), and
-    # log1p(z) = 2 atanh(s) = 2 s (1 + t/3 + t^2/5 + ... + t^6/13) with s = z / (2 + z) <= 1/3, t = s^2 (the
-    # series' remainder is below 9^-7 / 15 ≈ 1.4e-8 relative). One exp2 and one reciprocal; a log costs
-    # ~30 instructions per element (on an H200 the forward kernel was bound by instruction issue).
-    z = tl.exp2(-tl.abs(x) * 1.4426950408889634)
-    s = _div(z, 2.0 + z, FAST)
-    t = s * s
-    p = t * 0.07692307692307693 + 0.09090909090909091
-    p = p * t + 0.1111111111111111
-    p = p * t + 0.14285714285714285
-    p = p * t + 0.2
-    p = p * t + 0.3333333333333333
-    p = p * t + 1.0
-    return tl.maximum(x, 0.0) + (s + s) * p, z
-
-
-_softplus = _Helper(_softplus)
 
 
 def _scan_fwd_kernel(
@@ -264,34 +202,6 @@ def _scan_bwd_kernel(
         tl.store(dD_ptr + rowid, dD_acc, mask=mask_d)
     if HAS_BIAS:
         tl.store(dbias_ptr + rowid, dbias_acc, mask=mask_d)
-
-
-def _combine3(f1, p1, g1, f2, p2, g2):
-    # Reverse scan for g_t = c_t + a_{t+1} g_{t+1} without a_{t+1}: a segment [t..s] is summarised as
-    # (f = a_t, p = a_{t+1} ... a_s, g = sum_{t<=j<=s} c_j a_{t+1} ... a_j). Called with the later segment
-    # first (reverse=True); their concatenation is (f2, p2 f1 p1, g2 + p2 f1 g1).
-    t = p2 * f1
-    return f2, t * p1, g2 + t * g1
-
-
-_combine3 = JITFunction(_combine3)
-
-
-def _bwd_chunk(a, x, Cv, dy, h0, carry, lidx, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    # One chunk of an N = 1 backward on a [BLOCK_D, BLOCK_L] tile (a = exp(dt A), x = dt u B per step; Cv per step):
-    # the chunk's states hh recomputed from h0, the state entering it, and the reverse scan g_t = C_t dy_t +
-    # a_{t+1} g_{t+1}, run on (a_t, 1, C_t dy_t) with `_combine3` so a_{t+1} is never formed, continued from carry
-    # (a_s g_s at the next chunk's first step s). Returns hh, g, the carry for the chunk before, g_t a_t h_{t-1}.
-    sa, sx = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
-    hh = sx + sa * h0[:, None]
-    _, gp, gg = tl.associative_scan((a, tl.full([BLOCK_D, BLOCK_L], 1.0, tl.float32), Cv[None, :] * dy), axis=1,
-                                    combine_fn=_combine3, reverse=True)
-    g = gg + gp * carry[:, None]
-    carry = tl.reduce(tl.where((lidx == 0)[None, :], a * g, 0.0), 1, _add)
-    return hh, g, carry, g * (hh - x)
-
-
-_bwd_chunk = _Helper(_bwd_chunk)
 
 
 def _scan_fwd_n1_kernel(
@@ -458,132 +368,7 @@ def _scan_bwd_n1_kernel(
         tl.store(dP_ptr + pp + 2 * kd, dbias_acc, mask=mask_d)
 
 
-# Kernels are built per mode (compiled / TRITON_INTERPRET=1) on first use, so a test that
-# switches the interpreter on after this module was imported still gets interpreted kernels.
-_KERNELS: dict[tuple[str, bool], object] = {}
-
-
-def _kernel(fn):
-    interp = triton_interpret()
-    key = (fn.__name__, interp)
-    if key not in _KERNELS:
-        if interp:
-            from triton.runtime.interpreter import InterpretedFunction
-
-            _KERNELS[key] = InterpretedFunction(fn)
-        else:
-            _KERNELS[key] = JITFunction(fn)
-    kern = _KERNELS[key]
-    # wrap_triton makes the launch visible to torch.compile (see _backend.traceable); interpreted kernels
-    # launch directly.
-    return traceable(kern) if isinstance(kern, JITFunction) else interpreted(kern)
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration: one (chunk, tile) choice per shape; the forward and backward must agree on
-# BLOCK_L (the backward reads the states saved at the forward's chunk boundaries).
-# ---------------------------------------------------------------------------------------------
-_DEFAULTS = dict(
-    chunk=256,        # positions per chunk for N <= 2: long rows keep loads coalesced, few carries
-    chunk_big_n=64,   # N >= 4: the [D, N, L] tile grows with N, so shorter chunks keep it in registers
-    fwd_tile=4096,    # elements of the [D, N, L] fwd tile: ~32 fp32 per thread per live tensor at 4 warps
-    bwd_tile=2048,    # bwd holds ~3x as many live tiles (states, reverse scan, grads): half the tile
-    fwd_warps=4,      # 4 warps (128 threads) per program: many programs per SM to hide HBM latency
-    bwd_warps=4,      # same reason; with the half-size bwd tile that is 16 fp32 per thread per live tensor
-    n1=1,             # N = 1 runs the 2-D kernels (1) or the general 3-D ones (0: the previous version)
-    # N = 1 kernels (H100/H200 sweeps, RESULTS.md): the backward holds ~3x the live tiles of the
-    # forward, so it runs short chunks on small tiles (more programs per SM, no spills) while the
-    # forward keeps longer chunks and saves a state every n1_bwd_chunk positions for it. Each keeps its rows
-    # (tile // chunk: 8 forward, 16 backward) whatever the chunk fitted to L, and the forward doubles them for
-    # rows of at most n1_short positions (a program's few chunks then cover twice the channels). The sixth
-    # pass's H100 sweeps (RESULTS.md) chose them: fewer rows per forward program, more per backward one (half
-    # the dB / dC partials).
-    n1_fwd_chunk=128,
-    n1_fwd_tile=1024,
-    n1_short=64,
-    n1_bwd_chunk=32,
-    n1_bwd_tile=512,
-    n1_bwd_warps=2,
-    n1_bwd_warps_short=4,  # backward chunks of 16 (fitted to stage 3's L = 196 and stage 4's 49): 4 warps
-    n1_vec=4,  # contiguous positions a thread loads / stores at once (0: Triton's choice): `_n1_hints`
-    # Chunks halve (the backward's down to 16, the forward's down to 32) while the last chunk would pad L
-    # by more than this fraction: stage 3's L = 196 runs 32-position forward chunks (224 slots) rather
-    # than 64 (256), and 16-position backward chunks (208 rather than 224).
-    n1_max_pad=0.125,
-)
-_OVERRIDE: dict[str, int] = {}
 _POISON = False  # tests: fill outputs with NaN before launch to prove every element is written
-
-
-@contextlib.contextmanager
-def scan_config(**kw):
-    """Override chunk / tile / warp choices (keys of `_DEFAULTS`) inside a block; for tests and sweeps."""
-    bad = set(kw) - set(_DEFAULTS)
-    if bad:
-        raise ValueError(f"unknown scan config keys {sorted(bad)}; choose from {sorted(_DEFAULTS)}")
-    old = dict(_OVERRIDE)
-    _OVERRIDE.update(kw)
-    try:
-        yield
-    finally:
-        _OVERRIDE.clear()
-        _OVERRIDE.update(old)
-
-
-def _cfg(name: str) -> int:
-    return _OVERRIDE.get(name, _DEFAULTS[name])
-
-
-def _use_n1(n: int) -> bool:
-    return n == 1 and bool(_cfg("n1"))
-
-
-def _n1_chunk(L: int, backward: bool) -> int:
-    """BLOCK_L of the N = 1 kernels; the forward's is a multiple of the backward's (both powers of 2)."""
-    short = max(16, next_pow2(L))  # short L (stage 4: 49): no 4x padding
-
-    def fit(chunk: int, floor: int) -> int:
-        while chunk > floor and (-L) % chunk > _cfg("n1_max_pad") * L:
-            chunk //= 2
-        return chunk
-
-    bwd = fit(min(_cfg("n1_bwd_chunk"), short), 16)
-    # forward chunks stop at 32: shorter ones lose more to the per-chunk carry than padding costs
-    return bwd if backward else fit(max(bwd, min(_cfg("n1_fwd_chunk"), short)), max(bwd, 32))
-
-
-def _blocks(L: int, N: int, Dk: int, backward: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps) for one direction's Dk channels, length L, N states."""
-    block_n = next_pow2(N)
-    if _use_n1(N):
-        chunk = _n1_chunk(L, backward)
-        if backward:
-            rows = _cfg("n1_bwd_tile") // _cfg("n1_bwd_chunk")
-        else:
-            rows = _cfg("n1_fwd_tile") // _cfg("n1_fwd_chunk") * (2 if L <= _cfg("n1_short") else 1)
-        block_d = max(1, min(rows, next_pow2(Dk)))
-        warps = _cfg("n1_bwd_warps" if chunk > 16 else "n1_bwd_warps_short") if backward else _cfg("fwd_warps")
-        return block_d, 1, chunk, warps
-    chunk = _cfg("chunk") if N <= 2 else _cfg("chunk_big_n")
-    block_l = min(chunk, max(16, next_pow2(L)))  # short L (stage 4: 49): no 4x padding
-    tile = _cfg("bwd_tile" if backward else "fwd_tile")
-    block_d = max(1, min(tile // (block_n * block_l), next_pow2(Dk)))
-    return block_d, block_n, block_l, _cfg("bwd_warps" if backward else "fwd_warps")
-
-
-def _n1_hints(L: int, sbc: int, block_l: int) -> dict:
-    """ALIGN / VEC / FAST of the N = 1 kernels.
-
-    ALIGN: the largest power of 2 (<= 16) dividing L and B / C's row stride, declared on the row offsets;
-    Triton infers divisibility of integer arguments only by 16, so rows of L = 196 would otherwise be read
-    one element per instruction. VEC: the contiguity declared for a chunk's positions, which caps the
-    elements a thread loads at once (`n1_vec`; 0: the whole chunk). With 16-bit inputs and fp32 outputs, a
-    cap of 4 gives the loads and the store one register layout, so the tile is not moved through shared
-    memory before it is stored. FAST: approximate division (`_div`), except under the interpreter."""
-    align = 16
-    while align > 1 and (L % align or sbc % align):
-        align //= 2
-    return dict(ALIGN=align, VEC=_cfg("n1_vec") or block_l, FAST=not triton_interpret())
 
 
 def _alloc(shape, dtype, device):

@@ -34,7 +34,7 @@ import triton.language as tl
 from ._backend import cdiv, direct_launch, graph_capture, next_pow2, triton_interpret
 from .cross_scan import cross_merge_ref, cross_scan_diag_ref, cross_scan_ref
 from .selective_scan import selective_scan_ref
-from ._selective_scan_triton import _Helper, _add, _bwd_chunk, _combine, _div, _kernel, _softplus
+from ._scan_helpers import _Helper, _add, _bwd_chunk, _combine, _div, _kernel, _softplus
 
 __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map_backward", "ss2d_map_delta",
            "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "dot_rows", "MAP_CONFIG",

@@ -183,6 +183,7 @@ def test_torch_backend_compiles_without_graph_break():
 # --------------------------------------------------------------------------------------------
 triton = pytest.importorskip("triton")
 T = pytest.importorskip("vmbench.kernels._selective_scan_triton")
+from vmbench.kernels import _scan_config as SC  # noqa: E402  (after the skip: it imports the kernels package)
 
 # Small tiles so that short sequences still cover several chunks and several channel blocks
 # (the dB / dC partials or atomics); CHUNK positions per chunk.
@@ -225,13 +226,13 @@ def test_triton_n1_chunks_fit_the_length(interp):
     """N = 1 chunks halve while they would pad L by more than n1_max_pad (the forward's down to 32, the
     backward's down to 16); results stay within the derived tolerance."""
     with T.scan_config(n1_fwd_chunk=64, n1_bwd_chunk=32, n1_max_pad=0.125):
-        assert (T._n1_chunk(3136, False), T._n1_chunk(3136, True)) == (64, 32)  # stage 1: no padding
-        assert (T._n1_chunk(196, False), T._n1_chunk(196, True)) == (32, 16)  # stage 3: 224 / 208 slots
-        assert (T._n1_chunk(49, False), T._n1_chunk(49, True)) == (32, 16)
-        assert T._blocks(196, 1, 384, backward=False)[0] == T._cfg("n1_fwd_tile") // 64  # rows kept
-    with T.scan_config(**T._DEFAULTS):
+        assert (SC._n1_chunk(3136, False), SC._n1_chunk(3136, True)) == (64, 32)  # stage 1: no padding
+        assert (SC._n1_chunk(196, False), SC._n1_chunk(196, True)) == (32, 16)  # stage 3: 224 / 208 slots
+        assert (SC._n1_chunk(49, False), SC._n1_chunk(49, True)) == (32, 16)
+        assert T._blocks(196, 1, 384, backward=False)[0] == SC._cfg("n1_fwd_tile") // 64  # rows kept
+    with T.scan_config(**SC._DEFAULTS):
         # the defaults at VMamba-T's stage lengths: (forward, backward) chunk and rows
-        fwd = {L: (T._n1_chunk(L, False), T._blocks(L, 1, 768, backward=False)[0]) for L in (3136, 784, 196, 49)}
+        fwd = {L: (SC._n1_chunk(L, False), T._blocks(L, 1, 768, backward=False)[0]) for L in (3136, 784, 196, 49)}
         assert fwd == {3136: (128, 8), 784: (64, 8), 196: (32, 8), 49: (32, 16)}  # short rows: twice the rows
         bwd = {L: T._blocks(L, 1, 768, backward=True) for L in (3136, 784, 196, 49)}
         assert bwd == {3136: (16, 1, 32, 2), 784: (16, 1, 32, 2), 196: (16, 1, 16, 4), 49: (16, 1, 16, 4)}
@@ -258,7 +259,7 @@ def test_triton_n1_hints():
 def test_triton_n1_states_saved_inside_a_chunk(interp, L):
     """A forward chunk four backward chunks long saves three states inside it (the last masked past L at 45)."""
     with T.scan_config(n1_fwd_chunk=4 * CHUNK, n1_fwd_tile=4 * 4 * CHUNK):
-        assert T._n1_chunk(L, False) == 4 * T._n1_chunk(L, True)
+        assert SC._n1_chunk(L, False) == 4 * SC._n1_chunk(L, True)
         check_interp(_triton, make_inputs(2, 2, 6, 1, L, torch.float32), label=f"4 states per chunk, L={L}")
 
 
@@ -291,9 +292,9 @@ def test_triton_no_d_no_bias_no_softplus(interp, dtype):
 
 
 def test_triton_default_config_one_long_chunk(interp):
-    with T.scan_config(chunk=T._DEFAULTS["chunk"], fwd_tile=256, bwd_tile=256,
-                       n1_fwd_chunk=T._DEFAULTS["n1_fwd_chunk"], n1_bwd_chunk=T._DEFAULTS["n1_bwd_chunk"],
-                       n1_max_pad=T._DEFAULTS["n1_max_pad"]):
+    with T.scan_config(chunk=SC._DEFAULTS["chunk"], fwd_tile=256, bwd_tile=256,
+                       n1_fwd_chunk=SC._DEFAULTS["n1_fwd_chunk"], n1_bwd_chunk=SC._DEFAULTS["n1_bwd_chunk"],
+                       n1_max_pad=SC._DEFAULTS["n1_max_pad"]):
         x = make_inputs(1, 1, 2, 1, 150, torch.float32)  # N = 1 at the default chunks (fitted to 150: 32 / 32)
         check_interp(_triton, x, label="default chunks")
         with T.scan_config(n1=0):  # the general kernels: one 256-position chunk, 106 padded slots
