@@ -7,7 +7,8 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmbench.config import RECIPE_KEYS, RunSpec, build_run_spec, parse_set
+from vmbench.config import RunSpec
+from vmbench.recipe import RECIPE_KEYS, build_run_spec, parse_set
 
 KEYS = st.one_of(st.sampled_from(RECIPE_KEYS), st.sampled_from(("seed", "device", "datasets", "bogus", "")),
                  st.text(min_size=1, max_size=12))

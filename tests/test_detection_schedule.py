@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from vmbench.config import build_run_spec
+from vmbench.recipe import build_run_spec
 from vmbench.engine.train import Trainer
 
 

@@ -27,7 +27,7 @@ LEARN_CAPS = dict(max_train_batches=120, max_val_batches=4)
 
 def _untrained_ap() -> dict:
     """COCO AP of the run's starting point: the same spec and seed, built and evaluated without training."""
-    from vmbench.config import build_run_spec
+    from vmbench.recipe import build_run_spec
     from vmbench.engine.detection import evaluate_detection
     from vmbench.engine.train import Trainer
 

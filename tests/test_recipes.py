@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from vmbench.cli import main
-from vmbench.config import RECIPE_KEYS, build_run_spec, list_recipes, load_recipe, parse_set, resolve_recipe
+from vmbench.recipe import RECIPE_KEYS, build_run_spec, list_recipes, load_recipe, parse_set, resolve_recipe
 from vmbench.store import Store
 
 from dbfiles import db_digest

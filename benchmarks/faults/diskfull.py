@@ -86,7 +86,7 @@ def with_tmpfs(folder: Path) -> dict | None:
 def injected(folder: Path) -> dict:
     """The same in process, with torch.save's writes failing with ENOSPC from the second checkpoint on."""
     import vmbench.checkpoint as ckmod
-    from vmbench.config import build_run_spec
+    from vmbench.recipe import build_run_spec
     from vmbench.scheduler.local import RunFailed, execute_run
 
     calls = {"n": 0}

@@ -124,7 +124,7 @@ def build_spec(model, dataset, task, recipe, sets, epochs, batch_size, lr, img_s
                skip_bad_images, max_train_batches, max_val_batches, tags, deterministic, gpus, checkpoint_dir=None,
                cuda_graph=False):
     """(RunSpec, resolved recipe) from the values of `run_options`; ValueError names a bad value."""
-    from ..config import build_run_spec, parse_set
+    from ..recipe import build_run_spec, parse_set
 
     flags = dict(epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size, amp=amp, compile=compile_,
                  channels_last=channels_last)

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import Recipe, RunSpec
+from ..config import RunSpec
+from ..recipe import Recipe
 from ..store import Store
 from ..store.pending import checkpoint_root  # noqa: F401 (scheduler.local re-exports it)
 from ..store.tables import utcnow

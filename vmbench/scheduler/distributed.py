@@ -42,7 +42,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import Recipe, RunSpec
+from ..config import RunSpec
+from ..recipe import Recipe
 from ..store import Store
 from .common import (RESUMABLE, Progress, RunFailed, RunInterrupted, RunLog, StopRequest, check_tensorboard, checkpoint_root,
                      create_train_run, fail_status, finish, graceful_stop, interrupted_message, reopen_run,

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import BenchSpec, EvalSpec, Recipe, RunSpec
+from ..config import BenchSpec, EvalSpec, RunSpec
+from ..recipe import Recipe
 from ..store import Store
 from .common import (HEARTBEAT_EVERY_S, RESUMABLE, Heartbeat, Progress, RunFailed, RunInterrupted, RunLog, StopRequest,
                      check_tensorboard, checkpoint_root, create_train_run, fail_status, finish, graceful_stop,
@@ -53,7 +54,7 @@ def execute_run(spec: RunSpec, db: str, console=None, show_progress: bool = True
     """Train + evaluate + benchmark one model on one dataset; returns (run_id, results). A spec with
     world_size > 1 runs data-parallel (vmbench.scheduler.distributed.execute_distributed_run).
 
-    `recipe` (config.resolve_recipe) is recorded: its name as the run's recipe, its resolved values as
+    `recipe` (recipe.resolve_recipe) is recorded: its name as the run's recipe, its resolved values as
     params["recipe"] and its file as params["recipe_source"]. The run's folder is
     `<spec.checkpoint_root or the default>/<run uuid>` (common.checkpoint_root).
 
