@@ -15,11 +15,10 @@ Every output is poisoned with NaN before the launch and checked to be fully writ
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
-from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter, use_interpreter
+from triton_interp import FLOOR, interpreter_ready, rel, subprocess_test, use_interpreter
 
 INTERP = interpreter_ready("vmbench.kernels._cross_scan_triton", "_cross_scan_kernel")
 interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
@@ -30,10 +29,7 @@ def triton_cpu(monkeypatch):
     return use_interpreter(monkeypatch)
 
 
-@pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")
-def test_interpreter_subprocess():
-    """This file's interpreter tests, in a fresh process with TRITON_INTERPRET=1 from the start."""
-    rerun_in_interpreter(__file__)
+test_interpreter_subprocess = subprocess_test(__file__, INTERP)
 
 
 def make_map(b, h, w, c, channels_last, dtype, device="cpu", strided=False):

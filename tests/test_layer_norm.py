@@ -21,7 +21,7 @@ import sys
 import pytest
 import torch
 from torch import nn
-from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter, use_interpreter
+from triton_interp import CHILD, FLOOR, interpreter_ready, rel, subprocess_test, use_interpreter
 
 MODULE = "vmbench.kernels._layer_norm_triton"
 
@@ -74,10 +74,7 @@ def small_tiles(triton_cpu, monkeypatch):
     return triton_cpu
 
 
-@pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")
-def test_interpreter_subprocess():
-    """This file's interpreter tests, in a fresh process with TRITON_INTERPRET=1 from the start."""
-    rerun_in_interpreter(__file__)
+test_interpreter_subprocess = subprocess_test(__file__, INTERP)
 
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -9,12 +9,11 @@ are poisoned with NaN before each launch.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from ss2d_cases import NAMES, check_grads, fast_interpreter, fp64, grads, make_inputs
-from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter
+from triton_interp import FLOOR, interpreter_ready, rel, subprocess_test
 
 
 INTERP = interpreter_ready("vmbench.kernels._ss2d_triton", "_ss2d_fwd_kernel")
@@ -26,10 +25,7 @@ def triton_cpu(monkeypatch):
     return fast_interpreter(monkeypatch)
 
 
-@pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")
-def test_interpreter_subprocess():
-    """This file's interpreter tests, in a fresh process with TRITON_INTERPRET=1 from the start."""
-    rerun_in_interpreter(__file__)
+test_interpreter_subprocess = subprocess_test(__file__, INTERP)
 
 
 FWD_CASES = [  # (B, H, W, D, N, R): H != W, odd, H = 1, W = 1, several chunks / d-blocks, N > 1

@@ -9,12 +9,11 @@ checks at VMamba-T's stage shapes on the tensor-core dot.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from ss2d_cases import NAMES, check_grads, fast_interpreter, fp64, grads, make_inputs
-from triton_interp import CHILD, FLOOR, interpreter_ready, rel, rerun_in_interpreter
+from triton_interp import FLOOR, interpreter_ready, rel, subprocess_test
 
 INTERP = interpreter_ready("vmbench.kernels._ss2d_map_triton", "_scan_fwd_map_kernel")
 interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
@@ -27,10 +26,7 @@ def triton_cpu(monkeypatch):
     return fast_interpreter(monkeypatch)
 
 
-@pytest.mark.skipif(INTERP or os.environ.get(CHILD) == "1", reason="ran in-process")
-def test_interpreter_subprocess():
-    """This file's interpreter tests, in a fresh process with TRITON_INTERPRET=1 from the start."""
-    rerun_in_interpreter(__file__)
+test_interpreter_subprocess = subprocess_test(__file__, INTERP)
 
 
 def _map_inputs(inputs):

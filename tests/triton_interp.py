@@ -66,6 +66,18 @@ def rerun_in_interpreter(test_file: str) -> None:
     run_fresh(test_file, dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"}))
 
 
+def subprocess_test(test_file: str, in_process: bool):
+    """A test for `test_file` to bind as `test_interpreter_subprocess`: its interpreter tests re-run in a fresh
+    process with TRITON_INTERPRET=1 from the start, unless they run in this one (`in_process`)."""
+    import pytest
+
+    @pytest.mark.skipif(in_process or os.environ.get(CHILD) == "1", reason="ran in-process")
+    def test_interpreter_subprocess():
+        """This file's interpreter tests, in a fresh process with TRITON_INTERPRET=1 from the start."""
+        rerun_in_interpreter(test_file)
+    return test_interpreter_subprocess
+
+
 def patch_interpreter_bf16(monkeypatch) -> None:
     """The interpreter casts fp32 -> bf16 by truncation; CUDA (and torch) round to nearest even.
     Patch that one cast to torch's conversion so bf16 outputs are rounded as on the GPU."""
