@@ -55,10 +55,13 @@ def main(argv=None) -> int:
     bench = once_ms if args.dry_run else gpu_ms
     batch, stages = (1, [(16, 5), (32, 3)]) if args.dry_run else (128, STAGES)
     card = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
-    lines = [f"SS2D inference forward, {card}, torch {torch.__version__}, batch {batch}, bf16 (ms, median); map "
-             "variants DELTA-YS: delta from a GEMM or formed in the scan, the four maps in fp32 or bf16", "",
-             "| stage (D, H·W) | composition | " + " | ".join(f"map {v}" for v in M.VARIANTS)
-             + " | composition / best map | largest rel. difference |", "|---" * (4 + len(M.VARIANTS)) + "|"]
+    if "infer" in parts:
+        lines = [f"SS2D inference forward, {card}, torch {torch.__version__}, batch {batch}, bf16 (ms, median); map "
+                 "variants DELTA-YS: delta from a GEMM or formed in the scan, the four maps in fp32 or bf16", "",
+                 "| stage (D, H·W) | composition | " + " | ".join(f"map {v}" for v in M.VARIANTS)
+                 + " | composition / best map | largest rel. difference |", "|---" * (4 + len(M.VARIANTS)) + "|"]
+    else:
+        lines = [f"SS2D core, {card}, torch {torch.__version__}, batch {batch}, bf16"]
     sweep_lines, train_lines = [], []
     for d, hw in stages:
         x, p, wdt, A, Ds, bias, r, n = _inputs(batch, d, hw, dev)
@@ -89,8 +92,6 @@ def main(argv=None) -> int:
     if sweep_lines:
         lines += ["", "| stage | map variant | tile (BLOCK_D × BLOCK_L, warps) | ms |", "|---|---|---|---|",
                   *sweep_lines]
-    if "infer" not in parts:
-        lines = [f"SS2D core, {card}, torch {torch.__version__}, batch {batch}, bf16"]
     if train_lines:
         lines += ["", "Training path: forward with gradients + backward (ms, median); the map rows use the backward "
                   "tile MAP_CONFIG holds unless named", "",

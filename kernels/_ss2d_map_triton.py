@@ -337,6 +337,12 @@ def ss2d_map_delta(p: torch.Tensor, wdt: torch.Tensor) -> torch.Tensor:
     return torch.bmm(_by_direction(p, k), wdt.transpose(1, 2))
 
 
+def _variant_delta(p: torch.Tensor, wdt: torch.Tensor, variant: str) -> tuple[Optional[torch.Tensor], bool]:
+    """(delta, ys_fp32) of a variant: delta from the GEMM, or None where the scan forms it; fp32 maps or not."""
+    cfg = variant_config(variant)
+    return (None if cfg["delta"] == "dot" else ss2d_map_delta(p, wdt)), cfg["ys"] == "fp32"
+
+
 def _by_direction(p: torch.Tensor, k: int) -> torch.Tensor:
     """p (B, H, W, K*C) as K matrices (K, B*H*W, C): a strided view, no copy."""
     return p.reshape(-1, k, p.shape[-1] // k).transpose(0, 1)
@@ -348,8 +354,7 @@ def ss2d_map_forward(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     wdt (K, D, C) in x's dtype; A (K*D, 1), Ds and bias (K*D,) fp32; N = 1."""
     _check(x, p, wdt, n)
     c = wdt.shape[2]
-    delta = None if MAP_CONFIG["delta"] == "dot" else ss2d_map_delta(p, wdt)  # (K, B*L, D)
-    ys_fp32 = MAP_CONFIG["ys"] == "fp32"
+    delta, ys_fp32 = _variant_delta(p, wdt, variant_name())  # delta (K, B*L, D) or None
     if graph_capture():  # the merge as torch ops: Inductor fuses the sum into the LayerNorm that follows
         ys = torch.ops.vmbench.ss2d_map_scan(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)
         return ys.sum(0, dtype=torch.float32).view(x.shape).to(x.dtype)
@@ -368,9 +373,8 @@ def map_train_forward(x, p, wdt, A, Ds, bias, r: int, n: int, variant: str):
     """(y, hs): `ss2d_map_forward`'s y with the variant named (one of VARIANTS) and the states its backward
     reads. Delta is not kept: `map_backward` forms it again."""
     _check(x, p, wdt, n)
-    cfg = variant_config(variant)
-    delta = None if cfg["delta"] == "dot" else ss2d_map_delta(p, wdt)
-    ys, hs = map_scan_launch(x, delta, wdt, p, A, Ds, bias, wdt.shape[2], r, cfg["ys"] == "fp32", states=True)
+    delta, ys_fp32 = _variant_delta(p, wdt, variant)
+    ys, hs = map_scan_launch(x, delta, wdt, p, A, Ds, bias, wdt.shape[2], r, ys_fp32, states=True)
     return _sum4(ys, x), hs
 
 
@@ -379,8 +383,7 @@ def map_backward(gy, x, p, wdt, A, Ds, bias, hs, r: int, n: int, variant: str):
     of one buffer. dx is the scan's part of x's gradient (x_proj's is added by autograd)."""
     b, h, w, d = x.shape
     k, _, c = wdt.shape
-    dot = variant_config(variant)["delta"] == "dot"
-    delta = None if dot else ss2d_map_delta(p, wdt)  # formed again, not saved
+    delta = _variant_delta(p, wdt, variant)[0]  # formed again, not saved
     dxs, ddelta, dbc, dP = map_scan_bwd_launch(gy.contiguous(), x, delta, wdt, p, A, Ds, bias, hs, c, r)
     dpk = torch.bmm(ddelta, wdt)  # (K, B*L, C): dt_proj's adjoint, each direction's projection rows
     dpk[:, :, r:r + 2 * n] += dbc.transpose(1, 2).to(dpk.dtype)  # the B and C rows

@@ -49,10 +49,14 @@ def grads(fn, inputs, gy):
 
 def check_grads(fn, case, dtype, device="cpu"):
     """fn (an ss2d_core) on fresh inputs of shape `case`: output and six gradients within the derived tolerance."""
+    inputs = make_inputs(*case, dtype=dtype, device=device)
+    check_grads_on(fn, inputs, torch.randn(inputs[0].shape, device=device))
+
+
+def check_grads_on(fn, inputs, gy):
+    """`check_grads` on the inputs and cotangent given; returns fn's (y, gradients)."""
     from vmbench.kernels import ss2d_core_ref
 
-    inputs = make_inputs(*case, dtype=dtype, device=device)
-    gy = torch.randn(inputs[0].shape, device=device)
     y, gs = grads(fn, inputs, gy)
     y_r, gs_r = grads(ss2d_core_ref, inputs, gy)
     y64, gs64 = grads(ss2d_core_ref, fp64(inputs), gy.double())
@@ -60,6 +64,7 @@ def check_grads(fn, case, dtype, device="cpu"):
     for name, g, g_r, g64 in zip(NAMES, gs, gs_r, gs64):
         assert g.shape == g64.shape and not g.isnan().any(), name
         assert rel(g, g64) <= 2 * rel(g_r, g64) + FLOOR, (name, rel(g, g64), rel(g_r, g64))
+    return y, gs
 
 
 def _fast_scan(self, inputs):
