@@ -175,7 +175,7 @@ def main(argv=None) -> int:
                     "(off: every call eager; rows MODEL/eager)")
     ap.add_argument("--ss2d-map", default="off", help="comma-separated: off, or DELTA-YS (gemm-fp32, dot-fp32, "
                     "gemm-input, dot-input): VMamba's SS2D (inference and training) on the map-layout scan with that "
-                    "MAP_CONFIG "                    "(kernels/_ss2d_map_triton.py; rows MODEL/map-DELTA-YS)")
+                    "MAP_CONFIG (kernels/_ss2d_map_triton.py; rows MODEL/map-DELTA-YS)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
