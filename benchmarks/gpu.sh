@@ -13,9 +13,10 @@
 #                                      #   then compiled VMamba-T / Swin-T training steps timed (peers.py --compile)
 #   bash benchmarks/gpu.sh map         # the map-layout SS2D inference forward: its GPU tests, the op against the
 #                                      #   composition (benchmarks/ss2d_map.py --sweep), VMamba-T eager and compiled
-#                                      #   with and without it (peers.py --ss2d-map off,...; MAP_VARIANTS picks)
+#                                      #   on the composition, the defaults and other variants (peers.py --ss2d-map
+#                                      #   off,default,...; MAP_VARIANTS picks)
 #   bash benchmarks/gpu.sh maptrain    # the same for the map-layout training path (forward + backward), with
-#                                      #   VMamba-T's eager and compiled training steps
+#                                      #   VMamba-T's eager and compiled training steps (MAP_TRAIN_VARIANTS: DELTA-YS:L)
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh graph       # the same, eager and as CUDA-graph replays (host overhead removed)
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections (MODELS_SECTIONS,
@@ -53,16 +54,16 @@ for what in "$@"; do
     map)     step map_tests 100 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d_map.py -k forward
                step ss2d_map 120 python3 benchmarks/ss2d_map.py --sweep --parts infer
                step peers_map 140 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench,graph \
-                 --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map
+                 --ss2d-map off,default,${MAP_VARIANTS:-gemm-input} --name peers_map
                step peers_map_compiled 230 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes plain \
-                 --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map_compiled ;;
+                 --ss2d-map off,default,${MAP_VARIANTS:-gemm-input} --name peers_map_compiled ;;
     maptrain) step map_train_tests 120 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d_map.py \
                  -k training
                step ss2d_map_train 130 python3 benchmarks/ss2d_map.py --sweep --parts train
                step peers_map_train 120 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes train \
-                 --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map_train
+                 --ss2d-map off,default,${MAP_TRAIN_VARIANTS:-gemm-input:784,dot-input:3136} --name peers_map_train
                step peers_map_train_compiled 200 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t \
-                 --modes train --ss2d-map off,${MAP_VARIANTS:-gemm-fp32,dot-input} --name peers_map_train_compiled ;;
+                 --modes train --ss2d-map off,default --name peers_map_train_compiled ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \

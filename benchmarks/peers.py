@@ -154,6 +154,17 @@ def to_markdown(rows: list[dict], models: list[str], modes: list[str], peer: str
     return "\n".join(lines)
 
 
+_MAP_LABEL = {"default": "", "off": "/composition"}  # row label suffixes of --ss2d-map values
+
+
+def _map_setting(spec: str, _map) -> tuple[bool, dict]:
+    """(USE_MAP, MAP_CONFIG entries) of one --ss2d-map value; ValueError for an unknown one."""
+    if spec in ("default", "off"):
+        return spec == "default", dict(_map.MAP_CONFIG)
+    variant, _, limit = spec.partition(":")
+    return True, {**_map.MAP_CONFIG, **_map.variant_config(variant), "train_max_l": int(limit or 0)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="vmamba_t,swin_t,convnext_t")
@@ -173,9 +184,10 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--replay", default="on", help="on, off or on,off: VMamba's CUDA-graph replays of its calls "
                     "(off: every call eager; rows MODEL/eager)")
-    ap.add_argument("--ss2d-map", default="off", help="comma-separated: off, or DELTA-YS (gemm-fp32, dot-fp32, "
-                    "gemm-input, dot-input): VMamba's SS2D (inference and training) on the map-layout scan with that "
-                    "MAP_CONFIG (kernels/_ss2d_map_triton.py; rows MODEL/map-DELTA-YS)")
+    ap.add_argument("--ss2d-map", default="default", help="comma-separated: default (VMamba's SS2D as "
+                    "kernels/_ss2d_map_triton.py sets it), off (every call on the composition), or DELTA-YS[:L] "
+                    "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
+                    "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
@@ -194,8 +206,10 @@ def main(argv=None) -> int:
     from vmbench.kernels import _ss2d_map_triton as _map
 
     maps = args.ss2d_map.split(",")
-    if not maps or set(maps) - {"off", *_map.VARIANTS}:
-        ap.error(f"--ss2d-map takes off and DELTA-YS variants: {', '.join(_map.VARIANTS)}")
+    try:
+        settings = {m: _map_setting(m, _map) for m in maps}
+    except ValueError:
+        ap.error(f"--ss2d-map takes default, off and DELTA-YS[:L] with a variant of {', '.join(_map.VARIANTS)}")
 
     import torch
 
@@ -219,22 +233,21 @@ def main(argv=None) -> int:
             rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
             continue
         replay = getattr(model, "graph_replay", None)
-        variants = [(r == "on", m) for m in maps for r in replays] if replay is not None else [(True, "off")]
+        variants = [(r == "on", m) for m in maps for r in replays] if replay is not None else [(True, "default")]
         for mode in modes:
             for on, use_map in variants:
                 if replay is not None:
                     replay.enabled = on
                     replay.clear()  # a graph recorded in another row may have run the other SS2D forward
-                _map.USE_MAP = use_map != "off"
-                if _map.USE_MAP:
-                    _map.MAP_CONFIG.update(_map.variant_config(use_map))
+                _map.USE_MAP, cfg = settings[use_map]
+                _map.MAP_CONFIG.update(cfg)
                 try:
                     r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
                                   warmup=args.warmup, repeats=args.repeats, iters=args.iters,
                                   warmup_s=args.warmup_s)
                 except Exception as e:  # one failing path must not lose the table
                     r = {"error": f"{type(e).__name__}: {e}"}
-                label = name + ("" if on else "/eager") + ("" if use_map == "off" else f"/map-{use_map}")
+                label = name + ("" if on else "/eager") + _MAP_LABEL.get(use_map, f"/map-{use_map}")
                 r.update(model=label, mode=mode,
                          **(_dynamo_stats() if args.compile else {}))
                 rows.append(r)

@@ -19,10 +19,11 @@ directions read the same map) and writes du and ddelta on direction k's map; dx 
 adjoint and weight gradient are batched GEMMs on the map (`map_backward`). Nothing in direction order is saved or
 formed: the forward keeps x, p and the chunk states.
 
-While `USE_MAP` is set (off by default until it is timed on a GPU), `ss2d_scan_recompute` takes `ss2d_map_forward`
-for calls that need no gradient (compiled: the registered op `vmbench::ss2d_map_scan`, the 4-way sum left to
-Inductor next to out_norm), and its autograd.Function / registered ops run `map_train_forward` and `map_backward`
-for calls that do. `ss2d_map_forward_ref` is the plain-torch twin of both (same signature; differentiable).
+Where `takes_map` says so (the default `USE_MAP` and MAP_CONFIG's limits), `ss2d_scan_recompute` takes
+`ss2d_map_forward` for calls that need no gradient (compiled: the registered op `vmbench::ss2d_map_scan`, the 4-way
+sum left to Inductor next to out_norm), and its autograd.Function / registered ops run `map_train_forward` and
+`map_backward` for calls that do. `ss2d_map_forward_ref` is the plain-torch twin of both (same signature;
+differentiable).
 """
 from __future__ import annotations
 
@@ -37,16 +38,23 @@ from .selective_scan import selective_scan_ref
 from ._scan_helpers import _Helper, _add, _bwd_chunk, _combine, _div, _kernel, _softplus
 
 __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map_backward", "ss2d_map_delta",
-           "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "dot_rows", "MAP_CONFIG",
-           "USE_MAP", "VARIANTS"]
+           "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "takes_map", "dot_rows",
+           "MAP_CONFIG", "USE_MAP", "VARIANTS"]
 
-# The forward's and the backward's tile and warps (not yet swept on a GPU; the backward's has the fewest sm_90
-# instructions per element in benchmarks/ss2d_map.py --sass); delta: "gemm" (a bmm on the map, read by the scan) or
-# "dot" (formed in the scan, a tensor-core dot per chunk); ys: the forward's four maps in "fp32" or in x's dtype
-# ("input", as the official kernel writes its output; the sum is still taken in fp32).
-MAP_CONFIG = dict(block_d=32, block_l=32, warps=4, delta="gemm", ys="fp32", bwd_block_d=16, bwd_block_l=16,
-                  bwd_warps=1)
-USE_MAP = False  # opt-in while it is measured: see the module docstring
+# Measured on an H200 (benchmarks/RESULTS.md, thirteenth pass): the forward's tile 32 x 16 with one warp was the
+# fastest, or within 4 % of it, at every stage for both delta forms; "dot-input" (delta formed by a tensor-core dot
+# in the scan, the four maps in x's dtype as the official kernel writes its output; the sum still in fp32) is the
+# variant timed in the whole model. The backward's tile has the fewest sm_90 instructions per element
+# (benchmarks/ss2d_map.py --sass). VMamba-T, eager, batch 128, 224²: inference 9886 against 8061 img/s on the
+# composition, training step 2582 against 2417. `takes_map` applies the two limits:
+# - train_max_l: calls with gradients take the map where H*W <= 784, stages 2-4 at 224², not stage 1, whose map
+#   backward is slower than the composition's (4.7 against 3.8 ms at batch 128);
+# - min_programs: a program walks a whole direction for one image and BLOCK_D channels, so a small batch of large
+#   maps has few of them (1024² at batch 4: 48 at stage 1, where the composition runs 192). The map was timed from
+#   1536 programs up (stage 1 at batch 128); calls with fewer than min_programs stay on the composition.
+MAP_CONFIG = dict(block_d=32, block_l=16, warps=1, delta="dot", ys="input", bwd_block_d=16, bwd_block_l=16,
+                  bwd_warps=1, train_max_l=784, min_programs=1024)
+USE_MAP = True  # False: every SS2D call on the composition of kernels/_ss2d_recompute.py
 VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input")  # "DELTA-YS": the two MAP_CONFIG choices by name
 
 
@@ -61,6 +69,14 @@ def variant_config(name: str) -> dict:
 def variant_name() -> str:
     """The variant MAP_CONFIG holds now ("DELTA-YS")."""
     return f"{MAP_CONFIG['delta']}-{MAP_CONFIG['ys']}"
+
+
+def takes_map(x_shape, grad: bool) -> bool:
+    """Whether an SS2D call on x (B, H, W, D) takes the map layout: `USE_MAP`, and MAP_CONFIG's limits (see there)."""
+    b, h, w, d = x_shape
+    if not USE_MAP or b * 4 * cdiv(d, MAP_CONFIG["block_d"]) < MAP_CONFIG["min_programs"]:
+        return False
+    return not grad or h * w <= MAP_CONFIG["train_max_l"]
 
 
 def dot_rows(c: int) -> int:

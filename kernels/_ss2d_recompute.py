@@ -10,8 +10,9 @@ block's saved activations. This Function saves x (kept alive anyway by x_proj's 
 with an inner dimension of C) in the backward: a few percent more GPU work for ~30 % less
 activation memory. Eager calls run it as an autograd.Function; under graph capture (torch.compile, jit.trace)
 it runs as the registered ops `vmbench::ss2d_scan` / `vmbench::ss2d_scan_bwd`, the same launchers, and where no
-input needs a gradient as `vmbench::ss2d_scan_infer` (the eager inference path's launches: no chunk states). While
-`_ss2d_map_triton.USE_MAP` is set (opt-in, untimed), the map-layout scan of kernels/_ss2d_map_triton.py runs
+input needs a gradient as `vmbench::ss2d_scan_infer` (the eager inference path's launches: no chunk states). Where
+`_ss2d_map_triton.takes_map` says so (by default: calls without gradients, and calls with them on maps of at most
+28² positions, each with enough images and channels), the map-layout scan of kernels/_ss2d_map_triton.py runs
 instead: its own forward without gradients, and with them this Function / these ops with the variant named (they
 then save p instead of ps).
 
@@ -136,7 +137,7 @@ _ss2d_scan_op.register_autograd(_op_backward, setup_context=_setup_context)
 def ss2d_scan_recompute(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     """See the module docstring. Differentiable in x, p, wdt, A, Ds and bias."""
     grad = needs_grad(x, p, wdt, A, Ds, bias)
-    on_map = n == 1 and wdt.shape[0] == 4 and _map.USE_MAP
+    on_map = n == 1 and wdt.shape[0] == 4 and _map.takes_map(x.shape, grad)
     if not grad and on_map:
         return _map.ss2d_map_forward(x.contiguous(), p, wdt, A, Ds, bias, r, n)
     variant = _map.variant_name() if on_map else ""

@@ -153,7 +153,8 @@ launch = _ss2d_map_triton.map_scan_bwd_launch
 _ss2d_map_triton.map_scan_bwd_launch = lambda *a: bwd_calls.append(1) or launch(*a)
 for mode in ("eval", "train", "map", "map_dot", "map_train"):
     _ss2d_map_triton.USE_MAP = mode.startswith("map")
-    _ss2d_map_triton.MAP_CONFIG.update(delta="dot" if mode == "map_dot" else "gemm")
+    _ss2d_map_triton.MAP_CONFIG.update(delta="dot" if mode == "map_dot" else "gemm", train_max_l=1 << 30,
+                                       min_programs=0)
     bwd_calls.clear()
     torch._dynamo.reset(); counters.clear()
     torch.manual_seed(0)

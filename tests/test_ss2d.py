@@ -144,10 +144,13 @@ def test_registered_op_matches_eager_function(triton_cpu, monkeypatch, case):
 
 
 @interp
-def test_inference_path_matches_training_forward(triton_cpu):
-    """Without gradients the training path runs its launchers without an autograd node and without the scan's
-    saved states: the output is bit-identical to the forward with gradients."""
-    from vmbench.kernels import ss2d_core
+def test_inference_path_matches_training_forward(triton_cpu, monkeypatch):
+    """Without gradients the composition runs its launchers without an autograd node and without the scan's
+    saved states: the output is bit-identical to the forward with gradients. (By default calls without gradients
+    take the map layout instead: tests/test_ss2d_map.py.)"""
+    from vmbench.kernels import _ss2d_map_triton, ss2d_core
+
+    monkeypatch.setattr(_ss2d_map_triton, "USE_MAP", False)
 
     inputs = make_inputs(2, 3, 5, 16, 1, 2, dtype=torch.bfloat16)
     y1, _ = grads(lambda *a: ss2d_core(*a, backend="triton"), inputs, torch.randn(inputs[0].shape))
@@ -157,21 +160,23 @@ def test_inference_path_matches_training_forward(triton_cpu):
 
 
 @interp
-def test_module_keeps_kernel_parameters_for_inference(triton_cpu):
+def test_module_keeps_kernel_parameters_for_inference(triton_cpu, monkeypatch):
     """The SS2D module keeps its parameters in kernel form (ParamCache) between calls that need no gradient, a
     plain `torch.no_grad()` call as much as inside `frozen_parameters()`: reused while they are unchanged,
     rebuilt after an in-place update that moves a version (load_state_dict, an EMA update), after any optimizer
     step (a fused one moves no version), after a train() / eval() switch, or for another dtype; never used with
     gradients; emptied when a `frozen_parameters()` block ends. Empty after deepcopy / pickling, absent from the
-    state_dict; outputs equal the uncached path's bit for bit."""
+    state_dict; outputs equal the uncached path's bit for bit (on the composition, so that calls with and without
+    gradients compute the same)."""
     import copy
     import pickle
 
     from timm.utils import ModelEmaV3
 
-    from vmbench.kernels import ParamCache, frozen_parameters, ss2d_core
+    from vmbench.kernels import ParamCache, _ss2d_map_triton, frozen_parameters, ss2d_core
     from vmbench.models.vmamba import SS2D
 
+    monkeypatch.setattr(_ss2d_map_triton, "USE_MAP", False)
     torch.manual_seed(0)
     m = SS2D(16, scan_backend="triton")
     x = torch.randn(2, 3, 5, 16)

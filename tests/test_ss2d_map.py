@@ -42,14 +42,16 @@ def _map_inputs(inputs):
 
 @pytest.fixture
 def use_map(monkeypatch):
-    """Returns a setter: the map layout switched on (`USE_MAP`) with MAP_CONFIG set to a variant ("DELTA-YS");
-    `small`: 16-channel blocks, so that the interpreter's small shapes have several per direction."""
+    """Returns a setter: the map layout switched on (`USE_MAP`) for every call, with and without gradients, with
+    MAP_CONFIG set to a variant ("DELTA-YS"); `small`: 16-channel blocks, so that the interpreter's small shapes
+    have several per direction."""
     from vmbench.kernels import _ss2d_map_triton as M
 
     def set_variant(variant: str, small: bool = False) -> None:
         monkeypatch.setattr(M, "USE_MAP", True)
         tiles = dict(block_d=16, bwd_block_d=16) if small else {}
-        monkeypatch.setattr(M, "MAP_CONFIG", {**M.MAP_CONFIG, **M.variant_config(variant), **tiles})
+        monkeypatch.setattr(M, "MAP_CONFIG", {**M.MAP_CONFIG, **M.variant_config(variant), **tiles,
+                                                "train_max_l": 1 << 30, "min_programs": 0})
     return set_variant
 
 
@@ -169,11 +171,12 @@ def test_registered_op_matches_eager_function(triton_cpu, use_map, monkeypatch, 
 
 @interp
 def test_in_the_model(triton_cpu, use_map, monkeypatch):
-    """Opted in (`USE_MAP`), every SS2D call of a VMamba takes the map layout: the forward without gradients, the
-    forward and backward with them; outputs and parameter gradients as the composition's."""
+    """With MAP_CONFIG's limits lifted (`use_map`), every SS2D call of a VMamba takes the map layout: the forward
+    without gradients, the forward and backward with them; outputs and parameter gradients as the composition's."""
     from vmbench.kernels import _ss2d_map_triton as M
     from vmbench.models.vmamba import _create_vmamba
 
+    monkeypatch.setattr(M, "USE_MAP", False)  # the composition first, for reference
     torch.manual_seed(0)
     model = _create_vmamba(dict(dims=16, depths=(1, 1, 2, 1)), num_classes=10, scan_backend="triton")
     x = torch.randn(1, 3, 32, 32)
@@ -226,3 +229,20 @@ def test_gpu_training_stage_shapes(use_map, stage, variant):
     use_map(variant)
     d, hw = stage
     check_grads(_core, (2, hw, hw, d, 1, math.ceil(d / 16)), torch.bfloat16, device="cuda")
+
+
+def test_which_calls_take_the_map_by_default(monkeypatch):
+    """MAP_CONFIG's limits as measured: a 224² VMamba-T at batch 128 takes the map layout at every stage without
+    gradients and at stages 2-4 with them; a small batch of large maps (1024² at batch 4, a detector's batch of
+    2 at 800 x 1333) has too few programs and stays on the composition, as does every call with `USE_MAP` off."""
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    def stages(b, h, w):
+        return [(b, -(-h // s), -(-w // s), d) for s, d in ((4, 96), (8, 192), (16, 384), (32, 768))]
+
+    assert [M.takes_map(x, grad=False) for x in stages(128, 224, 224)] == [True] * 4
+    assert [M.takes_map(x, grad=True) for x in stages(128, 224, 224)] == [False, True, True, True]
+    for b, h, w in ((4, 1024, 1024), (2, 800, 1333)):
+        assert not any(M.takes_map(x, grad) for x in stages(b, h, w) for grad in (False, True))
+    monkeypatch.setattr(M, "USE_MAP", False)
+    assert not any(M.takes_map(x, False) for x in stages(128, 224, 224))
