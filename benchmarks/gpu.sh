@@ -54,9 +54,9 @@ for what in "$@"; do
     map)     step map_tests 100 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d_map.py -k forward
                step ss2d_map 120 python3 benchmarks/ss2d_map.py --sweep --parts infer
                step peers_map 140 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench,graph \
-                 --ss2d-map off,default,${MAP_VARIANTS:-gemm-input} --name peers_map
+                 --ss2d-map off,default,${MAP_VARIANTS:-gemm-input,gemm-input-steps} --name peers_map
                step peers_map_compiled 230 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes plain \
-                 --ss2d-map off,default,${MAP_VARIANTS:-gemm-input} --name peers_map_compiled ;;
+                 --ss2d-map off,default,${MAP_VARIANTS:-gemm-input,gemm-input-steps} --name peers_map_compiled ;;
     maptrain) step map_train_tests 120 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d_map.py \
                  -k training
                step ss2d_map_train 130 python3 benchmarks/ss2d_map.py --sweep --parts train

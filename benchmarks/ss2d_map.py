@@ -8,12 +8,12 @@ forward, and the training path's forward and backward.
 Batch 128, bf16, D = 96 * 2**i, H = W = 56 / 28 / 14 / 7, K = 4, N = 1, R = ceil(D / 16). Both start from the
 same x and x_proj output p and end with y (B, H, W, D) in bf16; each is checked against the other first (training:
 y and the six gradients). Timing: triton.testing.do_bench (CUDA events, median). --sweep also times the map scan's
-inference (BLOCK_D, BLOCK_L, warps) choices and the backward's. Prints markdown tables; writes $OUT/ss2d_map.md
-(--parts train: ss2d_map_train.md) when $OUT is set. --dry-run: CPU interpreter, tiny shapes, one call each
-(checks the script; times mean nothing). --sass: registers, layout conversions and SASS instructions per element
-of the map scans' loops (forward for each --sweep tile, backward for each BWD_SWEEP tile) at stages 1 and 3,
-compiled for sm_90 with triton's own ptxas (benchmarks/scan_sass.py prints the same for the scan the models run
-now).
+inference (BLOCK_D, BLOCK_L, warps) choices, the steps layout's channel blocks and the backward's. Prints markdown
+tables; writes $OUT/ss2d_map.md (--parts train: ss2d_map_train.md) when $OUT is set. --dry-run: CPU interpreter, tiny
+shapes, one call each (checks the script; times mean nothing). --sass: registers, layout conversions and SASS
+instructions per element of the map scans' loops (forward for each --sweep tile and steps channel block, backward
+for each BWD_SWEEP tile) at stages 1 and 3, compiled for sm_90 with triton's own ptxas (benchmarks/scan_sass.py
+prints the same for the scan the models run now).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
 SWEEP = [(32, 32, 4), (32, 32, 2), (32, 32, 1), (32, 16, 1), (64, 32, 2), (64, 16, 2), (64, 32, 4), (128, 16, 4),
          (16, 64, 2)]  # (BLOCK_D, BLOCK_L, warps)
 BWD_SWEEP = [(32, 16, 2), (32, 16, 4), (16, 16, 1), (16, 32, 2), (64, 16, 4), (32, 32, 4)]
+STEPS_SWEEP = [32, 64, 128, 256]  # the steps layout's channels per program (one warp: 1, 2, 4, 8 per thread)
 
 
 def main(argv=None) -> int:
@@ -83,11 +84,11 @@ def main(argv=None) -> int:
             print(lines[-1], flush=True)
             if args.sweep:
                 old = dict(M.MAP_CONFIG)
-                for v in ("gemm-fp32", "dot-input"):
-                    for bd, bl, w in SWEEP:
-                        M.MAP_CONFIG.update(M.variant_config(v), block_d=bd, block_l=bl, warps=w)
-                        sweep_lines.append(f"| ({d}, {hw * hw}) | {v} | {bd} × {bl}, {w} | {bench(fmap):.3f} |")
-                        print(sweep_lines[-1], flush=True)
+                tiles = [(v, t) for v in ("gemm-fp32", "dot-input") for t in SWEEP]
+                for v, (bd, bl, w) in tiles + [("gemm-input-steps", (bd, 16, 1)) for bd in STEPS_SWEEP]:
+                    M.MAP_CONFIG.update(M.variant_config(v), block_d=bd, block_l=bl, warps=w, steps_block_d=bd)
+                    sweep_lines.append(f"| ({d}, {hw * hw}) | {v} | {bd} × {bl}, {w} | {bench(fmap):.3f} |")
+                    print(sweep_lines[-1], flush=True)
                 M.MAP_CONFIG.update(old)
     if sweep_lines:
         lines += ["", "| stage | map variant | tile (BLOCK_D × BLOCK_L, warps) | ms |", "|---|---|---|---|",
@@ -168,6 +169,7 @@ def _sass() -> int:
 
     import scan_sass
     from vmbench.kernels import _ss2d_map_triton as M
+    from vmbench.kernels import _ss2d_steps_triton as S
     from vmbench.kernels.ss2d import _rows8
 
     print(f"map-layout scans for sm_90, triton {triton.__version__}, bf16 in; gemm-fp32: delta read, fp32 maps out; "
@@ -195,11 +197,20 @@ def _sass() -> int:
                         consts.update(SAVE_STATES=False, SAVE_EVERY=16)
                     fn = M._scan_fwd_map_kernel if kernel == "forward" else M._scan_bwd_map_kernel
                     st = scan_sass.stats(scan_sass._compile(fn, ints, consts, w, "bf16"))
-                    per = bd * bl // (32 * w)
-                    print(f"| ({d}, {L}) | {kernel} | {v} | {bd} × {bl}, {w} | {st['regs']} | {st['spills']} | "
-                          f"{', '.join(st['conversions']) or 'none'} | {st['loop_sass']} | "
-                          f"{st['loop_sass'] / per:.0f} |", flush=True)
+                    _sass_row(st, d, L, kernel, v, bd, bl, w)
+        scan_sass._F32.discard("y_ptr")
+        for bd in STEPS_SWEEP:  # the steps layout's forward, gemm-input
+            ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=r, BL=128 * L, n_chunks=-(-L // 16), n_saved=-(-L // 16))
+            consts = dict(BLOCK_D=bd, BLOCK_L=16, FAST=True, SAVE_STATES=False)
+            st = scan_sass.stats(scan_sass._compile(S._scan_fwd_steps_kernel, ints, consts, 1, "bf16"))
+            _sass_row(st, d, L, "forward", "gemm-input-steps", bd, 16, 1)
     return 0
+
+
+def _sass_row(st: dict, d: int, L: int, kernel: str, variant: str, bd: int, bl: int, w: int) -> None:
+    print(f"| ({d}, {L}) | {kernel} | {variant} | {bd} × {bl}, {w} | {st['regs']} | {st['spills']} | "
+          f"{', '.join(st['conversions']) or 'none'} | {st['loop_sass']} | "
+          f"{st['loop_sass'] / (bd * bl / (32 * w)):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Triton helpers shared by the scan kernels (kernels/_selective_scan_triton.py, kernels/_ss2d_map_triton.py):
-the combine functions of the associative scans, softplus and division without a log or an exact divide, one chunk
-of the N = 1 backward, and `_kernel`, which builds a kernel function as a compiled or interpreted Triton kernel
-on first use.
+"""Triton helpers shared by the scan kernels (kernels/_selective_scan_triton.py, kernels/_ss2d_map_triton.py,
+kernels/_ss2d_steps_triton.py): the combine functions of the associative scans, softplus and division without a
+log or an exact divide, one chunk of the N = 1 backward, a map scan program's (image, direction, channel block) and
+its start, and `_kernel`, which builds a kernel function as a compiled or interpreted Triton kernel on first use.
 """
 from __future__ import annotations
 
@@ -96,6 +96,37 @@ def _bwd_chunk(a, x, Cv, dy, h0, carry, lidx, BLOCK_D: tl.constexpr, BLOCK_L: tl
 
 
 _bwd_chunk = _Helper(_bwd_chunk)
+
+
+def _map_program(Dk, BLOCK_D: tl.constexpr):
+    # What a program of the map scans owns: direction k of channel block dblk (of n_dblk) of image b, its channels
+    # offs_d (ch in K*D). The four directions of one image and channel block are neighbours in the grid, so x's
+    # tile stays in L2 between them.
+    pid = tl.program_id(0)
+    k = pid % 4
+    rest = pid // 4
+    n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
+    dblk = rest % n_dblk
+    offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    return k, dblk, n_dblk, rest // n_dblk, offs_d, offs_d < Dk, k * Dk + offs_d
+
+
+_map_program = _Helper(_map_program)
+
+
+def _map_start(A_ptr, D_ptr, bias_ptr, Dk, L, BL, BLOCK_D: tl.constexpr):
+    # A map scan program's (`_map_program`) parameters and walk: A, D and the delta bias of its channels; the
+    # direction walked backwards (rev) or column-major (col); the image's first row of the (B*L, ...) maps (img)
+    # and direction k's first row of the (K*B*L, ...) ones (kdir).
+    k, dblk, n_dblk, b, offs_d, mask_d, ch = _map_program(Dk, BLOCK_D)
+    Av = tl.load(A_ptr + ch, mask=mask_d, other=0.0)
+    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
+    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
+    return (k, dblk, n_dblk, b, offs_d, mask_d, ch, Av, Dv, bias, k >= 2, (k % 2) == 1, b.to(tl.int64) * L,
+            k.to(tl.int64) * BL)
+
+
+_map_start = _Helper(_map_start)
 
 
 # Kernels are built per mode (compiled / TRITON_INTERPRET=1) on first use, so a test that

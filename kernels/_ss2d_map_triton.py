@@ -35,7 +35,8 @@ import triton.language as tl
 from ._backend import cdiv, direct_launch, graph_capture, next_pow2, triton_interpret
 from .cross_scan import cross_merge_ref, cross_scan_diag_ref, cross_scan_ref
 from .selective_scan import selective_scan_ref
-from ._scan_helpers import _Helper, _add, _bwd_chunk, _combine, _div, _kernel, _softplus
+from ._scan_helpers import _Helper, _add, _bwd_chunk, _combine, _div, _kernel, _map_start, _softplus
+from ._ss2d_steps_triton import STEPS, steps_scan_launch
 
 __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map_backward", "ss2d_map_delta",
            "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "takes_map", "dot_rows",
@@ -52,23 +53,26 @@ __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map
 # - min_programs: a program walks a whole direction for one image and BLOCK_D channels, so a small batch of large
 #   maps has few of them (1024² at batch 4: 48 at stage 1, where the composition runs 192). The map was timed from
 #   1536 programs up (stage 1 at batch 128); calls with fewer than min_programs stay on the composition.
+# layout "steps" (variants DELTA-YS-steps, untimed): the forward of kernels/_ss2d_steps_triton.py, steps_block_d
+# channels per program.
 MAP_CONFIG = dict(block_d=32, block_l=16, warps=1, delta="dot", ys="input", bwd_block_d=16, bwd_block_l=16,
-                  bwd_warps=1, train_max_l=784, min_programs=1024)
+                  bwd_warps=1, train_max_l=784, min_programs=1024, layout="tile", steps_block_d=128)
 USE_MAP = True  # False: every SS2D call on the composition of kernels/_ss2d_recompute.py
-VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input")  # "DELTA-YS": the two MAP_CONFIG choices by name
+# "DELTA-YS[-steps]": the MAP_CONFIG choices of delta, ys (and layout) by name
+VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input", "gemm-fp32-steps", "gemm-input-steps")
 
 
 def variant_config(name: str) -> dict:
-    """The MAP_CONFIG entries of a variant named "DELTA-YS" (one of VARIANTS)."""
+    """The MAP_CONFIG entries of a variant named "DELTA-YS[-steps]" (one of VARIANTS)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown map variant {name!r}; choose from {', '.join(VARIANTS)}")
-    delta, ys = name.split("-")
-    return dict(delta=delta, ys=ys)
+    delta, ys, *layout = name.split("-")
+    return dict(delta=delta, ys=ys, layout=layout[0] if layout else "tile")
 
 
 def variant_name() -> str:
-    """The variant MAP_CONFIG holds now ("DELTA-YS")."""
-    return f"{MAP_CONFIG['delta']}-{MAP_CONFIG['ys']}"
+    """The variant MAP_CONFIG holds now ("DELTA-YS[-steps]")."""
+    return f"{MAP_CONFIG['delta']}-{MAP_CONFIG['ys']}" + ("-steps" if MAP_CONFIG["layout"] == "steps" else "")
 
 
 def takes_map(x_shape, grad: bool) -> bool:
@@ -105,22 +109,6 @@ def _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev
 _map_loads = _Helper(_map_loads)
 
 
-def _map_program(Dk, BLOCK_D: tl.constexpr):
-    # What a program of the map scans owns: direction k of channel block dblk (of n_dblk) of image b, its channels
-    # offs_d (ch in K*D). The four directions of one image and channel block are neighbours in the grid, so x's
-    # tile stays in L2 between them.
-    pid = tl.program_id(0)
-    k = pid % 4
-    rest = pid // 4
-    n_dblk = (Dk + BLOCK_D - 1) // BLOCK_D
-    dblk = rest % n_dblk
-    offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
-    return k, dblk, n_dblk, rest // n_dblk, offs_d, offs_d < Dk, k * Dk + offs_d
-
-
-_map_program = _Helper(_map_program)
-
-
 def _delta(wk, dt, DELTA_DOT: tl.constexpr, DOT_F32: tl.constexpr):
     # A chunk's delta before the bias, fp32 [BLOCK_D, BLOCK_L]: the loaded tile, or (DELTA_DOT) wdt_k @ p_k on tensor
     # cores from the loaded projection rows; DOT_F32: fp32 operands (fp32 x; the interpreter's bf16 dot is wrong).
@@ -144,15 +132,10 @@ def _scan_fwd_map_kernel(
     DOT_F32: tl.constexpr,
     SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr,  # hs (B, K, n_saved, D): the state entering every
 ):                                                        # SAVE_EVERY steps (the backward's chunks)
-    k, dblk, n_dblk, b, offs_d, mask_d, ch = _map_program(Dk, BLOCK_D)
     L = H * W
-    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0) * 1.4426950408889634
-    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
-    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
-    rev = k >= 2
-    col = (k % 2) == 1
-    img = b.to(tl.int64) * L  # the image's first row of the (B*L, ...) maps
-    kdir = k.to(tl.int64) * BL  # direction k's first row of delta / y
+    k, dblk, n_dblk, b, offs_d, mask_d, ch, Av, Dv, bias, rev, col, img, kdir = _map_start(
+        A_ptr, D_ptr, bias_ptr, Dk, L, BL, BLOCK_D)
+    A2 = Av * 1.4426950408889634
     lidx = tl.arange(0, BLOCK_L)
     h = tl.full([BLOCK_D], 0.0, tl.float32)
     offs_c = tl.arange(0, CP)
@@ -205,16 +188,10 @@ def _scan_bwd_map_kernel(
     # the step's map position (every direction reads the same gy in place); du and ddelta are written at that
     # position of direction k's map (K, B*L, D); dB / dC (this channel block's partial sums) to dbc
     # (K, n_dblk, 2, B*L); dA / dD / dbias of the image to dP (B, 3, K*D).
-    k, dblk, n_dblk, b, offs_d, mask_d, ch = _map_program(Dk, BLOCK_D)
     L = H * W
-    Av = tl.load(A_ptr + ch, mask=mask_d, other=0.0)
+    k, dblk, n_dblk, b, offs_d, mask_d, ch, Av, Dv, bias, rev, col, img, kdir = _map_start(
+        A_ptr, D_ptr, bias_ptr, Dk, L, BL, BLOCK_D)
     A2 = Av * 1.4426950408889634
-    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
-    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0)
-    rev = k >= 2
-    col = (k % 2) == 1
-    img = b.to(tl.int64) * L
-    kdir = k.to(tl.int64) * BL
     lidx = tl.arange(0, BLOCK_L)
     offs_c = tl.arange(0, CP)
     mask_c = offs_c < C
@@ -294,8 +271,11 @@ def map_scan_launch(x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bias, c: in
     k, L = wdt.shape[0], h * w
     ys = torch.empty((k, b * L, d), dtype=torch.float32 if ys_fp32 else x.dtype, device=x.device)
     dot = delta is None
-    bd, bl = _tiles(d, L, dot, backward=False)
     save_every = _tiles(d, L, dot, backward=True)[1]
+    if MAP_CONFIG["layout"] == "steps" and not dot:
+        assert save_every == STEPS, save_every  # the backward's chunk: the states are saved at its start
+        return steps_scan_launch(x, delta, p, A, Ds, bias, c, r, ys_fp32, states, MAP_CONFIG["steps_block_d"])
+    bd, bl = _tiles(d, L, dot, backward=False)
     n_saved = cdiv(L, save_every)
     hs = torch.empty((b, k, n_saved, d), dtype=torch.float32, device=x.device) if states else None
     _kernel(_scan_fwd_map_kernel)[(b * cdiv(d, bd) * k,)](

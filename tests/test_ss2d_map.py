@@ -43,13 +43,13 @@ def _map_inputs(inputs):
 @pytest.fixture
 def use_map(monkeypatch):
     """Returns a setter: the map layout switched on (`USE_MAP`) for every call, with and without gradients, with
-    MAP_CONFIG set to a variant ("DELTA-YS"); `small`: 16-channel blocks, so that the interpreter's small shapes
-    have several per direction."""
+    MAP_CONFIG set to a variant ("DELTA-YS[-steps]"); `small`: 16-channel blocks (32 in the steps layout), so that
+    the interpreter's small shapes have several per direction."""
     from vmbench.kernels import _ss2d_map_triton as M
 
     def set_variant(variant: str, small: bool = False) -> None:
         monkeypatch.setattr(M, "USE_MAP", True)
-        tiles = dict(block_d=16, bwd_block_d=16) if small else {}
+        tiles = dict(block_d=16, bwd_block_d=16, steps_block_d=32) if small else {}
         monkeypatch.setattr(M, "MAP_CONFIG", {**M.MAP_CONFIG, **M.variant_config(variant), **tiles,
                                                 "train_max_l": 1 << 30, "min_programs": 0})
     return set_variant
@@ -79,10 +79,10 @@ def _check_map_forward(inputs):
 @interp
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input", "gemm-fp32-steps", "gemm-input-steps"])
 def test_forward(triton_cpu, use_map, case, dtype, variant):
     """Every direction read from and written to the map gives the composition's output, with delta from the GEMM
-    or formed in the scan, the four maps in fp32 or in x's dtype."""
+    or formed in the scan, the four maps in fp32 or in x's dtype, the chunk scanned as a tile or step by step."""
     use_map(variant)
     _check_map_forward(make_inputs(*case, dtype=dtype))
 
@@ -96,7 +96,8 @@ def _core(*inputs):
 F32, BF16 = torch.float32, torch.bfloat16
 TRAIN = [("gemm-fp32", CASES[0], F32), ("gemm-fp32", CASES[0], BF16), ("gemm-fp32", CASES[1], BF16),
          ("gemm-fp32", CASES[2], BF16), ("gemm-fp32", CASES[3], F32),
-         ("dot-input", CASES[0], BF16), ("dot-input", CASES[2], F32), ("dot-input", CASES[3], BF16)]
+         ("dot-input", CASES[0], BF16), ("dot-input", CASES[2], F32), ("dot-input", CASES[3], BF16),
+         ("gemm-fp32-steps", CASES[0], F32), ("gemm-input-steps", CASES[4], BF16)]
 
 
 @interp
