@@ -200,7 +200,7 @@ def _sass() -> int:
                     _sass_row(st, d, L, kernel, v, bd, bl, w)
         scan_sass._F32.discard("y_ptr")
         for bd in STEPS_SWEEP:  # the steps layout's forward, gemm-input
-            ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=r, BL=128 * L, n_chunks=-(-L // 16), n_saved=-(-L // 16))
+            ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=r, BL=128 * L, n_chunks=-(-L // 16))
             consts = dict(BLOCK_D=bd, BLOCK_L=16, FAST=True, SAVE_STATES=False)
             st = scan_sass.stats(scan_sass._compile(S._scan_fwd_steps_kernel, ints, consts, 1, "bf16"))
             _sass_row(st, d, L, "forward", "gemm-input-steps", bd, 16, 1)

@@ -272,12 +272,13 @@ def map_scan_launch(x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bias, c: in
     ys = torch.empty((k, b * L, d), dtype=torch.float32 if ys_fp32 else x.dtype, device=x.device)
     dot = delta is None
     save_every = _tiles(d, L, dot, backward=True)[1]
-    if MAP_CONFIG["layout"] == "steps" and not dot:
-        assert save_every == STEPS, save_every  # the backward's chunk: the states are saved at its start
-        return steps_scan_launch(x, delta, p, A, Ds, bias, c, r, ys_fp32, states, MAP_CONFIG["steps_block_d"])
-    bd, bl = _tiles(d, L, dot, backward=False)
     n_saved = cdiv(L, save_every)
     hs = torch.empty((b, k, n_saved, d), dtype=torch.float32, device=x.device) if states else None
+    if MAP_CONFIG["layout"] == "steps" and not dot:
+        assert save_every == STEPS, save_every  # the backward's chunk: the states are saved at its start
+        steps_scan_launch(x, delta, p, A, Ds, bias, c, r, ys, hs, MAP_CONFIG["steps_block_d"])
+        return ys, hs
+    bd, bl = _tiles(d, L, dot, backward=False)
     _kernel(_scan_fwd_map_kernel)[(b * cdiv(d, bd) * k,)](
         x, x if dot else delta, wdt.contiguous() if dot else x, p, A.reshape(-1), Ds, bias, ys,
         ys if hs is None else hs,

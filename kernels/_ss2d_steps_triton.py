@@ -8,10 +8,11 @@ a step loads x and delta at one map position (channels contiguous) and B / C onc
 multiply-add in registers. The map position advances by an add per step (column-major walks wrap to the next
 column), not a division. A step's fixed cost (addresses, the B / C loads, masks) is shared by the thread's
 channels, so wide channel blocks pay: 67 / 47 / 37 / 31 instructions per element at 1 / 2 / 4 / 8 channels per
-thread, with 45-64 registers against the tile's 143-168 (`benchmarks/ss2d_map.py --sass`). Delta comes from the GEMM on the map (`ss2d_map_delta`).
+thread, with 45-64 registers against the tile's 143-168 (`benchmarks/ss2d_map.py --sass`). Delta comes from the
+GEMM on the map (`ss2d_map_delta`).
 
 Entry: `steps_scan_launch`, called by `map_scan_launch` when MAP_CONFIG's layout is "steps" (not the default: it is
-untimed on a GPU); same arguments and outputs, the states saved every STEPS positions (the backward's chunk).
+untimed on a GPU), which allocates its outputs; the states are saved every STEPS positions (the backward's chunk).
 """
 from __future__ import annotations
 
@@ -30,14 +31,14 @@ STEPS = 16  # positions per unrolled loop body; the states are saved at each bod
 
 def _scan_fwd_steps_kernel(
     x_ptr, dt_ptr, p_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr,
-    H, W, Dk, KC, C, R, BL, n_chunks, n_saved,  # as `_scan_fwd_map_kernel`'s; n_saved = n_chunks
+    H, W, Dk, KC, C, R, BL, n_chunks,  # as `_scan_fwd_map_kernel`'s; hs (B, K, n_chunks, D)
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, FAST: tl.constexpr, SAVE_STATES: tl.constexpr,
 ):
     L = H * W
     k, dblk, n_dblk, b, offs_d, mask_d, ch, Av, Dv, bias, rev, col, img, kdir = _map_start(
         A_ptr, D_ptr, bias_ptr, Dk, L, BL, BLOCK_D)
     A2 = Av * 1.4426950408889634
-    hs_row = (b * 4 + k).to(tl.int64) * n_saved * Dk + offs_d
+    hs_row = (b * 4 + k).to(tl.int64) * n_chunks * Dk + offs_d
     # the walk: row-major +-1 per step; column-major +-W, and from a column's end to the next column's start
     step = tl.where(col, W, 1)
     step = tl.where(rev, -step, step)
@@ -71,17 +72,16 @@ def steps_block_d(d: int, block_d: int) -> int:
     return max(32, min(block_d, next_pow2(d)))
 
 
-def steps_scan_launch(x, delta: torch.Tensor, p, A, Ds, bias, c: int, r: int, ys_fp32: bool, states: bool,
-                      block_d: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(ys, hs) as `map_scan_launch`'s for delta from the GEMM, hs saved every STEPS positions."""
+def steps_scan_launch(x, delta: torch.Tensor, p, A, Ds, bias, c: int, r: int, ys: torch.Tensor,
+                      hs: Optional[torch.Tensor], block_d: int) -> None:
+    """Fills ys and (where given) hs as `map_scan_launch` describes them, for delta from the GEMM; hs holds the state
+    entering every STEPS positions."""
     b, h, w, d = x.shape
-    k, L = delta.shape[0], h * w
-    ys = torch.empty((k, b * L, d), dtype=torch.float32 if ys_fp32 else x.dtype, device=x.device)
+    L = h * w
     n_chunks = cdiv(L, STEPS)
-    hs = torch.empty((b, k, n_chunks, d), dtype=torch.float32, device=x.device) if states else None
+    assert hs is None or hs.shape == (b, 4, n_chunks, d), hs.shape
     bd = steps_block_d(d, block_d)
-    _kernel(_scan_fwd_steps_kernel)[(b * cdiv(d, bd) * k,)](
+    _kernel(_scan_fwd_steps_kernel)[(b * cdiv(d, bd) * 4,)](
         x, delta, p, A.reshape(-1), Ds, bias, ys, ys if hs is None else hs,
-        h, w, d, k * c, c, r, b * L, n_chunks, n_chunks,
-        BLOCK_D=bd, BLOCK_L=STEPS, FAST=not triton_interpret(), SAVE_STATES=states, num_warps=1)
-    return ys, hs
+        h, w, d, 4 * c, c, r, b * L, n_chunks,
+        BLOCK_D=bd, BLOCK_L=STEPS, FAST=not triton_interpret(), SAVE_STATES=hs is not None, num_warps=1)
