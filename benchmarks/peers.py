@@ -6,6 +6,7 @@
     python benchmarks/peers.py --res 1024 --batch 4 --amp fp16 --models vmamba_t,convnext_t --peer convnext_t
     python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
     python benchmarks/peers.py --replay on,off                   # VMamba with and without its graph replays
+    python benchmarks/peers.py --mlp fused,unfused               # VMamba's fc1 + GELU as one kernel, or apart
 
 Modes (`--modes`, default plain,bench,train):
   plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
@@ -188,6 +189,9 @@ def main(argv=None) -> int:
                     "kernels/_ss2d_map_triton.py sets it), off (every call on the composition), or DELTA-YS[:L] "
                     "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
+    ap.add_argument("--mlp", default="fused", help="fused, unfused or fused,unfused: VMamba's MLP with fc1 + GELU "
+                    "as one kernel (kernels/linear_gelu.py, the default) or as cuBLAS's GEMM then a GELU pass "
+                    "(rows MODEL/mlp-unfused)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
@@ -203,7 +207,11 @@ def main(argv=None) -> int:
     replays = args.replay.split(",")
     if not replays or set(replays) - {"on", "off"}:
         ap.error("--replay takes on, off or on,off")
+    mlps = args.mlp.split(",")
+    if not mlps or set(mlps) - {"fused", "unfused"}:
+        ap.error("--mlp takes fused, unfused or fused,unfused")
     from vmbench.kernels import _ss2d_map_triton as _map
+    from vmbench.kernels import linear_gelu as _lg
 
     maps = args.ss2d_map.split(",")
     try:
@@ -233,9 +241,11 @@ def main(argv=None) -> int:
             rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
             continue
         replay = getattr(model, "graph_replay", None)
-        variants = [(r == "on", m) for m in maps for r in replays] if replay is not None else [(True, "default")]
+        variants = [(r == "on", m, f) for m in maps for r in replays for f in mlps] if replay is not None \
+            else [(True, "default", "fused")]
         for mode in modes:
-            for on, use_map in variants:
+            for on, use_map, mlp in variants:
+                _lg.USE_KERNEL = mlp == "fused"
                 if replay is not None:
                     replay.enabled = on
                     replay.clear()  # a graph recorded in another row may have run the other SS2D forward
@@ -247,7 +257,8 @@ def main(argv=None) -> int:
                                   warmup_s=args.warmup_s)
                 except Exception as e:  # one failing path must not lose the table
                     r = {"error": f"{type(e).__name__}: {e}"}
-                label = name + ("" if on else "/eager") + _MAP_LABEL.get(use_map, f"/map-{use_map}")
+                label = name + ("" if on else "/eager") + _MAP_LABEL.get(use_map, f"/map-{use_map}") \
+                    + ("" if mlp == "fused" else "/mlp-unfused")
                 r.update(model=label, mode=mode,
                          **(_dynamo_stats() if args.compile else {}))
                 rows.append(r)

@@ -215,7 +215,7 @@ STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]  # VMamba-T's (D, H = W)
 @needs_cuda
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input"])
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input", "gemm-input", "gemm-input-steps"])
 def test_gpu_forward_stage_shapes(use_map, stage, dtype, variant):
     use_map(variant)
     d, hw = stage
@@ -225,7 +225,7 @@ def test_gpu_forward_stage_shapes(use_map, stage, dtype, variant):
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-input"])
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-input", "gemm-input-steps"])
 def test_gpu_training_stage_shapes(use_map, stage, variant):
     use_map(variant)
     d, hw = stage

@@ -127,7 +127,7 @@ class VSSBlock(nn.Module):
         self.has_mlp = cfg.mlp_ratio > 0
         if self.has_mlp:
             self.norm2 = LayerNorm(dim, autocast_out=True, backend=cfg.scan_backend)
-            self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), drop=cfg.mlp_drop_rate)
+            self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), drop=cfg.mlp_drop_rate, backend=cfg.scan_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         x = x + self.drop_path(self.op(self.norm(x)))

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from vmbench.kernels import LayerNorm, ParamCache, derived
 from vmbench.kernels._backend import needs_grad
+from vmbench.kernels.linear_gelu import linear_gelu, triton_takes
 from vmbench.kernels.layer_norm import autocast_dtype
 
 from .vmamba_config import VMambaConfig
@@ -150,19 +151,25 @@ def gelu_linear_ref(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 class Mlp(nn.Module):
-    """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2. With gradients and no dropout, GELU -> fc2 runs as
-    `gelu_linear`, which recomputes the GELU in the backward instead of saving its output, eager and compiled
-    (Inductor's partitioner would save both: benchmarks/NOTES-compile.md); under torch.jit.trace (fvcore's FLOP
-    count) the plain ops."""
+    """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2. Without dropout:
+    - where `linear_gelu` takes its Triton kernel (bf16 / fp16 GEMMs on the Triton backend), fc1 -> GELU is that
+      one kernel, with or without gradients, eager and compiled: the hidden activation is written once, and the
+      backward recomputes it inside its GEMM instead of saving it;
+    - elsewhere, with gradients, GELU -> fc2 runs as `gelu_linear`, which recomputes the GELU in the backward
+      instead of saving its output (Inductor's partitioner would save both: benchmarks/NOTES-compile.md).
+    Under torch.jit.trace (fvcore's FLOP count) the plain ops."""
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, backend: str = "auto"):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()  # no op call per use when off
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.drop, nn.Identity) and not torch.jit.is_tracing() and triton_takes(x, self.backend):
+            return self.fc2(linear_gelu(x, *self.fc1._autocast_params(x), backend=self.backend))
         h = self.fc1(x)  # (B, H, W, hidden)
         if isinstance(self.drop, nn.Identity) and not torch.jit.is_tracing() \
                 and needs_grad(h, self.fc2.weight, self.fc2.bias):

@@ -1,0 +1,131 @@
+"""Benchmark: VMamba-T's MLP with fc1 + GELU fused (kernels/linear_gelu.py) against fc1 then GELU (CUDA only).
+
+    python benchmarks/linear_gelu.py [--sweep] [--dry-run]
+
+Shapes: batch 128 channels-last stage maps, M = 128*56*56 / 28*28 / 14*14 / 7*7 rows of C = 96 / 192 / 384 / 768,
+hidden N = 4C; bf16 operands as autocast gives them. Rows, timed in the same run by the same timer:
+    fc1+gelu     inference: F.gelu(F.linear(x, w1, b1)) (cuBLAS GEMM with its bias epilogue, then a GELU pass)
+                 against linear_gelu_launch (one kernel)
+    mlp train    the whole MLP, forward + backward (grads of x, w1, b1, w2, b2): vmbench's MLP before this kernel
+                 (fc1, then `gelu_linear`: GELU recomputed in the backward) against fc1 + GELU fused, then fc2
+Timing: triton.testing.do_bench (CUDA events, median). Every case is checked first: the fused output and gradients
+against fp64, error <= 2 x the unfused path's + 2^-8 (bf16's rounding: fc2's bias gradient is summed in bf16 by
+autocast's Linear, in fp32 by `gelu_linear`). --sweep times other tiles of the kernel (inference, every
+stage). Prints a markdown table; writes $OUT/linear_gelu.md when $OUT is set. --dry-run: the CPU (Triton
+interpreter), tiny shapes, times meaningless.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
+
+from _shared import gpu_ms, once_ms, save  # noqa: E402
+
+import torch
+import torch.nn.functional as F
+
+STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
+BATCH = 128
+SWEEP = [(128, 128, 32, 8, 3), (128, 128, 32, 4, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 256, 32, 8, 3),
+         (256, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 64, 32, 4, 4)]
+BF16_EPS = 2.0 ** -8  # fc2's bias gradient: autocast's Linear sums it in bf16, `gelu_linear` in fp32
+_bench = gpu_ms
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _mlp_unfused(x, w1, b1, w2, b2):
+    from vmbench.models.vmamba_layers import gelu_linear
+
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        return gelu_linear(F.linear(x, w1, b1), w2, b2)
+
+
+def _mlp_fused(x, w1, b1, w2, b2):
+    from vmbench.kernels.linear_gelu import linear_gelu
+
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        return F.linear(linear_gelu(x, w1, b1, backend="triton"), w2, b2)
+
+
+def check(x, params) -> float:
+    """Fused MLP vs fp64 against the unfused one's error (output and every gradient); returns the worst ratio."""
+    leaves = [t.detach().requires_grad_(True) for t in (x, *params)]
+    g = torch.randn(*x.shape, device=x.device).to(torch.bfloat16)
+    outs = []
+    for fn in (_mlp_fused, _mlp_unfused):
+        y = fn(*leaves)
+        outs.append([y, *torch.autograd.grad(y, leaves, g)])
+    up = [t.detach().double().requires_grad_(True) for t in leaves]
+    y64 = F.linear(F.gelu(F.linear(up[0], up[1], up[2])), up[3], up[4])
+    want = [y64, *torch.autograd.grad(y64, up, g.double())]
+    worst = 0.0
+    for a, b, w in zip(*outs, want):
+        ra, rb = rel(a, w), rel(b, w)
+        assert ra <= 2 * rb + BF16_EPS, (ra, rb)
+        worst = max(worst, ra / max(rb, BF16_EPS))
+    return worst
+
+
+def main() -> None:
+    global _bench
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+        _bench = once_ms
+        dev, batch, stages = "cpu", 1, [(c // 6, 4) for c, _ in STAGES[:2]]
+    else:
+        dev, batch, stages = "cuda", BATCH, STAGES
+    from vmbench.kernels import _linear_gelu_triton as LG
+
+    lines = [f"# fc1 + GELU fused, batch {batch}, bf16 — {torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'}",
+             "", "| stage (M, C -> 4C) | fc1+gelu ms | fused ms | × | MLP train ms | fused MLP train ms | × "
+             "| worst error / unfused |", "|---|---|---|---|---|---|---|---|"]
+    data = []
+    torch.manual_seed(0)
+    for c, hw in stages:
+        m, n = batch * hw * hw, 4 * c
+        x = torch.randn(batch, hw, hw, c, device=dev).to(torch.bfloat16)
+        w1, b1 = torch.randn(n, c, device=dev) * c ** -0.5, torch.randn(n, device=dev) * 0.1
+        w2, b2 = torch.randn(c, n, device=dev) * n ** -0.5, torch.randn(c, device=dev) * 0.1
+        params = (w1, b1, w2, b2)
+        worst = check(x, params)
+        w1b, b1b = w1.to(torch.bfloat16), b1.to(torch.bfloat16)
+        t_ref = _bench(lambda: F.gelu(F.linear(x, w1b, b1b)))
+        t_new = _bench(lambda: LG.linear_gelu_launch(x, w1b, b1b))
+        leaves = [t.detach().requires_grad_(True) for t in (x, *params)]
+        g = torch.randn(*x.shape, device=dev).to(torch.bfloat16)
+
+        def train(fn):
+            return lambda: torch.autograd.grad(fn(*leaves), leaves, g)
+        tr_ref, tr_new = _bench(train(_mlp_unfused)), _bench(train(_mlp_fused))
+        lines.append(f"| ({m}, {c} -> {n}) | {t_ref:.3f} | {t_new:.3f} | {t_ref / t_new:.2f} | {tr_ref:.3f} | "
+                     f"{tr_new:.3f} | {tr_ref / tr_new:.2f} | {worst:.2f} |")
+        data.append(dict(m=m, c=c, n=n, infer_ref=t_ref, infer_fused=t_new, train_ref=tr_ref, train_fused=tr_new,
+                         worst=worst))
+        if args.sweep:
+            for bm, bn, bk, w, s in SWEEP:
+                cfg = dict(block_m=bm, block_n=bn, block_k=bk, warps=w, stages=s)
+                try:
+                    t = _bench(lambda: LG.linear_gelu_launch(x, w1b, b1b, config=cfg))
+                except Exception as e:  # a tile that does not fit in shared memory
+                    t = float("nan")
+                    print(f"sweep {cfg}: {type(e).__name__}: {str(e)[:100]}")
+                lines.append(f"| sweep C={c} {bm}x{bn}x{bk} w{w} s{s} | | {t:.3f} | {t_ref / t:.2f} | | | | |")
+                data.append(dict(c=c, sweep=cfg, infer_fused=t))
+    text = "\n".join(lines)
+    print(text)
+    save("linear_gelu", text, data)
+
+
+if __name__ == "__main__":
+    main()

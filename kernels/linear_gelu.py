@@ -1,0 +1,55 @@
+"""`gelu(linear(x, W, b))`, the first half of a transformer-style MLP, with the GELU fused into the GEMM.
+
+`linear_gelu_ref` is the plain-torch twin (F.linear, then the exact GELU); `linear_gelu` runs it or the Triton
+kernel of kernels/_linear_gelu_triton.py by backend. Both follow autocast as F.linear does: under autocast x, W
+and b are cast to its dtype and the result comes in that dtype. The Triton path rounds once (gelu of the fp32
+accumulator) where the twin rounds h and gelu(h); its backward recomputes h instead of reading a saved copy.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._backend import resolve_backend
+from .layer_norm import autocast_dtype
+
+__all__ = ["linear_gelu", "linear_gelu_ref", "triton_takes", "USE_KERNEL"]
+
+USE_KERNEL = True  # False: "auto" never takes the kernel (the MLP runs fc1 and GELU apart; benchmarks/peers.py --mlp)
+
+
+def linear_gelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """gelu(x @ weight^T + bias).
+
+    Args:
+        x: (..., K) float; weight: (N, K); bias: (N,) or None. Autocast applies as to F.linear.
+    Returns:
+        a: (..., N) in the autocast dtype under autocast, else x's dtype.
+    """
+    return F.gelu(F.linear(x, weight, bias))
+
+
+def _dtype(x: torch.Tensor) -> torch.dtype:
+    return autocast_dtype(x.device.type) or x.dtype
+
+
+def triton_takes(x: torch.Tensor, backend: str = "auto") -> bool:
+    """Does `linear_gelu(x, ..., backend)` run the Triton kernel? Where the backend resolves to Triton and the
+    GEMM's dtype (autocast's, else x's) is bf16 / fp16: fp32 calls keep cuBLAS's GEMM and its TF32 settings.
+    `USE_KERNEL` False: never."""
+    return USE_KERNEL and resolve_backend(backend, x.device) == "triton" and _dtype(x) in (torch.bfloat16,
+                                                                                            torch.float16)
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                backend: str = "auto") -> torch.Tensor:
+    """`linear_gelu_ref` with a chosen backend ("auto" | "torch" | "triton"); differentiable in x, weight, bias.
+    "auto" takes the kernel where `triton_takes` says so; "triton" takes it for every float dtype."""
+    be = resolve_backend(backend, x.device)
+    if be == "torch" or (backend == "auto" and not triton_takes(x, backend)):
+        return linear_gelu_ref(x, weight, bias)
+    from ._linear_gelu_triton import linear_gelu_triton
+
+    dtype = _dtype(x)
+    cast = [t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, weight, bias)]
+    return linear_gelu_triton(*cast)
