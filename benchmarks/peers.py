@@ -6,7 +6,7 @@
     python benchmarks/peers.py --res 1024 --batch 4 --amp fp16 --models vmamba_t,convnext_t --peer convnext_t
     python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
     python benchmarks/peers.py --replay on,off                   # VMamba with and without its graph replays
-    python benchmarks/peers.py --mlp fused,unfused               # VMamba's fc1 + GELU as one kernel, or apart
+    python benchmarks/peers.py --fusions all,mlp,conv,none       # VMamba's fused fc1 + GELU, conv + SiLU kernels
 
 Modes (`--modes`, default plain,bench,train):
   plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
@@ -156,6 +156,7 @@ def to_markdown(rows: list[dict], models: list[str], modes: list[str], peer: str
 
 
 _MAP_LABEL = {"default": "", "off": "/composition"}  # row label suffixes of --ss2d-map values
+_FUSIONS = {"all": ("mlp", "conv"), "none": (), "mlp": ("mlp",), "conv": ("conv",)}  # --fusions: kernels on
 
 
 def _map_setting(spec: str, _map) -> tuple[bool, dict]:
@@ -189,9 +190,10 @@ def main(argv=None) -> int:
                     "kernels/_ss2d_map_triton.py sets it), off (every call on the composition), or DELTA-YS[:L] "
                     "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
-    ap.add_argument("--mlp", default="fused", help="fused, unfused or fused,unfused: VMamba's MLP with fc1 + GELU "
-                    "as one kernel (kernels/linear_gelu.py, the default) or as cuBLAS's GEMM then a GELU pass "
-                    "(rows MODEL/mlp-unfused)")
+    ap.add_argument("--fusions", default="all", help="comma-separated, of all (the default), none, mlp, conv: which "
+                    "of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM (kernels/linear_gelu.py), conv: "
+                    "SS2D's depthwise conv + SiLU in inference (kernels/dwconv_silu.py); the others run unfused, "
+                    "as cuBLAS / cuDNN then a pass (rows MODEL/fuse-none, MODEL/fuse-mlp, ...)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
@@ -207,10 +209,11 @@ def main(argv=None) -> int:
     replays = args.replay.split(",")
     if not replays or set(replays) - {"on", "off"}:
         ap.error("--replay takes on, off or on,off")
-    mlps = args.mlp.split(",")
-    if not mlps or set(mlps) - {"fused", "unfused"}:
-        ap.error("--mlp takes fused, unfused or fused,unfused")
+    fusions = args.fusions.split(",")
+    if not fusions or set(fusions) - set(_FUSIONS):
+        ap.error(f"--fusions takes a comma-separated list of {', '.join(_FUSIONS)}")
     from vmbench.kernels import _ss2d_map_triton as _map
+    from vmbench.kernels import dwconv_silu as _dw
     from vmbench.kernels import linear_gelu as _lg
 
     maps = args.ss2d_map.split(",")
@@ -241,11 +244,11 @@ def main(argv=None) -> int:
             rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
             continue
         replay = getattr(model, "graph_replay", None)
-        variants = [(r == "on", m, f) for m in maps for r in replays for f in mlps] if replay is not None \
-            else [(True, "default", "fused")]
+        variants = [(r == "on", m, f) for m in maps for r in replays for f in fusions] if replay is not None \
+            else [(True, "default", "all")]
         for mode in modes:
-            for on, use_map, mlp in variants:
-                _lg.USE_KERNEL = mlp == "fused"
+            for on, use_map, fuse in variants:
+                _lg.USE_KERNEL, _dw.USE_KERNEL = (name in _FUSIONS[fuse] for name in ("mlp", "conv"))
                 if replay is not None:
                     replay.enabled = on
                     replay.clear()  # a graph recorded in another row may have run the other SS2D forward
@@ -258,7 +261,7 @@ def main(argv=None) -> int:
                 except Exception as e:  # one failing path must not lose the table
                     r = {"error": f"{type(e).__name__}: {e}"}
                 label = name + ("" if on else "/eager") + _MAP_LABEL.get(use_map, f"/map-{use_map}") \
-                    + ("" if mlp == "fused" else "/mlp-unfused")
+                    + ("" if fuse == "all" else f"/fuse-{fuse}")
                 r.update(model=label, mode=mode,
                          **(_dynamo_stats() if args.compile else {}))
                 rows.append(r)

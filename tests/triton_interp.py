@@ -19,7 +19,8 @@ import torch
 CHILD = "_VMBENCH_INTERP_CHILD"  # set in the re-run subprocess
 FLOOR = 8 * torch.finfo(torch.float32).eps
 KERNEL_MODULES = ("vmbench.kernels._cross_scan_triton", "vmbench.kernels._ss2d_triton",
-                  "vmbench.kernels._layer_norm_triton", "vmbench.kernels._linear_gelu_triton")
+                  "vmbench.kernels._layer_norm_triton", "vmbench.kernels._linear_gelu_triton",
+                  "vmbench.kernels._dwconv_silu_triton")
 
 
 def interpreter_ready(module: str, kernel: str) -> bool:

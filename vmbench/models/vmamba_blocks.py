@@ -10,6 +10,9 @@ import torch
 import torch.nn as nn
 
 from vmbench.kernels import LayerNorm, ParamCache, ss2d_core
+from vmbench.kernels._backend import needs_grad
+from vmbench.kernels.dwconv_silu import dwconv_silu
+from vmbench.kernels.dwconv_silu import triton_takes as dwconv_triton_takes
 
 from .registry import SCAN_BACKENDS
 from .vmamba_config import VMambaConfig
@@ -23,7 +26,7 @@ K_DIRECTIONS = 4  # cross-scan: row, column, and both reversed
 class SS2D(nn.Module):
     """2D selective-scan mixer on (B, H, W, C).
 
-        in_proj (C -> D [, +D for z])  -> depthwise conv -> SiLU
+        in_proj (C -> D [, +D for z])  -> depthwise conv -> SiLU (one kernel in inference: kernels/dwconv_silu.py)
         -> SS2D core (cross-scan, per-direction x/dt projections, selective scan, cross-merge)
         -> LayerNorm(D) [-> * SiLU(z)] -> out_proj (D -> C)
 
@@ -99,14 +102,23 @@ class SS2D(nn.Module):
         x = self.in_proj(x)  # (B, H, W, D) or (B, H, W, 2D)
         if self.z_branch:
             x, z = x.chunk(2, dim=-1)  # (B, H, W, D) each
-        x = self.conv2d(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # depthwise conv on a (B, D, H, W) view
-        x = self.act(x)
+        if self._fused_conv(x):  # inference on the Triton backend: conv + SiLU as one kernel
+            x = dwconv_silu(x, *self.conv2d._autocast_params(x), backend=self.scan_backend)
+        else:
+            x = self.conv2d(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # depthwise conv on a (B, D, H, W) view
+            x = self.act(x)
         y = ss2d_core(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
                       backend=self.scan_backend, cache=self._kernel_params)  # (B, H, W, D), x's dtype
         y = self.out_norm(y)
         if self.z_branch:
             y = y * self.act(z)
         return self.dropout(self.out_proj(y))  # (B, H, W, C)
+
+    def _fused_conv(self, x: torch.Tensor) -> bool:
+        """Calls without gradients where `dwconv_silu` takes its kernel (bf16 / fp16 on the Triton backend);
+        calls with gradients keep cuDNN's conv and its saved output (the kernel's backward would recompute it)."""
+        return not torch.jit.is_tracing() and dwconv_triton_takes(x, self.scan_backend) \
+            and not needs_grad(x, self.conv2d.weight, self.conv2d.bias)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "

@@ -1,0 +1,121 @@
+"""dwconv_silu (SS2D's depthwise conv + SiLU in one kernel): the Triton kernel against its torch twin and float64,
+the registered op, and the SS2D module's use of it (inference only).
+
+CPU: Triton's interpreter (set up as in tests/test_layer_norm.py; else this file re-runs itself in a subprocess),
+with 4 x 4 tiles so small maps give several programs and ragged edges. GPU tests (marked gpu): VMamba-T's stage
+shapes at batch 2. Tolerance as tests/test_linear_gelu.py (2 x the twin's error against fp64 + FLOOR).
+"""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from triton_interp import FLOOR, interpreter_ready, rel, subprocess_test, use_interpreter
+
+MODULE = "vmbench.kernels._dwconv_silu_triton"
+INTERP = interpreter_ready(MODULE, "_dwconv_silu_kernel")
+interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
+test_interpreter_subprocess = subprocess_test(__file__, INTERP)
+
+
+@pytest.fixture
+def triton_cpu(monkeypatch):
+    mod = importlib.import_module(MODULE)
+    use_interpreter(monkeypatch)
+    monkeypatch.setitem(mod.DW_CONFIG, "block_w", 4)
+    monkeypatch.setitem(mod.DW_CONFIG, "block_d", 4)
+    return mod
+
+
+def _inputs(shape, dtype, k=3, bias=True, device="cpu", strided=False):
+    d = shape[-1]
+    x = torch.randn(*shape[:-1], 2 * d if strided else d, device=device).to(dtype)
+    x = (x[..., :d] if strided else x).requires_grad_(True)  # strided: a row stride of 2D, as the z-branch's view
+    w = (torch.randn(d, 1, k, k, device=device) / k).to(dtype).requires_grad_(True)
+    b = (0.3 * torch.randn(d, device=device)).to(dtype).requires_grad_(True) if bias else None
+    return x, w, b
+
+
+def check_against_fp64(x, w, b):
+    from vmbench.kernels.dwconv_silu import dwconv_silu, dwconv_silu_ref
+
+    leaves = [t for t in (x, w, b) if t is not None]
+    y = dwconv_silu(x, w, b, backend="triton")
+    assert y.dtype == x.dtype and y.shape == x.shape and not y.isnan().any()
+    g = torch.randn(y.shape, device=y.device).to(y.dtype)
+    grads = torch.autograd.grad(y, leaves, g)
+    y_ref = dwconv_silu_ref(x, w, b)
+    grads_ref = torch.autograd.grad(y_ref, leaves, g)
+    up = [t.detach().double().requires_grad_(True) for t in leaves]
+    y64 = dwconv_silu_ref(*up, *([None] if b is None else []))
+    grads64 = torch.autograd.grad(y64, up, g.double())
+    assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, ("y", rel(y, y64), rel(y_ref, y64))
+    for name, gk, gr, g64, leaf in zip("xwb", grads, grads_ref, grads64, leaves):
+        assert gk.dtype == leaf.dtype and gk.shape == leaf.shape and not gk.isnan().any(), name
+        assert rel(gk, g64) <= 2 * rel(gr, g64) + FLOOR, (f"d{name}", rel(gk, g64), rel(gr, g64))
+
+
+@interp
+@pytest.mark.parametrize("shape", [(2, 5, 7, 12), (1, 9, 4, 6), (1, 1, 1, 3)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("k,bias,strided", [(3, True, False), (3, False, True), (5, True, True)])
+def test_forward_backward(triton_cpu, shape, dtype, k, bias, strided):
+    check_against_fp64(*_inputs(shape, dtype, k, bias, strided=strided))
+
+
+@interp
+def test_registered_op_matches_the_eager_function(triton_cpu):
+    """The path torch.compile traces (vmbench::dwconv_silu, its registered backward) equals the eager Function."""
+    x, w, b = _inputs((2, 6, 5, 8), torch.bfloat16)
+    g = torch.randn(2, 6, 5, 8).to(torch.bfloat16)
+    y_op = torch.ops.vmbench.dwconv_silu(x, w, b)
+    y = triton_cpu.dwconv_silu_triton(x, w, b)
+    assert torch.equal(y_op, y)
+    assert all(torch.equal(a, c) for a, c in zip(torch.autograd.grad(y_op, (x, w, b), g),
+                                                 torch.autograd.grad(y, (x, w, b), g)))
+
+
+@interp
+def test_bad_operands(triton_cpu):
+    from vmbench.kernels.dwconv_silu import dwconv_silu
+
+    x, w, b = (t.detach() for t in _inputs((1, 4, 4, 6), torch.bfloat16))
+    with pytest.raises(ValueError, match="share a dtype"):
+        triton_cpu.dwconv_silu_launch(x, w.float(), b)
+    with pytest.raises(ValueError, match="k odd"):
+        dwconv_silu(x, w[:, :, :2, :2], b, backend="triton")
+
+
+@interp
+def test_ss2d_inference_takes_the_kernel(triton_cpu, monkeypatch):
+    """SS2D on the Triton backend under bf16 autocast: inference runs conv + SiLU as the kernel, training keeps
+    cuDNN's conv (no launch); both match the module on the torch backend within bf16 rounding."""
+    from vmbench.models.vmamba_blocks import SS2D
+
+    calls = []
+    launch = triton_cpu.dwconv_silu_launch
+    monkeypatch.setattr(triton_cpu, "dwconv_silu_launch", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    torch.manual_seed(0)
+    fused = SS2D(16, scan_backend="triton")
+    plain = SS2D(16, scan_backend="torch")
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 6, 6, 16)
+    for train in (False, True):
+        calls.clear()
+        fused.train(train), plain.train(train)
+        with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
+            y, y_ref = fused(x), plain(x)
+        assert bool(calls) == (not train) and rel(y, y_ref) < 3e-2, (train, rel(y, y_ref))
+
+
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("d,hw", [(96, 56), (192, 28), (384, 14), (768, 7)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_stage_shapes(d, hw, dtype):
+    check_against_fp64(*_inputs((2, hw, hw, d), dtype, device="cuda", strided=d == 192))
