@@ -24,7 +24,7 @@ from ._cross_scan_triton import _kernel_for, new_buffer
 
 __all__ = ["dwconv_silu_triton", "dwconv_silu_launch", "DW_CONFIG"]
 
-DW_CONFIG = dict(block_w=32, block_d=32, warps=4)  # benchmarks/dwconv_silu.py --sweep times others
+DW_CONFIG = dict(block_w=32, block_d=32, warps=4)  # benchmarks/fusions.py --sweep times others
 
 
 @triton.jit

@@ -1,6 +1,7 @@
-"""Benchmark: VMamba-T's MLP with fc1 + GELU fused (kernels/linear_gelu.py) against fc1 then GELU (CUDA only).
+"""Benchmark: VMamba-T's fused kernels against the unfused ops they replace (CUDA only): the MLP's fc1 + GELU
+(kernels/linear_gelu.py) and SS2D's depthwise conv + SiLU (kernels/dwconv_silu.py).
 
-    python benchmarks/linear_gelu.py [--sweep] [--dry-run]
+    python benchmarks/fusions.py [--sweep] [--dry-run]
 
 Shapes: batch 128 channels-last stage maps, M = 128*56*56 / 28*28 / 14*14 / 7*7 rows of C = 96 / 192 / 384 / 768,
 hidden N = 4C; bf16 operands as autocast gives them. Rows, timed in the same run by the same timer:
@@ -8,6 +9,8 @@ hidden N = 4C; bf16 operands as autocast gives them. Rows, timed in the same run
                  against linear_gelu_launch (one kernel)
     mlp train    the whole MLP, forward + backward (grads of x, w1, b1, w2, b2): vmbench's MLP before this kernel
                  (fc1, then `gelu_linear`: GELU recomputed in the backward) against fc1 + GELU fused, then fc2
+    conv+silu    inference, M positions of D = C channels: F.silu(F.conv2d(x, w, groups=D, padding=1)) on the
+                 channels-last (B, D, H, W) view (cuDNN, then a SiLU pass) against dwconv_silu_launch
 Timing: triton.testing.do_bench (CUDA events, median). Every case is checked first: the fused output and gradients
 against fp64, error <= 2 x the unfused path's + 2^-8 (bf16's rounding: fc2's bias gradient is summed in bf16 by
 autocast's Linear, in fp32 by `gelu_linear`). --sweep times other tiles of the kernel (inference, every
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 
 STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
 BATCH = 128
+DW_SWEEP = [(32, 32, 4), (16, 64, 4), (64, 32, 4), (32, 64, 4), (16, 32, 2), (64, 64, 8), (8, 128, 4)]
 SWEEP = [(128, 128, 32, 8, 3), (128, 128, 32, 4, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 256, 32, 8, 3),
          (256, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 64, 32, 4, 4)]
 BF16_EPS = 2.0 ** -8  # fc2's bias gradient: autocast's Linear sums it in bf16, `gelu_linear` in fp32
@@ -122,9 +126,35 @@ def main() -> None:
                     print(f"sweep {cfg}: {type(e).__name__}: {str(e)[:100]}")
                 lines.append(f"| sweep C={c} {bm}x{bn}x{bk} w{w} s{s} | | {t:.3f} | {t_ref / t:.2f} | | | | |")
                 data.append(dict(c=c, sweep=cfg, infer_fused=t))
+    lines += conv_rows(dev, batch, stages, args.sweep, data)
     text = "\n".join(lines)
     print(text)
-    save("linear_gelu", text, data)
+    save("fusions", text, data)
+
+
+def conv_rows(dev, batch, stages, sweep, data) -> list:
+    """The conv + SiLU table: cuDNN's conv then SiLU against the kernel, inference, bf16 (checked first)."""
+    from vmbench.kernels import _dwconv_silu_triton as DW
+    from vmbench.kernels.dwconv_silu import dwconv_silu_ref
+
+    lines = ["", "| stage (B, H, W, D) | conv+silu ms | fused ms | × | error / unfused |", "|---|---|---|---|---|"]
+    for c, hw in stages:
+        x = torch.randn(batch, c, hw, hw, device=dev).to(torch.bfloat16).permute(0, 2, 3, 1)  # channels-last map
+        w = (torch.randn(c, 1, 3, 3, device=dev) / 3).to(torch.bfloat16)
+        ref, got = dwconv_silu_ref(x, w), DW.dwconv_silu_launch(x, w, None)
+        want = dwconv_silu_ref(x.double(), w.double())
+        err = rel(got, want) / max(rel(ref, want), BF16_EPS)
+        assert rel(got, want) <= 2 * rel(ref, want) + 1e-6, (rel(got, want), rel(ref, want))
+        t_ref = _bench(lambda: dwconv_silu_ref(x, w))
+        t_new = _bench(lambda: DW.dwconv_silu_launch(x, w, None))
+        lines.append(f"| ({batch}, {hw}, {hw}, {c}) | {t_ref:.3f} | {t_new:.3f} | {t_ref / t_new:.2f} | {err:.2f} |")
+        data.append(dict(op="dwconv_silu", c=c, hw=hw, ref=t_ref, fused=t_new, err=err))
+        for bw, bd, nw in DW_SWEEP if sweep else []:
+            cfg = dict(block_w=bw, block_d=bd, warps=nw)
+            t = _bench(lambda: DW.dwconv_silu_launch(x, w, None, config=cfg))
+            lines.append(f"| sweep D={c} {bw}x{bd} w{nw} | | {t:.3f} | {t_ref / t:.2f} | |")
+            data.append(dict(op="dwconv_silu", c=c, sweep=cfg, fused=t))
+    return lines
 
 
 if __name__ == "__main__":
