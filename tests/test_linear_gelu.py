@@ -144,6 +144,31 @@ def test_mlp_under_autocast_takes_the_kernel(triton_cpu, monkeypatch, train):
         assert rel(fused(x), plain(x)) < 1e-6 and not calls  # fp32: the plain ops
 
 
+@interp
+def test_training_mlp_saves_one_hidden_activation(triton_cpu):
+    """With gradients the fused MLP keeps x and gelu(h) (fc2's input) for the backward, never h as well: no more
+    than the unfused path (`gelu_linear`: x and h)."""
+    from vmbench.models.vmamba_layers import Mlp
+
+    def saved_bytes(mlp, x):
+        seen = {}
+
+        def pack(t):
+            if t.numel() >= x.numel():  # activations (the weights' casts are smaller here)
+                seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+            mlp(x)
+        return sum(seen.values())
+
+    torch.manual_seed(0)
+    fused, plain = Mlp(32, 128, backend="triton"), Mlp(32, 128, backend="torch")
+    x = torch.randn(2, 8, 8, 32).to(torch.bfloat16).requires_grad_(True)
+    hidden = x.numel() * 4 * 2  # one bf16 hidden-size activation
+    got, ref = saved_bytes(fused, x), saved_bytes(plain, x)
+    assert hidden < got <= ref < 2 * hidden, (got, ref, hidden)
+
+
 _COMPILE_CHILD = r"""
 import json, torch
 from torch._dynamo.utils import counters
