@@ -101,7 +101,8 @@ def linear_gelu_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
                          f"{weight.dtype}, {None if bias is None else bias.dtype}")
     k = x.shape[-1]
     if weight.dim() != 2 or weight.shape[1] != k or (bias is not None and tuple(bias.shape) != (weight.shape[0],)):
-        raise ValueError(f"linear_gelu: weight {tuple(weight.shape)} / bias {None if bias is None else tuple(bias.shape)}"
+        bshape = None if bias is None else tuple(bias.shape)
+        raise ValueError(f"linear_gelu: weight {tuple(weight.shape)} / bias {bshape}"
                          f" do not fit x {tuple(x.shape)}")
     n = weight.shape[0]
     x2 = _rows(x)
@@ -121,7 +122,8 @@ def linear_gelu_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     _kernel_for(_linear_gelu_kernel, x.device)[grid](
         x2, w, bias if bias is not None else w, g2 if g2 is not None else x2, out,
         m, n, k, x2.stride(0), g2.stride(0) if g2 is not None else 0,
-        HAS_B=bias is not None, BACKWARD=g2 is not None, EVEN_K=k % bk == 0, DOT_F32=triton_interpret() or x.dtype == torch.float32,
+        HAS_B=bias is not None, BACKWARD=g2 is not None, EVEN_K=k % bk == 0,
+        DOT_F32=triton_interpret() or x.dtype == torch.float32,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg["warps"], num_stages=cfg["stages"])
     return out
 
