@@ -102,6 +102,17 @@ def interpreted(kernel):
     return _Interpreted(kernel)
 
 
+def launch_or_apply(op, launch, fn, *args):
+    """The three ways a Triton op with an autograd.Function runs: its registered op `op` while a graph is captured,
+    `launch(*args)` directly when nothing needs a gradient (no autograd node), `fn.apply(*args)` otherwise."""
+    if graph_capture():
+        return op(*args)
+    if not needs_grad(*args):
+        with direct_launch():
+            return launch(*args)
+    return fn.apply(*args)
+
+
 def triton_interpret() -> bool:
     """True when Triton kernels run on the CPU through its interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._backend import cdiv, direct_launch, graph_capture, needs_grad, next_pow2
+from ._backend import cdiv, direct_launch, launch_or_apply, next_pow2
 from ._cross_scan_triton import _kernel_for, new_buffer
 
 __all__ = ["dwconv_silu_triton", "dwconv_silu_launch", "DW_CONFIG"]
@@ -123,17 +123,9 @@ class _DWConvSiluFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight, bias)
         return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight, bias = ctx.saved_tensors
-        return _grads(gy, x, weight, bias, ctx.needs_input_grad)
+    backward = staticmethod(_backward)  # torch ops alone: the registered op's backward
 
 
 def dwconv_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Triton twin of `dwconv_silu_ref` on operands of one dtype (differentiable; traceable by torch.compile)."""
-    if graph_capture():
-        return torch.ops.vmbench.dwconv_silu(x, weight, bias)
-    if not needs_grad(x, weight, bias):
-        with direct_launch():
-            return dwconv_silu_launch(x, weight, bias)
-    return _DWConvSiluFn.apply(x, weight, bias)
+    return launch_or_apply(torch.ops.vmbench.dwconv_silu, dwconv_silu_launch, _DWConvSiluFn, x, weight, bias)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import cdiv, direct_launch, graph_capture, needs_grad, triton_interpret
+from ._backend import cdiv, direct_launch, launch_or_apply, triton_interpret
 from ._cross_scan_triton import _kernel_for, new_buffer
 
 __all__ = ["linear_gelu_triton", "linear_gelu_launch", "LG_CONFIG", "DTYPES"]
@@ -189,9 +189,4 @@ class _LinearGeluFn(torch.autograd.Function):
 
 def linear_gelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Triton twin of `linear_gelu_ref` on operands of one dtype (differentiable; traceable by torch.compile)."""
-    if graph_capture():
-        return torch.ops.vmbench.linear_gelu(x, weight, bias)
-    if not needs_grad(x, weight, bias):
-        with direct_launch():
-            return linear_gelu_launch(x, weight, bias)
-    return _LinearGeluFn.apply(x, weight, bias)
+    return launch_or_apply(torch.ops.vmbench.linear_gelu, linear_gelu_launch, _LinearGeluFn, x, weight, bias)

@@ -111,3 +111,23 @@ def use_interpreter(monkeypatch):
     patch_interpreter_bf16(monkeypatch)
     monkeypatch.setattr(xst, "POISON", True)
     return xst
+
+
+def check_xwb_against_fp64(fn, ref, x, w, b):
+    """An op of (x, weight, bias-or-None) against its twin `ref` and float64: y = fn(x, w, b) must be fully written
+    and, like every gradient, within 2 x the twin's error at x's precision (against fp64) + FLOOR. Returns y."""
+    leaves = [t for t in (x, w, b) if t is not None]
+    y = fn(x, w, b)
+    assert y.dtype == x.dtype and not y.isnan().any(), "unwritten output"
+    g = torch.randn(y.shape, device=y.device).to(y.dtype)
+    grads = torch.autograd.grad(y, leaves, g)
+    y_ref = ref(x, w, b)
+    grads_ref = torch.autograd.grad(y_ref, leaves, g)
+    up = [t.detach().double().requires_grad_(True) for t in leaves]
+    y64 = ref(*up, *([None] if b is None else []))
+    grads64 = torch.autograd.grad(y64, up, g.double())
+    assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, ("y", rel(y, y64), rel(y_ref, y64))
+    for name, gk, gr, g64, leaf in zip("xwb", grads, grads_ref, grads64, leaves):
+        assert gk.dtype == leaf.dtype and gk.shape == leaf.shape and not gk.isnan().any(), f"d{name}"
+        assert rel(gk, g64) <= 2 * rel(gr, g64) + FLOOR, (f"d{name}", rel(gk, g64), rel(gr, g64))
+    return y
