@@ -156,7 +156,7 @@ def to_markdown(rows: list[dict], models: list[str], modes: list[str], peer: str
 
 
 _MAP_LABEL = {"default": "", "off": "/composition"}  # row label suffixes of --ss2d-map values
-_FUSIONS = {"all": ("mlp", "conv"), "none": (), "mlp": ("mlp",), "conv": ("conv",)}  # --fusions: kernels on
+_FUSIONS = {"default": None, "all": ("mlp", "conv"), "none": (), "mlp": ("mlp",), "conv": ("conv",)}  # kernels on
 
 
 def _map_setting(spec: str, _map) -> tuple[bool, dict]:
@@ -190,10 +190,11 @@ def main(argv=None) -> int:
                     "kernels/_ss2d_map_triton.py sets it), off (every call on the composition), or DELTA-YS[:L] "
                     "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
-    ap.add_argument("--fusions", default="all", help="comma-separated, of all (the default), none, mlp, conv: which "
+    ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, conv: which "
                     "of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM (kernels/linear_gelu.py), conv: "
-                    "SS2D's depthwise conv + SiLU in inference (kernels/dwconv_silu.py); the others run unfused, "
-                    "as cuBLAS / cuDNN then a pass (rows MODEL/fuse-none, MODEL/fuse-mlp, ...)")
+                    "SS2D's depthwise conv + SiLU in inference (kernels/dwconv_silu.py), default: as their "
+                    "USE_KERNEL flags are set; the others run unfused, as cuBLAS / cuDNN then a pass (rows "
+                    "MODEL/fuse-all, MODEL/fuse-none, ...)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
@@ -215,6 +216,8 @@ def main(argv=None) -> int:
     from vmbench.kernels import _ss2d_map_triton as _map
     from vmbench.kernels import dwconv_silu as _dw
     from vmbench.kernels import linear_gelu as _lg
+
+    default_fusions = tuple(n for n, mod in (("mlp", _lg), ("conv", _dw)) if mod.USE_KERNEL)
 
     maps = args.ss2d_map.split(",")
     try:
@@ -245,10 +248,11 @@ def main(argv=None) -> int:
             continue
         replay = getattr(model, "graph_replay", None)
         variants = [(r == "on", m, f) for m in maps for r in replays for f in fusions] if replay is not None \
-            else [(True, "default", "all")]
+            else [(True, "default", "default")]
         for mode in modes:
             for on, use_map, fuse in variants:
-                _lg.USE_KERNEL, _dw.USE_KERNEL = (name in _FUSIONS[fuse] for name in ("mlp", "conv"))
+                kernels_on = default_fusions if _FUSIONS[fuse] is None else _FUSIONS[fuse]
+                _lg.USE_KERNEL, _dw.USE_KERNEL = ("mlp" in kernels_on, "conv" in kernels_on)
                 if replay is not None:
                     replay.enabled = on
                     replay.clear()  # a graph recorded in another row may have run the other SS2D forward
@@ -261,7 +265,7 @@ def main(argv=None) -> int:
                 except Exception as e:  # one failing path must not lose the table
                     r = {"error": f"{type(e).__name__}: {e}"}
                 label = name + ("" if on else "/eager") + _MAP_LABEL.get(use_map, f"/map-{use_map}") \
-                    + ("" if fuse == "all" else f"/fuse-{fuse}")
+                    + ("" if fuse == "default" else f"/fuse-{fuse}")
                 r.update(model=label, mode=mode,
                          **(_dynamo_stats() if args.compile else {}))
                 rows.append(r)
