@@ -15,7 +15,9 @@ from .layer_norm import autocast_dtype
 
 __all__ = ["dwconv_silu", "dwconv_silu_ref", "triton_takes", "USE_KERNEL"]
 
-USE_KERNEL = True  # False: "auto" never takes the kernel (benchmarks compare both)
+# Off until timed on a GPU (benchmarks/fusions.py, peers.py --fusions all,none): "auto" then never takes the kernel.
+# True: SS2D's inference calls run conv + SiLU as the kernel where `triton_takes` says so.
+USE_KERNEL = False
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:

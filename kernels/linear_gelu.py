@@ -15,7 +15,9 @@ from .layer_norm import autocast_dtype
 
 __all__ = ["linear_gelu", "linear_gelu_ref", "triton_takes", "USE_KERNEL"]
 
-USE_KERNEL = True  # False: "auto" never takes the kernel (the MLP runs fc1 and GELU apart; benchmarks/peers.py --mlp)
+# Off until timed on a GPU (benchmarks/fusions.py, peers.py --fusions all,none): "auto" then never takes the kernel
+# and the MLP runs fc1 and the GELU apart. True: the MLP's fc1 + GELU is the kernel where `triton_takes` says so.
+USE_KERNEL = False
 
 
 def linear_gelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,8 +21,11 @@ test_interpreter_subprocess = subprocess_test(__file__, INTERP)
 
 @pytest.fixture
 def triton_cpu(monkeypatch):
+    from vmbench.kernels import dwconv_silu
+
     mod = importlib.import_module(MODULE)
     use_interpreter(monkeypatch)
+    monkeypatch.setattr(dwconv_silu, "USE_KERNEL", True)  # SS2D takes the kernel (off by default until timed)
     monkeypatch.setitem(mod.DW_CONFIG, "block_w", 4)
     monkeypatch.setitem(mod.DW_CONFIG, "block_d", 4)
     return mod

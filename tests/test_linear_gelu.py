@@ -34,7 +34,10 @@ SHAPES = [((37, 40), 24), ((2, 3, 5, 32), 48), ((1, 7, 96), 20)]  # (x shape, N)
 
 @pytest.fixture
 def triton_cpu(monkeypatch):
+    from vmbench.kernels import linear_gelu as lg
+
     use_interpreter(monkeypatch)
+    monkeypatch.setattr(lg, "USE_KERNEL", True)  # the MLP takes the kernel (off by default until timed on a GPU)
     return importlib.import_module(MODULE)
 
 
@@ -104,7 +107,7 @@ def test_no_grad_call_and_bad_operands(triton_cpu):
 def test_mlp_under_autocast_takes_the_kernel(triton_cpu, monkeypatch, train):
     """The MLP on the Triton backend under bf16 autocast runs fc1 + GELU as the kernel (with and without
     gradients) and matches the same MLP on the torch backend within bf16 rounding; in fp32 it keeps the plain
-    ops (no kernel launch)."""
+    ops (no kernel launch); with `USE_KERNEL` off (the default until timed on a GPU), the plain ops too."""
     from vmbench.kernels import linear_gelu as lg_mod
     from vmbench.models.vmamba_layers import Mlp
 
@@ -128,6 +131,9 @@ def test_mlp_under_autocast_takes_the_kernel(triton_cpu, monkeypatch, train):
     calls.clear()
     with torch.no_grad():
         assert rel(fused(x), plain(x)) < 1e-6 and not calls  # fp32: the plain ops
+        monkeypatch.setattr(lg_mod, "USE_KERNEL", False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(fused(x), plain(x)) and not calls
 
 
 @interp
@@ -158,8 +164,10 @@ def test_training_mlp_saves_one_hidden_activation(triton_cpu):
 _COMPILE_CHILD = r"""
 import json, torch
 from torch._dynamo.utils import counters
+from vmbench.kernels import linear_gelu
 from vmbench.models.vmamba_layers import Mlp
 
+linear_gelu.USE_KERNEL = True
 torch.manual_seed(0)
 mlp = Mlp(32, 64, backend="triton")
 x = torch.randn(2, 4, 4, 32)
