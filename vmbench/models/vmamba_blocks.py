@@ -26,7 +26,7 @@ K_DIRECTIONS = 4  # cross-scan: row, column, and both reversed
 class SS2D(nn.Module):
     """2D selective-scan mixer on (B, H, W, C).
 
-        in_proj (C -> D [, +D for z])  -> depthwise conv -> SiLU (one kernel in inference: kernels/dwconv_silu.py)
+        in_proj (C -> D [, +D for z])  -> depthwise conv -> SiLU (one kernel in inference where kernels/dwconv_silu.py's USE_KERNEL is on)
         -> SS2D core (cross-scan, per-direction x/dt projections, selective scan, cross-merge)
         -> LayerNorm(D) [-> * SiLU(z)] -> out_proj (D -> C)
 
@@ -115,8 +115,9 @@ class SS2D(nn.Module):
         return self.dropout(self.out_proj(y))  # (B, H, W, C)
 
     def _fused_conv(self, x: torch.Tensor) -> bool:
-        """Calls without gradients where `dwconv_silu` takes its kernel (bf16 / fp16 on the Triton backend);
-        calls with gradients keep cuDNN's conv and its saved output (the kernel's backward would recompute it)."""
+        """Calls without gradients where `dwconv_silu` takes its kernel (`triton_takes`: USE_KERNEL, bf16 / fp16 on
+        the Triton backend); calls with gradients keep cuDNN's conv and its saved output (the kernel's backward
+        would recompute it)."""
         return not torch.jit.is_tracing() and dwconv_triton_takes(x, self.scan_backend) \
             and not needs_grad(x, self.conv2d.weight, self.conv2d.bias)
 

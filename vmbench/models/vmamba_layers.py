@@ -152,9 +152,9 @@ def gelu_linear_ref(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 class Mlp(nn.Module):
     """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2. Without dropout:
-    - where `linear_gelu` takes its Triton kernel (bf16 / fp16 GEMMs on the Triton backend), fc1 -> GELU is that
-      one kernel, with or without gradients, eager and compiled: the hidden activation is written once, and the
-      backward recomputes it inside its GEMM instead of saving it;
+    - where `linear_gelu` takes its Triton kernel (`triton_takes`: its USE_KERNEL flag, off by default, and bf16 /
+      fp16 GEMMs on the Triton backend), fc1 -> GELU is that one kernel, with or without gradients, eager and
+      compiled: the hidden activation is written once, and the backward recomputes it inside its GEMM;
     - elsewhere, with gradients, GELU -> fc2 runs as `gelu_linear`, which recomputes the GELU in the backward
       instead of saving its output (Inductor's partitioner would save both: benchmarks/NOTES-compile.md).
     Under torch.jit.trace (fvcore's FLOP count) the plain ops."""
