@@ -14,7 +14,7 @@ hidden N = 4C; bf16 operands as autocast gives them. Rows, timed in the same run
 Timing: triton.testing.do_bench (CUDA events, median). Every case is checked first: the fused output and gradients
 against fp64, error <= 2 x the unfused path's + 2^-8 (bf16's rounding: fc2's bias gradient is summed in bf16 by
 autocast's Linear, in fp32 by `gelu_linear`). --sweep times other tiles of the kernel (inference, every
-stage). Prints a markdown table; writes $OUT/linear_gelu.md when $OUT is set. --dry-run: the CPU (Triton
+stage). Prints markdown tables; writes $OUT/fusions.md and .json when $OUT is set. --dry-run: the CPU (Triton
 interpreter), tiny shapes, times meaningless.
 """
 from __future__ import annotations

@@ -102,7 +102,7 @@ def _dw_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:2], inputs[2])
+    ctx.save_for_backward(*inputs)  # x, weight, bias
 
 
 def _backward(ctx, gy):

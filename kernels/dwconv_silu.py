@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
-from .layer_norm import autocast_dtype
+from .layer_norm import in_compute_dtype, low_precision_triton
 
 __all__ = ["dwconv_silu", "dwconv_silu_ref", "triton_takes", "USE_KERNEL"]
 
@@ -43,26 +43,20 @@ def dwconv_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return F.silu(y).permute(0, 2, 3, 1)
 
 
-def _dtype(x: torch.Tensor) -> torch.dtype:
-    return autocast_dtype(x.device.type) or x.dtype
-
-
 def triton_takes(x: torch.Tensor, backend: str = "auto") -> bool:
     """Does the SS2D module run this op on the kernel? Where the backend resolves to Triton, the conv's dtype
     (autocast's, else x's) is bf16 / fp16, and `USE_KERNEL`."""
-    return USE_KERNEL and resolve_backend(backend, x.device) == "triton" and _dtype(x) in (torch.bfloat16,
-                                                                                            torch.float16)
+    return USE_KERNEL and low_precision_triton(x, backend)
 
 
 def dwconv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 backend: str = "auto") -> torch.Tensor:
     """`dwconv_silu_ref` with a chosen backend ("auto" | "torch" | "triton"); differentiable in x, weight, bias.
     "auto" takes the kernel where `triton_takes` says so; "triton" for every float dtype."""
-    _check(x, weight)
     be = resolve_backend(backend, x.device)
     if be == "torch" or (backend == "auto" and not triton_takes(x, backend)):
-        return dwconv_silu_ref(x, weight, bias)
+        return dwconv_silu_ref(x, weight, bias)  # checks the shapes itself
+    _check(x, weight)
     from ._dwconv_silu_triton import dwconv_silu_triton
 
-    dtype = _dtype(x)
-    return dwconv_silu_triton(*[t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, weight, bias)])
+    return dwconv_silu_triton(*in_compute_dtype(x, weight, bias))

@@ -84,6 +84,23 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return None
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an autocast-listed op (linear, conv) computes x in: autocast's on x's device, else x's own."""
+    return autocast_dtype(x.device.type) or x.dtype
+
+
+def low_precision_triton(x: torch.Tensor, backend: str) -> bool:
+    """Whether a fused GEMM / conv kernel fits this call: `backend` resolves to Triton and the op computes in bf16 /
+    fp16 (fp32 calls keep cuBLAS / cuDNN and their TF32 settings)."""
+    return resolve_backend(backend, x.device) == "triton" and compute_dtype(x) in (torch.bfloat16, torch.float16)
+
+
+def in_compute_dtype(x: torch.Tensor, *tensors: torch.Tensor | None) -> list:
+    """x and `tensors` (None entries kept) cast to `compute_dtype(x)`, as autocast casts an op's operands."""
+    dtype = compute_dtype(x)
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, *tensors)]
+
+
 class LayerNorm(nn.LayerNorm):
     """`nn.LayerNorm` over the last dim (same constructor, same state_dict keys weight / bias) on `layer_norm`.
 

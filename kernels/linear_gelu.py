@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
-from .layer_norm import autocast_dtype
+from .layer_norm import in_compute_dtype, low_precision_triton
 
 __all__ = ["linear_gelu", "linear_gelu_ref", "triton_takes", "USE_KERNEL"]
 
@@ -31,16 +31,11 @@ def linear_gelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return F.gelu(F.linear(x, weight, bias))
 
 
-def _dtype(x: torch.Tensor) -> torch.dtype:
-    return autocast_dtype(x.device.type) or x.dtype
-
-
 def triton_takes(x: torch.Tensor, backend: str = "auto") -> bool:
     """Does `linear_gelu(x, ..., backend)` run the Triton kernel? Where the backend resolves to Triton and the
     GEMM's dtype (autocast's, else x's) is bf16 / fp16: fp32 calls keep cuBLAS's GEMM and its TF32 settings.
     `USE_KERNEL` False: never."""
-    return USE_KERNEL and resolve_backend(backend, x.device) == "triton" and _dtype(x) in (torch.bfloat16,
-                                                                                            torch.float16)
+    return USE_KERNEL and low_precision_triton(x, backend)
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -52,6 +47,4 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return linear_gelu_ref(x, weight, bias)
     from ._linear_gelu_triton import linear_gelu_triton
 
-    dtype = _dtype(x)
-    cast = [t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, weight, bias)]
-    return linear_gelu_triton(*cast)
+    return linear_gelu_triton(*in_compute_dtype(x, weight, bias))
