@@ -133,7 +133,10 @@ def test_sigkilled_deterministic_run_resumes_to_identical_metrics(tmp_path):
 
     for attempt in range(3):
         db = _killed_run(tmp_path, attempt)
-        if Store(str(db)).get_run(1).status != "completed":
+        run = Store(str(db)).get_run(1)
+        # a kill that came after the last epoch's checkpoint (before the run was marked completed) missed epoch 2
+        if run.status != "completed" and \
+                ck.load_checkpoint(ck.latest_good(run.checkpoint_dir))["epochs_done"] < 3:
             break
     else:
         pytest.fail("the run finished before every kill")
