@@ -25,6 +25,25 @@ def once_ms(fn: Callable[[], Any], rep: int = 60) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+FUSIONS = ("default", "all", "none", "mlp", "conv")  # values of the scripts' --fusions
+
+
+def fusion_switch():
+    """A function `use(fusion)` that sets the USE_KERNEL flags of VMamba's fused kernels for one value of FUSIONS:
+    mlp (fc1 + GELU, kernels/linear_gelu.py), conv (SS2D's conv + SiLU, kernels/dwconv_silu.py), all, none, or
+    default (the flags as the modules set them, read when this is called)."""
+    from vmbench.kernels import dwconv_silu, linear_gelu
+
+    mods = {"mlp": linear_gelu, "conv": dwconv_silu}
+    default = {name for name, mod in mods.items() if mod.USE_KERNEL}
+    sets = {"default": default, "all": set(mods), "none": set(), "mlp": {"mlp"}, "conv": {"conv"}}
+
+    def use(fusion: str) -> None:
+        for name, mod in mods.items():
+            mod.USE_KERNEL = name in sets[fusion]
+    return use
+
+
 def save(name: str, text: str | None = None, data: Any = None) -> None:
     """Write `text` to $OUT/<name>.md and `data` to $OUT/<name>.json (either may be None); without $OUT, nothing."""
     out = os.environ.get("OUT")

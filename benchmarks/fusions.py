@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
 BATCH = 128
-DW_SWEEP = [(32, 32, 4), (16, 64, 4), (64, 32, 4), (32, 64, 4), (16, 32, 2), (64, 64, 8), (8, 128, 4)]
+DW_SWEEP = [(32, 32, 4), (16, 64, 4), (64, 32, 4), (32, 64, 4), (16, 32, 2), (64, 64, 8), (8, 128, 4), (16, 128, 4),
+            (32, 128, 8), (8, 64, 2)]
 SWEEP = [(128, 128, 32, 8, 3), (128, 128, 32, 4, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 256, 32, 8, 3),
          (256, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 64, 32, 4, 4)]
 BF16_EPS = 2.0 ** -8  # fc2's bias gradient: autocast's Linear sums it in bf16, `gelu_linear` in fp32
@@ -139,7 +140,7 @@ def conv_rows(dev, batch, stages, sweep, data) -> list:
 
     lines = ["", "| stage (B, H, W, D) | conv+silu ms | fused ms | × | error / unfused |", "|---|---|---|---|---|"]
     for c, hw in stages:
-        x = torch.randn(batch, c, hw, hw, device=dev).to(torch.bfloat16).permute(0, 2, 3, 1)  # channels-last map
+        x = torch.randn(batch, hw, hw, c, device=dev).to(torch.bfloat16)  # a channels-last map, as in_proj writes it
         w = (torch.randn(c, 1, 3, 3, device=dev) / 3).to(torch.bfloat16)
         ref, got = dwconv_silu_ref(x, w), DW.dwconv_silu_launch(x, w, None)
         want = dwconv_silu_ref(x.double(), w.double())

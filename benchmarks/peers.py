@@ -37,7 +37,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
-from _shared import save  # noqa: E402  (benchmarks/, the script's own folder)
+from _shared import FUSIONS, fusion_switch, save  # noqa: E402  (benchmarks/, the script's own folder)
 
 MODES = ("plain", "bench", "nograd_frozen", "infmode", "graph", "train", "train_graph")
 AMP = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
@@ -156,7 +156,6 @@ def to_markdown(rows: list[dict], models: list[str], modes: list[str], peer: str
 
 
 _MAP_LABEL = {"default": "", "off": "/composition"}  # row label suffixes of --ss2d-map values
-_FUSIONS = {"default": None, "all": ("mlp", "conv"), "none": (), "mlp": ("mlp",), "conv": ("conv",)}  # kernels on
 
 
 def _map_setting(spec: str, _map) -> tuple[bool, dict]:
@@ -192,7 +191,7 @@ def main(argv=None) -> int:
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
     ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, conv: which "
                     "of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM (kernels/linear_gelu.py), conv: "
-                    "SS2D's depthwise conv + SiLU in inference (kernels/dwconv_silu.py), default: as their "
+                    "SS2D's depthwise conv + SiLU in compiled inference (kernels/dwconv_silu.py), default: as their "
                     "USE_KERNEL flags are set; the others run unfused, as cuBLAS / cuDNN then a pass (rows "
                     "MODEL/fuse-all, MODEL/fuse-none, ...)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
@@ -211,13 +210,11 @@ def main(argv=None) -> int:
     if not replays or set(replays) - {"on", "off"}:
         ap.error("--replay takes on, off or on,off")
     fusions = args.fusions.split(",")
-    if not fusions or set(fusions) - set(_FUSIONS):
-        ap.error(f"--fusions takes a comma-separated list of {', '.join(_FUSIONS)}")
+    if not fusions or set(fusions) - set(FUSIONS):
+        ap.error(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)}")
     from vmbench.kernels import _ss2d_map_triton as _map
-    from vmbench.kernels import dwconv_silu as _dw
-    from vmbench.kernels import linear_gelu as _lg
 
-    default_fusions = tuple(n for n, mod in (("mlp", _lg), ("conv", _dw)) if mod.USE_KERNEL)
+    use_fusion = fusion_switch()
 
     maps = args.ss2d_map.split(",")
     try:
@@ -251,8 +248,7 @@ def main(argv=None) -> int:
             else [(True, "default", "default")]
         for mode in modes:
             for on, use_map, fuse in variants:
-                kernels_on = default_fusions if _FUSIONS[fuse] is None else _FUSIONS[fuse]
-                _lg.USE_KERNEL, _dw.USE_KERNEL = ("mlp" in kernels_on, "conv" in kernels_on)
+                use_fusion(fuse)
                 if replay is not None:
                     replay.enabled = on
                     replay.clear()  # a graph recorded in another row may have run the other SS2D forward

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
-from _shared import save  # noqa: E402  (benchmarks/, the script's own folder)
+from _shared import FUSIONS, fusion_switch, save  # noqa: E402  (benchmarks/, the script's own folder)
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     ap.add_argument("--python", action="store_true",
                     help="also cProfile the Python of an inference and a training step, and time the setups "
                          "models.py differs in")
+    ap.add_argument("--fusions", choices=FUSIONS, default="default",
+                    help="which of VMamba's fused kernels run (as peers.py --fusions)")
+    ap.add_argument("--infer-only", action="store_true", help="profile inference only, no training step")
     args = ap.parse_args(argv)
     if args.python and args.compile:
         ap.error("--python profiles the eager model's Python; drop --compile")
@@ -152,6 +155,8 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from vmbench.models import create_model
+
+    fusion_switch()(args.fusions)
 
     torch.backends.cudnn.benchmark = True
     model = create_model(args.model, num_classes=1000).cuda().to(memory_format=torch.channels_last)
@@ -175,9 +180,10 @@ def main(argv=None) -> int:
 
     md = [f"# {args.model}{' (torch.compile)' if args.compile else ''}, batch {args.batch}, {args.res}², AMP-bf16 — "
           f"{torch.cuda.get_device_name()}"
-          + (f" (LayerNorm backend {args.ln_backend})" if args.ln_backend else "")]
+          + (f" (LayerNorm backend {args.ln_backend})" if args.ln_backend else "")
+          + (f" (fusions: {args.fusions})" if args.fusions != "default" else "")]
     steps = 5
-    for name, fn in (("inference", infer), ("training step", train)):
+    for name, fn in (("inference", infer), ("training step", train))[:1 if args.infer_only else 2]:
         model.train(name != "inference")
         torch.cuda.reset_peak_memory_stats()
         wall = _wall_ms(fn, steps)
@@ -200,6 +206,7 @@ def main(argv=None) -> int:
         md += ["", _python_profile(train, "training step", steps, args.top), "", _setups(args, x, steps)]
         print("\n".join(md[-5:]), flush=True)
     save(f"profile_{args.model}" + (f"_ln-{args.ln_backend}" if args.ln_backend else "")
+         + (f"_fuse-{args.fusions}" if args.fusions != "default" else "")
          + ("_compiled" if args.compile else ""), "\n".join(md))
     return 0
 

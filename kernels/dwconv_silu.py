@@ -15,9 +15,11 @@ from .layer_norm import in_compute_dtype, low_precision_triton
 
 __all__ = ["dwconv_silu", "dwconv_silu_ref", "triton_takes", "USE_KERNEL"]
 
-# Off until timed on a GPU (benchmarks/fusions.py, peers.py --fusions all,none): "auto" then never takes the kernel.
-# True: SS2D's inference calls run conv + SiLU as the kernel where `triton_takes` says so.
-USE_KERNEL = False
+# True: SS2D's inference calls inside torch.compile'd graphs run conv + SiLU as the kernel where `triton_takes`
+# says so. False: "auto" never takes it. On an H100 (benchmarks/RESULTS.md) it took compiled VMamba-T inference
+# from 6204-7928 to 9452 img/s; eager calls keep cuDNN's channels-last depthwise conv and a SiLU pass, which timed
+# faster than the kernel alone (it ran 0.74-0.88x their speed across VMamba-T's stages).
+USE_KERNEL = True
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -44,9 +46,9 @@ def dwconv_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 def triton_takes(x: torch.Tensor, backend: str = "auto") -> bool:
-    """Does the SS2D module run this op on the kernel? Where the backend resolves to Triton, the conv's dtype
-    (autocast's, else x's) is bf16 / fp16, and `USE_KERNEL`."""
-    return USE_KERNEL and low_precision_triton(x, backend)
+    """Does `dwconv_silu(x, ..., backend)` run the kernel? Inside a graph torch.compile is tracing, where the
+    backend resolves to Triton and the conv's dtype (autocast's, else x's) is bf16 / fp16, and `USE_KERNEL`."""
+    return USE_KERNEL and torch.compiler.is_compiling() and low_precision_triton(x, backend)
 
 
 def dwconv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -13,11 +13,14 @@ import torch.nn.functional as F
 from ._backend import resolve_backend
 from .layer_norm import in_compute_dtype, low_precision_triton
 
-__all__ = ["linear_gelu", "linear_gelu_ref", "triton_takes", "USE_KERNEL"]
+__all__ = ["linear_gelu", "linear_gelu_ref", "triton_takes", "USE_KERNEL", "MAX_K"]
 
-# Off until timed on a GPU (benchmarks/fusions.py, peers.py --fusions all,none): "auto" then never takes the kernel
-# and the MLP runs fc1 and the GELU apart. True: the MLP's fc1 + GELU is the kernel where `triton_takes` says so.
-USE_KERNEL = False
+# True: the inference MLP's fc1 + GELU is the kernel where `triton_takes` says so (on an H100, benchmarks/RESULTS.md:
+# VMamba-T eager inference 8965 against 8810 img/s, compiled 8876 against 6204-7928). False: "auto" never takes it.
+USE_KERNEL = True
+# "auto" takes the kernel for inputs of at most MAX_K features: on that H100 it beat cuBLAS's GEMM + the GELU pass
+# at K = 96 (1.32x) and 192 (1.06x), tied at 384 and lost at 768, where the GEMM dominates.
+MAX_K = 192
 
 
 def linear_gelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -32,10 +35,10 @@ def linear_gelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 def triton_takes(x: torch.Tensor, backend: str = "auto") -> bool:
-    """Does `linear_gelu(x, ..., backend)` run the Triton kernel? Where the backend resolves to Triton and the
-    GEMM's dtype (autocast's, else x's) is bf16 / fp16: fp32 calls keep cuBLAS's GEMM and its TF32 settings.
-    `USE_KERNEL` False: never."""
-    return USE_KERNEL and low_precision_triton(x, backend)
+    """Does `linear_gelu(x, ..., backend)` run the Triton kernel? Where the backend resolves to Triton, the
+    GEMM's dtype (autocast's, else x's) is bf16 / fp16 (fp32 calls keep cuBLAS's GEMM and its TF32 settings) and
+    x has at most `MAX_K` features. `USE_KERNEL` False: never."""
+    return USE_KERNEL and x.shape[-1] <= MAX_K and low_precision_triton(x, backend)
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -1,5 +1,5 @@
 """dwconv_silu (SS2D's depthwise conv + SiLU in one kernel): the Triton kernel against its torch twin and float64,
-the registered op, and the SS2D module's use of it (inference only).
+the registered op, and the SS2D module's use of it (compiled inference only).
 
 CPU: Triton's interpreter (set up as in tests/test_layer_norm.py; else this file re-runs itself in a subprocess),
 with 4 x 4 tiles so small maps give several programs and ragged edges. GPU tests (marked gpu): VMamba-T's stage
@@ -8,12 +8,18 @@ shapes at batch 2. Tolerance as tests/test_linear_gelu.py (2 x the twin's error 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from triton_interp import check_xwb_against_fp64, interpreter_ready, rel, subprocess_test, use_interpreter
 
 MODULE = "vmbench.kernels._dwconv_silu_triton"
+ROOT = Path(__file__).resolve().parents[1]
 INTERP = interpreter_ready(MODULE, "_dwconv_silu_kernel")
 interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
 test_interpreter_subprocess = subprocess_test(__file__, INTERP)
@@ -25,7 +31,7 @@ def triton_cpu(monkeypatch):
 
     mod = importlib.import_module(MODULE)
     use_interpreter(monkeypatch)
-    monkeypatch.setattr(dwconv_silu, "USE_KERNEL", True)  # SS2D takes the kernel (off by default until timed)
+    monkeypatch.setattr(dwconv_silu, "USE_KERNEL", True)
     monkeypatch.setitem(mod.DW_CONFIG, "block_w", 4)
     monkeypatch.setitem(mod.DW_CONFIG, "block_d", 4)
     return mod
@@ -78,26 +84,53 @@ def test_bad_operands(triton_cpu):
         dwconv_silu(x, w[:, :, :2, :2], b, backend="triton")
 
 
-@interp
-def test_ss2d_inference_takes_the_kernel(triton_cpu, monkeypatch):
-    """SS2D on the Triton backend under bf16 autocast: inference runs conv + SiLU as the kernel, training keeps
-    cuDNN's conv (no launch); both match the module on the torch backend within bf16 rounding."""
-    from vmbench.models.vmamba_blocks import SS2D
+_COMPILE_CHILD = r"""
+import json, torch
+from torch._dynamo.utils import counters
+from vmbench.kernels import _dwconv_silu_triton as mod
+from vmbench.models.vmamba_blocks import SS2D
 
-    calls = []
-    launch = triton_cpu.dwconv_silu_launch
-    monkeypatch.setattr(triton_cpu, "dwconv_silu_launch", lambda *a, **k: calls.append(1) or launch(*a, **k))
-    torch.manual_seed(0)
-    fused = SS2D(16, scan_backend="triton")
-    plain = SS2D(16, scan_backend="torch")
-    plain.load_state_dict(fused.state_dict())
-    x = torch.randn(2, 6, 6, 16)
-    for train in (False, True):
-        calls.clear()
-        fused.train(train), plain.train(train)
-        with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
-            y, y_ref = fused(x), plain(x)
-        assert bool(calls) == (not train) and rel(y, y_ref) < 3e-2, (train, rel(y, y_ref))
+calls = []
+launch = mod.dwconv_silu_launch
+mod.dwconv_silu_launch = lambda *a, **k: calls.append(1) or launch(*a, **k)
+torch.manual_seed(0)
+fused, plain = SS2D(16, scan_backend="triton"), SS2D(16, scan_backend="torch")
+plain.load_state_dict(fused.state_dict())
+x = torch.randn(2, 6, 6, 16)
+graphs = []
+def backend(gm, inputs):
+    graphs.append(gm)
+    return gm.forward
+out = {}
+for train in (False, True):
+    fused.train(train), plain.train(train)
+    torch._dynamo.reset(); counters.clear(); graphs.clear(); calls.clear()
+    with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
+        y_eager, y_ref = fused(x), plain(x)
+        eager_calls = len(calls)
+        y = torch.compile(fused, backend=backend)(x)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    out[str(train)] = dict(graphs=counters["stats"]["unique_graphs"], breaks=sum(counters["graph_break"].values()),
+                           conv_op="vmbench.dwconv_silu" in {str(n.target) for g in graphs for n in g.graph.nodes},
+                           eager_calls=eager_calls, compiled_calls=len(calls) - eager_calls,
+                           rel_eager=rel(y_eager, y_ref), rel_compiled=rel(y, y_ref))
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_ss2d_takes_the_kernel_in_compiled_inference_only():
+    """SS2D on the Triton backend under bf16 autocast: compiled inference runs conv + SiLU as the kernel
+    (vmbench::dwconv_silu in the graph, one graph, no break); eager calls and training keep cuDNN's conv (no
+    launch). Every output matches the module on the torch backend within bf16 rounding."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD], capture_output=True, text=True, timeout=600, env=env)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
+    for train, r in json.loads(line[0][len("RESULT "):]).items():
+        infer = train == "False"
+        assert (r["graphs"], r["breaks"]) == (1, 0) and r["eager_calls"] == 0, r
+        assert r["conv_op"] == infer and (r["compiled_calls"] > 0) == infer, r
+        assert r["rel_eager"] < 3e-2 and r["rel_compiled"] < 3e-2, r
 
 
 gpu = pytest.mark.gpu

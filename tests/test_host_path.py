@@ -44,7 +44,7 @@ def test_host_path_runs_and_counts_launches():
     assert launches["SS2D module forward + backward"] == 6
     # a user's plain no_grad call issues exactly what vmbench's bench path does: same launches, same aten ops
     plain, bench = "VMamba-T forward, plain call (no_grad)", "VMamba-T forward, bench path (inference_mode, frozen)"
-    # 14 blocks of 3 (SS2D) + 2 norms; stem 2, downsample 3, head 1 (the fused conv + SiLU and fc1 + GELU kernels are
-    # off by default: kernels/linear_gelu.py, kernels/dwconv_silu.py)
-    assert launches[plain] == launches[bench] == 14 * 5 + 6
+    # 14 blocks of 3 (SS2D) + 2 norms; stem 2, downsample 3, head 1; fc1 + GELU in the 4 blocks of stages 1-2
+    # (kernels/linear_gelu.py's MAX_K; the conv + SiLU kernel runs in compiled graphs only)
+    assert launches[plain] == launches[bench] == 14 * 5 + 6 + 4
     assert ops[plain] == ops[bench] > 0

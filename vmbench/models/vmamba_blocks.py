@@ -26,7 +26,8 @@ K_DIRECTIONS = 4  # cross-scan: row, column, and both reversed
 class SS2D(nn.Module):
     """2D selective-scan mixer on (B, H, W, C).
 
-        in_proj (C -> D [, +D for z])  -> depthwise conv -> SiLU (one kernel in inference where kernels/dwconv_silu.py's USE_KERNEL is on)
+        in_proj (C -> D [, +D for z])  -> depthwise conv -> SiLU (one kernel in compiled inference:
+        kernels/dwconv_silu.py)
         -> SS2D core (cross-scan, per-direction x/dt projections, selective scan, cross-merge)
         -> LayerNorm(D) [-> * SiLU(z)] -> out_proj (D -> C)
 
@@ -102,7 +103,7 @@ class SS2D(nn.Module):
         x = self.in_proj(x)  # (B, H, W, D) or (B, H, W, 2D)
         if self.z_branch:
             x, z = x.chunk(2, dim=-1)  # (B, H, W, D) each
-        if self._fused_conv(x):  # inference on the Triton backend: conv + SiLU as one kernel
+        if self._fused_conv(x):  # compiled inference on the Triton backend: conv + SiLU as one kernel
             x = dwconv_silu(x, *self.conv2d._autocast_params(x), backend=self.scan_backend)
         else:
             x = self.conv2d(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # depthwise conv on a (B, D, H, W) view
@@ -115,9 +116,9 @@ class SS2D(nn.Module):
         return self.dropout(self.out_proj(y))  # (B, H, W, C)
 
     def _fused_conv(self, x: torch.Tensor) -> bool:
-        """Calls without gradients where `dwconv_silu` takes its kernel (`triton_takes`: USE_KERNEL, bf16 / fp16 on
-        the Triton backend); calls with gradients keep cuDNN's conv and its saved output (the kernel's backward
-        would recompute it)."""
+        """Calls without gradients where `dwconv_silu` takes its kernel (`triton_takes`: USE_KERNEL, inside a
+        compiled graph, bf16 / fp16 on the Triton backend); calls with gradients keep cuDNN's conv and its saved
+        output (the kernel's backward would recompute it)."""
         return not torch.jit.is_tracing() and dwconv_triton_takes(x, self.scan_backend) \
             and not needs_grad(x, self.conv2d.weight, self.conv2d.bias)
 

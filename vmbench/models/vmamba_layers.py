@@ -152,11 +152,12 @@ def gelu_linear_ref(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 class Mlp(nn.Module):
     """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2. Without dropout:
-    - where `linear_gelu` takes its Triton kernel (`triton_takes`: its USE_KERNEL flag, off by default, and bf16 /
-      fp16 GEMMs on the Triton backend), fc1 -> GELU is that one kernel, with or without gradients, eager and
-      compiled: the hidden activation is written once, and the backward recomputes it inside its GEMM;
-    - elsewhere, with gradients, GELU -> fc2 runs as `gelu_linear`, which recomputes the GELU in the backward
-      instead of saving its output (Inductor's partitioner would save both: benchmarks/NOTES-compile.md).
+    - without gradients, where `linear_gelu` takes its Triton kernel (`triton_takes`: its USE_KERNEL flag, bf16 /
+      fp16 GEMMs on the Triton backend, C <= its MAX_K), fc1 -> GELU is that one kernel, eager and compiled: the
+      hidden activation is written once instead of written, read and written again by a GELU pass;
+    - with gradients, GELU -> fc2 runs as `gelu_linear`, which recomputes the GELU in the backward instead of
+      saving its output (Inductor's partitioner would save both: benchmarks/NOTES-compile.md). The fused kernel's
+      backward would recompute fc1's GEMM too, which cost more than the pass it saves (benchmarks/RESULTS.md).
     Under torch.jit.trace (fvcore's FLOP count) the plain ops."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0, backend: str = "auto"):
@@ -168,11 +169,11 @@ class Mlp(nn.Module):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.drop, nn.Identity) and not torch.jit.is_tracing() and triton_takes(x, self.backend):
+        plain = not isinstance(self.drop, nn.Identity) or torch.jit.is_tracing()
+        if not plain and not needs_grad(x, self.fc1.weight, self.fc1.bias) and triton_takes(x, self.backend):
             return self.fc2(linear_gelu(x, *self.fc1._autocast_params(x), backend=self.backend))
         h = self.fc1(x)  # (B, H, W, hidden)
-        if isinstance(self.drop, nn.Identity) and not torch.jit.is_tracing() \
-                and needs_grad(h, self.fc2.weight, self.fc2.bias):
+        if not plain and needs_grad(h, self.fc2.weight, self.fc2.bias):
             return gelu_linear(h, self.fc2.weight, self.fc2.bias)  # (B, H, W, C)
         return self.drop(self.fc2(self.drop(self.act(h))))
 
