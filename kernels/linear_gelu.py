@@ -16,7 +16,7 @@ from .layer_norm import in_compute_dtype, low_precision_triton
 __all__ = ["linear_gelu", "linear_gelu_ref", "triton_takes", "USE_KERNEL", "MAX_K"]
 
 # True: the inference MLP's fc1 + GELU is the kernel where `triton_takes` says so (on an H100, benchmarks/RESULTS.md:
-# VMamba-T eager inference 8965 against 8810 img/s, compiled 8876 against 6204-7928). False: "auto" never takes it.
+# VMamba-T eager inference 8965 against 8810 img/s unfused, compiled 8876 against 6204). False: "auto" never takes it.
 USE_KERNEL = True
 # "auto" takes the kernel for inputs of at most MAX_K features: on that H100 it beat cuBLAS's GEMM + the GELU pass
 # at K = 96 (1.32x) and 192 (1.06x), tied at 384 and lost at 768, where the GEMM dominates.
