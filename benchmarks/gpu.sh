@@ -19,7 +19,8 @@
 #                                      #   VMamba-T's eager and compiled training steps (MAP_TRAIN_VARIANTS: DELTA-YS:L)
 #   bash benchmarks/gpu.sh fusions     # the fused fc1 + GELU and conv + SiLU kernels: their GPU tests, each against
 #                                      #   the ops it replaces (benchmarks/fusions.py --sweep), VMamba-T eager and
-#                                      #   compiled with them on and off (peers.py --fusions all,none)
+#                                      #   compiled inference with the defaults and with both off (peers.py --fusions
+#                                      #   default,none; neither kernel runs in a training step)
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh graph       # the same, eager and as CUDA-graph replays (host overhead removed)
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections (MODELS_SECTIONS,
@@ -63,10 +64,10 @@ for what in "$@"; do
     fusions) step fusion_tests 120 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_linear_gelu.py \
                  tests/test_dwconv_silu.py
                step fusions 90 python3 benchmarks/fusions.py --sweep
-               step peers_fusions 150 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,train \
-                 --fusions all,none --name peers_fusions
-               step peers_fusions_compiled 300 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t \
-                 --modes plain,train --fusions all,none --name peers_fusions_compiled ;;
+               step peers_fusions 150 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench \
+                 --fusions default,none --name peers_fusions
+               step peers_fusions_compiled 200 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t \
+                 --modes plain --fusions default,none --name peers_fusions_compiled ;;
     maptrain) step map_train_tests 120 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_ss2d_map.py \
                  -k training
                step ss2d_map_train 130 python3 benchmarks/ss2d_map.py --sweep --parts train
