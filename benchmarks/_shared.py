@@ -25,22 +25,29 @@ def once_ms(fn: Callable[[], Any], rep: int = 60) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-FUSIONS = ("default", "all", "none", "mlp", "conv")  # values of the scripts' --fusions
+FUSIONS = ("default", "all", "none", "mlp", "ffn", "conv")  # values of the scripts' --fusions, or names joined by +
+
+
+def valid_fusion(value: str) -> bool:
+    """Is `value` one of FUSIONS or kernel names of it joined by "+"?"""
+    return all(part in FUSIONS for part in value.split("+"))
 
 
 def fusion_switch():
     """A function `use(fusion)` that sets the USE_KERNEL flags of VMamba's fused kernels for one value of FUSIONS:
-    mlp (fc1 + GELU, kernels/linear_gelu.py), conv (SS2D's conv + SiLU, kernels/dwconv_silu.py), all, none, or
-    default (the flags as the modules set them, read when this is called)."""
-    from vmbench.kernels import dwconv_silu, linear_gelu
+    mlp (fc1 + GELU, kernels/linear_gelu.py), ffn (the whole MLP, kernels/mlp.py; where both take a call, the
+    whole MLP runs), conv (SS2D's conv + SiLU, kernels/dwconv_silu.py), all, none, default (the flags as the
+    modules set them, read when this is called), or kernel names joined by "+" ("mlp+conv")."""
+    from vmbench.kernels import dwconv_silu, linear_gelu, mlp
 
-    mods = {"mlp": linear_gelu, "conv": dwconv_silu}
+    mods = {"mlp": linear_gelu, "ffn": mlp, "conv": dwconv_silu}
     default = {name for name, mod in mods.items() if mod.USE_KERNEL}
-    sets = {"default": default, "all": set(mods), "none": set(), "mlp": {"mlp"}, "conv": {"conv"}}
+    sets = {"default": default, "all": set(mods), "none": set(), **{name: {name} for name in mods}}
 
     def use(fusion: str) -> None:
+        on = set().union(*(sets[part] for part in fusion.split("+")))
         for name, mod in mods.items():
-            mod.USE_KERNEL = name in sets[fusion]
+            mod.USE_KERNEL = name in on
     return use
 
 

@@ -1,5 +1,5 @@
 """Benchmark: VMamba-T's fused kernels against the unfused ops they replace (CUDA only): the MLP's fc1 + GELU
-(kernels/linear_gelu.py) and SS2D's depthwise conv + SiLU (kernels/dwconv_silu.py).
+(kernels/linear_gelu.py), the whole MLP (kernels/mlp.py) and SS2D's depthwise conv + SiLU (kernels/dwconv_silu.py).
 
     python benchmarks/fusions.py [--sweep] [--dry-run]
 
@@ -9,13 +9,16 @@ hidden N = 4C; bf16 operands as autocast gives them. Rows, timed in the same run
                  against linear_gelu_launch (one kernel)
     mlp train    the whole MLP, forward + backward (grads of x, w1, b1, w2, b2): vmbench's MLP before this kernel
                  (fc1, then `gelu_linear`: GELU recomputed in the backward) against fc1 + GELU fused, then fc2
+    whole mlp    inference, stages 1-2 (C <= the kernel's 256): cuBLAS fc1, GELU pass, cuBLAS fc2 against fc1 + GELU
+                 fused then cuBLAS fc2 against mlp_launch (one kernel, the hidden activation never written)
     conv+silu    inference, M positions of D = C channels: F.silu(F.conv2d(x, w, groups=D, padding=1)) on the
                  channels-last (B, D, H, W) view (cuDNN, then a SiLU pass) against dwconv_silu_launch
 Timing: triton.testing.do_bench (CUDA events, median). Every case is checked first: the fused output and gradients
 against fp64, error <= 2 x the unfused path's + 2^-8 (bf16's rounding: fc2's bias gradient is summed in bf16 by
-autocast's Linear, in fp32 by `gelu_linear`). --sweep times other tiles of the kernel (inference, every
-stage). Prints markdown tables; writes $OUT/fusions.md and .json when $OUT is set. --dry-run: the CPU (Triton
-interpreter), tiny shapes, times meaningless.
+autocast's Linear, in fp32 by `gelu_linear`). --sweep times other tiles of the kernels (inference, every
+stage; the whole MLP's and the conv's tiles each checked against fp64 the same way first). Prints markdown tables;
+writes $OUT/fusions.md and .json when $OUT is set. --dry-run: the CPU (Triton interpreter), tiny shapes, times
+meaningless.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ DW_SWEEP = [(32, 32, 4), (16, 64, 4), (64, 32, 4), (32, 64, 4), (16, 32, 2), (64
             (32, 128, 8), (8, 64, 2)]
 SWEEP = [(128, 128, 32, 8, 3), (128, 128, 32, 4, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 256, 32, 8, 3),
          (256, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 64, 32, 4, 4)]
+MLP_SWEEP = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 16, 4, 2), (64, 64, 4, 2), (128, 32, 4, 2), (128, 32, 8, 2),
+             (128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 2, 2), (32, 32, 2, 2), (128, 16, 4, 3), (256, 32, 8, 2)]
 BF16_EPS = 2.0 ** -8  # fc2's bias gradient: autocast's Linear sums it in bf16, `gelu_linear` in fp32
 _bench = gpu_ms
 
@@ -127,10 +132,56 @@ def main() -> None:
                     print(f"sweep {cfg}: {type(e).__name__}: {str(e)[:100]}")
                 lines.append(f"| sweep C={c} {bm}x{bn}x{bk} w{w} s{s} | | {t:.3f} | {t_ref / t:.2f} | | | | |")
                 data.append(dict(c=c, sweep=cfg, infer_fused=t))
+    lines += ffn_rows(dev, batch, stages, args.sweep, data)
     lines += conv_rows(dev, batch, stages, args.sweep, data)
     text = "\n".join(lines)
     print(text)
     save("fusions", text, data)
+
+
+def within_bound(got, ref, want) -> float:
+    """got's error against fp64 `want` as a multiple of the unfused `ref`'s; asserts it is within 2x (+ 1e-6), except
+    in a dry run (the interpreter rounds fp32 -> bf16 by truncation, the GPU to nearest)."""
+    assert _bench is once_ms or rel(got, want) <= 2 * rel(ref, want) + 1e-6, (rel(got, want), rel(ref, want))
+    return rel(got, want) / max(rel(ref, want), BF16_EPS)
+
+
+def ffn_rows(dev, batch, stages, sweep, data) -> list:
+    """The whole-MLP table: unfused, fc1 + GELU fused then fc2, and the one kernel; inference, bf16."""
+    from vmbench.kernels import _linear_gelu_triton as LG
+    from vmbench.kernels import _mlp_triton as MK
+    from vmbench.kernels.mlp import mlp_ref
+
+    lines = ["", "| stage (B, H, W, C), hidden 4C | unfused ms | fc1+gelu fused, fc2 ms | whole mlp ms | × unfused "
+             "| × fc1+gelu | error / unfused |", "|---|---|---|---|---|---|---|"]
+    for c, hw in stages:
+        if c > MK.MAX_KP:
+            continue
+        x = torch.randn(batch, hw, hw, c, device=dev).to(torch.bfloat16)
+        ops = [(torch.randn(4 * c, c, device=dev) * c ** -0.5), 0.5 * torch.randn(4 * c, device=dev),
+               (torch.randn(c, 4 * c, device=dev) * (4 * c) ** -0.5), 0.1 * torch.randn(c, device=dev)]
+        w1, b1, w2, b2 = (t.to(torch.bfloat16) for t in ops)
+        want = mlp_ref(x.double(), *(t.double() for t in (w1, b1, w2, b2)))
+        ref = mlp_ref(x, w1, b1, w2, b2)
+        err = within_bound(MK.mlp_launch(x, w1, b1, w2, b2), ref, want)
+        t_ref = _bench(lambda: mlp_ref(x, w1, b1, w2, b2))
+        t_lg = _bench(lambda: F.linear(LG.linear_gelu_launch(x, w1, b1), w2, b2))
+        t_new = _bench(lambda: MK.mlp_launch(x, w1, b1, w2, b2))
+        lines.append(f"| ({batch}, {hw}, {hw}, {c}) | {t_ref:.3f} | {t_lg:.3f} | {t_new:.3f} | {t_ref / t_new:.2f} | "
+                     f"{t_lg / t_new:.2f} | {err:.2f} |")
+        data.append(dict(op="mlp", c=c, hw=hw, ref=t_ref, linear_gelu=t_lg, fused=t_new, err=err))
+        for bm, bh, nw, ns in MLP_SWEEP if sweep else []:
+            cfg = dict(block_m=bm, block_h=bh, warps=nw, stages=ns)
+            try:
+                e = within_bound(MK.mlp_launch(x, w1, b1, w2, b2, config=cfg), ref, want)
+                t = _bench(lambda: MK.mlp_launch(x, w1, b1, w2, b2, config=cfg))
+            except Exception as ex:  # a tile that does not fit in shared memory / registers, or a wrong result
+                e = t = float("nan")
+                print(f"mlp sweep {cfg}: {type(ex).__name__}: {str(ex)[:100]}")
+            lines.append(f"| sweep C={c} {bm}x{bh} w{nw} s{ns} | | | {t:.3f} | {t_ref / t:.2f} | {t_lg / t:.2f} | "
+                         f"{e:.2f} |")
+            data.append(dict(op="mlp", c=c, sweep=cfg, fused=t, err=e))
+    return lines
 
 
 def conv_rows(dev, batch, stages, sweep, data) -> list:
@@ -142,19 +193,18 @@ def conv_rows(dev, batch, stages, sweep, data) -> list:
     for c, hw in stages:
         x = torch.randn(batch, hw, hw, c, device=dev).to(torch.bfloat16)  # a channels-last map, as in_proj writes it
         w = (torch.randn(c, 1, 3, 3, device=dev) / 3).to(torch.bfloat16)
-        ref, got = dwconv_silu_ref(x, w), DW.dwconv_silu_launch(x, w, None)
-        want = dwconv_silu_ref(x.double(), w.double())
-        err = rel(got, want) / max(rel(ref, want), BF16_EPS)
-        assert rel(got, want) <= 2 * rel(ref, want) + 1e-6, (rel(got, want), rel(ref, want))
+        ref, want = dwconv_silu_ref(x, w), dwconv_silu_ref(x.double(), w.double())
+        err = within_bound(DW.dwconv_silu_launch(x, w, None), ref, want)
         t_ref = _bench(lambda: dwconv_silu_ref(x, w))
         t_new = _bench(lambda: DW.dwconv_silu_launch(x, w, None))
         lines.append(f"| ({batch}, {hw}, {hw}, {c}) | {t_ref:.3f} | {t_new:.3f} | {t_ref / t_new:.2f} | {err:.2f} |")
         data.append(dict(op="dwconv_silu", c=c, hw=hw, ref=t_ref, fused=t_new, err=err))
         for bw, bd, nw in DW_SWEEP if sweep else []:
             cfg = dict(block_w=bw, block_d=bd, warps=nw)
+            e = within_bound(DW.dwconv_silu_launch(x, w, None, config=cfg), ref, want)
             t = _bench(lambda: DW.dwconv_silu_launch(x, w, None, config=cfg))
-            lines.append(f"| sweep D={c} {bw}x{bd} w{nw} | | {t:.3f} | {t_ref / t:.2f} | |")
-            data.append(dict(op="dwconv_silu", c=c, sweep=cfg, fused=t))
+            lines.append(f"| sweep D={c} {bw}x{bd} w{nw} | | {t:.3f} | {t_ref / t:.2f} | {e:.2f} |")
+            data.append(dict(op="dwconv_silu", c=c, sweep=cfg, fused=t, err=e))
     return lines
 
 

@@ -17,7 +17,7 @@
 #                                      #   off,default,...; MAP_VARIANTS picks)
 #   bash benchmarks/gpu.sh maptrain    # the same for the map-layout training path (forward + backward), with
 #                                      #   VMamba-T's eager and compiled training steps (MAP_TRAIN_VARIANTS: DELTA-YS:L)
-#   bash benchmarks/gpu.sh fusions     # the fused fc1 + GELU and conv + SiLU kernels: their GPU tests, each against
+#   bash benchmarks/gpu.sh fusions     # the fused MLP, fc1 + GELU and conv + SiLU kernels: their GPU tests, each against
 #                                      #   the ops it replaces (benchmarks/fusions.py --sweep), VMamba-T eager and
 #                                      #   compiled inference with the defaults and with both off (peers.py --fusions
 #                                      #   default,none; neither kernel runs in a training step)
@@ -61,8 +61,8 @@ for what in "$@"; do
                  --ss2d-map off,default,${MAP_VARIANTS:-gemm-input,gemm-input-steps} --name peers_map
                step peers_map_compiled 230 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes plain \
                  --ss2d-map off,default,${MAP_VARIANTS:-gemm-input,gemm-input-steps} --name peers_map_compiled ;;
-    fusions) step fusion_tests 120 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_linear_gelu.py \
-                 tests/test_dwconv_silu.py
+    fusions) step fusion_tests 120 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_mlp_kernel.py \
+                 tests/test_linear_gelu.py tests/test_dwconv_silu.py
                step fusions 90 python3 benchmarks/fusions.py --sweep
                step peers_fusions 150 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench \
                  --fusions default,none --name peers_fusions

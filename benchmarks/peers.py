@@ -6,7 +6,7 @@
     python benchmarks/peers.py --res 1024 --batch 4 --amp fp16 --models vmamba_t,convnext_t --peer convnext_t
     python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
     python benchmarks/peers.py --replay on,off                   # VMamba with and without its graph replays
-    python benchmarks/peers.py --fusions all,mlp,conv,none       # VMamba's fused fc1 + GELU, conv + SiLU kernels
+    python benchmarks/peers.py --fusions all,ffn,mlp,conv,none   # VMamba's fused MLP, fc1 + GELU, conv + SiLU kernels
 
 Modes (`--modes`, default plain,bench,train):
   plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
@@ -37,7 +37,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
-from _shared import FUSIONS, fusion_switch, save  # noqa: E402  (benchmarks/, the script's own folder)
+from _shared import FUSIONS, fusion_switch, save, valid_fusion  # noqa: E402  (benchmarks/, the script's own folder)
 
 MODES = ("plain", "bench", "nograd_frozen", "infmode", "graph", "train", "train_graph")
 AMP = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
@@ -189,10 +189,11 @@ def main(argv=None) -> int:
                     "kernels/_ss2d_map_triton.py sets it), off (every call on the composition), or DELTA-YS[:L] "
                     "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
-    ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, conv: which "
-                    "of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM (kernels/linear_gelu.py), conv: "
+    ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, ffn, conv: "
+                    "which of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM (kernels/linear_gelu.py), "
+                    "ffn: the whole MLP as one kernel in calls without gradients (kernels/mlp.py), conv: "
                     "SS2D's depthwise conv + SiLU in compiled inference (kernels/dwconv_silu.py), default: as their "
-                    "USE_KERNEL flags are set; the others run unfused, as cuBLAS / cuDNN then a pass (rows "
+                    "USE_KERNEL flags are set, a+b: both; the others run unfused, as cuBLAS / cuDNN then a pass (rows "
                     "MODEL/fuse-all, MODEL/fuse-none, ...)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
@@ -210,8 +211,8 @@ def main(argv=None) -> int:
     if not replays or set(replays) - {"on", "off"}:
         ap.error("--replay takes on, off or on,off")
     fusions = args.fusions.split(",")
-    if not fusions or set(fusions) - set(FUSIONS):
-        ap.error(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)}")
+    if not fusions or not all(valid_fusion(f) for f in fusions):
+        ap.error(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)} (or names joined by +)")
     from vmbench.kernels import _ss2d_map_triton as _map
 
     use_fusion = fusion_switch()

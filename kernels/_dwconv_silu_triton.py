@@ -22,11 +22,19 @@ import triton.language as tl
 from ._backend import cdiv, direct_launch, launch_or_apply, next_pow2
 from ._cross_scan_triton import _kernel_for, new_buffer
 
-__all__ = ["dwconv_silu_triton", "dwconv_silu_launch", "DW_CONFIG"]
+__all__ = ["dwconv_silu_triton", "dwconv_silu_launch", "dw_tile", "DW_CONFIG"]
 
-# The tile VMamba-T was timed with (benchmarks/RESULTS.md). benchmarks/fusions.py --sweep times others: on an H100
-# 64 x 32 (D = 96), 32 x 64 (192), 16 x 128 (384) and 8 x 128 (768) took 15-34 % less time in isolation.
-DW_CONFIG = dict(block_w=32, block_d=32, warps=4)
+# A program covers a whole row where it can (BLOCK_W = W rounded up to a power of 2, at most 64) and BLOCK_W x
+# BLOCK_D = 2048 elements (BLOCK_D at most 128). On an H100 (benchmarks/fusions.py --sweep) that rule's tiles were the
+# fastest at each of VMamba-T's stages: 64 x 32 (D = 96, W = 56), 32 x 64, 16 x 128, 8 x 128 (D = 768, W = 7), 15-34 %
+# less time alone than the 32 x 32 tile (the one first timed in the whole model).
+DW_CONFIG = dict(max_block_w=64, tile=2048, max_block_d=128, warps=4)
+
+
+def dw_tile(w: int, d: int) -> tuple:
+    """(BLOCK_W, BLOCK_D) of DW_CONFIG's rule for rows of w positions and d channels."""
+    bw = min(DW_CONFIG["max_block_w"], next_pow2(w))
+    return bw, min(DW_CONFIG["max_block_d"], DW_CONFIG["tile"] // bw, next_pow2(d))
 
 
 @triton.jit
@@ -64,7 +72,7 @@ def dwconv_silu_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
 
     Args:
         x: (B, H, W, D) bf16 / fp16 / fp32, any strides; weight (D, 1, k, k), bias (D,) or None, in x's dtype.
-        config: DW_CONFIG-like override (benchmarks).
+        config: dict(block_w=, block_d=, warps=), a tile other than DW_CONFIG's rule (benchmarks).
     Returns:
         y: (B, H, W, D) contiguous, x's dtype.
     """
@@ -75,13 +83,15 @@ def dwconv_silu_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     y = new_buffer((bsz, h, w, d), x.dtype, x.device)
     if y.numel() == 0:
         return y
-    cfg = config or DW_CONFIG
-    bw, bd = min(cfg["block_w"], next_pow2(w)), min(cfg["block_d"], next_pow2(d))
+    if config:
+        bw, bd, warps = min(config["block_w"], next_pow2(w)), min(config["block_d"], next_pow2(d)), config["warps"]
+    else:
+        (bw, bd), warps = dw_tile(w, d), DW_CONFIG["warps"]
     grid = (bsz * h, cdiv(w, bw), cdiv(d, bd))
     wk = weight.contiguous()
     _kernel_for(_dwconv_silu_kernel, x.device)[grid](
         x, wk, bias if bias is not None else wk, y, h, w, d, *x.stride(),
-        KS=weight.shape[-1], HAS_B=bias is not None, BLOCK_W=bw, BLOCK_D=bd, num_warps=cfg["warps"])
+        KS=weight.shape[-1], HAS_B=bias is not None, BLOCK_W=bw, BLOCK_D=bd, num_warps=warps)
     return y
 
 

@@ -8,15 +8,11 @@ shapes at batch 2. Tolerance as tests/test_linear_gelu.py (2 x the twin's error 
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from triton_interp import check_xwb_against_fp64, interpreter_ready, rel, subprocess_test, use_interpreter
+from triton_interp import check_against_fp64, interpreter_ready, run_compile_child, subprocess_test, use_interpreter
 
 MODULE = "vmbench.kernels._dwconv_silu_triton"
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +28,8 @@ def triton_cpu(monkeypatch):
     mod = importlib.import_module(MODULE)
     use_interpreter(monkeypatch)
     monkeypatch.setattr(dwconv_silu, "USE_KERNEL", True)
-    monkeypatch.setitem(mod.DW_CONFIG, "block_w", 4)
-    monkeypatch.setitem(mod.DW_CONFIG, "block_d", 4)
+    monkeypatch.setitem(mod.DW_CONFIG, "max_block_w", 4)
+    monkeypatch.setitem(mod.DW_CONFIG, "max_block_d", 4)
     return mod
 
 
@@ -46,10 +42,10 @@ def _inputs(shape, dtype, k=3, bias=True, device="cpu", strided=False):
     return x, w, b
 
 
-def check_against_fp64(x, w, b):
+def check(x, w, b):
     from vmbench.kernels.dwconv_silu import dwconv_silu, dwconv_silu_ref
 
-    y = check_xwb_against_fp64(lambda *a: dwconv_silu(*a, backend="triton"), dwconv_silu_ref, x, w, b)
+    y = check_against_fp64(lambda *a: dwconv_silu(*a, backend="triton"), dwconv_silu_ref, x, w, b)
     assert y.shape == x.shape
 
 
@@ -58,7 +54,7 @@ def check_against_fp64(x, w, b):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("k,bias,strided", [(3, True, False), (3, False, True), (5, True, True)])
 def test_forward_backward(triton_cpu, shape, dtype, k, bias, strided):
-    check_against_fp64(*_inputs(shape, dtype, k, bias, strided=strided))
+    check(*_inputs(shape, dtype, k, bias, strided=strided))
 
 
 @interp
@@ -85,8 +81,6 @@ def test_bad_operands(triton_cpu):
 
 
 _COMPILE_CHILD = r"""
-import json, torch
-from torch._dynamo.utils import counters
 from vmbench.kernels import _dwconv_silu_triton as mod
 from vmbench.models.vmamba_blocks import SS2D
 
@@ -97,24 +91,18 @@ torch.manual_seed(0)
 fused, plain = SS2D(16, scan_backend="triton"), SS2D(16, scan_backend="torch")
 plain.load_state_dict(fused.state_dict())
 x = torch.randn(2, 6, 6, 16)
-graphs = []
-def backend(gm, inputs):
-    graphs.append(gm)
-    return gm.forward
-out = {}
 for train in (False, True):
     fused.train(train), plain.train(train)
-    torch._dynamo.reset(); counters.clear(); graphs.clear(); calls.clear()
+    fresh(); calls.clear()
     with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
         y_eager, y_ref = fused(x), plain(x)
         eager_calls = len(calls)
         y = torch.compile(fused, backend=backend)(x)
     rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
-    out[str(train)] = dict(graphs=counters["stats"]["unique_graphs"], breaks=sum(counters["graph_break"].values()),
-                           conv_op="vmbench.dwconv_silu" in {str(n.target) for g in graphs for n in g.graph.nodes},
+    st = stats()
+    out[str(train)] = dict(graphs=st["graphs"], breaks=st["breaks"], conv_op="vmbench.dwconv_silu" in st["ops"],
                            eager_calls=eager_calls, compiled_calls=len(calls) - eager_calls,
                            rel_eager=rel(y_eager, y_ref), rel_compiled=rel(y, y_ref))
-print("RESULT " + json.dumps(out))
 """
 
 
@@ -122,11 +110,7 @@ def test_ss2d_takes_the_kernel_in_compiled_inference_only():
     """SS2D on the Triton backend under bf16 autocast: compiled inference runs conv + SiLU as the kernel
     (vmbench::dwconv_silu in the graph, one graph, no break); eager calls and training keep cuDNN's conv (no
     launch). Every output matches the module on the torch backend within bf16 rounding."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD], capture_output=True, text=True, timeout=600, env=env)
-    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
-    for train, r in json.loads(line[0][len("RESULT "):]).items():
+    for train, r in run_compile_child(_COMPILE_CHILD, ROOT).items():
         infer = train == "False"
         assert (r["graphs"], r["breaks"]) == (1, 0) and r["eager_calls"] == 0, r
         assert r["conv_op"] == infer and (r["compiled_calls"] > 0) == infer, r
@@ -142,4 +126,4 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 @pytest.mark.parametrize("d,hw", [(96, 56), (192, 28), (384, 14), (768, 7)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gpu_stage_shapes(d, hw, dtype):
-    check_against_fp64(*_inputs((2, hw, hw, d), dtype, device="cuda", strided=d == 192))
+    check(*_inputs((2, hw, hw, d), dtype, device="cuda", strided=d == 192))

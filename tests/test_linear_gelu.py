@@ -12,15 +12,12 @@ poisoned with NaN before each launch and checked to be fully written.
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from triton_interp import check_xwb_against_fp64, interpreter_ready, rel, subprocess_test, use_interpreter
+from triton_interp import (assert_one_graph_with, check_against_fp64, interpreter_ready, rel, run_compile_child,
+                           subprocess_test, use_interpreter)
 
 MODULE = "vmbench.kernels._linear_gelu_triton"
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +32,11 @@ SHAPES = [((37, 40), 24), ((2, 3, 5, 32), 48), ((1, 7, 96), 20)]  # (x shape, N)
 @pytest.fixture
 def triton_cpu(monkeypatch):
     from vmbench.kernels import linear_gelu as lg
+    from vmbench.kernels import mlp
 
     use_interpreter(monkeypatch)
-    monkeypatch.setattr(lg, "USE_KERNEL", True)  # the MLP takes the kernel (off by default until timed on a GPU)
+    monkeypatch.setattr(lg, "USE_KERNEL", True)
+    monkeypatch.setattr(mlp, "USE_KERNEL", False)  # the MLP takes fc1 + GELU, not the whole-MLP kernel
     return importlib.import_module(MODULE)
 
 
@@ -49,11 +48,11 @@ def _inputs(xshape, n, dtype, bias=True, device="cpu"):
     return x, w, b
 
 
-def check_against_fp64(x, w, b):
-    """The Triton path against the twin and fp64 (triton_interp.check_xwb_against_fp64), and y's shape."""
+def check(x, w, b):
+    """The Triton path against the twin and fp64 (triton_interp.check_against_fp64), and y's shape."""
     from vmbench.kernels.linear_gelu import linear_gelu, linear_gelu_ref
 
-    y = check_xwb_against_fp64(lambda *a: linear_gelu(*a, backend="triton"), linear_gelu_ref, x, w, b)
+    y = check_against_fp64(lambda *a: linear_gelu(*a, backend="triton"), linear_gelu_ref, x, w, b)
     assert y.shape == (*x.shape[:-1], w.shape[0]) and y.is_contiguous()
     return y
 
@@ -63,7 +62,7 @@ def check_against_fp64(x, w, b):
 @pytest.mark.parametrize("dtype", [*LOW, torch.float32])
 @pytest.mark.parametrize("bias", [True, False])
 def test_forward_backward(triton_cpu, shape, dtype, bias):
-    check_against_fp64(*_inputs(*shape, dtype, bias))
+    check(*_inputs(*shape, dtype, bias))
 
 
 @interp
@@ -167,47 +166,24 @@ def test_backward_saves_no_hidden_activation(triton_cpu):
 
 
 _COMPILE_CHILD = r"""
-import json, torch
-from torch._dynamo.utils import counters
-from vmbench.kernels import linear_gelu
+from vmbench.kernels import linear_gelu, mlp as whole_mlp
 from vmbench.models.vmamba_layers import Mlp
 
-linear_gelu.USE_KERNEL = True
+linear_gelu.USE_KERNEL, whole_mlp.USE_KERNEL = True, False
 torch.manual_seed(0)
 mlp = Mlp(32, 64, backend="triton").eval()
 x = torch.randn(2, 4, 4, 32)
-graphs = []
-def backend(gm, inputs):
-    graphs.append(gm)
-    return gm.forward
 def fc1_gelu(x):  # the op with gradients: what a training graph would call
     return linear_gelu.linear_gelu(x, *mlp.fc1._autocast_params(x), backend="triton")
-out = {}
-for name, fn, train in (("mlp", mlp, False), ("op", fc1_gelu, True)):
-    torch._dynamo.reset(); counters.clear(); graphs.clear()
-    with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
-        y = torch.compile(fn, backend=backend)(x)
-        ref = fn(x)
-    if train:
-        y.float().sum().backward()
-    out[name] = dict(graphs=counters["stats"]["unique_graphs"], breaks=sum(counters["graph_break"].values()),
-                     ops=sorted({str(n.target) for g in graphs for n in g.graph.nodes
-                                 if n.op == "call_function" and "vmbench" in str(n.target)}),
-                     same=bool(torch.equal(y, ref)), grad=train and mlp.fc1.weight.grad is not None)
-print("RESULT " + json.dumps(out))
+out["mlp"] = capture(mlp, x, False)
+out["op"] = dict(capture(fc1_gelu, x, True), grad=mlp.fc1.weight.grad is not None)
 """
 
 
 def test_compiled_mlp_is_one_graph_with_the_op():
     """torch.compile captures the inference MLP on the Triton backend under autocast as one graph, no break,
     calling vmbench::linear_gelu, and gives the eager output; the op itself compiles with gradients too."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD], capture_output=True, text=True, timeout=600, env=env)
-    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
-    for name, r in json.loads(line[0][len("RESULT "):]).items():
-        assert (r["graphs"], r["breaks"]) == (1, 0) and r["same"], (name, r)
-        assert r["ops"] == ["vmbench.linear_gelu"] and r["grad"] == (name == "op"), (name, r)
+    assert_one_graph_with(run_compile_child(_COMPILE_CHILD, ROOT), "vmbench.linear_gelu")
 
 
 # ------------------------------------------------------------------------------------------ GPU
@@ -222,4 +198,4 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 @pytest.mark.parametrize("dtype", [*LOW, torch.float32])
 def test_gpu_stage_shapes(c, dtype):
     hw = {96: 56, 192: 28, 384: 14, 768: 7}[c]
-    check_against_fp64(*_inputs((2, hw, hw, c), 4 * c, dtype, device="cuda"))
+    check(*_inputs((2, hw, hw, c), 4 * c, dtype, device="cuda"))

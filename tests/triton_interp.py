@@ -9,6 +9,7 @@ otherwise `rerun_in_interpreter` re-runs the test file in a fresh subprocess wit
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ CHILD = "_VMBENCH_INTERP_CHILD"  # set in the re-run subprocess
 FLOOR = 8 * torch.finfo(torch.float32).eps
 KERNEL_MODULES = ("vmbench.kernels._cross_scan_triton", "vmbench.kernels._ss2d_triton",
                   "vmbench.kernels._layer_norm_triton", "vmbench.kernels._linear_gelu_triton",
-                  "vmbench.kernels._dwconv_silu_triton")
+                  "vmbench.kernels._dwconv_silu_triton", "vmbench.kernels._mlp_triton")
 
 
 def interpreter_ready(module: str, kernel: str) -> bool:
@@ -113,21 +114,73 @@ def use_interpreter(monkeypatch):
     return xst
 
 
-def check_xwb_against_fp64(fn, ref, x, w, b):
-    """An op of (x, weight, bias-or-None) against its twin `ref` and float64: y = fn(x, w, b) must be fully written
-    and, like every gradient, within 2 x the twin's error at x's precision (against fp64) + FLOOR. Returns y."""
-    leaves = [t for t in (x, w, b) if t is not None]
-    y = fn(x, w, b)
-    assert y.dtype == x.dtype and not y.isnan().any(), "unwritten output"
+def check_against_fp64(fn, ref, *operands):
+    """An op of tensors (None entries allowed: absent biases) against its twin `ref` and float64: y = fn(*operands)
+    must be fully written and, like the gradient of every tensor operand, within 2 x the twin's error at the
+    operands' precision (against fp64) + FLOOR. Returns y."""
+    leaves = [t for t in operands if t is not None]
+
+    def call(f, tensors):
+        it = iter(tensors)
+        return f(*(None if t is None else next(it) for t in operands))
+    y = fn(*operands)
+    assert y.dtype == leaves[0].dtype and not y.isnan().any(), "unwritten output"
     g = torch.randn(y.shape, device=y.device).to(y.dtype)
     grads = torch.autograd.grad(y, leaves, g)
-    y_ref = ref(x, w, b)
+    y_ref = ref(*operands)
     grads_ref = torch.autograd.grad(y_ref, leaves, g)
     up = [t.detach().double().requires_grad_(True) for t in leaves]
-    y64 = ref(*up, *([None] if b is None else []))
+    y64 = call(ref, up)
     grads64 = torch.autograd.grad(y64, up, g.double())
     assert rel(y, y64) <= 2 * rel(y_ref, y64) + FLOOR, ("y", rel(y, y64), rel(y_ref, y64))
-    for name, gk, gr, g64, leaf in zip("xwb", grads, grads_ref, grads64, leaves):
-        assert gk.dtype == leaf.dtype and gk.shape == leaf.shape and not gk.isnan().any(), f"d{name}"
-        assert rel(gk, g64) <= 2 * rel(gr, g64) + FLOOR, (f"d{name}", rel(gk, g64), rel(gr, g64))
+    for i, (gk, gr, g64, leaf) in enumerate(zip(grads, grads_ref, grads64, leaves)):
+        assert gk.dtype == leaf.dtype and gk.shape == leaf.shape and not gk.isnan().any(), f"grad {i}"
+        assert rel(gk, g64) <= 2 * rel(gr, g64) + FLOOR, (f"grad {i}", rel(gk, g64), rel(gr, g64))
     return y
+
+
+
+# What a torch.compile capture test's child process starts with: a backend that records the captured graphs, and
+# helpers over the dynamo counters. `capture` compiles fn, calls it under bf16 autocast and compares with eager.
+COMPILE_PRELUDE = r"""
+import json, torch
+from torch._dynamo.utils import counters
+graphs = []
+def backend(gm, inputs):
+    graphs.append(gm)
+    return gm.forward
+def fresh():
+    torch._dynamo.reset(); counters.clear(); graphs.clear()
+def stats():
+    return dict(graphs=counters["stats"]["unique_graphs"], breaks=sum(counters["graph_break"].values()),
+                ops=sorted({str(n.target) for g in graphs for n in g.graph.nodes
+                            if n.op == "call_function" and "vmbench" in str(n.target)}))
+def capture(fn, x, train):
+    fresh()
+    with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = torch.compile(fn, backend=backend)(x)
+        ref = fn(x)
+    if train:
+        y.float().sum().backward()
+    return dict(stats(), same=bool(torch.equal(y, ref)))
+out = {}
+"""
+
+
+def run_compile_child(body: str, root) -> dict:
+    """Run COMPILE_PRELUDE + `body` (which fills the dict `out`) in a fresh process with TRITON_INTERPRET=1 and the
+    checkout `root` on the path; returns `out`."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
+    script = COMPILE_PRELUDE + body + '\nprint("RESULT " + json.dumps(out))\n'
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
+    return json.loads(line[0][len("RESULT "):])
+
+
+def assert_one_graph_with(results: dict, op: str) -> None:
+    """`run_compile_child` results of `capture` calls: each one graph, no break, the eager output, and `op` the only
+    vmbench op in it; the case named "op" (and only it) ran with gradients and reached the parameters."""
+    for name, r in results.items():
+        assert (r["graphs"], r["breaks"]) == (1, 0) and r["same"], (name, r)
+        assert r["ops"] == [op] and r.get("grad", False) == (name == "op"), (name, r)

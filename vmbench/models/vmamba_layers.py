@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from vmbench.kernels import LayerNorm, ParamCache, derived
 from vmbench.kernels._backend import needs_grad
-from vmbench.kernels.linear_gelu import linear_gelu, triton_takes
+from vmbench.kernels import linear_gelu as lg
+from vmbench.kernels import mlp as fused_mlp
 from vmbench.kernels.layer_norm import autocast_dtype
 
 from .vmamba_config import VMambaConfig
@@ -152,9 +153,12 @@ def gelu_linear_ref(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 class Mlp(nn.Module):
     """Position-wise MLP on (B, H, W, C): fc1 -> GELU -> fc2. Without dropout:
-    - without gradients, where `linear_gelu` takes its Triton kernel (`triton_takes`: its USE_KERNEL flag, bf16 /
-      fp16 GEMMs on the Triton backend, C <= its MAX_K), fc1 -> GELU is that one kernel, eager and compiled: the
-      hidden activation is written once instead of written, read and written again by a GELU pass;
+    - without gradients, where kernels/mlp.py takes its Triton kernel (`triton_takes`: its USE_KERNEL flag, bf16 /
+      fp16 GEMMs on the Triton backend, C <= its MAX_K), the whole MLP is that one kernel, eager and compiled: the
+      hidden activation is never written;
+    - else without gradients, where `linear_gelu` takes its kernel (the same conditions with its own flag and
+      MAX_K), fc1 -> GELU is one kernel: the hidden activation is written once instead of written, read and
+      written again by a GELU pass;
     - with gradients, GELU -> fc2 runs as `gelu_linear`, which recomputes the GELU in the backward instead of
       saving its output (Inductor's partitioner would save both: benchmarks/NOTES-compile.md). The fused kernel's
       backward would recompute fc1's GEMM too, which cost more than the pass it saves (benchmarks/RESULTS.md).
@@ -170,8 +174,12 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plain = not isinstance(self.drop, nn.Identity) or torch.jit.is_tracing()
-        if not plain and not needs_grad(x, self.fc1.weight, self.fc1.bias) and triton_takes(x, self.backend):
-            return self.fc2(linear_gelu(x, *self.fc1._autocast_params(x), backend=self.backend))
+        if not plain and not needs_grad(x, self.fc1.weight, self.fc1.bias):
+            if not needs_grad(self.fc2.weight, self.fc2.bias) and fused_mlp.triton_takes(x, self.backend):
+                return fused_mlp.mlp(x, *self.fc1._autocast_params(x), *self.fc2._autocast_params(x),
+                                     backend=self.backend)
+            if lg.triton_takes(x, self.backend):
+                return self.fc2(lg.linear_gelu(x, *self.fc1._autocast_params(x), backend=self.backend))
         h = self.fc1(x)  # (B, H, W, hidden)
         if not plain and needs_grad(h, self.fc2.weight, self.fc2.bias):
             return gelu_linear(h, self.fc2.weight, self.fc2.bias)  # (B, H, W, C)
