@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
-from _shared import FUSIONS, fusion_switch, save  # noqa: E402  (benchmarks/, the script's own folder)
+from _shared import FUSIONS, fusion_switch, save, valid_fusion  # noqa: E402  (benchmarks/, the script's own folder)
 
 import torch
 import torch.nn.functional as F
@@ -143,10 +143,13 @@ def main(argv=None) -> int:
     ap.add_argument("--python", action="store_true",
                     help="also cProfile the Python of an inference and a training step, and time the setups "
                          "models.py differs in")
-    ap.add_argument("--fusions", choices=FUSIONS, default="default",
-                    help="which of VMamba's fused kernels run (as peers.py --fusions)")
+    ap.add_argument("--fusions", default="default",
+                    help="which of VMamba's fused kernels run: one of default, all, none, mlp, ffn, conv, or names "
+                         "joined by + (as peers.py --fusions)")
     ap.add_argument("--infer-only", action="store_true", help="profile inference only, no training step")
     args = ap.parse_args(argv)
+    if not valid_fusion(args.fusions):
+        ap.error(f"--fusions takes one of {', '.join(FUSIONS)} (or names joined by +)")
     if args.python and args.compile:
         ap.error("--python profiles the eager model's Python; drop --compile")
     if not torch.cuda.is_available():

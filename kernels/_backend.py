@@ -37,6 +37,12 @@ def next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
+def rows_view(t: torch.Tensor) -> torch.Tensor:
+    """(R, C) view of (..., C) with column stride 1 for the row-wise kernels (a copy only when no such view exists)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 or t2.shape[-1] == 1 else t2.contiguous()
+
+
 def graph_capture() -> bool:
     """True while torch.compile / torch.export or torch.jit.trace is capturing a graph: the Triton ops must
     then go through their registered dispatcher ops (one node each). Plain eager calls skip the dispatcher

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import cdiv, direct_launch, graph_capture, needs_grad, next_pow2
+from ._backend import cdiv, direct_launch, graph_capture, needs_grad, next_pow2, rows_view
 from ._cross_scan_triton import _kernel_for, new_buffer
 from .layer_norm import TRITON_DTYPES, TRITON_MAX_C
 
@@ -145,17 +145,6 @@ def bwd_config(R: int, C: int, device: torch.device) -> Tuple[int, int, int]:
     return block_r, _warps(block_r * block_c, 16), programs
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(R, C) view of (..., C) with column stride 1 (a copy only when no such view exists)."""
-    c = t.shape[-1]
-    if t.dim() >= 1 and t.stride(-1) != 1:
-        t = t.contiguous()
-    t2 = t.reshape(-1, c)  # a view when the rows are evenly strided, else a contiguous copy
-    if t2.shape[0] > 1 and t2.stride(1) != 1:  # reshape keeps the column stride; belt and braces
-        t2 = t2.contiguous()
-    return t2
-
-
 def _param(p: Optional[torch.Tensor], c: int, name: str) -> Optional[torch.Tensor]:
     if p is None:
         return None
@@ -195,7 +184,7 @@ def layer_norm_fwd_launch(x: torch.Tensor, weight: Optional[torch.Tensor], bias:
     if out_dtype not in TRITON_DTYPES:
         raise ValueError(f"layer_norm (triton): out_dtype {out_dtype} unsupported; use one of {TRITON_DTYPES}")
     w, b = _param(weight, c, "weight"), _param(bias, c, "bias")
-    x2 = _rows(x)  # (R, C)
+    x2 = rows_view(x)  # (R, C)
     R = x2.shape[0]
     y = new_buffer(x.shape, out_dtype, x.device)
     mean = new_buffer(x.shape[:-1], torch.float32, x.device) if stats else None
@@ -233,7 +222,7 @@ def layer_norm_bwd_launch(dy: torch.Tensor, x: torch.Tensor, weight: Optional[to
         raise ValueError(f"layer_norm backward: dy {tuple(dy.shape)}, mean {tuple(mean.shape)}, "
                          f"rstd {tuple(rstd.shape)} do not match x {tuple(x.shape)}")
     w = _param(weight, c, "weight")
-    x2, dy2 = _rows(x), _rows(dy)
+    x2, dy2 = rows_view(x), rows_view(dy)
     mean = mean.reshape(-1).float().contiguous()
     rstd = rstd.reshape(-1).float().contiguous()
     R = x2.shape[0]

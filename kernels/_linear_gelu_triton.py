@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import cdiv, direct_launch, launch_or_apply, triton_interpret
+from ._backend import cdiv, direct_launch, launch_or_apply, rows_view, triton_interpret
 from ._cross_scan_triton import _kernel_for, new_buffer
 
 __all__ = ["linear_gelu_triton", "linear_gelu_launch", "LG_CONFIG", "DTYPES"]
@@ -77,12 +77,6 @@ def _linear_gelu_kernel(
     tl.store(out_ptr + rm[:, None] * N + rn[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(R, C) view of (..., C) with column stride 1 (a copy only when no such view exists)."""
-    t2 = t.reshape(-1, t.shape[-1])
-    return t2 if t2.stride(-1) == 1 or t2.shape[-1] == 1 else t2.contiguous()
-
-
 def linear_gelu_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        ga: Optional[torch.Tensor] = None, config: Optional[dict] = None) -> torch.Tensor:
     """Launch the kernel (no autograd).
@@ -105,14 +99,14 @@ def linear_gelu_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         raise ValueError(f"linear_gelu: weight {tuple(weight.shape)} / bias {bshape}"
                          f" do not fit x {tuple(x.shape)}")
     n = weight.shape[0]
-    x2 = _rows(x)
+    x2 = rows_view(x)
     m = x2.shape[0]
     out = new_buffer((*x.shape[:-1], n), x.dtype, x.device)
     g2 = None
     if ga is not None:
         if tuple(ga.shape) != tuple(out.shape):
             raise ValueError(f"linear_gelu backward: ga {tuple(ga.shape)} does not match {tuple(out.shape)}")
-        g2 = _rows(ga)
+        g2 = rows_view(ga)
     if m == 0 or n == 0:
         return out
     w = weight.contiguous()

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._backend import cdiv, direct_launch, launch_or_apply, next_pow2, triton_interpret
+from ._backend import cdiv, direct_launch, launch_or_apply, next_pow2, rows_view, triton_interpret
 from ._cross_scan_triton import _kernel_for, new_buffer
+from ._linear_gelu_triton import _param_grads
 
 __all__ = ["mlp_triton", "mlp_launch", "MLP_CONFIG", "MAX_KP", "DTYPES"]
 
@@ -78,12 +79,6 @@ def _mlp_kernel(
              mask=mmask[:, None] & kmask[None, :])
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(R, C) view of (..., C) with column stride 1 (a copy only when no such view exists)."""
-    t2 = t.reshape(-1, t.shape[-1])
-    return t2 if t2.stride(-1) == 1 or t2.shape[-1] == 1 else t2.contiguous()
-
-
 def _check(x, w1, b1, w2, b2) -> None:
     if x.dtype not in DTYPES or any(t is not None and t.dtype != x.dtype for t in (w1, b1, w2, b2)):
         raise ValueError(f"mlp (triton): x, weights and biases must share one of {DTYPES}; got "
@@ -111,7 +106,7 @@ def mlp_launch(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2
     """
     _check(x, w1, b1, w2, b2)
     k, n = x.shape[-1], w1.shape[0]
-    x2 = _rows(x)
+    x2 = rows_view(x)
     m = x2.shape[0]
     y = new_buffer(tuple(x.shape), x.dtype, x.device)
     if m == 0 or k == 0:
@@ -135,18 +130,12 @@ def mlp_launch(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2
 
 
 def _grads(gy, x, w1, b1, w2, needs):
-    """dx, dW1, db1, dW2, db2 by torch ops: h recomputed by cuBLAS, then the adjoints of fc2, the GELU and fc1 (bias
-    gradients summed in fp32, as cuBLAS's bias epilogue)."""
-    x2, gy2 = x.reshape(-1, x.shape[-1]), gy.reshape(-1, gy.shape[-1])
-    h = F.linear(x2, w1, b1)
-    ga = gy2 @ w2
-    gw2 = gy2.t() @ F.gelu(h) if needs[3] else None
-    gb2 = gy2.sum(0, dtype=torch.float32).to(gy.dtype) if needs[4] else None
+    """dx, dW1, db1, dW2, db2 by torch ops: h recomputed by cuBLAS, then the adjoints of fc2, the GELU and fc1
+    (each Linear's by `_param_grads`)."""
+    h = F.linear(x, w1, b1)
+    ga, gw2, gb2 = _param_grads(gy, F.gelu(h), w2, True, needs[3], needs[4])
     gh = torch.ops.aten.gelu_backward(ga, h)
-    gx = (gh @ w1).view(x.shape) if needs[0] else None
-    gw1 = gh.t() @ x2 if needs[1] else None
-    gb1 = gh.sum(0, dtype=torch.float32).to(gh.dtype) if needs[2] else None
-    return gx, gw1, gb1, gw2, gb2
+    return (*_param_grads(gh, x, w1, *needs[:3]), gw2, gb2)
 
 
 @torch.library.triton_op("vmbench::mlp", mutates_args=())
