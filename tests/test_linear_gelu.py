@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from triton_interp import (assert_one_graph_with, check_against_fp64, interpreter_ready, rel, run_compile_child,
-                           subprocess_test, use_interpreter)
+                           saved_activation_bytes, subprocess_test, use_interpreter)
 
 MODULE = "vmbench.kernels._linear_gelu_triton"
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,17 +142,6 @@ def test_mlp_under_autocast_takes_the_kernel_without_gradients(triton_cpu, monke
 def test_backward_saves_no_hidden_activation(triton_cpu):
     """With gradients the kernel keeps x (and the weights) for its backward, which recomputes h in its GEMM; the
     twin keeps x and h."""
-    def saved_bytes(fn, x):
-        seen = {}
-
-        def pack(t):
-            if t.numel() >= x.numel():  # activations (the weights are smaller here)
-                seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return sum(seen.values())
-
     torch.manual_seed(0)
     from vmbench.kernels.linear_gelu import linear_gelu_ref
 
@@ -160,8 +149,8 @@ def test_backward_saves_no_hidden_activation(triton_cpu):
     w = (torch.randn(128, 32) / 6).to(torch.bfloat16).requires_grad_(True)
     b = torch.zeros(128, dtype=torch.bfloat16, requires_grad=True)
     hidden = x.numel() * 4 * 2  # one bf16 hidden-size activation
-    got = saved_bytes(lambda: triton_cpu.linear_gelu_triton(x, w, b), x)
-    ref = saved_bytes(lambda: linear_gelu_ref(x, w, b), x)
+    got = saved_activation_bytes(lambda: triton_cpu.linear_gelu_triton(x, w, b), x)
+    ref = saved_activation_bytes(lambda: linear_gelu_ref(x, w, b), x)
     assert got == x.numel() * 2 and ref == got + hidden, (got, ref, hidden)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from triton_interp import (assert_one_graph_with, check_against_fp64, interpreter_ready, rel, run_compile_child,
-                           subprocess_test, use_interpreter)
+                           saved_activation_bytes, subprocess_test, use_interpreter)
 
 MODULE = "vmbench.kernels._mlp_triton"
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,24 +148,13 @@ def test_module_under_autocast_takes_the_kernel_without_gradients(triton_cpu, mo
 def test_backward_saves_no_hidden_activation(triton_cpu):
     """With gradients the kernel keeps x (and the weights) for its backward, which recomputes the hidden activation;
     the twin keeps x, fc1's output and the GELU's."""
-    def saved_bytes(fn, x):
-        seen = {}
-
-        def pack(t):
-            if t.numel() >= x.numel():  # activations (the weights are smaller here)
-                seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return sum(seen.values())
-
     from vmbench.kernels.mlp import mlp_ref
 
     torch.manual_seed(0)
     ops = _inputs((2, 16, 16, 32), 128, torch.bfloat16)
     x = ops[0]
-    got = saved_bytes(lambda: triton_cpu.mlp_triton(*ops), x)
-    ref = saved_bytes(lambda: mlp_ref(*ops), x)
+    got = saved_activation_bytes(lambda: triton_cpu.mlp_triton(*ops), x)
+    ref = saved_activation_bytes(lambda: mlp_ref(*ops), x)
     assert got == x.numel() * 2 and ref >= got + 2 * x.numel() * 4 * 2, (got, ref)
 
 

@@ -114,6 +114,20 @@ def use_interpreter(monkeypatch):
     return xst
 
 
+def saved_activation_bytes(fn, x: torch.Tensor) -> int:
+    """Bytes autograd saves for a backward while fn() runs, counting each distinct tensor of at least x's size once
+    (the activations; the weights of these tests are smaller)."""
+    seen = {}
+
+    def pack(t):
+        if t.numel() >= x.numel():
+            seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
 def check_against_fp64(fn, ref, *operands):
     """An op of tensors (None entries allowed: absent biases) against its twin `ref` and float64: y = fn(*operands)
     must be fully written and, like the gradient of every tensor operand, within 2 x the twin's error at the
