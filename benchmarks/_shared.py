@@ -25,7 +25,7 @@ def once_ms(fn: Callable[[], Any], rep: int = 60) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-FUSIONS = ("default", "all", "none", "mlp", "ffn", "conv")  # values of the scripts' --fusions, or names joined by +
+FUSIONS = ("default", "all", "none", "mlp", "ffn", "conv", "lnbwd")  # values of --fusions, or names joined by +
 
 
 def valid_fusion(value: str) -> bool:
@@ -36,11 +36,15 @@ def valid_fusion(value: str) -> bool:
 def fusion_switch():
     """A function `use(fusion)` that sets the USE_KERNEL flags of VMamba's fused kernels for one value of FUSIONS:
     mlp (fc1 + GELU, kernels/linear_gelu.py), ffn (the whole MLP, kernels/mlp.py; where both take a call, the
-    whole MLP runs), conv (SS2D's conv + SiLU, kernels/dwconv_silu.py), all, none, default (the flags as the
-    modules set them, read when this is called), or kernel names joined by "+" ("mlp+conv")."""
+    whole MLP runs), conv (SS2D's conv + SiLU, kernels/dwconv_silu.py), lnbwd (compiled graphs with gradients: the
+    LayerNorm backward on the Triton kernel, kernels/layer_norm.py), all, none, default (the flags as the modules
+    set them, read when this is called), or kernel names joined by "+" ("mlp+conv")."""
+    import importlib
+
     from vmbench.kernels import dwconv_silu, linear_gelu, mlp
 
-    mods = {"mlp": linear_gelu, "ffn": mlp, "conv": dwconv_silu}
+    layer_norm = importlib.import_module("vmbench.kernels.layer_norm")  # the package exports a function of that name
+    mods = {"mlp": linear_gelu, "ffn": mlp, "conv": dwconv_silu, "lnbwd": layer_norm}
     default = {name for name, mod in mods.items() if mod.USE_KERNEL}
     sets = {"default": default, "all": set(mods), "none": set(), **{name: {name} for name in mods}}
 

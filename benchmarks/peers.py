@@ -7,6 +7,7 @@
     python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
     python benchmarks/peers.py --replay on,off                   # VMamba with and without its graph replays
     python benchmarks/peers.py --fusions all,ffn,mlp,conv,none   # VMamba's fused MLP, fc1 + GELU, conv + SiLU kernels
+    python benchmarks/peers.py --compile --modes train --fusions default,mlp+ffn+conv   # with / without lnbwd
 
 Modes (`--modes`, default plain,bench,train):
   plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
@@ -189,12 +190,14 @@ def main(argv=None) -> int:
                     "kernels/_ss2d_map_triton.py sets it), off (every call on the composition), or DELTA-YS[:L] "
                     "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
-    ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, ffn, conv: "
-                    "which of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM (kernels/linear_gelu.py), "
-                    "ffn: the whole MLP as one kernel in calls without gradients (kernels/mlp.py), conv: "
-                    "SS2D's depthwise conv + SiLU in compiled inference (kernels/dwconv_silu.py), default: as their "
-                    "USE_KERNEL flags are set, a+b: both; the others run unfused, as cuBLAS / cuDNN then a pass (rows "
-                    "MODEL/fuse-all, MODEL/fuse-none, ...)")
+    ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, ffn, conv, "
+                    "lnbwd: which of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM "
+                    "(kernels/linear_gelu.py), ffn: the whole MLP as one kernel in calls without gradients "
+                    "(kernels/mlp.py), conv: SS2D's depthwise conv + SiLU in compiled inference "
+                    "(kernels/dwconv_silu.py), lnbwd: the LayerNorm backward on the Triton kernel in compiled "
+                    "training (kernels/layer_norm.py), default: as their USE_KERNEL flags are set, a+b: both; the "
+                    "others run unfused, as cuBLAS / cuDNN / Inductor then a pass (rows MODEL/fuse-all, "
+                    "MODEL/fuse-none, ...)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)

@@ -18,6 +18,8 @@ otherwise), so row-strided views such as x[..., :C] of a wider buffer read witho
 
 Public entry points (autograd + torch.compile through `torch.library.triton_op`):
     layer_norm_triton(x, weight, bias, eps, out_dtype) -> y (..., C), out_dtype or x.dtype
+    layer_norm_compiled(x, weight, bias, eps, out_dtype): for compiled graphs with gradients, the forward in torch
+        ops (Inductor fuses it with its neighbours), the backward on this kernel
     layer_norm_fwd_launch / layer_norm_bwd_launch: the raw launches (benchmarks, tests)
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ._backend import cdiv, direct_launch, graph_capture, needs_grad, next_pow2,
 from ._cross_scan_triton import _kernel_for, new_buffer
 from .layer_norm import TRITON_DTYPES, TRITON_MAX_C
 
-__all__ = ["layer_norm_triton", "layer_norm_fwd_launch", "layer_norm_bwd_launch"]
+__all__ = ["layer_norm_triton", "layer_norm_compiled", "layer_norm_fwd_launch", "layer_norm_bwd_launch"]
 
 FWD_ELEMS = 4096  # elements per forward program: 32 per thread at 4 warps, ~70 registers (ptxas sm_90) -> 7 resident per SM
 BWD_ELEMS = 4096  # elements per backward tile: 16 per thread at 8 warps (x, dy, x_hat, two accumulators: <= 128 registers)
@@ -297,6 +299,35 @@ class _LayerNormFn(torch.autograd.Function):
         x, weight, mean, rstd = ctx.saved_tensors
         with direct_launch():
             return _grads(ctx, weight, layer_norm_bwd_launch(dy, x, weight, mean, rstd))
+
+
+class _InductorForwardFn(torch.autograd.Function):
+    """Compiled graphs with gradients: the forward as aten's native_layer_norm in fp32, which Inductor fuses with the
+    residual add before it and the cast after it; the backward on `_ln_bwd_kernel` (dx and the weight / bias partial
+    sums in one pass over x and dy), in place of Inductor's decomposition, which reduces the weight gradients over
+    the rows in kernels of its own."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, out_dtype):
+        f32 = [t.float() if t is not None else None for t in (x, weight, bias)]
+        y, mean, rstd = torch.native_layer_norm(f32[0], (x.shape[-1],), f32[1], f32[2], eps)
+        stats = x.shape[:-1]
+        ctx.save_for_backward(x, weight, mean.view(stats), rstd.view(stats))
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return y.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        return _grads(ctx, weight, torch.ops.vmbench.layer_norm_bwd(dy, x, weight, mean, rstd))
+
+
+def layer_norm_compiled(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                        out_dtype: torch.dtype) -> torch.Tensor:
+    """`layer_norm_triton`'s function for code that torch.compile traces with gradients: the forward is Inductor's,
+    the backward the registered op `vmbench::layer_norm_bwd` (kernels/layer_norm.py's `USE_KERNEL`)."""
+    _check_x(x)
+    return _InductorForwardFn.apply(x, weight, bias, float(eps), out_dtype)
 
 
 def layer_norm_triton(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,

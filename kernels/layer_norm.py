@@ -4,7 +4,8 @@
 kernel (kernels/_layer_norm_triton.py) by backend; `LayerNorm` is an `nn.LayerNorm` with the same
 state_dict that routes through `layer_norm` and can emit the autocast dtype directly
 (`autocast_out=True`): every LayerNorm output in VMamba feeds a Linear, which would cast it anyway,
-so writing bf16 once saves the fp32 write and the cast pass.
+so writing bf16 once saves the fp32 write and the cast pass. In a compiled graph the forward is Inductor's (fused
+with the residual add and the casts around it); with gradients and `USE_KERNEL`, the backward is the Triton one.
 """
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._backend import resolve_backend
+from ._backend import needs_grad, resolve_backend
 
-__all__ = ["layer_norm", "layer_norm_ref", "LayerNorm", "TRITON_DTYPES", "TRITON_MAX_C"]
+__all__ = ["layer_norm", "layer_norm_ref", "LayerNorm", "TRITON_DTYPES", "TRITON_MAX_C", "USE_KERNEL"]
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # x dtypes the kernel takes
 TRITON_MAX_C = 16384  # the kernel keeps whole rows in registers; beyond this it would spill
+# Compiled graphs with gradients: the LayerNorm's backward on the Triton kernel (one pass for dx and the weight /
+# bias partial sums), its forward left to Inductor (kernels/_layer_norm_triton.py, `layer_norm_compiled`). False:
+# Inductor's own backward. Eager calls take the Triton kernel for both passes either way (`LayerNorm.backend`).
+USE_KERNEL = True
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> int:
@@ -110,7 +115,7 @@ class LayerNorm(nn.LayerNorm):
             backend: float32 while autocast is on (autocast runs layer_norm in fp32), x's dtype otherwise.
         backend: "auto" | "torch" | "triton". On the torch backend with autocast_out=False (or autocast
             off) forward is exactly nn.LayerNorm's, autocast policy included. Code being compiled by
-            torch.compile always takes the torch path (Inductor fuses the norm itself).
+            torch.compile runs the forward in torch ops (Inductor fuses the norm itself); see `USE_KERNEL`.
     """
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
@@ -127,9 +132,15 @@ class LayerNorm(nn.LayerNorm):
             raise ValueError(f"LayerNorm({self.normalized_shape[0]}) got x of shape {tuple(x.shape)}")
         cast = autocast_dtype(x.device.type)
         out_dtype = cast if self.autocast_out else (torch.float32 if cast is not None else None)
-        # Under torch.compile the torch path: Inductor generates its own fused norm (with the residual
-        # add and cast around it), which an opaque custom op would prevent.
-        be = "torch" if torch.compiler.is_compiling() else _pick_backend(self.backend, x)
+        # Under torch.compile the forward is Inductor's: it fuses the norm with the residual add and the casts around
+        # it, which an opaque custom op would prevent. With gradients, the backward can still be the Triton kernel's.
+        be = _pick_backend(self.backend, x)
+        if torch.compiler.is_compiling():
+            if USE_KERNEL and be == "triton" and needs_grad(x, self.weight, self.bias):
+                from ._layer_norm_triton import layer_norm_compiled
+
+                return layer_norm_compiled(x, self.weight, self.bias, self.eps, out_dtype or x.dtype)
+            be = "torch"
         if be == "torch":
             if out_dtype is None or not self.autocast_out:
                 return super().forward(x)  # nn.LayerNorm, autocast policy included

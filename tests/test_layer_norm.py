@@ -17,13 +17,15 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from triton_interp import CHILD, FLOOR, interpreter_ready, rel, subprocess_test, use_interpreter
+from triton_interp import CHILD, FLOOR, interpreter_ready, rel, run_compile_child, subprocess_test, use_interpreter
 
 MODULE = "vmbench.kernels._layer_norm_triton"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _import_layer_norm_interpreted() -> None:
@@ -193,6 +195,74 @@ def test_dispatcher_op_matches_eager_path(small_tiles, affine):
         outs.append((y, torch.autograd.grad(y, leaves, g)))
     (y1, g1), (y2, g2) = outs
     assert torch.equal(y1, y2) and all(torch.equal(a, c) for a, c in zip(g1, g2))
+
+
+@interp
+@pytest.mark.parametrize("dtype,out_dtype,affine", [(torch.float32, torch.bfloat16, "wb"),
+                                                    (torch.bfloat16, torch.float32, "w"),
+                                                    (torch.float16, None, "none")])
+def test_compiled_training_function(small_tiles, dtype, out_dtype, affine):
+    """`layer_norm_compiled` (compiled graphs with gradients: aten's forward, this backward) called eagerly: y and
+    every gradient within the derived tolerance of fp64, and the gradients those of the all-Triton path."""
+    x = torch.randn(2, 3, 5, 12).mul(2).add(0.5).to(dtype).requires_grad_(True)
+    w, b = make_params(12, affine)
+    fn = lambda x, w, b, eps, out: small_tiles.layer_norm_compiled(x, w, b, eps, out or x.dtype)  # noqa: E731
+    y, grads = check_against_fp64(fn, x, w, b, out_dtype, g=torch.randn(x.shape).to(out_dtype or dtype))
+    y2, grads2 = check_against_fp64(_triton, x, w, b, out_dtype, g=torch.randn(x.shape).to(out_dtype or dtype))
+    assert y.grad_fn is not None and y.dtype == y2.dtype
+
+
+_COMPILE_TRAIN_CHILD = r"""
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
+import importlib
+from vmbench.kernels import LayerNorm
+lnmod = importlib.import_module("vmbench.kernels.layer_norm")  # the package exports a function of that name
+torch._functorch.config.decompose_custom_triton_ops = False  # keep the op as one node (the interpreter cannot trace)
+graphs_seen = {}
+def recorder(name):
+    def compiler(gm, inputs):
+        graphs_seen[name] = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return make_boxed_func(gm.forward)
+    return compiler
+torch.manual_seed(0)
+norm = LayerNorm(12, autocast_out=True, backend="triton")
+with torch.no_grad():
+    norm.weight.copy_(torch.randn(12)); norm.bias.copy_(torch.randn(12))
+lin = torch.nn.Linear(12, 8)
+def block(x, r):
+    return lin(norm(x + r))  # the residual add before the norm, a Linear after it: VMamba's block
+x = torch.randn(2, 3, 5, 12, requires_grad=True); r = torch.randn(2, 3, 5, 12); g = torch.randn(2, 3, 5, 8)
+def grads(fn):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fn(x, r)
+    return y, torch.autograd.grad(y, (x, norm.weight, norm.bias), g.to(y.dtype))
+y_eager, eager = grads(block)
+def rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+for use in (True, False):
+    lnmod.USE_KERNEL = use
+    fresh(); graphs_seen.clear()
+    y, got = grads(torch.compile(block, backend=aot_autograd(fw_compiler=recorder("fw"), bw_compiler=recorder("bw")),
+                                 fullgraph=True))
+    out[str(use)] = dict(stats(), fw=graphs_seen["fw"], bw=graphs_seen["bw"], y=rel(y, y_eager),
+                         grads=[rel(a, b) for a, b in zip(got, eager)])
+"""
+
+
+def test_compiled_training_takes_the_triton_backward():
+    """torch.compile with gradients (AOTAutograd, Triton interpreter): with `USE_KERNEL` the forward graph keeps
+    aten's LayerNorm (for Inductor to fuse) and the backward graph calls vmbench::layer_norm_bwd; without it neither
+    graph has a vmbench op. One graph, no break, and the gradients of the eager all-Triton path either way."""
+    out = run_compile_child(_COMPILE_TRAIN_CHILD, ROOT)
+    on, off = out["True"], out["False"]
+    for r in (on, off):
+        assert (r["graphs"], r["breaks"]) == (1, 0), r
+        assert not [op for op in r["fw"] if "vmbench" in op], r
+        assert "aten.native_layer_norm.default" in r["fw"], r
+        assert r["y"] <= 1e-2 and max(r["grads"]) <= 2e-2, r  # bf16 y and Linear: the same roundings as eager
+    assert "vmbench.layer_norm_bwd.default" in on["bw"], on
+    assert not [op for op in off["bw"] if "vmbench" in op], off
 
 
 @interp
@@ -389,3 +459,37 @@ def test_gpu_compile_traces_through():
     (gx,) = torch.autograd.grad(y.float().sum(), x)
     (gx_ref,) = torch.autograd.grad(y_ref.float().sum(), x)
     assert rel(gx, gx_ref) <= 2e-2
+
+
+@gpu
+@needs_cuda
+def test_gpu_compiled_training_backward():
+    """Inductor, with gradients, at VMamba-T's stage-1 shape (batch 8): the residual add, LayerNorm and a Linear
+    compiled with the Triton backward (`USE_KERNEL`) and with Inductor's own give the same gradients."""
+    lnmod = importlib.import_module("vmbench.kernels.layer_norm")
+    from vmbench.kernels import LayerNorm
+
+    torch.manual_seed(0)
+    m = LayerNorm(96, autocast_out=True).cuda()
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(96))
+        m.bias.copy_(torch.randn(96))
+    lin = nn.Linear(96, 384).cuda()
+    x = torch.randn(8, 56, 56, 96, device="cuda", requires_grad=True)
+    r = torch.randn(8, 56, 56, 96, device="cuda")
+    g = torch.randn(8, 56, 56, 384, device="cuda").bfloat16()
+    got = {}
+    old = lnmod.USE_KERNEL
+    try:
+        for use in (True, False):
+            lnmod.USE_KERNEL = use
+            torch._dynamo.reset()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = torch.compile(lambda x, r: lin(m(x + r)), fullgraph=True)(x, r)
+            got[use] = torch.autograd.grad(y, (x, m.weight, m.bias), g)
+    finally:
+        lnmod.USE_KERNEL = old
+        torch._dynamo.reset()
+    for a, b in zip(got[True], got[False]):
+        assert rel(a, b) <= 1e-4, rel(a, b)  # the same dy: fp32 sums in another order
+
