@@ -25,7 +25,7 @@ def once_ms(fn: Callable[[], Any], rep: int = 60) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-FUSIONS = ("default", "all", "none", "mlp", "ffn", "conv", "lnbwd")  # values of --fusions, or names joined by +
+FUSIONS = ("default", "all", "none", "mlp", "ffn", "conv", "lnbwd", "lnfwd")  # values of --fusions, or a+b
 
 
 def valid_fusion(value: str) -> bool:
@@ -34,24 +34,25 @@ def valid_fusion(value: str) -> bool:
 
 
 def fusion_switch():
-    """A function `use(fusion)` that sets the USE_KERNEL flags of VMamba's fused kernels for one value of FUSIONS:
-    mlp (fc1 + GELU, kernels/linear_gelu.py), ffn (the whole MLP, kernels/mlp.py; where both take a call, the
-    whole MLP runs), conv (SS2D's conv + SiLU, kernels/dwconv_silu.py), lnbwd (compiled graphs with gradients: the
-    LayerNorm backward on the Triton kernel, kernels/layer_norm.py), all, none, default (the flags as the modules
-    set them, read when this is called), or kernel names joined by "+" ("mlp+conv")."""
+    """A function `use(fusion)` that sets the flags of VMamba's fused kernels for one value of FUSIONS: mlp (fc1 +
+    GELU, kernels/linear_gelu.py), ffn (the whole MLP, kernels/mlp.py; where both take a call, the whole MLP runs),
+    conv (SS2D's conv + SiLU, kernels/dwconv_silu.py), lnbwd / lnfwd (compiled graphs with gradients: the LayerNorm
+    backward / forward and backward on the Triton kernel, kernels/layer_norm.py), all, none, default (the flags as
+    the modules set them, read when this is called), or kernel names joined by "+" ("mlp+conv")."""
     import importlib
 
     from vmbench.kernels import dwconv_silu, linear_gelu, mlp
 
     layer_norm = importlib.import_module("vmbench.kernels.layer_norm")  # the package exports a function of that name
-    mods = {"mlp": linear_gelu, "ffn": mlp, "conv": dwconv_silu, "lnbwd": layer_norm}
-    default = {name for name, mod in mods.items() if mod.USE_KERNEL}
-    sets = {"default": default, "all": set(mods), "none": set(), **{name: {name} for name in mods}}
+    flags = {"mlp": (linear_gelu, "USE_KERNEL"), "ffn": (mlp, "USE_KERNEL"), "conv": (dwconv_silu, "USE_KERNEL"),
+             "lnbwd": (layer_norm, "USE_KERNEL"), "lnfwd": (layer_norm, "USE_KERNEL_FWD")}
+    default = {name for name, (mod, attr) in flags.items() if getattr(mod, attr)}
+    sets = {"default": default, "all": set(flags), "none": set(), **{name: {name} for name in flags}}
 
     def use(fusion: str) -> None:
         on = set().union(*(sets[part] for part in fusion.split("+")))
-        for name, mod in mods.items():
-            mod.USE_KERNEL = name in on
+        for name, (mod, attr) in flags.items():
+            setattr(mod, attr, name in on)
     return use
 
 

@@ -191,13 +191,13 @@ def main(argv=None) -> int:
                     "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
     ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, ffn, conv, "
-                    "lnbwd: which of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM "
+                    "lnbwd, lnfwd: which of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM "
                     "(kernels/linear_gelu.py), ffn: the whole MLP as one kernel in calls without gradients "
                     "(kernels/mlp.py), conv: SS2D's depthwise conv + SiLU in compiled inference "
                     "(kernels/dwconv_silu.py), lnbwd: the LayerNorm backward on the Triton kernel in compiled "
-                    "training (kernels/layer_norm.py), default: as their USE_KERNEL flags are set, a+b: both; the "
-                    "others run unfused, as cuBLAS / cuDNN / Inductor then a pass (rows MODEL/fuse-all, "
-                    "MODEL/fuse-none, ...)")
+                    "training (kernels/layer_norm.py; lnfwd: its forward too), default: as their flags are set, "
+                    "a+b: both; the others run unfused, as cuBLAS / cuDNN / Inductor then a pass (rows "
+                    "MODEL/fuse-all, MODEL/fuse-none, ...)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)

@@ -147,9 +147,12 @@ def main(argv=None) -> int:
                     help="which of VMamba's fused kernels run: one of default, all, none, mlp, ffn, conv, or names "
                          "joined by + (as peers.py --fusions)")
     ap.add_argument("--infer-only", action="store_true", help="profile inference only, no training step")
+    ap.add_argument("--train-only", action="store_true", help="profile the training step only")
     args = ap.parse_args(argv)
     if not valid_fusion(args.fusions):
         ap.error(f"--fusions takes one of {', '.join(FUSIONS)} (or names joined by +)")
+    if args.infer_only and args.train_only:
+        ap.error("--infer-only and --train-only exclude each other")
     if args.python and args.compile:
         ap.error("--python profiles the eager model's Python; drop --compile")
     if not torch.cuda.is_available():
@@ -186,7 +189,8 @@ def main(argv=None) -> int:
           + (f" (LayerNorm backend {args.ln_backend})" if args.ln_backend else "")
           + (f" (fusions: {args.fusions})" if args.fusions != "default" else "")]
     steps = 5
-    for name, fn in (("inference", infer), ("training step", train))[:1 if args.infer_only else 2]:
+    parts = (("inference", infer), ("training step", train))
+    for name, fn in parts[1 if args.train_only else 0:1 if args.infer_only else 2]:
         model.train(name != "inference")
         torch.cuda.reset_peak_memory_stats()
         wall = _wall_ms(fn, steps)

@@ -65,7 +65,8 @@ def _ln_fwd_kernel(
     mean = tl.sum(x, axis=1) / C  # [BLOCK_R]
     xc = tl.where(mask, x - mean[:, None], 0.0)  # padding columns stay 0 for the variance
     var = tl.sum(xc * xc, axis=1) / C  # biased, as nn.LayerNorm
-    rstd = 1.0 / tl.sqrt_rn(var + eps)  # once per row: the correctly rounded sqrt costs nothing here
+    # once per row: the correctly rounded sqrt costs nothing here; eps arrives as fp64 from an Inductor graph
+    rstd = 1.0 / tl.sqrt_rn((var + eps).to(tl.float32))
     y = xc * rstd[:, None]
     if HAS_W:
         w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)

@@ -15,7 +15,8 @@ from torch import nn
 
 from ._backend import needs_grad, resolve_backend
 
-__all__ = ["layer_norm", "layer_norm_ref", "LayerNorm", "TRITON_DTYPES", "TRITON_MAX_C", "USE_KERNEL"]
+__all__ = ["layer_norm", "layer_norm_ref", "LayerNorm", "TRITON_DTYPES", "TRITON_MAX_C", "USE_KERNEL",
+           "USE_KERNEL_FWD"]
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # x dtypes the kernel takes
 TRITON_MAX_C = 16384  # the kernel keeps whole rows in registers; beyond this it would spill
@@ -23,6 +24,7 @@ TRITON_MAX_C = 16384  # the kernel keeps whole rows in registers; beyond this it
 # bias partial sums), its forward left to Inductor (kernels/_layer_norm_triton.py, `layer_norm_compiled`). False:
 # Inductor's own backward. Eager calls take the Triton kernel for both passes either way (`LayerNorm.backend`).
 USE_KERNEL = True
+USE_KERNEL_FWD = False  # True: the forward too (then the residual add before the norm is a pass of its own)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> int:
@@ -136,7 +138,11 @@ class LayerNorm(nn.LayerNorm):
         # it, which an opaque custom op would prevent. With gradients, the backward can still be the Triton kernel's.
         be = _pick_backend(self.backend, x)
         if torch.compiler.is_compiling():
-            if USE_KERNEL and be == "triton" and needs_grad(x, self.weight, self.bias):
+            if be == "triton" and needs_grad(x, self.weight, self.bias) and (USE_KERNEL or USE_KERNEL_FWD):
+                if USE_KERNEL_FWD:
+                    from ._layer_norm_triton import layer_norm_triton
+
+                    return layer_norm_triton(x, self.weight, self.bias, self.eps, out_dtype)
                 from ._layer_norm_triton import layer_norm_compiled
 
                 return layer_norm_compiled(x, self.weight, self.bias, self.eps, out_dtype or x.dtype)

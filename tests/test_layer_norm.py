@@ -240,29 +240,31 @@ def grads(fn):
 y_eager, eager = grads(block)
 def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
-for use in (True, False):
-    lnmod.USE_KERNEL = use
+for name, bwd, fwd in (("bwd", True, False), ("fwd", False, True), ("off", False, False)):
+    lnmod.USE_KERNEL, lnmod.USE_KERNEL_FWD = bwd, fwd
     fresh(); graphs_seen.clear()
     y, got = grads(torch.compile(block, backend=aot_autograd(fw_compiler=recorder("fw"), bw_compiler=recorder("bw")),
                                  fullgraph=True))
-    out[str(use)] = dict(stats(), fw=graphs_seen["fw"], bw=graphs_seen["bw"], y=rel(y, y_eager),
-                         grads=[rel(a, b) for a, b in zip(got, eager)])
+    out[name] = dict(stats(), fw=graphs_seen["fw"], bw=graphs_seen["bw"], y=rel(y, y_eager),
+                     grads=[rel(a, b) for a, b in zip(got, eager)])
 """
 
 
-def test_compiled_training_takes_the_triton_backward():
-    """torch.compile with gradients (AOTAutograd, Triton interpreter): with `USE_KERNEL` the forward graph keeps
-    aten's LayerNorm (for Inductor to fuse) and the backward graph calls vmbench::layer_norm_bwd; without it neither
-    graph has a vmbench op. One graph, no break, and the gradients of the eager all-Triton path either way."""
+def test_compiled_training_takes_the_triton_kernels():
+    """torch.compile with gradients (AOTAutograd, Triton interpreter): with `USE_KERNEL` alone the forward graph keeps
+    aten's LayerNorm (for Inductor to fuse) and the backward graph calls vmbench::layer_norm_bwd; with
+    `USE_KERNEL_FWD` the forward calls vmbench::layer_norm_fwd too; with neither no graph has a vmbench op. One
+    graph, no break, and the gradients of the eager all-Triton path each time."""
     out = run_compile_child(_COMPILE_TRAIN_CHILD, ROOT)
-    on, off = out["True"], out["False"]
-    for r in (on, off):
-        assert (r["graphs"], r["breaks"]) == (1, 0), r
-        assert not [op for op in r["fw"] if "vmbench" in op], r
-        assert "aten.native_layer_norm.default" in r["fw"], r
-        assert r["y"] <= 1e-2 and max(r["grads"]) <= 2e-2, r  # bf16 y and Linear: the same roundings as eager
-    assert "vmbench.layer_norm_bwd.default" in on["bw"], on
-    assert not [op for op in off["bw"] if "vmbench" in op], off
+    for name, r in out.items():
+        assert (r["graphs"], r["breaks"]) == (1, 0), (name, r)
+        assert r["y"] <= 1e-2 and max(r["grads"]) <= 2e-2, (name, r)  # bf16 y and Linear: eager's roundings
+    vm = {name: ([op for op in r["fw"] if "vmbench" in op], [op for op in r["bw"] if "vmbench" in op])
+          for name, r in out.items()}
+    assert vm == {"bwd": ([], ["vmbench.layer_norm_bwd.default"]),
+                  "fwd": (["vmbench.layer_norm_fwd.default"], ["vmbench.layer_norm_bwd.default"]),
+                  "off": ([], [])}, vm
+    assert "aten.native_layer_norm.default" in out["bwd"]["fw"], out["bwd"]
 
 
 @interp
@@ -463,9 +465,10 @@ def test_gpu_compile_traces_through():
 
 @gpu
 @needs_cuda
-def test_gpu_compiled_training_backward():
+def test_gpu_compiled_training_kernels():
     """Inductor, with gradients, at VMamba-T's stage-1 shape (batch 8): the residual add, LayerNorm and a Linear
-    compiled with the Triton backward (`USE_KERNEL`) and with Inductor's own give the same gradients."""
+    compiled with the Triton backward (`USE_KERNEL`), with the Triton forward and backward (`USE_KERNEL_FWD`) and
+    with Inductor's own LayerNorm give the same gradients."""
     lnmod = importlib.import_module("vmbench.kernels.layer_norm")
     from vmbench.kernels import LayerNorm
 
@@ -479,17 +482,17 @@ def test_gpu_compiled_training_backward():
     r = torch.randn(8, 56, 56, 96, device="cuda")
     g = torch.randn(8, 56, 56, 384, device="cuda").bfloat16()
     got = {}
-    old = lnmod.USE_KERNEL
+    old = lnmod.USE_KERNEL, lnmod.USE_KERNEL_FWD
     try:
-        for use in (True, False):
-            lnmod.USE_KERNEL = use
+        for flags in ((True, False), (False, True), (False, False)):
+            lnmod.USE_KERNEL, lnmod.USE_KERNEL_FWD = flags
             torch._dynamo.reset()
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 y = torch.compile(lambda x, r: lin(m(x + r)), fullgraph=True)(x, r)
-            got[use] = torch.autograd.grad(y, (x, m.weight, m.bias), g)
+            got[flags] = torch.autograd.grad(y, (x, m.weight, m.bias), g)
     finally:
-        lnmod.USE_KERNEL = old
+        lnmod.USE_KERNEL, lnmod.USE_KERNEL_FWD = old
         torch._dynamo.reset()
-    for a, b in zip(got[True], got[False]):
-        assert rel(a, b) <= 1e-4, rel(a, b)  # the same dy: fp32 sums in another order
-
+    for flags in ((True, False), (False, True)):
+        for a, b in zip(got[flags], got[(False, False)]):
+            assert rel(a, b) <= 1e-4, (flags, rel(a, b))  # the same dy: fp32 statistics and sums in another order
