@@ -1,6 +1,7 @@
 """Where a model's time goes on CUDA: torch.profiler over inference and training steps.
 
     python benchmarks/profile_model.py [--model vmamba_t] [--batch 128] [--res 224] [--top 30] [--compile]
+                                       [--infer-only | --train-only] [--fusions default]
 
 AMP-bf16, channels-last input, random data. Prints, for inference (no grad) and for a training step
 (forward + cross-entropy + backward, no optimizer), the CUDA kernels sorted by total time with their

@@ -530,6 +530,37 @@ def test_gelu_linear_matches_plain_ops_and_saves_less(amp, device):
         torch.testing.assert_close(g, p.grad)
 
 
+def test_compiled_training_saves_one_hidden_activation_per_mlp(monkeypatch):
+    """A whole (tiny) VMamba compiled for training under autocast, AOTAutograd with Inductor's decompositions and
+    min-cut partitioner: in the joint graph the backward's recomputed GELU would merge with the forward's, and the
+    partitioner then saved the GELU's output beside fc1's (measured: one hidden-size bf16 activation per position
+    more than needed). `_GeluLinear`'s compiled forward runs its GELU as an op of its own (vmbench::gelu): the
+    compiled forward saves exactly those bytes less, and less than eager saves."""
+    from vmbench.models import vmamba_layers as L
+    from vmbench.models.vmamba import _create_vmamba
+
+    torch.manual_seed(0)
+    model = _create_vmamba(dict(dims=16, depths=(1, 1, 1, 1)), num_classes=10, scan_backend="torch",
+                           drop_path_rate=0.1).train()
+    x = torch.randn(2, 3, 64, 64)
+    hidden = []
+    hooks = [m.fc1.register_forward_hook(lambda mod, i, out: hidden.append(out.numel() * out.element_size()))
+             for m in model.modules() if isinstance(m, L.Mlp)]
+    compiled = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, eager = _saved_bytes(model, x)
+        for hook in hooks:
+            hook.remove()
+        for name, gelu in (("op", L._gelu_op), ("aten", torch.nn.functional.gelu)):
+            monkeypatch.setattr(L, "_gelu_op", gelu)
+            torch._dynamo.reset()
+            y, compiled[name] = _saved_bytes(torch.compile(model, backend="aot_eager_decomp_partition",
+                                                           fullgraph=True), x)
+            y.float().sum().backward()
+    assert len(hidden) == 4 and compiled["aten"] - compiled["op"] == sum(hidden), (compiled, hidden)
+    assert compiled["op"] <= eager, (compiled, eager)
+
+
 def test_compiled_mlp_saves_what_eager_saves():
     """Compiled, the MLP still goes through gelu_linear (one graph, no break): AOTAutograd's partitioner would keep
     the GELU's output as well as fc1's (benchmarks/NOTES-compile.md); the compiled step keeps what eager keeps."""

@@ -107,6 +107,20 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
+@torch.library.custom_op("vmbench::gelu", mutates_args=())
+def _gelu_op(h: torch.Tensor) -> torch.Tensor:
+    """GELU as `_GeluLinear`'s forward runs it in a compiled graph: an op of its own, so that the joint graph cannot
+    merge it with the backward's recomputation (aten GELU, which Inductor fuses with the GELU's backward). Merged,
+    the forward's output would feed the backward and Inductor's partitioner would save it beside h: two hidden-size
+    activations per position instead of one. Its neighbours are GEMMs (cuBLAS), so an opaque op fuses nothing less."""
+    return nn.functional.gelu(h)
+
+
+@_gelu_op.register_fake
+def _(h: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(h)
+
+
 class _GeluLinear(torch.autograd.Function):
     """linear(gelu(h), weight, bias) that saves h for the backward, not gelu(h): the backward recomputes the GELU
     (one pointwise pass over h) so a training MLP keeps one hidden-size activation per position instead of two
@@ -118,7 +132,7 @@ class _GeluLinear(torch.autograd.Function):
     def forward(ctx, h, weight, bias, dtype):
         w = weight if dtype is None else weight.to(dtype)
         b = bias if dtype is None or bias is None else bias.to(dtype)
-        a = nn.functional.gelu(h)
+        a = _gelu_op(h) if torch.compiler.is_compiling() else nn.functional.gelu(h)
         y = nn.functional.linear(a if dtype is None else a.to(dtype), w, b)
         ctx.save_for_backward(h, w)
         ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
