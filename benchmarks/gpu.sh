@@ -11,6 +11,8 @@
 #   bash benchmarks/gpu.sh where       # torch.profiler: where VMamba-T's inference and training time goes
 #   bash benchmarks/gpu.sh compiled    # the same for torch.compile'd VMamba-T and Swin-T (kernel tables side by side),
 #                                      #   then compiled VMamba-T / Swin-T training steps timed (peers.py --compile)
+#   bash benchmarks/gpu.sh ctrain      # compiled training steps: VMamba-T with its defaults, without the LayerNorm
+#                                      #   backward kernel (lnbwd) and Swin-T, img/s and peak GB; then stage 1 on the map
 #   bash benchmarks/gpu.sh map         # the map-layout SS2D inference forward: its GPU tests, the op against the
 #                                      #   composition (benchmarks/ss2d_map.py --sweep), VMamba-T eager and compiled
 #                                      #   on the composition, the defaults and other variants (peers.py --ss2d-map
@@ -36,7 +38,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+nvidia-smi --query-gpu=name,uuid,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"  # uuid: which machine
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/card.txt"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "== $name rc=$?"; tail -n 30 "$OUT/$name.log"; }
 for what in "$@"; do
@@ -52,6 +54,10 @@ for what in "$@"; do
     overhead) step overhead 240 python3 benchmarks/overhead.py ;;
     ddp)     step ddp_scaling 360 python3 benchmarks/ddp_scaling.py ${DDP_ARGS:-} ;;
     where)   step where 200 python3 benchmarks/profile_model.py --model vmamba_t --host --python ;;
+    ctrain)  step peers_ctrain 300 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train \
+                 --fusions default,mlp+ffn+conv --name peers_ctrain
+               step peers_ctrain_map 200 python3 benchmarks/peers.py --compile --models vmamba_t --peer vmamba_t \
+                 --modes train --ss2d-map default,dot-input:3136 --name peers_ctrain_map ;;
     compiled) step where_vmamba_compiled 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --top 45
                step where_swin_compiled 170 python3 benchmarks/profile_model.py --model swin_t --compile --top 45
                step peers_compiled_train 220 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train ;;
