@@ -261,11 +261,16 @@ def _ln_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor]
     return dx, dw, db.clone()  # a custom op's outputs may not share storage
 
 
+def _save(ctx, x, weight, bias, mean, rstd):
+    """What every backward here reads: x, weight and the per-row statistics; bias's dtype for its gradient."""
+    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, _eps, _out_dtype = inputs
     _, mean, rstd = output
-    ctx.save_for_backward(x, weight, mean, rstd)
-    ctx.bias_dtype = bias.dtype if bias is not None else None
+    _save(ctx, x, weight, bias, mean, rstd)
     ctx.mark_non_differentiable(mean, rstd)
 
 
@@ -291,8 +296,7 @@ class _LayerNormFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps, out_dtype):
         with direct_launch():
             y, mean, rstd = layer_norm_fwd_launch(x, weight, bias, eps, out_dtype)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.bias_dtype = bias.dtype if bias is not None else None
+        _save(ctx, x, weight, bias, mean, rstd)
         return y
 
     @staticmethod
@@ -313,14 +317,12 @@ class _InductorForwardFn(torch.autograd.Function):
         f32 = [t.float() if t is not None else None for t in (x, weight, bias)]
         y, mean, rstd = torch.native_layer_norm(f32[0], (x.shape[-1],), f32[1], f32[2], eps)
         stats = x.shape[:-1]
-        ctx.save_for_backward(x, weight, mean.view(stats), rstd.view(stats))
-        ctx.bias_dtype = bias.dtype if bias is not None else None
+        _save(ctx, x, weight, bias, mean.view(stats), rstd.view(stats))
         return y.to(out_dtype)
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        return _grads(ctx, weight, torch.ops.vmbench.layer_norm_bwd(dy, x, weight, mean, rstd))
+        return _backward(ctx, dy, None, None)  # the registered op's backward
 
 
 def layer_norm_compiled(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,

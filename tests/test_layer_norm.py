@@ -197,6 +197,11 @@ def test_dispatcher_op_matches_eager_path(small_tiles, affine):
     assert torch.equal(y1, y2) and all(torch.equal(a, c) for a, c in zip(g1, g2))
 
 
+# Two paths through the same backward kernel with one cotangent: fp32 gradients differ by the statistics' rounding
+# (~1e-7 measured); a low-precision dx may also flip a last bit (one ulp of the dtype).
+REL_SAME_BACKWARD = {torch.float32: 1e-5, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+
+
 @interp
 @pytest.mark.parametrize("dtype,out_dtype,affine", [(torch.float32, torch.bfloat16, "wb"),
                                                     (torch.bfloat16, torch.float32, "w"),
@@ -207,9 +212,12 @@ def test_compiled_training_function(small_tiles, dtype, out_dtype, affine):
     x = torch.randn(2, 3, 5, 12).mul(2).add(0.5).to(dtype).requires_grad_(True)
     w, b = make_params(12, affine)
     fn = lambda x, w, b, eps, out: small_tiles.layer_norm_compiled(x, w, b, eps, out or x.dtype)  # noqa: E731
-    y, grads = check_against_fp64(fn, x, w, b, out_dtype, g=torch.randn(x.shape).to(out_dtype or dtype))
-    y2, grads2 = check_against_fp64(_triton, x, w, b, out_dtype, g=torch.randn(x.shape).to(out_dtype or dtype))
+    g = torch.randn(x.shape).to(out_dtype or dtype)
+    y, grads = check_against_fp64(fn, x, w, b, out_dtype, g=g)
+    y2, grads2 = check_against_fp64(_triton, x, w, b, out_dtype, g=g)
     assert y.grad_fn is not None and y.dtype == y2.dtype
+    for a, c in zip(grads, grads2):  # one backward kernel, one cotangent: only the statistics' rounding differs
+        assert rel(a, c) <= REL_SAME_BACKWARD[a.dtype], (a.dtype, rel(a, c))
 
 
 _COMPILE_TRAIN_CHILD = r"""
