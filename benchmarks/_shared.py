@@ -25,7 +25,7 @@ def once_ms(fn: Callable[[], Any], rep: int = 60) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-FUSIONS = ("default", "all", "none", "mlp", "ffn", "conv", "lnbwd", "lnfwd")  # values of --fusions, or a+b
+FUSIONS = ("default", "all", "none", "mlp", "ffn", "conv", "lnbwd", "lnfwd", "gelu", "convop")  # or a+b
 
 
 def valid_fusion(value: str) -> bool:
@@ -37,15 +37,20 @@ def fusion_switch():
     """A function `use(fusion)` that sets the flags of VMamba's fused kernels for one value of FUSIONS: mlp (fc1 +
     GELU, kernels/linear_gelu.py), ffn (the whole MLP, kernels/mlp.py; where both take a call, the whole MLP runs),
     conv (SS2D's conv + SiLU, kernels/dwconv_silu.py), lnbwd / lnfwd (compiled graphs with gradients: the LayerNorm
-    backward / forward and backward on the Triton kernel, kernels/layer_norm.py), all, none, default (the flags as
+    backward / forward and backward on the Triton kernel, kernels/layer_norm.py), gelu (compiled graphs with
+    gradients: the MLP's forward GELU as an op of its own, which saves one hidden activation per MLP), convop
+    (compiled graphs: the convolutions as an op of their own, which keeps Inductor's layout optimisation off; both
+    vmbench/models/opaque_ops.py), all, none, default (the flags as
     the modules set them, read when this is called), or kernel names joined by "+" ("mlp+conv")."""
     import importlib
 
     from vmbench.kernels import dwconv_silu, linear_gelu, mlp
+    from vmbench.models import opaque_ops
 
     layer_norm = importlib.import_module("vmbench.kernels.layer_norm")  # the package exports a function of that name
     flags = {"mlp": (linear_gelu, "USE_KERNEL"), "ffn": (mlp, "USE_KERNEL"), "conv": (dwconv_silu, "USE_KERNEL"),
-             "lnbwd": (layer_norm, "USE_KERNEL"), "lnfwd": (layer_norm, "USE_KERNEL_FWD")}
+             "lnbwd": (layer_norm, "USE_KERNEL"), "lnfwd": (layer_norm, "USE_KERNEL_FWD"),
+             "gelu": (opaque_ops, "USE_GELU_OP"), "convop": (opaque_ops, "USE_CONV_OP")}
     default = {name for name, (mod, attr) in flags.items() if getattr(mod, attr)}
     sets = {"default": default, "all": set(flags), "none": set(), **{name: {name} for name in flags}}
 

@@ -146,7 +146,7 @@ def main(argv=None) -> int:
                          "models.py differs in")
     ap.add_argument("--fusions", default="default",
                     help="which of VMamba's fused kernels run: one of default, all, none, mlp, ffn, conv, lnbwd, "
-                         "lnfwd, or names joined by + (as peers.py --fusions)")
+                         "lnfwd, gelu, or names joined by + (as peers.py --fusions)")
     ap.add_argument("--infer-only", action="store_true", help="profile inference only, no training step")
     ap.add_argument("--train-only", action="store_true", help="profile the training step only")
     args = ap.parse_args(argv)

@@ -12,8 +12,9 @@ from vmbench.kernels import LayerNorm, ParamCache, derived
 from vmbench.kernels._backend import needs_grad
 from vmbench.kernels import linear_gelu as lg
 from vmbench.kernels import mlp as fused_mlp
-from vmbench.kernels.layer_norm import autocast_dtype
+from vmbench.kernels.layer_norm import autocast_dtype, in_compute_dtype
 
+from . import opaque_ops
 from .vmamba_config import VMambaConfig
 
 __all__ = ["ToChannelsLast", "ToChannelsFirst", "Linear", "Conv2d", "Mlp", "PatchMerging2D", "GlobalAvgPoolNHWC",
@@ -72,13 +73,19 @@ class Linear(_KeptCasts, nn.Linear):
 
 
 class Conv2d(_KeptCasts, nn.Conv2d):
-    """nn.Conv2d (same state_dict) that keeps its autocast-dtype weights between no-gradient calls."""
+    """nn.Conv2d (same state_dict) that keeps its autocast-dtype weights between no-gradient calls. In a compiled
+    graph it is the op `vmbench::conv2d` (opaque_ops.py: Inductor's layout optimisation stays off), with autocast's
+    casts applied here."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_casts()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if opaque_ops.USE_CONV_OP and torch.compiler.is_compiling() and self.padding_mode == "zeros" \
+                and not isinstance(self.padding, str):
+            return opaque_ops.conv2d(*in_compute_dtype(x, self.weight, self.bias), list(self.stride),
+                                     list(self.padding), list(self.dilation), self.groups)
         return self._conv_forward(x, *self._autocast_params(x))
 
 
@@ -107,20 +114,6 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
-@torch.library.custom_op("vmbench::gelu", mutates_args=())
-def _gelu_op(h: torch.Tensor) -> torch.Tensor:
-    """GELU as `_GeluLinear`'s forward runs it in a compiled graph: an op of its own, so that the joint graph cannot
-    merge it with the backward's recomputation (aten GELU, which Inductor fuses with the GELU's backward). Merged,
-    the forward's output would feed the backward and Inductor's partitioner would save it beside h: two hidden-size
-    activations per position instead of one. Its neighbours are GEMMs (cuBLAS), so an opaque op fuses nothing less."""
-    return nn.functional.gelu(h)
-
-
-@_gelu_op.register_fake
-def _(h: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(h)
-
-
 class _GeluLinear(torch.autograd.Function):
     """linear(gelu(h), weight, bias) that saves h for the backward, not gelu(h): the backward recomputes the GELU
     (one pointwise pass over h) so a training MLP keeps one hidden-size activation per position instead of two
@@ -132,7 +125,7 @@ class _GeluLinear(torch.autograd.Function):
     def forward(ctx, h, weight, bias, dtype):
         w = weight if dtype is None else weight.to(dtype)
         b = bias if dtype is None or bias is None else bias.to(dtype)
-        a = _gelu_op(h) if torch.compiler.is_compiling() else nn.functional.gelu(h)
+        a = opaque_ops.gelu(h) if opaque_ops.USE_GELU_OP and torch.compiler.is_compiling() else nn.functional.gelu(h)
         y = nn.functional.linear(a if dtype is None else a.to(dtype), w, b)
         ctx.save_for_backward(h, w)
         ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
