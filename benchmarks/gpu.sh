@@ -13,6 +13,10 @@
 #                                      #   then compiled VMamba-T / Swin-T training steps timed (peers.py --compile)
 #   bash benchmarks/gpu.sh ctrain      # compiled training steps: VMamba-T with its defaults, without the LayerNorm
 #                                      #   backward kernel (lnbwd) and Swin-T, img/s and peak GB; then stage 1 on the map
+#   bash benchmarks/gpu.sh convop      # the convolutions as ops of their own in compiled graphs (Inductor's layout
+#                                      #   optimisation off): their GPU tests, then training steps of VMamba-T with and
+#                                      #   without them and of Swin-T, eager and compiled in one process
+#   bash benchmarks/gpu.sh convopinfer # the same for the plain call, then the compiled training step profiled
 #   bash benchmarks/gpu.sh map         # the map-layout SS2D inference forward: its GPU tests, the op against the
 #                                      #   composition (benchmarks/ss2d_map.py --sweep), VMamba-T eager and compiled
 #                                      #   on the composition, the defaults and other variants (peers.py --ss2d-map
@@ -55,9 +59,15 @@ for what in "$@"; do
     ddp)     step ddp_scaling 360 python3 benchmarks/ddp_scaling.py ${DDP_ARGS:-} ;;
     where)   step where 200 python3 benchmarks/profile_model.py --model vmamba_t --host --python ;;
     ctrain)  step peers_ctrain 300 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train \
-                 --fusions default,mlp+ffn+conv --name peers_ctrain
+                 --fusions default,mlp+ffn+conv+gelu+convop --name peers_ctrain
                step peers_ctrain_map 200 python3 benchmarks/peers.py --compile --models vmamba_t --peer vmamba_t \
                  --modes train --ss2d-map default,dot-input:3136 --name peers_ctrain_map ;;
+    convop)  step convop_tests 150 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_opaque_ops.py
+               step peers_convop_train 420 python3 benchmarks/peers.py --compile on,off --models vmamba_t,swin_t \
+                 --modes train --fusions default,lnbwd+mlp+ffn+conv+gelu --name peers_convop_train ;;
+    convopinfer) step peers_convop_plain 300 python3 benchmarks/peers.py --compile on,off --models vmamba_t,swin_t \
+                 --modes plain --fusions default,lnbwd+mlp+ffn+conv+gelu --name peers_convop_plain
+               step where_convop 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --train-only --top 60 ;;
     compiled) step where_vmamba_compiled 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --top 45
                step where_swin_compiled 170 python3 benchmarks/profile_model.py --model swin_t --compile --top 45
                step peers_compiled_train 220 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train ;;

@@ -2,12 +2,13 @@
 
     python benchmarks/peers.py                                   # 224², batch 128, AMP-bf16, eager
     python benchmarks/peers.py --compile                         # the same, torch.compile (default mode)
+    python benchmarks/peers.py --compile on,off --modes plain,train   # compiled and eager rows in one process
     python benchmarks/peers.py --compile --freezing --modes plain   # + Inductor freezing (parameters as constants)
     python benchmarks/peers.py --res 1024 --batch 4 --amp fp16 --models vmamba_t,convnext_t --peer convnext_t
     python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
     python benchmarks/peers.py --replay on,off                   # VMamba with and without its graph replays
     python benchmarks/peers.py --fusions all,ffn,mlp,conv,none   # VMamba's fused MLP, fc1 + GELU, conv + SiLU kernels
-    python benchmarks/peers.py --compile --modes train --fusions default,mlp+ffn+conv   # with / without lnbwd
+    python benchmarks/peers.py --compile --modes train --fusions default,mlp+ffn+conv+gelu   # with / without lnbwd
 
 Modes (`--modes`, default plain,bench,train):
   plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -126,11 +128,20 @@ def _dynamo_stats() -> dict:
             "graph_breaks": sum(counters["graph_break"].values())}
 
 
+COMPILED = "/compiled"  # label suffix of the compiled rows when --compile on,off times both
+
+
+def _peer_of(label: str, peer: str) -> str:
+    """The row a row's ratio divides by: the peer, compiled when the row is (with --compile on,off)."""
+    return peer + COMPILED if label.endswith(COMPILED) else peer
+
+
 def to_markdown(rows: list[dict], models: list[str], modes: list[str], peer: str, head: str) -> str:
     by = {(r["model"], r["mode"]): r for r in rows}
+    peers = {_peer_of(m, peer) for m in models}
     lines = [head, "", "| mode | " + " | ".join(models) + " | " +
-             " | ".join(f"{m} / {peer}" for m in models if m != peer) + " |",
-             "|---" * (1 + len(models) + len([m for m in models if m != peer])) + "|"]
+             " | ".join(f"{m} / {_peer_of(m, peer)}" for m in models if m not in peers) + " |",
+             "|---" * (1 + len(models) + len([m for m in models if m not in peers])) + "|"]
     for mode in modes:
         cells, ratios = [], []
         for m in models:
@@ -140,15 +151,14 @@ def to_markdown(rows: list[dict], models: list[str], modes: list[str], peer: str
                 continue
             mem = f" ({r['peak_gb']:.1f} GB)" if r.get("peak_gb") is not None else ""
             cells.append(f"{r['img_s']:.0f}{mem}")
-        p = by.get((peer, mode))
         for m in models:
-            if m == peer:
+            if m in peers:
                 continue
-            r = by.get((m, mode))
+            r, p = by.get((m, mode)), by.get((_peer_of(m, peer), mode))
             ok = r and p and "error" not in r and "error" not in p
             ratios.append(f"**{r['img_s'] / p['img_s']:.2f}×**" if ok else "—")
         lines.append(f"| {mode} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    vm = [m for m in models if m != peer]
+    vm = [m for m in models if m not in peers]
     for m in vm:
         a, b = by.get((m, "plain")), by.get((m, "bench"))
         if a and b and "error" not in a and "error" not in b:
@@ -175,7 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--res", type=int, default=224)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--amp", choices=sorted(AMP), default="bf16")
-    ap.add_argument("--compile", action="store_true", help="torch.compile(model), default mode")
+    ap.add_argument("--compile", nargs="?", const="on", default="off", help="torch.compile(model), default mode: "
+                    "--compile (or on), off (the default), or on,off: both in one process (rows MODEL/compiled, each "
+                    "divided by the compiled peer)")
     ap.add_argument("--freezing", action="store_true", help="with --compile: Inductor's freezing for the inference "
                     "modes (parameters and what is derived from them — casts, padded scan weights — folded into "
                     "the graph as constants once; training graphs are not frozen)")
@@ -191,11 +203,13 @@ def main(argv=None) -> int:
                     "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
     ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, ffn, conv, "
-                    "lnbwd, lnfwd: which of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM "
+                    "lnbwd, lnfwd, gelu: which of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM "
                     "(kernels/linear_gelu.py), ffn: the whole MLP as one kernel in calls without gradients "
                     "(kernels/mlp.py), conv: SS2D's depthwise conv + SiLU in compiled inference "
                     "(kernels/dwconv_silu.py), lnbwd: the LayerNorm backward on the Triton kernel in compiled "
-                    "training (kernels/layer_norm.py; lnfwd: its forward too), default: as their flags are set, "
+                    "training (kernels/layer_norm.py; lnfwd: its forward too), gelu: the MLP's forward GELU as an "
+                    "op of its own in compiled training (one hidden activation saved per MLP, not two; "
+                    "vmbench/models/vmamba_layers.py), default: as their flags are set, "
                     "a+b: both; the others run unfused, as cuBLAS / cuDNN / Inductor then a pass (rows "
                     "MODEL/fuse-all, MODEL/fuse-none, ...)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
@@ -205,7 +219,10 @@ def main(argv=None) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         ap.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
-    if args.freezing and not args.compile:
+    compiles = args.compile.split(",")
+    if not compiles or set(compiles) - {"on", "off"} or len(set(compiles)) < len(compiles):
+        ap.error("--compile takes on, off or on,off")
+    if args.freezing and "on" not in compiles:
         ap.error("--freezing applies to compiled models: add --compile")
     models = args.models.split(",")
     if args.peer not in models:
@@ -251,7 +268,8 @@ def main(argv=None) -> int:
         variants = [(r == "on", m, f) for m in maps for r in replays for f in fusions] if replay is not None \
             else [(True, "default", "default")]
         for mode in modes:
-            for on, use_map, fuse in variants:
+            for (on, use_map, fuse), compiled in itertools.product(variants, compiles):
+                compiled = compiled == "on"
                 use_fusion(fuse)
                 if replay is not None:
                     replay.enabled = on
@@ -259,24 +277,26 @@ def main(argv=None) -> int:
                 _map.USE_MAP, cfg = settings[use_map]
                 _map.MAP_CONFIG.update(cfg)
                 try:
-                    r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=args.compile,
+                    r = time_mode(model, mode, args.batch, args.res, device, dtype, compiled=compiled,
                                   warmup=args.warmup, repeats=args.repeats, iters=args.iters,
                                   warmup_s=args.warmup_s)
                 except Exception as e:  # one failing path must not lose the table
                     r = {"error": f"{type(e).__name__}: {e}"}
                 label = name + ("" if on else "/eager") + _MAP_LABEL.get(use_map, f"/map-{use_map}") \
-                    + ("" if fuse == "default" else f"/fuse-{fuse}")
-                r.update(model=label, mode=mode,
-                         **(_dynamo_stats() if args.compile else {}))
+                    + ("" if fuse == "default" else f"/fuse-{fuse}") \
+                    + (COMPILED if compiled and len(compiles) > 1 else "")
+                r.update(model=label, mode=mode, **(_dynamo_stats() if compiled else {}))
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "ms_runs"}), file=sys.stderr, flush=True)
-                if args.compile:
+                if compiled:
                     torch._dynamo.reset()
         del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    head = (f"{card}, torch {torch.__version__}: {'torch.compile' if args.compile else 'eager'}"
+    how = {("on",): "torch.compile", ("off",): "eager"}.get(tuple(compiles),
+                                                          f"eager and torch.compile (rows {COMPILED})")
+    head = (f"{card}, torch {torch.__version__}: {how}"
             f"{' + freezing' if args.freezing else ''}, "
             f"batch {args.batch}, {args.res}², AMP-{args.amp}; img/s (peak GB)")
     labels = list(dict.fromkeys(r["model"] for r in rows))

@@ -80,3 +80,15 @@ def test_peers_dry_run_prints_its_table():
     rows = [ln for ln in lines if ln.startswith(("| plain ", "| bench ", "| train "))]
     assert len(rows) == 3 and all(ln.count("×**") == 1 for ln in rows)
     assert any(ln.startswith("vmamba_t: plain call / bench path = **") for ln in lines)
+
+
+def test_peers_table_divides_compiled_rows_by_the_compiled_peer():
+    """With --compile on,off a table holds eager rows and rows MODEL/compiled: each ratio divides by the peer's row
+    of the same kind, and the peer's own rows get no ratio column."""
+    peers = _peers()
+    rows = [dict(model=m, mode="train", img_s=v, peak_gb=1.0)
+            for m, v in (("vm/compiled", 300.0), ("vm", 200.0), ("sw/compiled", 400.0), ("sw", 100.0))]
+    md = peers.to_markdown(rows, ["vm/compiled", "vm", "sw/compiled", "sw"], ["train"], "sw", "head")
+    lines = md.splitlines()
+    assert "| mode | vm/compiled | vm | sw/compiled | sw | vm/compiled / sw/compiled | vm / sw |" in lines
+    assert "| train | 300 (1.0 GB) | 200 (1.0 GB) | 400 (1.0 GB) | 100 (1.0 GB) | **0.75×** | **2.00×** |" in lines
