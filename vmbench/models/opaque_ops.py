@@ -1,4 +1,5 @@
-"""Ops that VMamba's compiled graphs keep opaque to Inductor (torch.library custom ops), each for a measured reason.
+"""Ops that VMamba's compiled graphs keep opaque to Inductor (torch.library custom ops), each for a reason found in
+the compiled graphs.
 
 - `gelu` (vmbench::gelu): the MLP's forward GELU in compiled training. As aten's GELU, the joint graph merged it
   with the backward's recomputed GELU and the partitioner then saved its output beside fc1's: one hidden-size
