@@ -8,7 +8,7 @@
     python benchmarks/peers.py --modes plain,bench,nograd_frozen,infmode,graph   # where the eager time goes
     python benchmarks/peers.py --replay on,off                   # VMamba with and without its graph replays
     python benchmarks/peers.py --fusions all,ffn,mlp,conv,none   # VMamba's fused MLP, fc1 + GELU, conv + SiLU kernels
-    python benchmarks/peers.py --compile --modes train --fusions default,mlp+ffn+conv+gelu   # with / without lnbwd
+    python benchmarks/peers.py --compile --modes train --fusions default,mlp+ffn+conv+gelu+convop  # without lnbwd
 
 Modes (`--modes`, default plain,bench,train):
   plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
@@ -203,13 +203,14 @@ def main(argv=None) -> int:
                     "(gemm-fp32, dot-fp32, gemm-input, dot-input): calls without gradients on the map-layout scan "
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
     ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, ffn, conv, "
-                    "lnbwd, lnfwd, gelu: which of VMamba's fused kernels run — mlp: fc1 + GELU as one GEMM "
-                    "(kernels/linear_gelu.py), ffn: the whole MLP as one kernel in calls without gradients "
+                    "lnbwd, lnfwd, gelu, convop: which of VMamba's fused kernels and compiled-graph ops run — mlp: "
+                    "fc1 + GELU as one GEMM (kernels/linear_gelu.py), ffn: the whole MLP as one kernel in calls without gradients "
                     "(kernels/mlp.py), conv: SS2D's depthwise conv + SiLU in compiled inference "
                     "(kernels/dwconv_silu.py), lnbwd: the LayerNorm backward on the Triton kernel in compiled "
                     "training (kernels/layer_norm.py; lnfwd: its forward too), gelu: the MLP's forward GELU as an "
-                    "op of its own in compiled training (one hidden activation saved per MLP, not two; "
-                    "vmbench/models/vmamba_layers.py), default: as their flags are set, "
+                    "op of its own in compiled training (one hidden activation saved per MLP, not two), convop: "
+                    "the convolutions as ops of their own in compiled graphs (Inductor's layout optimisation off; "
+                    "both vmbench/models/opaque_ops.py), default: as their flags are set, "
                     "a+b: both; the others run unfused, as cuBLAS / cuDNN / Inductor then a pass (rows "
                     "MODEL/fuse-all, MODEL/fuse-none, ...)")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
