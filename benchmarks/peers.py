@@ -204,8 +204,8 @@ def main(argv=None) -> int:
                     "with that variant, calls with them too where H*W <= L (rows MODEL/map-DELTA-YS[:L])")
     ap.add_argument("--fusions", default="default", help="comma-separated, of default, all, none, mlp, ffn, conv, "
                     "lnbwd, lnfwd, gelu, convop: which of VMamba's fused kernels and compiled-graph ops run — mlp: "
-                    "fc1 + GELU as one GEMM (kernels/linear_gelu.py), ffn: the whole MLP as one kernel in calls without gradients "
-                    "(kernels/mlp.py), conv: SS2D's depthwise conv + SiLU in compiled inference "
+                    "fc1 + GELU as one GEMM (kernels/linear_gelu.py), ffn: the whole MLP as one kernel in calls "
+                    "without gradients (kernels/mlp.py), conv: SS2D's depthwise conv + SiLU in compiled inference "
                     "(kernels/dwconv_silu.py), lnbwd: the LayerNorm backward on the Triton kernel in compiled "
                     "training (kernels/layer_norm.py; lnfwd: its forward too), gelu: the MLP's forward GELU as an "
                     "op of its own in compiled training (one hidden activation saved per MLP, not two), convop: "
