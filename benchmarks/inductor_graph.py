@@ -21,6 +21,7 @@ their fake kernels; TRITON_INTERPRET=1 lets the Triton path trace on CPU tensors
   as it would for a GPU, with Triton as its CPU backend (cpu_backend="triton"; the code is generated, never run):
   its kernels' launches per call, how many of them tile two dimensions (transposing copies), and the bytes they
   read and write by Inductor's own estimate (its scheduler's best case per fused kernel, not a measurement).
+  This leans on Inductor internals (its scheduler's codegen, the Triton backend hash), checked with torch 2.14.
 Differences from a GPU run: autocast is the CPU's (LayerNorm follows its input's dtype where CUDA's runs it in
 fp32, which vmbench's LayerNorm does itself on the Triton path), and Swin's attention is the CPU's SDPA (math:
 attention matrices saved). Prints a markdown table; with $OUT set, writes $OUT/<name>.md / .json.
