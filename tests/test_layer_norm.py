@@ -504,3 +504,33 @@ def test_gpu_compiled_training_kernels():
     for flags in ((True, False), (False, True)):
         for a, b in zip(got[flags], got[(False, False)]):
             assert rel(a, b) <= 1e-4, (flags, rel(a, b))  # the same dy: fp32 statistics and sums in another order
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32], ids=["bf16_in", "fp32_in"])
+def test_gpu_compiled_training_fp32_output(x_dtype):
+    """A norm whose output is fp32 (autocast_out=False under autocast: VMamba's stem and final norms), compiled with
+    gradients: the gradients of eager. (The Triton backward gave zero dx there in compiled graphs on an H100; such
+    norms keep Inductor's.)"""
+    from vmbench.kernels import LayerNorm
+
+    torch.manual_seed(0)
+    m = LayerNorm(96).cuda()
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(96))
+        m.bias.copy_(torch.randn(96))
+    x = torch.randn(4, 14, 14, 96, device="cuda").to(x_dtype).requires_grad_(True)
+    g = torch.randn(4, 14, 14, 96, device="cuda")
+
+    def grads(fn):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = fn(x)
+        assert y.dtype == torch.float32
+        return torch.autograd.grad(y, (x, m.weight, m.bias), g)
+
+    eager = grads(m)
+    torch._dynamo.reset()
+    compiled = grads(torch.compile(m, fullgraph=True))
+    for a, b in zip(compiled, eager):
+        assert rel(a, b) <= 1e-2, rel(a, b)
