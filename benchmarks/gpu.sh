@@ -17,6 +17,8 @@
 #                                      #   optimisation off): their GPU tests, then training steps of VMamba-T with and
 #                                      #   without them and of Swin-T, eager and compiled in one process
 #   bash benchmarks/gpu.sh convopinfer # the same for the plain call, then the compiled training step profiled
+#   bash benchmarks/gpu.sh grads       # compiled training steps' gradients against eager's, per parameter
+#                                      #   (benchmarks/compiled_grads.py; GRADS_ARGS="--fusions a,b --amp bf16")
 #   bash benchmarks/gpu.sh map         # the map-layout SS2D inference forward: its GPU tests, the op against the
 #                                      #   composition (benchmarks/ss2d_map.py --sweep), VMamba-T eager and compiled
 #                                      #   on the composition, the defaults and other variants (peers.py --ss2d-map
@@ -68,6 +70,7 @@ for what in "$@"; do
     convopinfer) step peers_convop_plain 300 python3 benchmarks/peers.py --compile on,off --models vmamba_t,swin_t \
                  --modes plain --fusions default,lnbwd+mlp+ffn+conv+gelu --name peers_convop_plain
                step where_convop 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --train-only --top 60 ;;
+    grads)   step compiled_grads 300 python3 benchmarks/compiled_grads.py ${GRADS_ARGS:-} ;;
     compiled) step where_vmamba_compiled 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --top 45
                step where_swin_compiled 170 python3 benchmarks/profile_model.py --model swin_t --compile --top 45
                step peers_compiled_train 220 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train ;;
