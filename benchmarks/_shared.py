@@ -40,8 +40,8 @@ def fusion_switch():
     backward / forward and backward on the Triton kernel, kernels/layer_norm.py), gelu (compiled graphs with
     gradients: the MLP's forward GELU as an op of its own, which saves one hidden activation per MLP), convop
     (compiled graphs: the convolutions as an op of their own, which keeps Inductor's layout optimisation off; both
-    vmbench/models/opaque_ops.py), all, none, default (the flags as
-    the modules set them, read when this is called), or kernel names joined by "+" ("mlp+conv")."""
+    vmbench/models/opaque_ops.py), all, none, default (the flags as the modules set them, read when this is
+    called), or kernel names joined by "+" ("mlp+conv")."""
     import importlib
 
     from vmbench.kernels import dwconv_silu, linear_gelu, mlp

@@ -37,7 +37,6 @@ import sys
 import warnings
 from unittest import mock
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the Triton path traces on the CPU
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
 from _shared import FUSIONS, fusion_switch, save, valid_fusion  # noqa: E402  (benchmarks/, the script's own folder)
@@ -114,7 +113,7 @@ def _triton_codegen_on_cpu():
 
 def inspect(model, x, train: bool, codegen: bool = False) -> dict:
     """Facts of the graphs Inductor gets for `model(x)` (a training step's if `train`): of the forward, its aten
-    convolutions, the layout decision and (training) the saved tensors; with `codegen`, the kernel statistics of the
+    convolutions and vmbench::conv2d ops, the layout decision and (training) the saved tensors; with `codegen`, the kernel statistics of the
     forward and, in training, of the backward (keys fwd / bwd)."""
     import torch
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
@@ -126,9 +125,10 @@ def inspect(model, x, train: bool, codegen: bool = False) -> dict:
     def inner(gm, example_inputs, **kw):
         backward = kw.get("is_backward", False)
         if not backward:
-            conv = torch.ops.aten.convolution.default
+            targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
             facts["nodes"] = len(gm.graph.nodes)
-            facts["aten_convs"] = sum(1 for n in gm.graph.nodes if n.target is conv)
+            facts["aten_convs"] = targets.count(torch.ops.aten.convolution.default)
+            facts["conv_ops"] = targets.count(torch.ops.vmbench.conv2d.default)
             with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):  # the rules a CUDA graph gets
                 warnings.simplefilter("ignore")  # oneDNN's flags warn of TF32 on their way out
                 facts["layout_opt"] = bool(GraphLowering.decide_layout_opt(gm, is_inference=not train))
@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=12, help="list the largest groups of saved tensors (op, dtype, shape)")
     ap.add_argument("--name", default="inductor_graph", help="$OUT/<name>.md and <name>.json")
     args = ap.parse_args(argv)
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the Triton path traces on the CPU
     modes = args.modes.split(",")
     if not modes or set(modes) - set(MODES):
         ap.error(f"--modes takes a comma-separated list of {', '.join(MODES)}")

@@ -145,8 +145,8 @@ def main(argv=None) -> int:
                     help="also cProfile the Python of an inference and a training step, and time the setups "
                          "models.py differs in")
     ap.add_argument("--fusions", default="default",
-                    help="which of VMamba's fused kernels run: one of default, all, none, mlp, ffn, conv, lnbwd, "
-                         "lnfwd, gelu, or names joined by + (as peers.py --fusions)")
+                    help=f"which of VMamba's fused kernels and compiled-graph ops run: one of {', '.join(FUSIONS)}, "
+                         "or names joined by + (as peers.py --fusions)")
     ap.add_argument("--infer-only", action="store_true", help="profile inference only, no training step")
     ap.add_argument("--train-only", action="store_true", help="profile the training step only")
     args = ap.parse_args(argv)

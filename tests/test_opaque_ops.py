@@ -5,8 +5,6 @@ optimisation stays off (by the rules it applies to a GPU graph) and VMamba's (B,
 """
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,35 +57,27 @@ def test_gelu_op_is_gelu():
     assert torch.equal(opaque_ops.gelu(h), F.gelu(h))
 
 
+def _inductor_graph():
+    """benchmarks/inductor_graph.py as a module (it imports its folder's _shared)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("inductor_graph_under_test", bench / "inductor_graph.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _forward_graph_facts(model, x, train: bool) -> dict:
-    """Compile `model(x)` with Inductor up to the forward graph it would lower, and read that graph: its aten
-    convolutions and vmbench::conv2d ops, and Inductor's layout-optimisation decision by its GPU rules (oneDNN off:
-    on the CPU it would always say yes)."""
-    from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.graph import GraphLowering
-
-    facts = {}
-
-    class Done(Exception):
-        pass
-
-    def inner(gm, example_inputs, **kw):
-        targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
-        facts["aten_convs"] = targets.count(torch.ops.aten.convolution.default)
-        facts["conv_ops"] = targets.count(torch.ops.vmbench.conv2d.default)
-        with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
-            warnings.simplefilter("ignore")  # oneDNN's flags warn of TF32 on their way out
-            facts["layout_opt"] = bool(GraphLowering.decide_layout_opt(gm, is_inference=not train))
-        raise Done
-
-    torch._dynamo.reset()
-    with pytest.raises(Exception) as err, torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.compile(model.train(train), backend=lambda gm, inputs: compile_fx(gm, inputs, inner_compile=inner))(x)
-    cause = err.value
-    while cause is not None and not isinstance(cause, Done):
-        cause = cause.__cause__ or cause.__context__
-    assert cause is not None, err.value
-    return facts
+    """The forward graph Inductor would lower for `model(x)` (inductor_graph.inspect): its aten convolutions and
+    vmbench::conv2d ops, and Inductor's layout-optimisation decision by its GPU rules (oneDNN off: on the CPU it
+    would always say yes)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        facts = _inductor_graph().inspect(model, x, train)
+    return {k: facts[k] for k in ("aten_convs", "conv_ops", "layout_opt")}
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "infer"])
