@@ -328,7 +328,9 @@ class _InductorForwardFn(torch.autograd.Function):
 def layer_norm_compiled(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                         out_dtype: torch.dtype) -> torch.Tensor:
     """`layer_norm_triton`'s function for code that torch.compile traces with gradients: the forward is Inductor's,
-    the backward the registered op `vmbench::layer_norm_bwd` (kernels/layer_norm.py's `USE_KERNEL`)."""
+    the backward the registered op `vmbench::layer_norm_bwd` (kernels/layer_norm.py's `USE_KERNEL`). Compiled on a
+    GPU with an fp32 `out_dtype` it gave zero gradients upstream (cause not found; right on the CPU), so
+    `LayerNorm` calls it for bf16 / fp16 outputs only."""
     _check_x(x)
     return _InductorForwardFn.apply(x, weight, bias, float(eps), out_dtype)
 
