@@ -74,8 +74,8 @@ class Linear(_KeptCasts, nn.Linear):
 
 class Conv2d(_KeptCasts, nn.Conv2d):
     """nn.Conv2d (same state_dict) that keeps its autocast-dtype weights between no-gradient calls. In a compiled
-    graph it is the op `vmbench::conv2d` (opaque_ops.py: Inductor's layout optimisation stays off), with autocast's
-    casts applied here."""
+    graph it is the op `vmbench::conv2d` (opaque_ops.py: Inductor's layout optimisation stays off) without the bias,
+    with autocast's casts applied here."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,8 +84,11 @@ class Conv2d(_KeptCasts, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if opaque_ops.USE_CONV_OP and torch.compiler.is_compiling() and self.padding_mode == "zeros" \
                 and not isinstance(self.padding, str):
-            return opaque_ops.conv2d(*in_compute_dtype(x, self.weight, self.bias), list(self.stride),
-                                     list(self.padding), list(self.dilation), self.groups)
+            x, w, b = in_compute_dtype(x, self.weight, self.bias)
+            y = opaque_ops.conv2d(x, w, None, list(self.stride), list(self.padding), list(self.dilation), self.groups)
+            # The bias outside the op: Inductor fuses its add into the kernel that reads y next, where F.conv2d on
+            # cuDNN adds it in a pass over y of its own.
+            return y if b is None else y + b.view(-1, 1, 1)
         return self._conv_forward(x, *self._autocast_params(x))
 
 
