@@ -113,7 +113,8 @@ def _triton_codegen_on_cpu():
 
 def inspect(model, x, train: bool, codegen: bool = False) -> dict:
     """Facts of the graphs Inductor gets for `model(x)` (a training step's if `train`): of the forward, its aten
-    convolutions and vmbench::conv2d ops, the layout decision and (training) the saved tensors; with `codegen`, the
+    convolutions and vmbench::conv2d ops (and how many of those get a bias), the layout decision and (training) the
+    saved tensors; with `codegen`, the
     kernel statistics of the forward and, in training, of the backward (keys fwd / bwd)."""
     import torch
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
@@ -129,6 +130,8 @@ def inspect(model, x, train: bool, codegen: bool = False) -> dict:
             facts["nodes"] = len(gm.graph.nodes)
             facts["aten_convs"] = targets.count(torch.ops.aten.convolution.default)
             facts["conv_ops"] = targets.count(torch.ops.vmbench.conv2d.default)
+            facts["conv_op_biases"] = sum(n.target is torch.ops.vmbench.conv2d.default and n.args[2] is not None
+                                          for n in gm.graph.nodes)  # VMamba adds them outside the op
             with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):  # the rules a CUDA graph gets
                 warnings.simplefilter("ignore")  # oneDNN's flags warn of TF32 on their way out
                 facts["layout_opt"] = bool(GraphLowering.decide_layout_opt(gm, is_inference=not train))

@@ -77,15 +77,15 @@ def _forward_graph_facts(model, x, train: bool) -> dict:
     would always say yes)."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         facts = _inductor_graph().inspect(model, x, train)
-    return {k: facts[k] for k in ("aten_convs", "conv_ops", "layout_opt")}
+    return {k: facts[k] for k in ("aten_convs", "conv_ops", "conv_op_biases", "layout_opt")}
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "infer"])
 def test_compiled_vmamba_keeps_layout_optimisation_off(train, monkeypatch):
     """A VMamba's forward graph as Inductor gets it (channels_last model and input, as on a GPU): with the
-    convolution op it holds no aten convolution, and Inductor's layout optimisation, which would give VMamba's
-    (B, H, W, C) tensors channels_last strides (H innermost), stays off. With the op off (USE_CONV_OP = False) the
-    same graph turns it on: the check sees what it is meant to see."""
+    convolution op it holds no aten convolution (and the op gets no bias), and Inductor's layout optimisation, which
+    would give VMamba's (B, H, W, C) tensors channels_last strides (H innermost), stays off. With the op off
+    (USE_CONV_OP = False) the same graph turns it on: the check sees what it is meant to see."""
     from vmbench.models.vmamba import _create_vmamba
 
     torch.manual_seed(0)
@@ -93,11 +93,13 @@ def test_compiled_vmamba_keeps_layout_optimisation_off(train, monkeypatch):
                            drop_path_rate=0.1).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
     n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.Conv2d) and m.bias is not None for m in model.modules())
     with_op = _forward_graph_facts(model, x, train)
     monkeypatch.setattr(opaque_ops, "USE_CONV_OP", False)
     without = _forward_graph_facts(model, x, train)
-    assert with_op == dict(aten_convs=0, conv_ops=n_convs, layout_opt=False), with_op
-    assert without == dict(aten_convs=n_convs, conv_ops=0, layout_opt=True), without
+    # the biases are added outside the op, where Inductor fuses the add (cuDNN would add them in a pass of its own)
+    assert with_op == dict(aten_convs=0, conv_ops=n_convs, conv_op_biases=0, layout_opt=False), with_op
+    assert without == dict(aten_convs=n_convs, conv_ops=0, conv_op_biases=0, layout_opt=True), without
 
 
 def test_compiled_training_step_matches_eager():
