@@ -114,8 +114,8 @@ def _triton_codegen_on_cpu():
 def inspect(model, x, train: bool, codegen: bool = False) -> dict:
     """Facts of the graphs Inductor gets for `model(x)` (a training step's if `train`): of the forward, its aten
     convolutions and vmbench::conv2d ops (and how many of those get a bias), the layout decision and (training) the
-    saved tensors; with `codegen`, the
-    kernel statistics of the forward and, in training, of the backward (keys fwd / bwd)."""
+    saved tensors; with `codegen`, the kernel statistics of the forward and, in training, of the backward (keys
+    fwd / bwd)."""
     import torch
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
     from torch._inductor.graph import GraphLowering
