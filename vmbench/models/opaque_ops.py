@@ -10,7 +10,8 @@ the compiled graphs.
   (B, H, W, C) tensors whose memory is already channels-last, and channels_last strides on those shapes put H
   innermost: its LayerNorms then reduce over strided rows, and its GEMMs and scans get transposing copies
   (benchmarks/NOTES-compile.md). Without aten convolutions the optimisation stays off and the maps keep their
-  own layout.
+  own layout. VMamba's `Conv2d` calls it without the bias and adds that after: cuDNN would add it in a pass of its
+  own over the output, where Inductor fuses the add into the next kernel.
 
 `USE_GELU_OP` / `USE_CONV_OP` turn them off (benchmarks: `--fusions` without `gelu` / `convop`). Eager calls never
 use them.
