@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from vmbench.models import opaque_ops
 
+import bench_script
+
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu,
                                    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])
 # (channels in, channels out, stride, padding, groups, bias): VMamba's stem, downsample and depthwise convolutions
@@ -57,26 +59,12 @@ def test_gelu_op_is_gelu():
     assert torch.equal(opaque_ops.gelu(h), F.gelu(h))
 
 
-def _inductor_graph():
-    """benchmarks/inductor_graph.py as a module (it imports its folder's _shared)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("inductor_graph_under_test", bench / "inductor_graph.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _forward_graph_facts(model, x, train: bool) -> dict:
     """The forward graph Inductor would lower for `model(x)` (inductor_graph.inspect): its aten convolutions and
     vmbench::conv2d ops, and Inductor's layout-optimisation decision by its GPU rules (oneDNN off: on the CPU it
     would always say yes)."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        facts = _inductor_graph().inspect(model, x, train)
+        facts = bench_script.load("inductor_graph").inspect(model, x, train)
     return {k: facts[k] for k in ("aten_convs", "conv_ops", "conv_op_biases", "layout_opt")}
 
 

@@ -7,22 +7,13 @@ layout inside the chunk loop (which would move it through shared memory).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
+import bench_script
 from triton_interp import run_fresh
 
 pytest.importorskip("triton")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("scan_sass", os.path.join(ROOT, "benchmarks", "scan_sass.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 CHILD = "_VMBENCH_SASS_CHILD"
@@ -40,7 +31,7 @@ def test_stage3_rows_vectorised_and_tiles_kept_in_registers(monkeypatch):
         return
     from vmbench.kernels import _selective_scan_triton as T
 
-    sass = _script()
+    sass = bench_script.load("scan_sass")
     try:
         sass._tool("ptxas"), sass._tool("nvdisasm")
     except FileNotFoundError as e:

@@ -1,7 +1,6 @@
 """The one timing loop (vmbench.engine.bench.timed_runs) and benchmarks/peers.py, which times through it."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,16 +13,10 @@ import torch
 from vmbench.engine import bench
 from vmbench.engine.bench import timed_runs
 
+import bench_script
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "test_resnet"  # timm's tiny test network
-
-
-def _peers():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # peers.py imports its folder's _shared
-    spec = importlib.util.spec_from_file_location("peers_under_test", ROOT / "benchmarks" / "peers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_timed_runs_counts_calls_and_ticks():
@@ -50,7 +43,7 @@ def test_peers_times_through_the_shared_loop(monkeypatch):
     """peers.py's time_mode calls vmbench's loop with its warm-up settings, for inference and training modes."""
     import timm
 
-    peers = _peers()
+    peers = bench_script.load("peers")
     seen = []
     real = bench.timed_runs
 
@@ -85,7 +78,7 @@ def test_peers_dry_run_prints_its_table():
 def test_peers_table_divides_compiled_rows_by_the_compiled_peer():
     """With --compile on,off a table holds eager rows and rows MODEL/compiled: each ratio divides by the peer's row
     of the same kind, and the peer's own rows get no ratio column."""
-    peers = _peers()
+    peers = bench_script.load("peers")
     rows = [dict(model=m, mode="train", img_s=v, peak_gb=1.0)
             for m, v in (("vm/compiled", 300.0), ("vm", 200.0), ("sw/compiled", 400.0), ("sw", 100.0))]
     md = peers.to_markdown(rows, ["vm/compiled", "vm", "sw/compiled", "sw"], ["train"], "sw", "head")
