@@ -174,14 +174,15 @@ def sweep(stages):
     from vmbench.kernels import _selective_scan_triton as T
 
     # N = 1 kernels (the benchmark's shapes); the first entry of each list is the default. Chunks are fitted
-    # to L (n1_max_pad); rows per program are tile // chunk. 16-position backward chunks (stages 3, 4) run
-    # n1_bwd_warps_short warps whatever n1_bwd_warps says.
-    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, fwd_warps=w, n1_vec=v) for c, t, w, v in
-                [(128, 1024, 4, 4), (128, 1024, 4, 0), (64, 512, 4, 4), (64, 1024, 4, 4), (128, 2048, 4, 4),
-                 (128, 1024, 2, 4), (256, 2048, 4, 4)]]
-    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, n1_bwd_warps=w, n1_vec=v) for c, t, w, v in
-                [(32, 512, 2, 4), (32, 512, 2, 0), (32, 256, 2, 4), (32, 1024, 4, 4), (32, 512, 4, 4), (32, 1024, 2, 4),
-                 (16, 256, 2, 4), (64, 1024, 4, 4)]]
+    # to L (n1_max_pad; forward rows of at most n1_fwd_whole positions are one chunk); rows per program are tile //
+    # chunk. 16-position backward chunks (stage 4) run n1_bwd_warps_short warps whatever n1_bwd_warps says.
+    fwd_cfgs = [dict(n1_fwd_chunk=c, n1_fwd_tile=t, n1_fwd_warps=w, n1_fwd_vec=v, n1_fwd_whole=h) for c, t, w, v, h in
+                [(128, 512, 1, 0, 256), (128, 512, 1, 8, 256), (128, 1024, 4, 0, 256), (128, 1024, 2, 0, 256),
+                 (128, 512, 2, 0, 256), (128, 512, 1, 0, 0), (128, 256, 1, 0, 256), (256, 1024, 2, 8, 256)]]
+    bwd_cfgs = [dict(n1_bwd_chunk=c, n1_bwd_tile=t, n1_bwd_warps=w, n1_bwd_warps_short=ws, n1_bwd_prefetch=f)
+                for c, t, w, ws, f in
+                [(32, 512, 1, 4, 32), (32, 512, 1, 4, 0), (32, 512, 2, 4, 32), (32, 512, 2, 4, 0), (32, 1024, 1, 4, 32),
+                 (32, 256, 1, 4, 32), (32, 1024, 2, 4, 32), (32, 512, 1, 1, 16), (32, 512, 1, 2, 0)]]
     out = []
     for kd, L in stages:
         x = make_inputs(kd, L, torch.float16)

@@ -1,6 +1,6 @@
 """The N = 1 selective-scan kernels compiled for an H100 (sm_90) on any machine, GPU or not.
 
-    python3 benchmarks/scan_sass.py [--stages 1,2,3,4] [--prev DIR]
+    python3 benchmarks/scan_sass.py [--stages 1,2,3,4] [--prev DIR] [--config KEY=VALUE,...]
 
 For the forward and backward kernels at VMamba-T's stage lengths, with the default chunks, rows and
 warps (fp16 in, fp32 out), it prints registers per thread, spills, shared memory, the layout
@@ -15,6 +15,7 @@ with that version first on the path (`pip install --target DIR triton==3.6.0`, `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -112,8 +113,15 @@ def scan_kernels(T, dk: int, L: int, dtype: str = "fp16") -> dict:
         save = T._blocks(L, 1, dk, backward=True)[2]
         ints = dict(K=K, Dk=dk, L=L, n_chunks=-(-L // bl), n_saved=-(-L // save), sbc=L)
         # as launched on a GPU (FAST); kernels older than the hints take none
-        hints = dict(T._n1_hints(L, L, bl), FAST=True) if hasattr(T, "_n1_hints") else {}
+        if not hasattr(T, "_n1_hints"):
+            hints = {}
+        elif "backward" in T._n1_hints.__code__.co_varnames:  # the forward's own n1_fwd_vec
+            hints = dict(T._n1_hints(L, L, bl, backward=kind == "bwd"), FAST=True)
+        else:
+            hints = dict(T._n1_hints(L, L, bl), FAST=True)
         consts = dict(flags, BLOCK_D=bd, BLOCK_L=bl, SAVE_EVERY=save, SAVE_STATES=True, **hints)
+        if hasattr(T, "_n1_bwd_prefetch"):  # kernels older than the backward's prefetch take none
+            consts["PREFETCH"] = T._n1_bwd_prefetch(bl)
         st = stats(_compile(fn, ints, consts, warps, dtype))
         st.update(tile=f"{bd} × {bl}", warps=warps, per_thread=bd * bl // (32 * warps))
         out[kind] = st
@@ -124,12 +132,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stages", default="1,2,3,4", help="comma-separated VMamba-T stages (1-4)")
     ap.add_argument("--prev", help="a folder written by benchmarks/prev_kernels.py: compile its kernels too")
+    ap.add_argument("--config", default="", metavar="KEY=VALUE,...",
+                    help="scan_config overrides for this version's kernels (e.g. n1_bwd_prefetch=32)")
     args = ap.parse_args(argv)
     import triton
 
     from vmbench.kernels import _selective_scan_triton as T
 
-    versions = [("current", T)]
+    cfg = {k: float(v) if "." in v else int(v) for k, v in (kv.split("=") for kv in args.config.split(",") if kv)}
+    versions = [("current" + (f" ({args.config})" if cfg else ""), T)]
     if args.prev:
         import importlib
 
@@ -143,7 +154,9 @@ def main(argv=None) -> int:
     for i in args.stages.split(","):
         dk, L = STAGES[int(i) - 1]
         for name, mod in versions:
-            for kind, s in scan_kernels(mod, dk, L).items():
+            with (T.scan_config(**cfg) if mod is T else contextlib.nullcontext()):
+                kernels = scan_kernels(mod, dk, L)
+            for kind, s in kernels.items():
                 conv = ", ".join(s["conversions"]) or "none"
                 print(f"| {name} | {kind} | ({K * dk}, {L}) | {s['tile']}, {s['warps']} | {s['regs']} | {s['spills']} "
                       f"| {s['shared']} | {conv} | {s['load']} / {s['store']} | {s['loop_sass']} "

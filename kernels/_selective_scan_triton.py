@@ -17,8 +17,9 @@ for dL/dh, writes du / ddelta, and keeps dA / dD / ddelta_bias per program (summ
 afterwards: no races).
 
 N = 1 (VMamba-T/S/B) runs dedicated 2-D kernels on [BLOCK_D, BLOCK_L] tiles: longer forward chunks
-whose next chunk is prefetched, short backward chunks on small tiles (the forward saves the state
-entering every backward chunk), chunk lengths fitted to L, a backward reverse scan that never forms
+whose next chunk is prefetched (short rows as one chunk), short backward chunks on small tiles whose
+chunk before is prefetched (the forward saves the state entering every backward chunk, all of a forward
+chunk's in one reduction), chunk lengths fitted to L, a backward reverse scan that never forms
 a(t+1) (`_combine3`), dB / dC written as per-channel-block partial sums and reduced afterwards
 (deterministic), a softplus without a log (`_softplus`), and alignment / contiguity hints so that 16-bit
 rows of any length divisible by 4 are read 4 elements per instruction (`_n1_hints`). Other N run the
@@ -39,7 +40,7 @@ import torch
 import triton.language as tl
 
 from ._backend import cdiv, direct_launch, graph_capture, needs_grad
-from ._scan_config import _blocks, _n1_hints, _use_n1, scan_config
+from ._scan_config import _blocks, _n1_bwd_prefetch, _n1_hints, _use_n1, scan_config
 from ._scan_helpers import _add, _bwd_chunk, _combine, _div, _kernel, _softplus
 from .selective_scan import _check_shapes
 
@@ -271,16 +272,19 @@ def _scan_fwd_n1_kernel(
         if HAS_D:
             y = y + Dv[:, None] * u
         tl.store(y_ptr + ptr, y.to(y_ptr.dtype.element_ty), mask=m2)
-        # The state after position t enters t + 1: saved where a backward chunk starts, picked out of the
-        # tile by a row reduction (a masked store of the whole tile would convert its layout first).
+        # The state after position t enters t + 1: saved where a backward chunk starts. One reduction picks the
+        # last state of each of the chunk's `per` backward chunks out of the tile, seen as [BLOCK_D, per,
+        # SAVE_EVERY] (a masked store of the whole tile would convert its layout first); the last is the carry.
         per: tl.constexpr = BLOCK_L // SAVE_EVERY
         if SAVE_STATES:
-            for j in tl.static_range(1, per):
-                hj = tl.reduce(tl.where((lidx == j * SAVE_EVERY - 1)[None, :], hh, 0.0), 1, _add)
-                tl.store(hs_ptr + hs_row + c * per + j, hj, mask=mask_d & (c * BLOCK_L + j * SAVE_EVERY < L))
-        h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, :], hh, 0.0), 1, _add)
-        if SAVE_STATES:
-            tl.store(hs_ptr + hs_row + (c + 1) * per, h, mask=mask_d & ((c + 1) * BLOCK_L < L))
+            jj = tl.arange(0, per)
+            last = (tl.arange(0, SAVE_EVERY) == SAVE_EVERY - 1)[None, None, :]
+            ends = tl.reduce(tl.where(last, tl.reshape(hh, [BLOCK_D, per, SAVE_EVERY]), 0.0), 2, _add)
+            tl.store(hs_ptr + hs_row[:, None] + c * per + 1 + jj[None, :], ends,
+                     mask=mask_d[:, None] & (c * BLOCK_L + (jj + 1) * SAVE_EVERY < L)[None, :])
+            h = tl.reduce(tl.where((jj == per - 1)[None, :], ends, 0.0), 1, _add)
+        else:
+            h = tl.reduce(tl.where((lidx == BLOCK_L - 1)[None, :], hh, 0.0), 1, _add)
 
 
 def _scan_bwd_n1_kernel(
@@ -291,6 +295,7 @@ def _scan_bwd_n1_kernel(
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     ALIGN: tl.constexpr, VEC: tl.constexpr,  # see `_n1_hints`
     FAST: tl.constexpr,  # approximate division (compiled kernels): `_div`
+    PREFETCH: tl.constexpr,  # load the chunk before while this one is computed (`n1_bwd_prefetch`)
 ):
     # N = 1 backward on 2-D tiles. dB / dC: each program writes its channel block's partial sums into
     # dBC (B, K, 2, n_dblk, L) (dB then dC), summed by the launcher: no atomics, and the result is
@@ -322,18 +327,38 @@ def _scan_bwd_n1_kernel(
     dA_acc = tl.full([BLOCK_D], 0.0, tl.float32)
     dD_acc = tl.full([BLOCK_D], 0.0, tl.float32)
     dbias_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    if PREFETCH:  # the last chunk's loads, in their stored dtypes (as the forward's prefetch)
+        offs_l = (n_chunks - 1) * BLOCK_L + lidx
+        m2 = mask_d[:, None] & (offs_l < L)[None, :]
+        ptr = row[:, None] + offs_l[None, :]
+        nu, ndy = tl.load(u_ptr + ptr, mask=m2, other=0.0), tl.load(dy_ptr + ptr, mask=m2, other=0.0)
+        ndt = tl.load(dt_ptr + ptr, mask=m2, other=0.0)
+        nB = tl.load(B_ptr + bc + offs_l, mask=offs_l < L, other=0.0)
+        nC = tl.load(C_ptr + bc + offs_l, mask=offs_l < L, other=0.0)
+        nh0 = tl.load(hs_ptr + rowid * n_chunks + n_chunks - 1, mask=mask_d, other=0.0)
     for ci in range(n_chunks):
         c = n_chunks - 1 - ci
         offs_l = c * BLOCK_L + lidx
         mask_l = offs_l < L
         m2 = mask_d[:, None] & mask_l[None, :]
         ptr = row[:, None] + offs_l[None, :]
-        u = tl.load(u_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
-        dt_raw = tl.load(dt_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
-        Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-        Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-        h0 = tl.load(hs_ptr + rowid * n_chunks + c, mask=mask_d, other=0.0)  # the state entering the chunk
+        if PREFETCH:  # this chunk's values were loaded during the last one; issue the chunk before's now
+            u, dy, dt_raw = nu.to(tl.float32), ndy.to(tl.float32), ndt.to(tl.float32)
+            Bv, Cv, h0 = nB.to(tl.float32), nC.to(tl.float32), nh0
+            mp = mask_d[:, None] & (c > 0)
+            nu = tl.load(u_ptr + ptr - BLOCK_L, mask=mp, other=0.0)
+            ndy = tl.load(dy_ptr + ptr - BLOCK_L, mask=mp, other=0.0)
+            ndt = tl.load(dt_ptr + ptr - BLOCK_L, mask=mp, other=0.0)
+            nB = tl.load(B_ptr + bc + offs_l - BLOCK_L, mask=c > 0, other=0.0)
+            nC = tl.load(C_ptr + bc + offs_l - BLOCK_L, mask=c > 0, other=0.0)
+            nh0 = tl.load(hs_ptr + rowid * n_chunks + c - 1, mask=mask_d & (c > 0), other=0.0)
+        else:
+            u = tl.load(u_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+            dt_raw = tl.load(dt_ptr + ptr, mask=m2, other=0.0).to(tl.float32)
+            Bv = tl.load(B_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+            Cv = tl.load(C_ptr + bc + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+            h0 = tl.load(hs_ptr + rowid * n_chunks + c, mask=mask_d, other=0.0)  # the state entering the chunk
         if HAS_BIAS:
             dt_raw = dt_raw + bias[:, None]
         dt = dt_raw
@@ -425,7 +450,7 @@ def _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_fp32: 
                  SAVE_STATES=states)
     if _use_n1(n):
         _kernel(_scan_fwd_n1_kernel)[grid](*args, n_saved, B.stride(1), **flags, BLOCK_D=bd, BLOCK_L=bl,
-                                           SAVE_EVERY=save_every, **_n1_hints(L, B.stride(1), bl),
+                                           SAVE_EVERY=save_every, **_n1_hints(L, B.stride(1), bl, backward=False),
                                            num_warps=warps)
     else:
         assert n_saved == n_chunks
@@ -461,7 +486,7 @@ def _scan_bwd_parts(dy, u, delta, A, B, C, D, delta_bias, hs, delta_softplus: bo
         dP = _alloc((batch, 3, k * dk), torch.float32, dev)  # per-batch dA, dD, ddelta_bias
         _kernel(_scan_bwd_n1_kernel)[grid](*ins, du, ddelta, dBC_p, dP, k, dk, L, n_chunks, B.stride(1), **flags,
                                            BLOCK_D=bd, BLOCK_L=bl, **_n1_hints(L, B.stride(1), bl),
-                                           num_warps=warps)
+                                           PREFETCH=_n1_bwd_prefetch(bl), num_warps=warps)
         dBC = dBC_p.sum(3)  # (B, K, 2, L) = (B, K, 2N, L)
         dA, dD, dbias = dP.sum(0).unbind(0)
         dA = dA.view(k * dk, 1)

@@ -190,8 +190,9 @@ from vmbench.kernels import _scan_config as SC  # noqa: E402  (after the skip: i
 CHUNK = 16
 SMALL = dict(chunk=CHUNK, chunk_big_n=CHUNK, fwd_tile=64, bwd_tile=64,
              # N = 1: forward chunks twice the backward's, so states are saved inside a forward chunk;
-             # chunks kept whatever the padding
-             n1_fwd_chunk=2 * CHUNK, n1_bwd_chunk=CHUNK, n1_fwd_tile=64, n1_bwd_tile=64, n1_max_pad=1.0)
+             # chunks kept whatever the padding; the backward prefetches (as the defaults' 32-position chunks)
+             n1_fwd_chunk=2 * CHUNK, n1_bwd_chunk=CHUNK, n1_fwd_tile=64, n1_bwd_tile=64, n1_max_pad=1.0,
+             n1_fwd_whole=0, n1_bwd_prefetch=CHUNK)
 
 
 @pytest.fixture
@@ -224,8 +225,9 @@ def test_triton_n1(interp, dtype, L, out_fp32):
 
 def test_triton_n1_chunks_fit_the_length(interp):
     """N = 1 chunks halve while they would pad L by more than n1_max_pad (the forward's down to 32, the
-    backward's down to 16); results stay within the derived tolerance."""
-    with T.scan_config(n1_fwd_chunk=64, n1_bwd_chunk=32, n1_max_pad=0.125):
+    backward's down to 16); with the defaults, rows of at most n1_fwd_whole positions are one forward chunk.
+    Results stay within the derived tolerance."""
+    with T.scan_config(n1_fwd_chunk=64, n1_bwd_chunk=32, n1_max_pad=0.125, n1_fwd_whole=0):
         assert (SC._n1_chunk(3136, False), SC._n1_chunk(3136, True)) == (64, 32)  # stage 1: no padding
         assert (SC._n1_chunk(196, False), SC._n1_chunk(196, True)) == (32, 16)  # stage 3: 224 / 208 slots
         assert (SC._n1_chunk(49, False), SC._n1_chunk(49, True)) == (32, 16)
@@ -233,10 +235,12 @@ def test_triton_n1_chunks_fit_the_length(interp):
     with T.scan_config(**SC._DEFAULTS):
         # the defaults at VMamba-T's stage lengths: (forward, backward) chunk and rows
         fwd = {L: (SC._n1_chunk(L, False), T._blocks(L, 1, 768, backward=False)[0]) for L in (3136, 784, 196, 49)}
-        assert fwd == {3136: (128, 8), 784: (64, 8), 196: (32, 8), 49: (32, 16)}  # short rows: twice the rows
+        assert fwd == {3136: (128, 4), 784: (128, 4), 196: (256, 2), 49: (64, 8)}  # rows up to 64: twice the rows
         bwd = {L: T._blocks(L, 1, 768, backward=True) for L in (3136, 784, 196, 49)}
-        assert bwd == {3136: (16, 1, 32, 2), 784: (16, 1, 32, 2), 196: (16, 1, 16, 4), 49: (16, 1, 16, 4)}
-    with T.scan_config(n1_fwd_chunk=64, n1_bwd_chunk=32, n1_fwd_tile=128, n1_bwd_tile=64, n1_max_pad=0.125):
+        assert bwd == {3136: (16, 1, 32, 1), 784: (16, 1, 32, 1), 196: (16, 1, 32, 1), 49: (16, 1, 16, 4)}
+        assert SC._n1_bwd_prefetch(32) and not SC._n1_bwd_prefetch(16)  # 32-position chunks prefetch, 16 not
+    with T.scan_config(n1_fwd_chunk=64, n1_bwd_chunk=32, n1_fwd_tile=128, n1_bwd_tile=64, n1_max_pad=0.125,
+                       n1_fwd_whole=0):
         L = 3 * CHUNK + 2  # 50: chunks of 64, 32 and 16 all pad it by 14 (28 %): forward 32, backward 16
         x = make_inputs(1, 2, 6, 1, L, torch.bfloat16)
         check_interp(_triton, x, out_fp32=False, label="fitted chunks")
@@ -253,6 +257,16 @@ def test_triton_n1_hints():
         assert T._n1_hints(196, 196, 32)["VEC"] == 4
     with T.scan_config(n1_vec=0):
         assert T._n1_hints(196, 196, 32)["VEC"] == 32
+
+
+@pytest.mark.parametrize("prefetch", [0, CHUNK])
+@pytest.mark.parametrize("L", [7, 3 * CHUNK, 2 * CHUNK + 13])
+def test_triton_n1_backward_prefetch(interp, L, prefetch):
+    """The backward with and without loading the chunk before while it computes one (`n1_bwd_prefetch`: chunks of at
+    least CHUNK positions): one chunk, whole chunks, and a partial last chunk (the first one computed)."""
+    with T.scan_config(n1_bwd_prefetch=prefetch):
+        assert SC._n1_bwd_prefetch(SC._n1_chunk(L, True)) == bool(prefetch)
+        check_interp(_triton, make_inputs(2, 2, 6, 1, L, torch.bfloat16), label=f"prefetch {prefetch}, L={L}")
 
 
 @pytest.mark.parametrize("L", [2 * CHUNK + 13, 4 * CHUNK])
@@ -294,8 +308,8 @@ def test_triton_no_d_no_bias_no_softplus(interp, dtype):
 def test_triton_default_config_one_long_chunk(interp):
     with T.scan_config(chunk=SC._DEFAULTS["chunk"], fwd_tile=256, bwd_tile=256,
                        n1_fwd_chunk=SC._DEFAULTS["n1_fwd_chunk"], n1_bwd_chunk=SC._DEFAULTS["n1_bwd_chunk"],
-                       n1_max_pad=SC._DEFAULTS["n1_max_pad"]):
-        x = make_inputs(1, 1, 2, 1, 150, torch.float32)  # N = 1 at the default chunks (fitted to 150: 32 / 32)
+                       n1_max_pad=SC._DEFAULTS["n1_max_pad"], n1_fwd_whole=SC._DEFAULTS["n1_fwd_whole"]):
+        x = make_inputs(1, 1, 2, 1, 150, torch.float32)  # N = 1 at the default chunks (150: one of 256 / 32)
         check_interp(_triton, x, label="default chunks")
         with T.scan_config(n1=0):  # the general kernels: one 256-position chunk, 106 padded slots
             check_interp(_triton, x, label="default chunk, general kernels")
