@@ -2,18 +2,19 @@
 the map-layout scan (kernels/_ss2d_map_triton.py), at VMamba-T's stage shapes, in one process: the inference
 forward, and the training path's forward and backward.
 
-    python benchmarks/ss2d_map.py [--sweep] [--dry-run] [--parts infer,train]
+    python benchmarks/ss2d_map.py [--sweep] [--dry-run] [--parts infer,train] [--stages 1,2,3,4]
     python benchmarks/ss2d_map.py --sass            # no GPU needed: the map scan compiled for sm_90 (scan_sass.py)
 
-Batch 128, bf16, D = 96 * 2**i, H = W = 56 / 28 / 14 / 7, K = 4, N = 1, R = ceil(D / 16). Both start from the
-same x and x_proj output p and end with y (B, H, W, D) in bf16; each is checked against the other first (training:
-y and the six gradients). Timing: triton.testing.do_bench (CUDA events, median). --sweep also times the map scan's
-inference (BLOCK_D, BLOCK_L, warps) choices, the steps layout's channel blocks and the backward's. Prints markdown
-tables; writes $OUT/ss2d_map.md (--parts train: ss2d_map_train.md) when $OUT is set. --dry-run: CPU interpreter, tiny
-shapes, one call each (checks the script; times mean nothing). --sass: registers, layout conversions and SASS
-instructions per element of the map scans' loops (forward for each --sweep tile and steps channel block, backward
-for each BWD_SWEEP tile) at stages 1 and 3, compiled for sm_90 with triton's own ptxas (benchmarks/scan_sass.py
-prints the same for the scan the models run now).
+Batch 128, bf16, D = 96 * 2**i, H = W = 56 / 28 / 14 / 7, K = 4, N = 1, R = ceil(D / 16). Both start from the same x
+and x_proj output p and end with y (B, H, W, D) in bf16; each is checked against the other first (training: y and
+the six gradients). Timing: triton.testing.do_bench (CUDA events, median). --sweep also times the map scan's
+inference (BLOCK_D, BLOCK_L, warps) choices, the steps layout's channel blocks and the backward's (with and without
+the chunk before prefetched). Prints markdown tables; writes $OUT/ss2d_map.md (--parts train: ss2d_map_train.md)
+when $OUT is set. --dry-run: CPU interpreter, tiny shapes, one call each (checks the script; times mean nothing).
+--sass: registers, layout conversions and SASS instructions per element of the map scans' loops (forward for each
+--sweep tile and steps channel block, backward for each BWD_SWEEP and PREFETCH_SWEEP tile) at stages 1 and 3,
+compiled for sm_90 with triton's own ptxas (benchmarks/scan_sass.py prints the same for the scan the models run
+now).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]
 SWEEP = [(32, 32, 4), (32, 32, 2), (32, 32, 1), (32, 16, 1), (64, 32, 2), (64, 16, 2), (64, 32, 4), (128, 16, 4),
          (16, 64, 2)]  # (BLOCK_D, BLOCK_L, warps)
 BWD_SWEEP = [(32, 16, 2), (32, 16, 4), (16, 16, 1), (16, 32, 2), (64, 16, 4), (32, 32, 4)]
+# (BLOCK_D, BLOCK_L, warps, prefetch): the training table's backward tiles with the chunk before prefetched
+PREFETCH_SWEEP = [(16, 16, 1, True), (16, 16, 2, True), (32, 16, 2, True), (16, 32, 2, True)]
 STEPS_SWEEP = [32, 64, 128, 256]  # the steps layout's channels per program (one warp: 1, 2, 4, 8 per thread)
 
 
@@ -36,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--sass", action="store_true")
+    ap.add_argument("--stages", default="1,2,3,4", help="comma-separated VMamba-T stages (1-4) to time")
     ap.add_argument("--parts", default="infer,train", help="infer, train or both: the inference forward's table, "
                     "the training path's (forward + backward)")
     args = ap.parse_args(argv)
@@ -54,7 +58,8 @@ def main(argv=None) -> int:
 
     dev = "cpu" if args.dry_run else "cuda"
     bench = once_ms if args.dry_run else gpu_ms
-    batch, stages = (1, [(16, 5), (32, 3)]) if args.dry_run else (128, STAGES)
+    picked = [STAGES[int(i) - 1] for i in args.stages.split(",")]
+    batch, stages = (1, [(16, 5), (32, 3)]) if args.dry_run else (128, picked)
     card = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
     if "infer" in parts:
         lines = [f"SS2D inference forward, {card}, torch {torch.__version__}, batch {batch}, bf16 (ms, median); map "
@@ -146,15 +151,16 @@ def _training(M, R, bench, sweep: bool, ins, r: int, n: int, stage: str) -> list
     rows = []
     M.USE_MAP = True
     try:
-        for v in ("gemm-fp32", "gemm-input", "dot-input"):
-            tiles = [None] + (BWD_SWEEP if sweep and v != "gemm-input" else [])
+        for v in ("dot-input", "gemm-fp32", "gemm-input"):  # the default variant first
+            tiles = [None] + (PREFETCH_SWEEP + [(*t, False) for t in BWD_SWEEP] if sweep and v != "gemm-input" else [])
             for tile in tiles:
                 M.MAP_CONFIG.update(old, **M.variant_config(v), train_max_l=1 << 30, min_programs=0)  # every stage
                 if tile:
-                    M.MAP_CONFIG.update(bwd_block_d=tile[0], bwd_block_l=tile[1], bwd_warps=tile[2])
+                    M.MAP_CONFIG.update(bwd_block_d=tile[0], bwd_block_l=tile[1], bwd_warps=tile[2],
+                                        bwd_prefetch_l=0 if tile[3] else 1 << 30)
                 diff = max(_rel(a, b) for a, b in zip(step(), ref))
                 t = bench(step)
-                name = "{} × {}, {}".format(*tile) if tile else "default"
+                name = ("{} × {}, {}".format(*tile) + (", prefetch" if tile[3] else "")) if tile else "default"
                 rows.append(f"| {stage} | {t_comp:.3f} | {v} | {name} | {t:.3f} | **{t_comp / t:.2f}×** "
                             f"| {diff:.1e} |")
                 print(rows[-1], flush=True)
@@ -186,8 +192,9 @@ def _sass() -> int:
             scan_sass._F32.discard("y_ptr")
             if not dot:
                 scan_sass._F32.add("y_ptr")
-            for kernel, tiles in (("forward", SWEEP), ("backward", BWD_SWEEP)):
-                for bd, bl, w in tiles:
+            for kernel, tiles in (("forward", [(*t, False) for t in SWEEP]),
+                                  ("backward", [(*t, False) for t in BWD_SWEEP] + PREFETCH_SWEEP)):
+                for bd, bl, w, pf in tiles:
                     if dot and min(bd, bl) < 16:
                         continue
                     ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=r, BL=128 * L, n_chunks=-(-L // bl))
@@ -195,9 +202,11 @@ def _sass() -> int:
                     if kernel == "forward":
                         ints["n_saved"] = -(-L // 16)
                         consts.update(SAVE_STATES=False, SAVE_EVERY=16)
+                    else:
+                        consts["PREFETCH"] = pf
                     fn = M._scan_fwd_map_kernel if kernel == "forward" else M._scan_bwd_map_kernel
                     st = scan_sass.stats(scan_sass._compile(fn, ints, consts, w, "bf16"))
-                    _sass_row(st, d, L, kernel, v, bd, bl, w)
+                    _sass_row(st, d, L, kernel, v + (", prefetch" if pf else ""), bd, bl, w)
         scan_sass._F32.discard("y_ptr")
         for bd in STEPS_SWEEP:  # the steps layout's forward, gemm-input
             ints = dict(H=hw, W=hw, Dk=d, KC=4 * c, C=c, R=r, BL=128 * L, n_chunks=-(-L // 16))

@@ -53,10 +53,14 @@ __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map
 # - min_programs: a program walks a whole direction for one image and BLOCK_D channels, so a small batch of large
 #   maps has few of them (1024² at batch 4: 48 at stage 1, where the composition runs 192). The map was timed from
 #   1536 programs up (stage 1 at batch 128); calls with fewer than min_programs stay on the composition.
+# bwd_prefetch_l: the backward loads the chunk before while it computes one where H*W is at least this (stages 2 and
+#   3 at 224²: their map scan forward + backward 4 % / 3.5 % faster on an H100; stage 4's 49 positions, 4 chunks,
+#   were 67 % slower with it).
 # layout "steps" (variants DELTA-YS-steps, untimed): the forward of kernels/_ss2d_steps_triton.py, steps_block_d
 # channels per program.
 MAP_CONFIG = dict(block_d=32, block_l=16, warps=1, delta="dot", ys="input", bwd_block_d=16, bwd_block_l=16,
-                  bwd_warps=1, train_max_l=784, min_programs=1024, layout="tile", steps_block_d=128)
+                  bwd_warps=1, bwd_prefetch_l=196, train_max_l=784, min_programs=1024, layout="tile",
+                  steps_block_d=128)
 USE_MAP = True  # False: every SS2D call on the composition of kernels/_ss2d_recompute.py
 # "DELTA-YS[-steps]": the MAP_CONFIG choices of delta, ys (and layout) by name
 VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input", "gemm-fp32-steps", "gemm-input-steps")
@@ -182,6 +186,7 @@ def _scan_bwd_map_kernel(
     H, W, Dk, KC, C, R, BL, n_chunks,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, FAST: tl.constexpr,
     DELTA_DOT: tl.constexpr, CP: tl.constexpr, DOT_F32: tl.constexpr,  # as in the forward
+    PREFETCH: tl.constexpr,  # load the chunk before while this one is computed (MAP_CONFIG's bwd_prefetch_l)
 ):
     # The forward's program (image, direction, BLOCK_D channels) walking its chunks from the last: each chunk's
     # states are recomputed from the saved state entering it and its reverse scan run (`_bwd_chunk`). dy is gy at
@@ -204,15 +209,30 @@ def _scan_bwd_map_kernel(
     dA_acc = tl.full([BLOCK_D], 0.0, tl.float32)
     dD_acc = tl.full([BLOCK_D], 0.0, tl.float32)
     dbias_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    if PREFETCH:  # the last chunk's loads; in the loop, chunk c - 1's are issued before chunk c's arithmetic
+        t = (n_chunks - 1) * BLOCK_L + lidx
+        npos, nu, ndt, nB, nC = _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col,
+                                           offs_d, mask_d, offs_c, mask_c, DELTA_DOT)
+        ndy = tl.load(gy_ptr + (img + npos)[None, :] * Dk + offs_d[:, None], mask=mask_d[:, None] & (t < L)[None, :],
+                      other=0.0)
+        nh0 = tl.load(hs_ptr + hs_row + (n_chunks - 1) * Dk, mask=mask_d, other=0.0)
     for ci in range(n_chunks):
         c = n_chunks - 1 - ci
         t = c * BLOCK_L + lidx
-        pos, u, dt_raw, Bv, Cv = _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col,
-                                            offs_d, mask_d, offs_c, mask_c, DELTA_DOT)
         m2 = mask_d[:, None] & (t < L)[None, :]
+        if PREFETCH:  # (chunk 0 loads itself again as "the chunk before": in bounds, never used)
+            pos, u, dt_raw, Bv, Cv, dy, h0 = npos, nu, ndt, nB, nC, ndy.to(tl.float32), nh0
+            tp = tl.maximum(c - 1, 0) * BLOCK_L + lidx
+            npos, nu, ndt, nB, nC = _map_loads(x_ptr, dt_ptr, p_ptr, tp, L, H, W, Dk, KC, C, R, k, img, kdir, rev,
+                                               col, offs_d, mask_d, offs_c, mask_c, DELTA_DOT)
+            ndy = tl.load(gy_ptr + (img + npos)[None, :] * Dk + offs_d[:, None], mask=mask_d[:, None], other=0.0)
+            nh0 = tl.load(hs_ptr + hs_row + tl.maximum(c - 1, 0) * Dk, mask=mask_d, other=0.0)
+        else:
+            pos, u, dt_raw, Bv, Cv = _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev,
+                                                col, offs_d, mask_d, offs_c, mask_c, DELTA_DOT)
+            dy = tl.load(gy_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0).to(tl.float32)
+            h0 = tl.load(hs_ptr + hs_row + c * Dk, mask=mask_d, other=0.0)  # the state entering the chunk
         at = (img + pos)[None, :] * Dk + offs_d[:, None]  # the chunk's [BLOCK_D, BLOCK_L] tile of a (B*L, D) map
-        dy = tl.load(gy_ptr + at, mask=m2, other=0.0).to(tl.float32)
-        h0 = tl.load(hs_ptr + hs_row + c * Dk, mask=mask_d, other=0.0)  # the state entering the chunk
         dt_raw = _delta(wk, dt_raw, DELTA_DOT, DOT_F32) + bias[:, None]
         u, Bv, Cv = u.to(tl.float32), Bv.to(tl.float32), Cv.to(tl.float32)
         dt, z = _softplus(dt_raw, FAST)
@@ -308,7 +328,8 @@ def map_scan_bwd_launch(gy, x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bia
         x, x if dot else delta, wdt.contiguous() if dot else x, p, A.reshape(-1), Ds, bias, gy, hs,
         dxs, ddelta, dbc, dP, h, w, d, k * c, c, r, b * L, n_chunks,
         BLOCK_D=bd, BLOCK_L=bl, FAST=not triton_interpret(), DELTA_DOT=dot, CP=dot_rows(c),
-        DOT_F32=triton_interpret() or x.dtype == torch.float32, num_warps=MAP_CONFIG["bwd_warps"])
+        DOT_F32=triton_interpret() or x.dtype == torch.float32, PREFETCH=L >= MAP_CONFIG["bwd_prefetch_l"],
+        num_warps=MAP_CONFIG["bwd_warps"])
     return dxs, ddelta, dbc.sum(1), dP.sum(0)
 
 

@@ -124,6 +124,24 @@ def test_training_gradients(triton_cpu, use_map, monkeypatch, variant, case, dty
 
 
 @interp
+@pytest.mark.parametrize("variant,case,dtype", [("gemm-fp32", CASES[0], F32), ("dot-input", CASES[2], BF16)])
+def test_training_gradients_backward_prefetch(triton_cpu, use_map, monkeypatch, variant, case, dtype):
+    """The backward loading the chunk before while it computes one (MAP_CONFIG's bwd_prefetch_l) and not: the same
+    gradients to rounding, and against float64."""
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    inputs = make_inputs(*case, dtype=dtype)
+    gy = torch.randn(inputs[0].shape)
+    use_map(variant, small=True)
+    monkeypatch.setitem(M.MAP_CONFIG, "bwd_prefetch_l", 1 << 30)
+    y0, g0 = grads(_core, inputs, gy)
+    monkeypatch.setitem(M.MAP_CONFIG, "bwd_prefetch_l", 0)
+    y1, g1 = check_grads_on(_core, inputs, gy)
+    for name, a, b in zip(("y",) + NAMES, (y1, *g1), (y0, *g0)):
+        assert rel(a, b) <= 1e-6, (name, rel(a, b))
+
+
+@interp
 @pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32"])
 def test_twin_gradients(triton_cpu, use_map, variant):
     """The kernels' entry (kernel-form arguments) against its plain-torch twin `ss2d_map_forward_ref`, same
@@ -225,9 +243,12 @@ def test_gpu_forward_stage_shapes(use_map, stage, dtype, variant):
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-input", "gemm-input-steps"])
-def test_gpu_training_stage_shapes(use_map, stage, variant):
-    use_map(variant)
+@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-input", "gemm-input-steps", "dot-input+prefetch"])
+def test_gpu_training_stage_shapes(use_map, monkeypatch, stage, variant):
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    use_map(variant.split("+")[0])
+    monkeypatch.setitem(M.MAP_CONFIG, "bwd_prefetch_l", 0 if variant.endswith("+prefetch") else 1 << 30)
     d, hw = stage
     check_grads(_core, (2, hw, hw, d, 1, math.ceil(d / 16)), torch.bfloat16, device="cuda")
 
