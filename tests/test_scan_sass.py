@@ -2,11 +2,12 @@
 alignment hints (`_n1_hints`) buy, in the compiled code itself.
 
 At stage 3 (L = 196, not a multiple of 16) Triton cannot prove a row aligned: without the hints every element
-of y is stored by its own instruction. With them the store moves 8 bytes, and no 2-D tile changes register
+of y is stored by its own instruction. With them the store moves 8 bytes or more, and no 2-D tile changes register
 layout inside the chunk loop (which would move it through shared memory).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -39,9 +40,13 @@ def test_stage3_rows_vectorised_and_tiles_kept_in_registers(monkeypatch):
     dk, L = sass.STAGES[2]
     hinted = sass.scan_kernels(T, dk, L)
     for kind in ("fwd", "bwd"):
-        assert not [c for c in hinted[kind]["conversions"] if "x" in c], (kind, hinted[kind]["conversions"])
+        rows, chunk = map(int, hinted[kind]["tile"].split(" × "))
+        # conversions of the tile (or of a tile-sized view of it); the per-row states the forward saves are small
+        tiles = [c for c in hinted[kind]["conversions"]
+                 if "x" in c and math.prod(map(int, c.split("x"))) >= rows * chunk]
+        assert not tiles, (kind, hinted[kind]["conversions"])
         assert hinted[kind]["spills"] == 0
-    assert hinted["fwd"]["store"] == 8  # y: two fp32 per instruction
+    assert hinted["fwd"]["store"] >= 8  # y: two fp32 or more per instruction
 
     hints = T._n1_hints
     monkeypatch.setattr(T, "_n1_hints", lambda *a: dict(hints(*a), ALIGN=1))  # what Triton infers alone
