@@ -123,7 +123,7 @@ def scan_kernels(T, dk: int, L: int, dtype: str = "fp16") -> dict:
         if hasattr(T, "_n1_bwd_prefetch"):  # kernels older than the backward's prefetch take none
             consts["PREFETCH"] = T._n1_bwd_prefetch(bl)
         st = stats(_compile(fn, ints, consts, warps, dtype))
-        st.update(tile=f"{bd} × {bl}", warps=warps, per_thread=bd * bl // (32 * warps))
+        st.update(rows=bd, chunk=bl, tile=f"{bd} × {bl}", warps=warps, per_thread=bd * bl // (32 * warps))
         out[kind] = st
     return out
 

@@ -40,10 +40,9 @@ def test_stage3_rows_vectorised_and_tiles_kept_in_registers(monkeypatch):
     dk, L = sass.STAGES[2]
     hinted = sass.scan_kernels(T, dk, L)
     for kind in ("fwd", "bwd"):
-        rows, chunk = map(int, hinted[kind]["tile"].split(" × "))
+        size = hinted[kind]["rows"] * hinted[kind]["chunk"]
         # conversions of the tile (or of a tile-sized view of it); the per-row states the forward saves are small
-        tiles = [c for c in hinted[kind]["conversions"]
-                 if "x" in c and math.prod(map(int, c.split("x"))) >= rows * chunk]
+        tiles = [c for c in hinted[kind]["conversions"] if "x" in c and math.prod(map(int, c.split("x"))) >= size]
         assert not tiles, (kind, hinted[kind]["conversions"])
         assert hinted[kind]["spills"] == 0
     assert hinted["fwd"]["store"] >= 8  # y: two fp32 or more per instruction
