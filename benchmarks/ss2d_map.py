@@ -2,14 +2,16 @@
 the map-layout scan (kernels/_ss2d_map_triton.py), at VMamba-T's stage shapes, in one process: the inference
 forward, and the training path's forward and backward.
 
-    python benchmarks/ss2d_map.py [--sweep] [--dry-run] [--parts infer,train] [--stages 1,2,3,4]
+    python benchmarks/ss2d_map.py [--sweep] [--dry-run] [--parts infer,train] [--stages 1,2,3,4] [--prev DIR]
     python benchmarks/ss2d_map.py --sass            # no GPU needed: the map scan compiled for sm_90 (scan_sass.py)
 
 Batch 128, bf16, D = 96 * 2**i, H = W = 56 / 28 / 14 / 7, K = 4, N = 1, R = ceil(D / 16). Both start from the same x
 and x_proj output p and end with y (B, H, W, D) in bf16; each is checked against the other first (training: y and
 the six gradients). Timing: triton.testing.do_bench (CUDA events, median). --sweep also times the map scan's
 inference (BLOCK_D, BLOCK_L, warps) choices, the steps layout's channel blocks and the backward's (with and without
-the chunk before prefetched). Prints markdown tables; writes $OUT/ss2d_map.md (--parts train: ss2d_map_train.md)
+the chunk before prefetched). --prev DIR (exported by benchmarks/prev_kernels.py) adds a table of the map scan
+against the previous commit's on the same inputs: the inference forward, the training forward and the backward
+of the default variant (`ss2d_map_forward`, `map_train_forward`, `map_backward`). Prints markdown tables; writes $OUT/ss2d_map.md (--parts train: ss2d_map_train.md)
 when $OUT is set. --dry-run: CPU interpreter, tiny shapes, one call each (checks the script; times mean nothing).
 --sass: registers, layout conversions and SASS instructions per element of the map scans' loops (forward for each
 --sweep tile and steps channel block, backward for each BWD_SWEEP and PREFETCH_SWEEP tile) at stages 1 and 3,
@@ -19,6 +21,7 @@ now).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -40,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--sass", action="store_true")
     ap.add_argument("--stages", default="1,2,3,4", help="comma-separated VMamba-T stages (1-4) to time")
+    ap.add_argument("--prev", metavar="DIR", help="also time the map scan of the kernels exported into DIR by "
+                    "benchmarks/prev_kernels.py")
     ap.add_argument("--parts", default="infer,train", help="infer, train or both: the inference forward's table, "
                     "the training path's (forward + backward)")
     args = ap.parse_args(argv)
@@ -68,9 +73,13 @@ def main(argv=None) -> int:
                  + " | composition / best map | largest rel. difference |", "|---" * (4 + len(M.VARIANTS)) + "|"]
     else:
         lines = [f"SS2D core, {card}, torch {torch.__version__}, batch {batch}, bf16"]
-    sweep_lines, train_lines = [], []
+    prev = _load_prev(args.prev)
+    sweep_lines, train_lines, prev_lines = [], [], []
     for d, hw in stages:
         x, p, wdt, A, Ds, bias, r, n = _inputs(batch, d, hw, dev)
+        if prev is not None:
+            prev_lines.append(_against_prev(M, prev, bench, (x, p, wdt, A, Ds, bias), r, n, f"({d}, {hw * hw})"))
+            print(prev_lines[-1], flush=True)
         comp = lambda: R._forward(x, p, wdt, A, Ds, bias, r, n, states=False)[0]  # noqa: E731
         fmap = lambda: M.ss2d_map_forward(x, p, wdt, A, Ds, bias, r, n)  # noqa: E731
         if "train" in parts:
@@ -79,11 +88,12 @@ def main(argv=None) -> int:
             continue
         with torch.no_grad():
             ref = comp()
-            t_comp, times, diff = bench(comp), [], 0.0
+            t_comp, times, diff, old = bench(comp), [], 0.0, dict(M.MAP_CONFIG)
             for v in M.VARIANTS:
                 M.MAP_CONFIG.update(M.variant_config(v))
                 diff = max(diff, _rel(fmap(), ref))
                 times.append(bench(fmap))
+            M.MAP_CONFIG.update(old)  # the defaults again for the next stage's rows
             lines.append(f"| ({d}, {hw * hw}) | {t_comp:.3f} | " + " | ".join(f"{t:.3f}" for t in times)
                          + f" | **{t_comp / min(times):.2f}×** | {diff:.1e} |")
             print(lines[-1], flush=True)
@@ -103,6 +113,11 @@ def main(argv=None) -> int:
                   "tile MAP_CONFIG holds unless named", "",
                   "| stage (D, H·W) | composition | map variant | backward tile | ms | composition / map "
                   "| largest rel. difference (y, 6 grads) |", "|---" * 7 + "|", *train_lines]
+    if prev_lines:
+        lines += ["", f"The map scan ({M.variant_name()}) against the kernels of commit {prev.REV}, same inputs, same "
+                  "process (ms, median; × = prev / ours)", "",
+                  "| stage (D, H·W) | inference fwd | prev | × | training fwd | prev | × | backward | prev | × "
+                  "| largest rel. difference (y, 6 grads) |", "|---" * 11 + "|", *prev_lines]
     save("ss2d_map" if "infer" in parts else "ss2d_map_train", "\n".join(lines))
     print("\n".join(lines))
     return 0
@@ -130,6 +145,43 @@ def _inputs(batch: int, d: int, hw: int, dev: str):
 def _rel(a, b) -> float:
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm())
+
+
+def _load_prev(dest):
+    """The map-scan module of the kernels package exported into `dest` (None without one), its commit in .REV."""
+    if not dest:
+        return None
+    import importlib
+
+    from prev_kernels import load
+
+    pkg = load(dest)
+    mod = importlib.import_module(pkg.__name__ + "._ss2d_map_triton")
+    mod.REV, mod.BACKEND = pkg.REV, importlib.import_module(pkg.__name__ + "._backend")
+    return mod
+
+
+def _against_prev(M, P, bench, ins, r: int, n: int, stage: str) -> str:
+    """One row of the --prev table: our map scan and the previous commit's, the default variant of each, on the
+    same inputs; both launch directly (as eager calls do)."""
+    import torch
+
+    x = ins[0]
+    gy = torch.randn_like(x)
+    variant = M.variant_name()
+    assert P.variant_name() == variant, (P.variant_name(), variant)
+    row, outs = [], []
+    for mod in (M, P):
+        backend = getattr(mod, "BACKEND", None)
+        with (backend.direct_launch() if backend is not None else contextlib.nullcontext()), torch.no_grad():
+            y, hs = mod.map_train_forward(*ins, r, n, variant)
+            outs.append((y, *mod.map_backward(gy, *ins, hs, r, n, variant)))
+            row.append((bench(lambda: mod.ss2d_map_forward(*ins, r, n)),
+                        bench(lambda: mod.map_train_forward(*ins, r, n, variant)),
+                        bench(lambda: mod.map_backward(gy, *ins, hs, r, n, variant))))
+    diff = max(_rel(a, b) for a, b in zip(*outs))
+    cells = [f"{ours:.3f} | {old:.3f} | **{old / ours:.2f}×**" for ours, old in zip(*row)]
+    return f"| {stage} | " + " | ".join(cells) + f" | {diff:.1e} |"
 
 
 def _training(M, R, bench, sweep: bool, ins, r: int, n: int, stage: str) -> list[str]:

@@ -39,7 +39,8 @@ from ._scan_helpers import _Helper, _add, _bwd_chunk, _combine, _div, _kernel, _
 from ._ss2d_steps_triton import STEPS, steps_scan_launch
 
 __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map_backward", "ss2d_map_delta",
-           "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "takes_map", "dot_rows",
+           "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "takes_map",
+           "dot_rows",
            "MAP_CONFIG", "USE_MAP", "VARIANTS"]
 
 # Measured on an H200 (benchmarks/RESULTS.md, thirteenth pass): the forward's tile 32 x 16 with one warp was the
@@ -62,6 +63,11 @@ MAP_CONFIG = dict(block_d=32, block_l=16, warps=1, delta="dot", ys="input", bwd_
                   bwd_warps=1, bwd_prefetch_l=196, train_max_l=784, min_programs=1024, layout="tile",
                   steps_block_d=128)
 USE_MAP = True  # False: every SS2D call on the composition of kernels/_ss2d_recompute.py
+# The map scans find a column-major step's map position with tt // H as a float product: (tt + 0.5) * (1 / H) is
+# within (tt + 0.5) / H * 2**-21 of its exact value (1 / H rounded within 2 ulp, the product within 1/2), whose
+# fraction stays 0.5 / H clear of the next integer while tt < 2**20, so the truncation is exact below MAX_L
+# positions (tests/test_ss2d_map.py checks it). Larger maps take the composition.
+MAX_L = 1 << 20
 # "DELTA-YS[-steps]": the MAP_CONFIG choices of delta, ys (and layout) by name
 VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input", "gemm-fp32-steps", "gemm-input-steps")
 
@@ -80,9 +86,10 @@ def variant_name() -> str:
 
 
 def takes_map(x_shape, grad: bool) -> bool:
-    """Whether an SS2D call on x (B, H, W, D) takes the map layout: `USE_MAP`, and MAP_CONFIG's limits (see there)."""
+    """Whether an SS2D call on x (B, H, W, D) takes the map layout: `USE_MAP`, MAP_CONFIG's limits (see there) and
+    MAX_L."""
     b, h, w, d = x_shape
-    if not USE_MAP or b * 4 * cdiv(d, MAP_CONFIG["block_d"]) < MAP_CONFIG["min_programs"]:
+    if not USE_MAP or b * 4 * cdiv(d, MAP_CONFIG["block_d"]) < MAP_CONFIG["min_programs"] or h * w >= MAX_L:
         return False
     return not grad or h * w <= MAP_CONFIG["train_max_l"]
 
@@ -98,7 +105,8 @@ def _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev
     # BLOCK_L] tile of x, delta's tile (or, DELTA_DOT, the [CP, BLOCK_L] tile of direction k's projection rows) and
     # the B and C values of each step.
     tt = tl.where(rev, L - 1 - t, t)
-    pos = tl.where(t < L, tl.where(col, (tt % H) * W + tt // H, tt), 0)
+    q = ((tt.to(tl.float32) + 0.5) * (1.0 / H)).to(tl.int32)  # tt // H in 4 instructions, not ~20: see MAX_L
+    pos = tl.where(t < L, tl.where(col, (tt - q * H) * W + q, tt), 0)
     m2 = mask_d[:, None] & (t < L)[None, :]
     u = tl.load(x_ptr + (img + pos)[None, :] * Dk + offs_d[:, None], mask=m2, other=0.0)
     if DELTA_DOT:
@@ -206,9 +214,9 @@ def _scan_bwd_map_kernel(
     hs_row = (b * 4 + k).to(tl.int64) * n_chunks * Dk + offs_d
     part = ((k * n_dblk + dblk) * 2).to(tl.int64) * BL + img  # this program's dB row of dbc; dC's is BL further
     carry = tl.full([BLOCK_D], 0.0, tl.float32)  # a_s g_s at the next chunk's first step s
-    dA_acc = tl.full([BLOCK_D], 0.0, tl.float32)
-    dD_acc = tl.full([BLOCK_D], 0.0, tl.float32)
-    dbias_acc = tl.full([BLOCK_D], 0.0, tl.float32)
+    dA_acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)  # dA, dD, dbias summed over the chunks' steps, reduced
+    dD_acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)  # over the steps once, after the loop
+    dbias_acc = tl.full([BLOCK_D, BLOCK_L], 0.0, tl.float32)
     if PREFETCH:  # the last chunk's loads; in the loop, chunk c - 1's are issued before chunk c's arithmetic
         t = (n_chunks - 1) * BLOCK_L + lidx
         npos, nu, ndt, nB, nC = _map_loads(x_ptr, dt_ptr, p_ptr, t, L, H, W, Dk, KC, C, R, k, img, kdir, rev, col,
@@ -244,18 +252,18 @@ def _scan_bwd_map_kernel(
         tl.store(dbc_ptr + part + BL + pos, tl.reduce(hh * dy, 0, _add), mask=t < L)
         gB = g * Bv[None, :]
         ddt = gB * u + gah * Av[:, None]
-        dA_acc += tl.reduce(gah * dt, 1, _add)
+        dA_acc += gah * dt
         du = gB * dt + Dv[:, None] * dy
-        dD_acc += tl.reduce(dy * u, 1, _add)
+        dD_acc += dy * u
         ddt = ddt * _div(tl.where(dt_raw >= 0.0, 1.0, z), 1.0 + z, FAST)  # softplus' = sigmoid
         ddt = tl.where(m2, ddt, 0.0)
-        dbias_acc += tl.reduce(ddt, 1, _add)
+        dbias_acc += ddt
         tl.store(dxs_ptr + kdir * Dk + at, du.to(dxs_ptr.dtype.element_ty), mask=m2)
         tl.store(ddt_ptr + kdir * Dk + at, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
     pp = b.to(tl.int64) * 12 * Dk + ch  # dP[b, 0, ch]
-    tl.store(dP_ptr + pp, dA_acc, mask=mask_d)
-    tl.store(dP_ptr + pp + 4 * Dk, dD_acc, mask=mask_d)
-    tl.store(dP_ptr + pp + 8 * Dk, dbias_acc, mask=mask_d)
+    tl.store(dP_ptr + pp, tl.reduce(dA_acc, 1, _add), mask=mask_d)
+    tl.store(dP_ptr + pp + 4 * Dk, tl.reduce(dD_acc, 1, _add), mask=mask_d)
+    tl.store(dP_ptr + pp + 8 * Dk, tl.reduce(dbias_acc, 1, _add), mask=mask_d)
 
 
 def _sum4_kernel(ys_ptr, y_ptr, N, BLOCK: tl.constexpr):
@@ -289,6 +297,7 @@ def map_scan_launch(x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bias, c: in
     in the scan from p and wdt (K, D, C); A, Ds, bias (K*D,) fp32; B / C of direction k at its rows R, R + 1."""
     b, h, w, d = x.shape
     k, L = wdt.shape[0], h * w
+    assert L < MAX_L, (h, w)
     ys = torch.empty((k, b * L, d), dtype=torch.float32 if ys_fp32 else x.dtype, device=x.device)
     dot = delta is None
     save_every = _tiles(d, L, dot, backward=True)[1]
@@ -316,6 +325,7 @@ def map_scan_bwd_launch(gy, x, delta: Optional[torch.Tensor], wdt, p, A, Ds, bia
     as `map_scan_launch`'s."""
     b, h, w, d = x.shape
     k, L = wdt.shape[0], h * w
+    assert L < MAX_L, (h, w)
     dot = delta is None
     bd, bl = _tiles(d, L, dot, backward=True)
     n_dblk, n_chunks = cdiv(d, bd), cdiv(L, bl)

@@ -97,6 +97,7 @@ F32, BF16 = torch.float32, torch.bfloat16
 TRAIN = [("gemm-fp32", CASES[0], F32), ("gemm-fp32", CASES[0], BF16), ("gemm-fp32", CASES[1], BF16),
          ("gemm-fp32", CASES[2], BF16), ("gemm-fp32", CASES[3], F32),
          ("dot-input", CASES[0], BF16), ("dot-input", CASES[2], F32), ("dot-input", CASES[3], BF16),
+         ("gemm-input", CASES[1], BF16), ("gemm-input", CASES[4], BF16),
          ("gemm-fp32-steps", CASES[0], F32), ("gemm-input-steps", CASES[4], BF16)]
 
 
@@ -253,6 +254,22 @@ def test_gpu_training_stage_shapes(use_map, monkeypatch, stage, variant):
     check_grads(_core, (2, hw, hw, d, 1, math.ceil(d / 16)), torch.bfloat16, device="cuda")
 
 
+def test_column_position_division_is_exact():
+    """The map scans' tt // H as the float product ((tt + 0.5) * (1 / H)) truncated (see MAX_L): exact for every
+    tt below MAX_L, with 1 / H rounded correctly or off by up to 2 ulp (the kernels' division)."""
+    import numpy as np
+
+    from vmbench.kernels._ss2d_map_triton import MAX_L
+
+    tt = np.arange(MAX_L, dtype=np.int64)
+    ft = tt.astype(np.float32) + np.float32(0.5)
+    for h in [*range(1, 70), 97, 128, 196, 255, 256, 333, 1000, 1024, 4093, MAX_L - 1]:
+        inv = np.float32(1.0) / np.float32(h)
+        for ulps in (-2, -1, 0, 1, 2):
+            q = (ft * (inv + ulps * np.spacing(inv))).astype(np.int32)
+            assert (q == tt // h).all(), (h, ulps, int(np.argmax(q != tt // h)))
+
+
 def test_which_calls_take_the_map_by_default(monkeypatch):
     """MAP_CONFIG's limits as measured: a 224² VMamba-T at batch 128 takes the map layout at every stage without
     gradients and at stages 2-4 with them; a small batch of large maps (1024² at batch 4, a detector's batch of
@@ -266,5 +283,6 @@ def test_which_calls_take_the_map_by_default(monkeypatch):
     assert [M.takes_map(x, grad=True) for x in stages(128, 224, 224)] == [False, True, True, True]
     for b, h, w in ((4, 1024, 1024), (2, 800, 1333)):
         assert not any(M.takes_map(x, grad) for x in stages(b, h, w) for grad in (False, True))
+    assert not M.takes_map((128, 1024, 1024, 96), grad=False)  # MAX_L positions: the composition
     monkeypatch.setattr(M, "USE_MAP", False)
     assert not any(M.takes_map(x, False) for x in stages(128, 224, 224))
