@@ -173,8 +173,9 @@ def _map_setting(spec: str, _map) -> tuple[bool, dict]:
     """(USE_MAP, MAP_CONFIG entries) of one --ss2d-map value; ValueError for an unknown one."""
     if spec in ("default", "off"):
         return spec == "default", dict(_map.MAP_CONFIG)
-    variant, _, limit = spec.partition(":")
-    return True, {**_map.MAP_CONFIG, **_map.variant_config(variant), "train_max_l": int(limit or 0)}
+    variant, _, limit = spec.partition(":")  # this variant for every call on the map, with gradients up to L
+    return True, {**_map.MAP_CONFIG, **_map.variant_config(variant), "train_max_l": int(limit or 0),
+                  "train_variants": {}}
 
 
 def main(argv=None) -> int:

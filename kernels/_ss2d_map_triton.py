@@ -39,9 +39,8 @@ from ._scan_helpers import _Helper, _add, _bwd_chunk, _combine, _div, _kernel, _
 from ._ss2d_steps_triton import STEPS, steps_scan_launch
 
 __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map_backward", "ss2d_map_delta",
-           "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "takes_map",
-           "dot_rows",
-           "MAP_CONFIG", "USE_MAP", "VARIANTS"]
+           "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "train_variant", "takes_map",
+           "dot_rows", "MAP_CONFIG", "USE_MAP", "VARIANTS"]
 
 # Measured on an H200 (benchmarks/RESULTS.md, thirteenth pass): the forward's tile 32 x 16 with one warp was the
 # fastest, or within 4 % of it, at every stage for both delta forms; "dot-input" (delta formed by a tensor-core dot
@@ -49,8 +48,9 @@ __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map
 # variant timed in the whole model. The backward's tile has the fewest sm_90 instructions per element
 # (benchmarks/ss2d_map.py --sass). VMamba-T, eager, batch 128, 224²: inference 9886 against 8061 img/s on the
 # composition, training step 2582 against 2417. `takes_map` applies the two limits:
-# - train_max_l: calls with gradients take the map where H*W <= 784, stages 2-4 at 224², not stage 1, whose map
-#   backward is slower than the composition's (4.7 against 3.8 ms at batch 128);
+# - train_max_l: calls with gradients take the map where H*W <= this, every stage at 224². Stage 1's map was slower
+#   than the composition (4.7 against 3.8 ms at batch 128, thirteenth pass) until the twenty-first pass's backward
+#   (3.50 against 4.02 ms with gemm-input, see train_variants);
 # - min_programs: a program walks a whole direction for one image and BLOCK_D channels, so a small batch of large
 #   maps has few of them (1024² at batch 4: 48 at stage 1, where the composition runs 192). The map was timed from
 #   1536 programs up (stage 1 at batch 128); calls with fewer than min_programs stay on the composition.
@@ -59,9 +59,14 @@ __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map
 #   were 67 % slower with it).
 # layout "steps" (variants DELTA-YS-steps, untimed): the forward of kernels/_ss2d_steps_triton.py, steps_block_d
 # channels per program.
+# train_variants: H*W -> the variant of calls with gradients on maps of that size (others: delta and ys above).
+#   Forward + backward at batch 128 on an H100 (benchmarks/RESULTS.md, twenty-first pass), ms, dot-input against
+#   gemm-input: 3.75 / 3.50 at stage 1 (the composition 4.02), 1.61 / 1.79 at stage 2, 0.98 / 0.78 at stage 3,
+#   0.83 / 1.17 at stage 4. VMamba-T's training step with these against dot-input at stages 2-4 only (one H100, one
+#   process): eager 2442 against 2367 img/s, compiled 2674 against 2608, peak 7.8 against 8.4 GB.
 MAP_CONFIG = dict(block_d=32, block_l=16, warps=1, delta="dot", ys="input", bwd_block_d=16, bwd_block_l=16,
-                  bwd_warps=1, bwd_prefetch_l=196, train_max_l=784, min_programs=1024, layout="tile",
-                  steps_block_d=128)
+                  bwd_warps=1, bwd_prefetch_l=196, train_max_l=3136, min_programs=1024, layout="tile",
+                  steps_block_d=128, train_variants={3136: "gemm-input", 196: "gemm-input"})
 USE_MAP = True  # False: every SS2D call on the composition of kernels/_ss2d_recompute.py
 # The map scans find a column-major step's map position with tt // H as a float product: (tt + 0.5) * (1 / H) is
 # within (tt + 0.5) / H * 2**-21 of its exact value (1 / H rounded within 2 ulp, the product within 1/2), whose
@@ -83,6 +88,11 @@ def variant_config(name: str) -> dict:
 def variant_name() -> str:
     """The variant MAP_CONFIG holds now ("DELTA-YS[-steps]")."""
     return f"{MAP_CONFIG['delta']}-{MAP_CONFIG['ys']}" + ("-steps" if MAP_CONFIG["layout"] == "steps" else "")
+
+
+def train_variant(x_shape) -> str:
+    """The variant ("DELTA-YS[-steps]") of a call with gradients on x (B, H, W, D): MAP_CONFIG's train_variants."""
+    return MAP_CONFIG["train_variants"].get(x_shape[1] * x_shape[2]) or variant_name()
 
 
 def takes_map(x_shape, grad: bool) -> bool:

@@ -12,9 +12,9 @@ activation memory. Eager calls run it as an autograd.Function; under graph captu
 it runs as the registered ops `vmbench::ss2d_scan` / `vmbench::ss2d_scan_bwd`, the same launchers, and where no
 input needs a gradient as `vmbench::ss2d_scan_infer` (the eager inference path's launches: no chunk states). Where
 `_ss2d_map_triton.takes_map` says so (by default: calls without gradients, and calls with them on maps of at most
-28² positions, each with enough images and channels), the map-layout scan of kernels/_ss2d_map_triton.py runs
-instead: its own forward without gradients, and with them this Function / these ops with the variant named (they
-then save p instead of ps).
+56² positions, each with enough images and channels), the map-layout scan of kernels/_ss2d_map_triton.py runs
+instead: its own forward without gradients, and with them this Function / these ops with the variant
+`train_variant` names (they then save p instead of ps).
 
 It also keeps the small per-direction projections in one piece: p (B, H, W, K*C) from x_proj's GEMM on the
 map goes in, each direction's block is cross-scanned on its own (no copy of all K blocks in all K orders),
@@ -140,7 +140,7 @@ def ss2d_scan_recompute(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     on_map = n == 1 and wdt.shape[0] == 4 and _map.takes_map(x.shape, grad)
     if not grad and on_map:
         return _map.ss2d_map_forward(x.contiguous(), p, wdt, A, Ds, bias, r, n)
-    variant = _map.variant_name() if on_map else ""
+    variant = _map.train_variant(x.shape) if on_map else ""
     if graph_capture():
         if not grad:
             return torch.ops.vmbench.ss2d_scan_infer(x, p, wdt, A, Ds, bias, r, n)
