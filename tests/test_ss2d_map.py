@@ -272,8 +272,9 @@ def test_column_position_division_is_exact():
 
 def test_which_calls_take_the_map_by_default(monkeypatch):
     """MAP_CONFIG's limits as measured: a 224² VMamba-T at batch 128 takes the map layout at every stage, with
-    gradients on the variant measured fastest at each stage's size; a small batch of large maps (1024² at batch 4, a detector's batch of
-    2 at 800 x 1333) has too few programs and stays on the composition, as does every call with `USE_MAP` off."""
+    gradients on the variant measured fastest at each stage's size; a small batch of large maps (1024² at batch 4,
+    a detector's batch of 2 at 800 x 1333) has too few programs and stays on the composition, as does every call
+    with `USE_MAP` off."""
     from vmbench.kernels import _ss2d_map_triton as M
 
     def stages(b, h, w):
