@@ -25,6 +25,8 @@
 #                                      #   off,default,...; MAP_VARIANTS picks)
 #   bash benchmarks/gpu.sh maptrain    # the same for the map-layout training path (forward + backward), with
 #                                      #   VMamba-T's eager and compiled training steps (MAP_TRAIN_VARIANTS: DELTA-YS:L)
+#   bash benchmarks/gpu.sh mapprev     # the map scan against the kernels benchmarks/prev_kernels.py exported into .prev
+#                                      #   (inference forward, training forward, backward), then the training table
 #   bash benchmarks/gpu.sh fusions     # the fused MLP, fc1 + GELU and conv + SiLU kernels: their GPU tests, each against
 #                                      #   the ops it replaces (benchmarks/fusions.py --sweep), VMamba-T eager and
 #                                      #   compiled inference with the defaults and with both off (peers.py --fusions
@@ -91,9 +93,10 @@ for what in "$@"; do
                  -k training
                step ss2d_map_train 130 python3 benchmarks/ss2d_map.py --sweep --parts train
                step peers_map_train 120 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes train \
-                 --ss2d-map off,default,${MAP_TRAIN_VARIANTS:-gemm-input:784,dot-input:3136} --name peers_map_train
+                 --ss2d-map off,default,${MAP_TRAIN_VARIANTS:-dot-input:784,dot-input:3136} --name peers_map_train
                step peers_map_train_compiled 200 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t \
                  --modes train --ss2d-map off,default --name peers_map_train_compiled ;;
+    mapprev) step ss2d_map_prev 200 python3 benchmarks/ss2d_map.py --prev .prev --parts train ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \
