@@ -12,7 +12,8 @@ inference (BLOCK_D, BLOCK_L, warps) choices, the steps layout's channel blocks a
 the chunk before prefetched). --prev DIR (exported by benchmarks/prev_kernels.py) adds a table of the map scan
 against the previous commit's on the same inputs: the inference forward, the training forward and the backward
 of the default variant (`ss2d_map_forward`, `map_train_forward`, `map_backward`). Prints markdown tables;
-writes $OUT/ss2d_map.md (--parts train: ss2d_map_train.md) when $OUT is set. --dry-run: CPU interpreter, tiny shapes, one call each (checks the script; times mean nothing).
+writes $OUT/ss2d_map.md (--parts train: ss2d_map_train.md) when $OUT is set. --dry-run: CPU interpreter, tiny
+shapes, one call each (checks the script; times mean nothing).
 --sass: registers, layout conversions and SASS instructions per element of the map scans' loops (forward for each
 --sweep tile and steps channel block, backward for each BWD_SWEEP and PREFETCH_SWEEP tile) at stages 1 and 3,
 compiled for sm_90 with triton's own ptxas (benchmarks/scan_sass.py prints the same for the scan the models run
