@@ -97,7 +97,7 @@ F32, BF16 = torch.float32, torch.bfloat16
 TRAIN = [("gemm-fp32", CASES[0], F32), ("gemm-fp32", CASES[0], BF16), ("gemm-fp32", CASES[1], BF16),
          ("gemm-fp32", CASES[2], BF16), ("gemm-fp32", CASES[3], F32),
          ("dot-input", CASES[0], BF16), ("dot-input", CASES[2], F32), ("dot-input", CASES[3], BF16),
-         ("gemm-input", CASES[1], BF16), ("gemm-input", CASES[4], BF16),
+         ("gemm-input", CASES[1], BF16),
          ("gemm-fp32-steps", CASES[0], F32), ("gemm-input-steps", CASES[4], BF16)]
 
 
