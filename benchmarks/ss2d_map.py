@@ -22,7 +22,6 @@ now).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
@@ -149,32 +148,31 @@ def _rel(a, b) -> float:
 
 
 def _load_prev(dest):
-    """The map-scan module of the kernels package exported into `dest` (None without one), its commit in .REV."""
+    """The kernels package exported into `dest` by benchmarks/prev_kernels.py (None without one), its commit in
+    .REV."""
     if not dest:
         return None
-    import importlib
-
     from prev_kernels import load
 
-    pkg = load(dest)
-    mod = importlib.import_module(pkg.__name__ + "._ss2d_map_triton")
-    mod.REV, mod.BACKEND = pkg.REV, importlib.import_module(pkg.__name__ + "._backend")
-    return mod
+    return load(dest)
 
 
-def _against_prev(M, P, bench, ins, r: int, n: int, stage: str) -> str:
+def _against_prev(M, prev, bench, ins, r: int, n: int, stage: str) -> str:
     """One row of the --prev table: our map scan and the previous commit's, the default variant of each, on the
-    same inputs; both launch directly (as eager calls do)."""
+    same inputs; each launches directly inside its own package's direct_launch (as eager calls do)."""
+    import importlib
+
     import torch
 
-    x = ins[0]
-    gy = torch.randn_like(x)
+    from vmbench.kernels import _backend
+
+    P = importlib.import_module(prev.__name__ + "._ss2d_map_triton")
+    gy = torch.randn_like(ins[0])
     variant = M.variant_name()
     assert P.variant_name() == variant, (P.variant_name(), variant)
     row, outs = [], []
-    for mod in (M, P):
-        backend = getattr(mod, "BACKEND", None)
-        with (backend.direct_launch() if backend is not None else contextlib.nullcontext()), torch.no_grad():
+    for mod, backend in ((M, _backend), (P, prev._backend)):
+        with backend.direct_launch(), torch.no_grad():
             y, hs = mod.map_train_forward(*ins, r, n, variant)
             outs.append((y, *mod.map_backward(gy, *ins, hs, r, n, variant)))
             row.append((bench(lambda: mod.ss2d_map_forward(*ins, r, n)),
