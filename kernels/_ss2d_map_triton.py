@@ -16,8 +16,9 @@ four directions of one (image, channel block) are neighbours in the grid, so x's
 The backward (`_scan_bwd_map_kernel`) is the same program walking its chunks from the last: it recomputes each
 chunk's states from the state the forward saved at its start, reads the gradient of y in place (the four
 directions read the same map) and writes du and ddelta on direction k's map; dx is their 4-way sum, and dt_proj's
-adjoint and weight gradient are batched GEMMs on the map (`map_backward`). Nothing in direction order is saved or
-formed: the forward keeps x, p and the chunk states.
+adjoint and weight gradient are batched GEMMs on the map (`map_backward`; on large maps the weight gradient's copies
+p's C columns into direction order). Nothing in direction order is saved: the forward keeps x, p and the chunk
+states.
 
 Where `takes_map` says so (the default `USE_MAP` and MAP_CONFIG's limits), `ss2d_scan_recompute` takes
 `ss2d_map_forward` for calls that need no gradient (compiled: the registered op `vmbench::ss2d_map_scan`, the 4-way
@@ -426,9 +427,46 @@ def map_backward(gy, x, p, wdt, A, Ds, bias, hs, r: int, n: int, variant: str):
     dpk = torch.bmm(ddelta, wdt)  # (K, B*L, C): dt_proj's adjoint, each direction's projection rows
     dpk[:, :, r:r + 2 * n] += dbc.transpose(1, 2).to(dpk.dtype)  # the B and C rows
     dp = dpk.transpose(0, 1).reshape(p.shape)
-    dwdt = torch.bmm(ddelta.transpose(1, 2), _by_direction(p, k))  # (K, D, C), fp32 accumulation over B*L
+    dwdt = _weight_grad(ddelta, p, k)  # (K, D, C) fp32
     dA, dD, dbias = dP.unbind(0)
     return _sum4(dxs, x), dp, dwdt.to(wdt.dtype), dA.view(k * d, 1), dD, dbias
+
+
+# dt_proj's weight gradient sums over all B*H*W positions into a (D, C) matrix per direction: as one batched GEMM,
+# cuBLAS gave it 8 thread blocks at stage 1 (0.63 ms for 300 MB of input on an H100). From WGRAD_MIN_M positions up
+# it is split into partial sums of at least WGRAD_ROWS positions, at most WGRAD_SPLITS of them per direction, each a
+# GEMM of its own in one batched call: the map backward 1.16-1.20x / 1.06-1.07x at stages 1 / 2 (batch 128, 224², two
+# H100s, benchmarks/RESULTS.md). Split, stages 3 / 4 ran 0.97-0.99x: they keep one GEMM.
+WGRAD_ROWS, WGRAD_SPLITS, WGRAD_MIN_M = 1024, 256, 1 << 16
+_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")  # bmm(..., out_dtype=): fp32 output of bf16 / fp16 operands
+
+
+def _wgrad_splits(m: int) -> int:
+    """The number of partial sums of `_weight_grad` over m positions: 1 below WGRAD_MIN_M, else the largest divisor
+    of m that leaves each at least WGRAD_ROWS positions, at most WGRAD_SPLITS (1 where none does)."""
+    if m < WGRAD_MIN_M:
+        return 1
+    s = min(m // WGRAD_ROWS, WGRAD_SPLITS)
+    while s > 1 and m % s:
+        s -= 1
+    return max(s, 1)
+
+
+def _weight_grad(ddelta: torch.Tensor, p: torch.Tensor, k: int) -> torch.Tensor:
+    """dt_proj's weight gradient (K, D, C) fp32: sum over positions i of ddelta[k, i]^T p_k[i], from ddelta
+    (K, M, D) contiguous and p (B, H, W, K*C), as partial sums over S slices of the M positions (S divides M) in
+    fp32 (on CUDA cuBLAS writes them in fp32; on the CPU the operands are cast), then summed."""
+    _, m, d = ddelta.shape
+    s = _wgrad_splits(m)
+    a = ddelta.view(k * s, m // s, d).transpose(1, 2)  # (K*S, D, M/S)
+    b = _by_direction(p, k).reshape(k * s, m // s, -1)  # (K*S, M/S, C): for S > 1 a copy in direction order
+    if not a.is_cuda:
+        part = torch.bmm(a.float(), b.float())
+    elif a.dtype == torch.float32 or not _BMM_OUT_DTYPE:
+        part = torch.bmm(a, b)  # without out_dtype: each partial sum rounded to the operands' dtype
+    else:
+        part = torch.bmm(a, b, out_dtype=torch.float32)
+    return part.view(k, s, d, -1).sum(1, dtype=torch.float32)
 
 
 def ss2d_map_forward_ref(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:

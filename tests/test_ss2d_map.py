@@ -270,6 +270,42 @@ def test_column_position_division_is_exact():
             assert (q == tt // h).all(), (h, ulps, int(np.argmax(q != tt // h)))
 
 
+@pytest.mark.parametrize("m,rows,splits,dtype", [(70, 4, 14, torch.float32), (64, 8, 8, torch.bfloat16),
+                                                  (13, 4, 1, torch.float32), (3, 4, 1, torch.float32)])
+def test_weight_gradient_partial_sums(monkeypatch, m, rows, splits, dtype):
+    """dt_proj's weight gradient of the map backward as partial sums over slices of the positions (the largest
+    slice count that divides M and leaves WGRAD_ROWS positions a slice; one for a prime M or one under WGRAD_ROWS)
+    equals the whole sum in float64. At VMamba-T's stages, batch 128: 256 slices at stage 1, 98 at stage 2, one
+    GEMM at stages 3 and 4 (under WGRAD_MIN_M positions)."""
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    assert [M._wgrad_splits(128 * hw * hw) for hw in (56, 28, 14, 7)] == [256, 98, 1, 1]
+    monkeypatch.setattr(M, "WGRAD_ROWS", rows)
+    monkeypatch.setattr(M, "WGRAD_MIN_M", 1)
+    assert M._wgrad_splits(m) == splits
+    k, d, c = 4, 6, 5
+    ddelta = torch.randn(k, m, d).to(dtype)
+    p = torch.randn(1, 1, m, k * c).to(dtype)
+    got = M._weight_grad(ddelta, p, k)
+    want = torch.einsum("kmd,mkc->kdc", ddelta.double(), p.view(m, k, c).double())
+    assert got.dtype == torch.float32 and got.shape == (k, d, c)
+    assert rel(got, want) <= 1e-6, rel(got, want)
+
+
+@gpu
+@needs_cuda
+def test_gpu_weight_gradient_partial_sums():
+    """On CUDA the partial sums come from cuBLAS in fp32 (bmm's out_dtype) where torch has it: to fp32 rounding."""
+    from vmbench.kernels import _ss2d_map_triton as M
+
+    k, d, c, m = 4, 96, 8, 32 * 56 * 56
+    ddelta = torch.randn(k, m, d, device="cuda").bfloat16()
+    p = torch.randn(32, 56, 56, k * c, device="cuda").bfloat16()
+    got = M._weight_grad(ddelta, p, k)
+    want = torch.einsum("kmd,mkc->kdc", ddelta.double(), p.view(m, k, c).double())
+    assert M._wgrad_splits(m) > 1 and rel(got, want) <= (1e-5 if M._BMM_OUT_DTYPE else 4e-3), rel(got, want)
+
+
 def test_which_calls_take_the_map_by_default(monkeypatch):
     """MAP_CONFIG's limits as measured: a 224² VMamba-T at batch 128 takes the map layout at every stage, with
     gradients on the variant measured fastest at each stage's size; a small batch of large maps (1024² at batch 4,
