@@ -1,7 +1,7 @@
 """Benchmark: VMamba-T's fused kernels against the unfused ops they replace (CUDA only): the MLP's fc1 + GELU
 (kernels/linear_gelu.py), the whole MLP (kernels/mlp.py) and SS2D's depthwise conv + SiLU (kernels/dwconv_silu.py).
 
-    python benchmarks/fusions.py [--sweep] [--dry-run]
+    python benchmarks/fusions.py [--sweep] [--dry-run] [--parts fc1,mlp,conv]
 
 Shapes: batch 128 channels-last stage maps, M = 128*56*56 / 28*28 / 14*14 / 7*7 rows of C = 96 / 192 / 384 / 768,
 hidden N = 4C; bf16 operands as autocast gives them. Rows, timed in the same run by the same timer:
@@ -16,9 +16,9 @@ hidden N = 4C; bf16 operands as autocast gives them. Rows, timed in the same run
 Timing: triton.testing.do_bench (CUDA events, median). Every case is checked first: the fused output and gradients
 against fp64, error <= 2 x the unfused path's + 2^-8 (bf16's rounding: fc2's bias gradient is summed in bf16 by
 autocast's Linear, in fp32 by `gelu_linear`). --sweep times other tiles of the kernels (inference, every
-stage; the whole MLP's and the conv's tiles each checked against fp64 the same way first). Prints markdown tables;
-writes $OUT/fusions.md and .json when $OUT is set. --dry-run: the CPU (Triton interpreter), tiny shapes, times
-meaningless.
+stage; the whole MLP's and the conv's tiles each checked against fp64 the same way first). --parts picks the
+tables. Prints markdown tables; writes $OUT/fusions.md and .json when $OUT is set. --dry-run: the CPU (Triton
+interpreter), tiny shapes, times meaningless.
 """
 from __future__ import annotations
 
@@ -88,7 +88,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--parts", default="fc1,mlp,conv", help="which tables: fc1 (fc1 + GELU and the MLP's training "
+                    "step), mlp (the whole MLP), conv (conv + SiLU); comma-separated")
     args = ap.parse_args()
+    parts = args.parts.split(",")
+    if not parts or set(parts) - {"fc1", "mlp", "conv"}:
+        ap.error("--parts takes fc1, mlp and conv, comma-separated")
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
         _bench = once_ms
@@ -102,7 +107,7 @@ def main() -> None:
              "| worst error / unfused |", "|---|---|---|---|---|---|---|---|"]
     data = []
     torch.manual_seed(0)
-    for c, hw in stages:
+    for c, hw in stages if "fc1" in parts else []:
         m, n = batch * hw * hw, 4 * c
         x = torch.randn(batch, hw, hw, c, device=dev).to(torch.bfloat16)
         w1, b1 = torch.randn(n, c, device=dev) * c ** -0.5, torch.randn(n, device=dev) * 0.1
@@ -132,8 +137,8 @@ def main() -> None:
                     print(f"sweep {cfg}: {type(e).__name__}: {str(e)[:100]}")
                 lines.append(f"| sweep C={c} {bm}x{bn}x{bk} w{w} s{s} | | {t:.3f} | {t_ref / t:.2f} | | | | |")
                 data.append(dict(c=c, sweep=cfg, infer_fused=t))
-    lines += ffn_rows(dev, batch, stages, args.sweep, data)
-    lines += conv_rows(dev, batch, stages, args.sweep, data)
+    lines += ffn_rows(dev, batch, stages, args.sweep, data) if "mlp" in parts else []
+    lines += conv_rows(dev, batch, stages, args.sweep, data) if "conv" in parts else []
     text = "\n".join(lines)
     print(text)
     save("fusions", text, data)
