@@ -76,10 +76,16 @@ def _check_map_forward(inputs):
     assert rel(y, y_comp) <= (1e-6 if y.dtype == torch.float32 else 1e-2), rel(y, y_comp)
 
 
+# every variant on the small cases in both dtypes; the largest case (several 32-channel blocks, 4 s a call under the
+# interpreter) once per delta form and layout
+FORWARD = [(v, c, d) for v in ("gemm-fp32", "dot-fp32", "dot-input", "gemm-fp32-steps", "gemm-input-steps")
+           for c in CASES[:4] for d in (torch.float32, torch.bfloat16)] \
+    + [(v, CASES[4], torch.bfloat16) for v in ("gemm-fp32", "dot-input", "gemm-input-steps")]
+
+
 @interp
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("variant", ["gemm-fp32", "dot-fp32", "dot-input", "gemm-fp32-steps", "gemm-input-steps"])
+@pytest.mark.parametrize("variant,case,dtype", FORWARD,
+                         ids=[f"{v}-{'x'.join(map(str, c[:4]))}-{str(d)[6:]}" for v, c, d in FORWARD])
 def test_forward(triton_cpu, use_map, case, dtype, variant):
     """Every direction read from and written to the map gives the composition's output, with delta from the GEMM
     or formed in the scan, the four maps in fp32 or in x's dtype, the chunk scanned as a tile or step by step."""
