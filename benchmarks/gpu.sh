@@ -31,6 +31,8 @@
 #                                      #   the ops it replaces (benchmarks/fusions.py --sweep), VMamba-T eager and
 #                                      #   compiled inference with the defaults and with both off (peers.py --fusions
 #                                      #   default,none; neither kernel runs in a training step)
+#   bash benchmarks/gpu.sh convncu     # Nsight Compute on SS2D's conv + SiLU kernel beside cuDNN's depthwise conv
+#                                      #   (benchmarks/fusions.py --parts conv; stage 1's launches come first)
 #   bash benchmarks/gpu.sh quick       # vmamba_t / swin_t / convnext_t, inference + training
 #   bash benchmarks/gpu.sh graph       # the same, eager and as CUDA-graph replays (host overhead removed)
 #   bash benchmarks/gpu.sh models      # the paper suite (benchmarks/models.py), eager sections (MODELS_SECTIONS,
@@ -97,6 +99,9 @@ for what in "$@"; do
                step peers_map_train_compiled 200 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t \
                  --modes train --ss2d-map off,default --name peers_map_train_compiled ;;
     mapprev) step ss2d_map_prev 200 python3 benchmarks/ss2d_map.py --prev .prev --parts train ;;
+    convncu) step conv_ncu 150 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+               --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+               -k "regex:_dwconv_silu_kernel|conv2d_c1|silu" --launch-count 4 python3 benchmarks/fusions.py --parts conv ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \
