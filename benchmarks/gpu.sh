@@ -101,7 +101,8 @@ for what in "$@"; do
     mapprev) step ss2d_map_prev 200 python3 benchmarks/ss2d_map.py --prev .prev --parts train ;;
     convncu) step conv_ncu 150 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
                --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
-               -k "regex:_dwconv_silu_kernel|conv2d_c1|silu" --launch-count 4 python3 benchmarks/fusions.py --parts conv ;;
+               -k "regex:_dwconv_silu_kernel|conv2d_c1|silu" --launch-count 4 \
+               python3 benchmarks/fusions.py --parts conv ;;
     quick)   step models_quick 200 python3 benchmarks/models.py --quick --sections infer,train ;;
     graph)   step models_graph 300 python3 benchmarks/models.py --quick --sections infer,train,graph ;;
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \
