@@ -169,9 +169,9 @@ for mode in ("eval", "train", "map", "map_dot", "map_train"):
     train = mode.endswith("train")
     model.train(train)
     with torch.set_grad_enabled(train):
-        for _ in range(2):
+        for i in range(2):  # the second call shows no recompile; training graphs compile their backward at the first
             y = compiled(x)
-            if train:
+            if train and i == 0:
                 y.sum().backward()
         ref = model(x)
     out[mode] = dict(graphs=counters["stats"]["unique_graphs"], breaks=sum(counters["graph_break"].values()),
@@ -197,6 +197,6 @@ def test_triton_path_is_one_graph_with_the_registered_ops():
                      ("map_train", "vmbench.ss2d_scan")):
         r = out[mode]
         assert (r["graphs"], r["breaks"]) == (1, 0), r
-        assert r["map_bwd"] == (10 if mode == "map_train" else 0), r  # 5 blocks, 2 steps: the map backward
+        assert r["map_bwd"] == (5 if mode == "map_train" else 0), r  # 5 blocks, one backward: the map backward
         assert op in r["ops"] and len([o for o in r["ops"] if "_scan" in o]) == 1, r["ops"]
         assert r["max_diff"] < 1e-5, r  # compiled, the norms are torch's (eager: the Triton LayerNorm)

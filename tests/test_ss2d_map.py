@@ -18,7 +18,7 @@ from triton_interp import FLOOR, interpreter_ready, rel, subprocess_test
 INTERP = interpreter_ready("vmbench.kernels._ss2d_map_triton", "_scan_fwd_map_kernel")
 interp = pytest.mark.skipif(not INTERP, reason="Triton imported in compiled mode; see test_interpreter_subprocess")
 # (B, H, W, D, N, R): H != W, H = 1, W = 1, several chunks (forward and backward) and channel blocks
-CASES = [(1, 5, 7, 20, 1, 2), (2, 3, 6, 16, 1, 1), (1, 1, 9, 16, 1, 4), (1, 6, 1, 17, 1, 3), (2, 8, 9, 40, 1, 3)]
+CASES = [(1, 5, 7, 20, 1, 2), (2, 3, 6, 16, 1, 1), (1, 1, 9, 16, 1, 4), (1, 6, 1, 17, 1, 3), (2, 3, 7, 40, 1, 3)]
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def _check_map_forward(inputs):
     assert rel(y, y_comp) <= (1e-6 if y.dtype == torch.float32 else 1e-2), rel(y, y_comp)
 
 
-# every variant on the small cases in both dtypes; the largest case (several 32-channel blocks, 4 s a call under the
+# every variant on the small cases in both dtypes; the case with several 32-channel blocks (the slowest under the
 # interpreter) once per delta form and layout
 FORWARD = [(v, c, d) for v in ("gemm-fp32", "dot-fp32", "dot-input", "gemm-fp32-steps", "gemm-input-steps")
            for c in CASES[:4] for d in (torch.float32, torch.bfloat16)] \
