@@ -73,7 +73,11 @@ def main(argv=None) -> int:
                  + " | composition / best map | largest rel. difference |", "|---" * (4 + len(M.VARIANTS)) + "|"]
     else:
         lines = [f"SS2D core, {card}, torch {torch.__version__}, batch {batch}, bf16"]
-    prev = _load_prev(args.prev)
+    prev = None
+    if args.prev:  # the kernels package benchmarks/prev_kernels.py exported, its commit in .REV
+        from prev_kernels import load
+
+        prev = load(args.prev)
     sweep_lines, train_lines, prev_lines = [], [], []
     for d, hw in stages:
         x, p, wdt, A, Ds, bias, r, n = _inputs(batch, d, hw, dev)
@@ -145,16 +149,6 @@ def _inputs(batch: int, d: int, hw: int, dev: str):
 def _rel(a, b) -> float:
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm())
-
-
-def _load_prev(dest):
-    """The kernels package exported into `dest` by benchmarks/prev_kernels.py (None without one), its commit in
-    .REV."""
-    if not dest:
-        return None
-    from prev_kernels import load
-
-    return load(dest)
 
 
 def _against_prev(M, prev, bench, ins, r: int, n: int, stage: str) -> str:
