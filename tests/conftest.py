@@ -1,8 +1,8 @@
 """Shared fixtures: a real PostgreSQL server for the store and queue tests (`pg_url`, and `any_db`, which runs a test
-on SQLite and on PostgreSQL).
+on SQLite and on PostgreSQL); the number of test processes `-n auto` starts.
 
 The server is the one `.ci/run` started when $VMBENCH_TEST_PG holds its URL (postgresql+psycopg://user@host:port/db),
-else a private one this session starts from Debian's binaries (/usr/lib/postgresql/<v>/bin, or $VMBENCH_PG_BIN) in
+else a private one each test process starts from Debian's binaries (/usr/lib/postgresql/<v>/bin, or $VMBENCH_PG_BIN) in
 a temporary folder, on a free port, as the `postgres` user when the tests run as root (the server refuses root),
 and stops at the end. Each test gets a database of its own. Without a server the PostgreSQL cases are skipped,
 except in CI ($CI=true), where they fail.
@@ -22,6 +22,23 @@ import zlib
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): a worker per CPU this process may use for the CPU suite, none for a run that
+    selects GPU tests (`-m gpu`: they share one device, and some time it)."""
+    expr = config.option.markexpr or ""
+    if "gpu" in expr and "not gpu" not in expr:
+        return 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pytest_configure(config):
+    """In a worker of `-n N`: one thread per torch process (this one and the CLI processes its tests start), so that
+    N workers share the CPUs without each running a thread per CPU."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and "torch" not in sys.modules:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

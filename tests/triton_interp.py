@@ -57,8 +57,9 @@ def interpreter_ready(module: str, kernel: str) -> bool:
 
 def run_fresh(test_file: str, env: dict) -> subprocess.CompletedProcess:
     """Run `test_file`'s CPU tests in a fresh process with environment `env`; skips are listed ("SKIPPED")."""
-    r = subprocess.run([sys.executable, "-m", "pytest", test_file, "-q", "-x", "-rs", "-p", "no:cacheprovider",
-                        "-m", "not gpu"], env=env, capture_output=True, text=True, timeout=900)
+    # one process (addopts' -n dropped): the parent suite already runs a worker per CPU
+    r = subprocess.run([sys.executable, "-m", "pytest", test_file, "-o", "addopts=", "-q", "-x", "-rs", "-p",
+                        "no:cacheprovider", "-m", "not gpu"], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     return r
 
