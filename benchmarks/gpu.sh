@@ -55,7 +55,7 @@ GPU_PYTEST="python3 -m pytest -o addopts= -m gpu"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "== $name rc=$?"; tail -n 30 "$OUT/$name.log"; }
 for what in "$@"; do
   case "$what" in
-    tests)   step gpu_tests 240 $GPU_PYTEST -q -p no:cacheprovider tests/test_selective_scan.py \
+    tests)   step gpu_tests 420 $GPU_PYTEST -q -p no:cacheprovider tests/test_selective_scan.py \
                tests/test_cross_scan.py tests/test_ss2d.py tests/test_ss2d_map.py tests/test_layer_norm.py ;;
     kernels) step kernels ${KERNEL_LIMIT:-150} python3 benchmarks/kernels.py ${SWEEP:-} ${KERNEL_ARGS:-} ;;
     ss2d)    step ss2d 150 python3 benchmarks/ss2d.py ${SWEEP:-} ${SS2D_ARGS:-} ;;
