@@ -50,12 +50,12 @@ if [ -d .whl ]; then
 fi
 nvidia-smi --query-gpu=name,uuid,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"  # uuid: which machine
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/card.txt"
-# The GPU tests in one process, whether or not pytest-xdist is installed (pyproject's addopts has -n)
-GPU_PYTEST="python3 -m pytest -o addopts= -m gpu"
+# The GPU tests: one process, whether or not pytest-xdist is installed (pyproject's addopts has -n), quiet, no cache
+GPU_PYTEST="python3 -m pytest -o addopts= -m gpu -q -p no:cacheprovider"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "== $name rc=$?"; tail -n 30 "$OUT/$name.log"; }
 for what in "$@"; do
   case "$what" in
-    tests)   step gpu_tests 420 $GPU_PYTEST -q -p no:cacheprovider tests/test_selective_scan.py \
+    tests)   step gpu_tests 420 $GPU_PYTEST tests/test_selective_scan.py \
                tests/test_cross_scan.py tests/test_ss2d.py tests/test_ss2d_map.py tests/test_layer_norm.py ;;
     kernels) step kernels ${KERNEL_LIMIT:-150} python3 benchmarks/kernels.py ${SWEEP:-} ${KERNEL_ARGS:-} ;;
     ss2d)    step ss2d 150 python3 benchmarks/ss2d.py ${SWEEP:-} ${SS2D_ARGS:-} ;;
@@ -70,7 +70,7 @@ for what in "$@"; do
                  --fusions default,mlp+ffn+conv+gelu+convop --name peers_ctrain
                step peers_ctrain_map 200 python3 benchmarks/peers.py --compile --models vmamba_t --peer vmamba_t \
                  --modes train --ss2d-map default,dot-input:3136 --name peers_ctrain_map ;;
-    convop)  step convop_tests 150 $GPU_PYTEST -q -rA -p no:cacheprovider tests/test_opaque_ops.py
+    convop)  step convop_tests 150 $GPU_PYTEST -rA tests/test_opaque_ops.py
                step peers_convop_train 420 python3 benchmarks/peers.py --compile on,off --models vmamba_t,swin_t \
                  --modes train --fusions default,lnbwd+mlp+ffn+conv+gelu --name peers_convop_train ;;
     convopinfer) step peers_convop_plain 300 python3 benchmarks/peers.py --compile on,off --models vmamba_t,swin_t \
@@ -80,20 +80,20 @@ for what in "$@"; do
     compiled) step where_vmamba_compiled 200 python3 benchmarks/profile_model.py --model vmamba_t --compile --top 45
                step where_swin_compiled 170 python3 benchmarks/profile_model.py --model swin_t --compile --top 45
                step peers_compiled_train 220 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes train ;;
-    map)     step map_tests 100 $GPU_PYTEST -q -rA -p no:cacheprovider tests/test_ss2d_map.py -k forward
+    map)     step map_tests 100 $GPU_PYTEST -rA tests/test_ss2d_map.py -k forward
                step ss2d_map 120 python3 benchmarks/ss2d_map.py --sweep --parts infer
                step peers_map 140 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench,graph \
                  --ss2d-map off,default,${MAP_VARIANTS:-gemm-input,gemm-input-steps} --name peers_map
                step peers_map_compiled 230 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t --modes plain \
                  --ss2d-map off,default,${MAP_VARIANTS:-gemm-input,gemm-input-steps} --name peers_map_compiled ;;
-    fusions) step fusion_tests 120 $GPU_PYTEST -q -rA -p no:cacheprovider tests/test_mlp_kernel.py \
+    fusions) step fusion_tests 120 $GPU_PYTEST -rA tests/test_mlp_kernel.py \
                  tests/test_linear_gelu.py tests/test_dwconv_silu.py
                step fusions 90 python3 benchmarks/fusions.py --sweep
                step peers_fusions 150 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes plain,bench \
                  --fusions default,none --name peers_fusions
                step peers_fusions_compiled 200 python3 benchmarks/peers.py --compile --models vmamba_t,swin_t \
                  --modes plain --fusions default,none --name peers_fusions_compiled ;;
-    maptrain) step map_train_tests 120 $GPU_PYTEST -q -rA -p no:cacheprovider tests/test_ss2d_map.py \
+    maptrain) step map_train_tests 120 $GPU_PYTEST -rA tests/test_ss2d_map.py \
                  -k training
                step ss2d_map_train 130 python3 benchmarks/ss2d_map.py --sweep --parts train
                step peers_map_train 120 python3 benchmarks/peers.py --models vmamba_t,swin_t --modes train \
@@ -110,7 +110,7 @@ for what in "$@"; do
     models)  step models ${MODELS_LIMIT:-420} python3 benchmarks/models.py --sections ${MODELS_SECTIONS:-infer,train,res} \
                ${MODELS_ARGS:-} ;;
     compile) step compile ${COMPILE_LIMIT:-540} python3 benchmarks/models.py --sections compile --name compile ${COMPILE_ARGS:-} ;;
-    traingraph) step train_graph_tests 400 $GPU_PYTEST -q -s -p no:cacheprovider tests/test_cuda_graph_gpu.py
+    traingraph) step train_graph_tests 400 $GPU_PYTEST -s tests/test_cuda_graph_gpu.py
                step train_graph 400 python3 benchmarks/train_graph.py ${TRAIN_GRAPH_ARGS:-} ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
