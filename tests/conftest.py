@@ -37,7 +37,7 @@ def pytest_xdist_auto_num_workers(config):
 def pytest_configure(config):
     """In a worker of `-n N`: one thread per torch process (this one and the CLI processes its tests start), so that
     N workers share the CPUs without each running a thread per CPU."""
-    if os.environ.get("PYTEST_XDIST_WORKER") and "torch" not in sys.modules:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # before the test modules import torch
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
