@@ -61,6 +61,30 @@ def fusion_switch():
     return use
 
 
+SCANS = ("real", "free")  # --scan of peers.py
+
+
+def scan_switch():
+    """A function `use(scan)` for one value of SCANS: "real" runs the map-layout scan kernels, "free" skips their
+    launches (forward and backward; outputs left as allocated, so values are garbage): VMamba's time with a scan that
+    costs nothing, the bound on what any scan kernel can gain. Compiled rows must be traced after the call."""
+    from vmbench.kernels import _ss2d_map_triton as _map
+
+    real = _map._kernel
+    skipped = ("_scan_fwd_map_kernel", "_scan_bwd_map_kernel")
+
+    class _NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    def free(fn):
+        return _NoLaunch() if fn.__name__ in skipped else real(fn)
+
+    def use(scan: str) -> None:
+        _map._kernel = free if scan == "free" else real
+    return use
+
+
 def save(name: str, text: str | None = None, data: Any = None) -> None:
     """Write `text` to $OUT/<name>.md and `data` to $OUT/<name>.json (either may be None); without $OUT, nothing."""
     out = os.environ.get("OUT")

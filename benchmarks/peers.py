@@ -9,6 +9,7 @@
     python benchmarks/peers.py --replay on,off                   # VMamba with and without its graph replays
     python benchmarks/peers.py --fusions all,ffn,mlp,conv,none   # VMamba's fused MLP, fc1 + GELU, conv + SiLU kernels
     python benchmarks/peers.py --compile --modes train --fusions default,mlp+ffn+conv+gelu+convop  # without lnbwd
+    python benchmarks/peers.py --compile --modes plain,train --scan real,free   # the bound: a scan that costs nothing
 
 Modes (`--modes`, default plain,bench,train):
   plain          a user's own loop: `with torch.no_grad(), torch.autocast("cuda", dtype): model(x)`
@@ -40,7 +41,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout runs uninstalled
 
-from _shared import FUSIONS, fusion_switch, save, valid_fusion  # noqa: E402  (benchmarks/, the script's own folder)
+from _shared import (FUSIONS, SCANS, fusion_switch, save, scan_switch,  # noqa: E402  (the script's folder)
+                     valid_fusion)
 
 MODES = ("plain", "bench", "nograd_frozen", "infmode", "graph", "train", "train_graph")
 AMP = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
@@ -214,6 +216,9 @@ def main(argv=None) -> int:
                     "both vmbench/models/opaque_ops.py), default: as their flags are set, "
                     "a+b: both; the others run unfused, as cuBLAS / cuDNN / Inductor then a pass (rows "
                     "MODEL/fuse-all, MODEL/fuse-none, ...)")
+    ap.add_argument("--scan", default="real", help="comma-separated: real, free — free skips the launches of "
+                    "the map-layout scan's forward and backward kernels (their outputs garbage; rows MODEL/scan-free): "
+                    "VMamba's speed if its scan cost nothing, the most a faster scan could give")
     ap.add_argument("--name", default="peers", help="$OUT/<name>.md and <name>.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, one call per path")
     args = ap.parse_args(argv)
@@ -235,9 +240,12 @@ def main(argv=None) -> int:
     fusions = args.fusions.split(",")
     if not fusions or not all(valid_fusion(f) for f in fusions):
         ap.error(f"--fusions takes a comma-separated list of {', '.join(FUSIONS)} (or names joined by +)")
+    scans = args.scan.split(",")
+    if not scans or set(scans) - set(SCANS):
+        ap.error(f"--scan takes a comma-separated list of {', '.join(SCANS)}")
     from vmbench.kernels import _ss2d_map_triton as _map
 
-    use_fusion = fusion_switch()
+    use_fusion, use_scan = fusion_switch(), scan_switch()
 
     maps = args.ss2d_map.split(",")
     try:
@@ -267,12 +275,13 @@ def main(argv=None) -> int:
             rows += [dict(model=name, mode=mode, error=f"{type(e).__name__}: {e}") for mode in modes]
             continue
         replay = getattr(model, "graph_replay", None)
-        variants = [(r == "on", m, f) for m in maps for r in replays for f in fusions] if replay is not None \
-            else [(True, "default", "default")]
+        variants = [(r == "on", m, f, s) for m in maps for r in replays for f in fusions for s in scans] \
+            if replay is not None else [(True, "default", "default", "real")]
         for mode in modes:
-            for (on, use_map, fuse), compiled in itertools.product(variants, compiles):
+            for (on, use_map, fuse, scan), compiled in itertools.product(variants, compiles):
                 compiled = compiled == "on"
                 use_fusion(fuse)
+                use_scan(scan)
                 if replay is not None:
                     replay.enabled = on
                     replay.clear()  # a graph recorded in another row may have run the other SS2D forward
@@ -285,7 +294,7 @@ def main(argv=None) -> int:
                 except Exception as e:  # one failing path must not lose the table
                     r = {"error": f"{type(e).__name__}: {e}"}
                 label = name + ("" if on else "/eager") + _MAP_LABEL.get(use_map, f"/map-{use_map}") \
-                    + ("" if fuse == "default" else f"/fuse-{fuse}") \
+                    + ("" if fuse == "default" else f"/fuse-{fuse}") + ("" if scan == "real" else f"/scan-{scan}") \
                     + (COMPILED if compiled and len(compiles) > 1 else "")
                 r.update(model=label, mode=mode, **(_dynamo_stats() if compiled else {}))
                 rows.append(r)

@@ -85,3 +85,23 @@ def test_peers_table_divides_compiled_rows_by_the_compiled_peer():
     lines = md.splitlines()
     assert "| mode | vm/compiled | vm | sw/compiled | sw | vm/compiled / sw/compiled | vm / sw |" in lines
     assert "| train | 300 (1.0 GB) | 200 (1.0 GB) | 400 (1.0 GB) | 100 (1.0 GB) | **0.75×** | **2.00×** |" in lines
+
+
+def test_peers_free_scan_skips_only_the_scan_launches():
+    """--scan free (the bound of a scan that costs nothing) drops the map scan's forward and backward launches and
+    nothing else; --scan real puts the launcher back."""
+    bench_script.load("peers")  # puts benchmarks/ on sys.path
+    from _shared import scan_switch
+
+    from vmbench.kernels import _ss2d_map_triton as _map
+
+    real, use = _map._kernel, scan_switch()
+    try:
+        use("free")
+        for kernel in (_map._scan_fwd_map_kernel, _map._scan_bwd_map_kernel):
+            assert _map._kernel(kernel)[(1,)]("any", "arguments", BLOCK_D=16) is None
+        assert type(_map._kernel(_map._sum4_kernel)) is type(real(_map._sum4_kernel))
+        use("real")
+        assert _map._kernel is real
+    finally:
+        _map._kernel = real
