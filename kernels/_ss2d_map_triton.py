@@ -41,7 +41,7 @@ from ._ss2d_steps_triton import STEPS, steps_scan_launch
 
 __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map_backward", "ss2d_map_delta",
            "map_scan_launch", "map_scan_bwd_launch", "variant_config", "variant_name", "train_variant", "takes_map",
-           "dot_rows", "MAP_CONFIG", "USE_MAP", "VARIANTS"]
+           "dot_rows", "infer_variant", "MAP_CONFIG", "USE_MAP", "VARIANTS"]
 
 # Measured on an H200 (benchmarks/RESULTS.md, thirteenth pass): the forward's tile 32 x 16 with one warp was the
 # fastest, or within 4 % of it, at every stage for both delta forms; "dot-input" (delta formed by a tensor-core dot
@@ -65,9 +65,14 @@ __all__ = ["ss2d_map_forward", "ss2d_map_forward_ref", "map_train_forward", "map
 #   gemm-input: 3.75 / 3.50 at stage 1 (the composition 4.02), 1.61 / 1.79 at stage 2, 0.98 / 0.78 at stage 3,
 #   0.83 / 1.17 at stage 4. VMamba-T's training step with these against dot-input at stages 2-4 only (one H100, one
 #   process): eager 2442 against 2367 img/s, compiled 2674 against 2608, peak 7.8 against 8.4 GB.
+# infer_variants: the same for calls without gradients. The inference forward alone at batch 128 on an H200
+#   (RESULTS.md, thirteenth pass), ms, dot-input against gemm-input (its delta GEMM included): 0.765 / 0.705 at
+#   stage 1, 0.343 / 0.347 at stage 2, 0.189 / 0.172 at stage 3, 0.225 / 0.104 at stage 4. Stage 1 keeps the
+#   in-scan dot: its delta would add 308 MB to an inference call's peak of ~1.0 GB.
 MAP_CONFIG = dict(block_d=32, block_l=16, warps=1, delta="dot", ys="input", bwd_block_d=16, bwd_block_l=16,
                   bwd_warps=1, bwd_prefetch_l=196, train_max_l=3136, min_programs=1024, layout="tile",
-                  steps_block_d=128, train_variants={3136: "gemm-input", 196: "gemm-input"})
+                  steps_block_d=128, train_variants={3136: "gemm-input", 196: "gemm-input"},
+                  infer_variants={196: "gemm-input", 49: "gemm-input"})
 USE_MAP = True  # False: every SS2D call on the composition of kernels/_ss2d_recompute.py
 # The map scans find a column-major step's map position with tt // H as a float product: (tt + 0.5) * (1 / H) is
 # within (tt + 0.5) / H * 2**-21 of its exact value (1 / H rounded within 2 ulp, the product within 1/2), whose
@@ -79,11 +84,12 @@ VARIANTS = ("gemm-fp32", "dot-fp32", "gemm-input", "dot-input", "gemm-fp32-steps
 
 
 def variant_config(name: str) -> dict:
-    """The MAP_CONFIG entries of a variant named "DELTA-YS[-steps]" (one of VARIANTS)."""
+    """The MAP_CONFIG entries that give every map call the variant named "DELTA-YS[-steps]" (one of VARIANTS):
+    its delta, ys and layout, and no per-size choices."""
     if name not in VARIANTS:
         raise ValueError(f"unknown map variant {name!r}; choose from {', '.join(VARIANTS)}")
     delta, ys, *layout = name.split("-")
-    return dict(delta=delta, ys=ys, layout=layout[0] if layout else "tile")
+    return dict(delta=delta, ys=ys, layout=layout[0] if layout else "tile", train_variants={}, infer_variants={})
 
 
 def variant_name() -> str:
@@ -94,6 +100,11 @@ def variant_name() -> str:
 def train_variant(x_shape) -> str:
     """The variant ("DELTA-YS[-steps]") of a call with gradients on x (B, H, W, D): MAP_CONFIG's train_variants."""
     return MAP_CONFIG["train_variants"].get(x_shape[1] * x_shape[2]) or variant_name()
+
+
+def infer_variant(x_shape) -> str:
+    """The variant of a call without gradients on x (B, H, W, D): MAP_CONFIG's infer_variants."""
+    return MAP_CONFIG["infer_variants"].get(x_shape[1] * x_shape[2]) or variant_name()
 
 
 def takes_map(x_shape, grad: bool) -> bool:
@@ -393,7 +404,7 @@ def ss2d_map_forward(x, p, wdt, A, Ds, bias, r: int, n: int) -> torch.Tensor:
     wdt (K, D, C) in x's dtype; A (K*D, 1), Ds and bias (K*D,) fp32; N = 1."""
     _check(x, p, wdt, n)
     c = wdt.shape[2]
-    delta, ys_fp32 = _variant_delta(p, wdt, variant_name())  # delta (K, B*L, D) or None
+    delta, ys_fp32 = _variant_delta(p, wdt, infer_variant(x.shape))  # delta (K, B*L, D) or None
     if graph_capture():  # the merge as torch ops: Inductor fuses the sum into the LayerNorm that follows
         ys = torch.ops.vmbench.ss2d_map_scan(x, delta, wdt, p, A, Ds, bias, c, r, ys_fp32)
         return ys.sum(0, dtype=torch.float32).view(x.shape).to(x.dtype)

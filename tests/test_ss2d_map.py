@@ -319,9 +319,9 @@ def test_gpu_weight_gradient_partial_sums():
 
 def test_which_calls_take_the_map_by_default(monkeypatch):
     """MAP_CONFIG's limits as measured: a 224² VMamba-T at batch 128 takes the map layout at every stage, with
-    gradients on the variant measured fastest at each stage's size; a small batch of large maps (1024² at batch 4,
-    a detector's batch of 2 at 800 x 1333) has too few programs and stays on the composition, as does every call
-    with `USE_MAP` off."""
+    and without gradients on the variant measured fastest at each stage's size (a variant set by name holds for
+    every size); a small batch of large maps (1024² at batch 4, a detector's batch of 2 at 800 x 1333) has too few
+    programs and stays on the composition, as does every call with `USE_MAP` off."""
     from vmbench.kernels import _ss2d_map_triton as M
 
     def stages(b, h, w):
@@ -331,6 +331,11 @@ def test_which_calls_take_the_map_by_default(monkeypatch):
     assert [M.takes_map(x, grad=True) for x in stages(128, 224, 224)] == [True] * 4
     assert [M.train_variant(x) for x in stages(128, 224, 224)] == ["gemm-input", "dot-input", "gemm-input",
                                                                     "dot-input"]
+    assert [M.infer_variant(x) for x in stages(128, 224, 224)] == ["dot-input", "dot-input", "gemm-input",
+                                                                    "gemm-input"]
+    monkeypatch.setattr(M, "MAP_CONFIG", {**M.MAP_CONFIG, **M.variant_config("gemm-fp32")})  # a variant everywhere
+    assert {M.train_variant(x) for x in stages(128, 224, 224)} == {M.infer_variant(x) for x in stages(128, 224, 224)} \
+        == {"gemm-fp32"}
     for b, h, w in ((4, 1024, 1024), (2, 800, 1333)):
         assert not any(M.takes_map(x, grad) for x in stages(b, h, w) for grad in (False, True))
     assert not M.takes_map((128, 1024, 1024, 96), grad=False)  # MAX_L positions: the composition
