@@ -176,8 +176,7 @@ def _map_setting(spec: str, _map) -> tuple[bool, dict]:
     if spec in ("default", "off"):
         return spec == "default", dict(_map.MAP_CONFIG)
     variant, _, limit = spec.partition(":")  # this variant for every call on the map, with gradients up to L
-    return True, {**_map.MAP_CONFIG, **_map.variant_config(variant), "train_max_l": int(limit or 0),
-                  "train_variants": {}}
+    return True, {**_map.MAP_CONFIG, **_map.variant_config(variant), "train_max_l": int(limit or 0)}
 
 
 def main(argv=None) -> int:
@@ -261,6 +260,15 @@ def main(argv=None) -> int:
         modes = [m for m in modes if m != "graph"]
     dtype = getattr(torch, AMP[args.amp]) if AMP[args.amp] and not args.dry_run else None
     torch.backends.cudnn.benchmark = True
+    if "on" in compiles:
+        # every compiled row traced afresh: rows that differ only inside a registered op's body (--scan, kernel
+        # flags read there) give Dynamo the same graph, and AOTAutograd's cache would hand the second row the first
+        # row's kernels (seen with --scan free: its inference row ran the real scan)
+        import torch._functorch.config
+        import torch._inductor.config
+
+        torch._functorch.config.enable_autograd_cache = False
+        torch._inductor.config.fx_graph_cache = False
     if args.freezing:
         import torch._inductor.config
 
