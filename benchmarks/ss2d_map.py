@@ -196,7 +196,7 @@ def _training(M, R, bench, sweep: bool, ins, r: int, n: int, stage: str) -> list
     rows = []
     M.USE_MAP = True
     try:
-        for v in ("dot-input", "gemm-fp32", "gemm-input"):  # the default variant first
+        for v in ("dot-input", "gemm-fp32", "gemm-input"):  # each at every stage (variant_config)
             tiles = [None] + (PREFETCH_SWEEP + [(*t, False) for t in BWD_SWEEP] if sweep and v != "gemm-input" else [])
             for tile in tiles:
                 M.MAP_CONFIG.update(old, **M.variant_config(v), train_max_l=1 << 30, min_programs=0)  # every stage
